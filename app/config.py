@@ -1,0 +1,159 @@
+"""Typed, frozen settings read once from ``APP_*`` environment variables."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The bundled models live beside the package in a source checkout and inside it in a wheel.
+_MODEL_DIRS = (PACKAGE_DIR.parent / "models", PACKAGE_DIR / "models")
+
+Providers = Literal["auto", "cpu", "cuda"]
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the service must not start."""
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def usable_cpus() -> int:
+    """CPUs this process may really use: affinity mask and cgroup quota, not the host's count."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def default_model_path() -> Path:
+    """The model that ``models/manifest.json`` marks as preferred (FP32 or INT8)."""
+    for directory in _MODEL_DIRS:
+        manifest = directory / "manifest.json"
+        if manifest.is_file():
+            preferred = json.loads(manifest.read_text())["preferred"]
+            return directory / preferred
+    return _MODEL_DIRS[0] / "skin_lesion.onnx"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    secret_key: str | None = None
+    storage_key: str | None = None
+    model_path: Path = field(default_factory=default_model_path)
+    providers: Providers = "auto"
+    ort_threads: int = field(default_factory=usable_cpus)
+    dev: bool = False
+    batch_max: int = 32
+    max_upload_bytes: int = 16 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    microbatch_max: int = 8
+    microbatch_wait_ms: float = 2.0
+    queue_max: int = 64
+    session_idle_minutes: int = 30
+    api_auth: bool = True
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``APP_*`` variables; tests pass their own mapping instead of ``os.environ``."""
+        env = os.environ if environ is None else environ
+        base = cls()
+
+        def get(name: str) -> str | None:
+            value = env.get(f"APP_{name}")
+            return value if value not in (None, "") else None
+
+        def integer(name: str, default: int) -> int:
+            raw = get(name)
+            try:
+                return default if raw is None else int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"APP_{name} must be an integer, got {raw!r}") from exc
+
+        providers = (get("PROVIDERS") or base.providers).lower()
+        if providers not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"APP_PROVIDERS must be auto, cpu or cuda, got {providers!r}")
+        model = get("MODEL_PATH")
+        return cls(
+            host=get("HOST") or base.host,
+            port=integer("PORT", base.port),
+            workers=integer("WORKERS", base.workers),
+            data_dir=Path(get("DATA_DIR") or base.data_dir),
+            database_url=get("DATABASE_URL"),
+            secret_key=get("SECRET_KEY"),
+            storage_key=get("STORAGE_KEY"),
+            model_path=Path(model) if model else base.model_path,
+            providers=providers,  # type: ignore[arg-type]
+            ort_threads=integer("ORT_THREADS", base.ort_threads),
+            dev=_truthy(get("DEV")),
+            batch_max=integer("BATCH_MAX", base.batch_max),
+            max_upload_bytes=integer("MAX_UPLOAD_MB", 16) * 1024 * 1024,
+            max_pixels=integer("MAX_PIXELS", base.max_pixels),
+            microbatch_max=integer("MICROBATCH_MAX", base.microbatch_max),
+            microbatch_wait_ms=float(get("MICROBATCH_WAIT_MS") or base.microbatch_wait_ms),
+            queue_max=integer("QUEUE_MAX", base.queue_max),
+            session_idle_minutes=integer("SESSION_IDLE_MINUTES", base.session_idle_minutes),
+            api_auth=not (get("API_AUTH") or "1").strip().lower() in {"0", "false", "no", "off"},
+            log_level=(get("LOG_LEVEL") or base.log_level).upper(),
+        )
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "app.sqlite3"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    def with_secrets(self) -> Settings:
+        """Return settings with both secrets present, or refuse outside dev mode.
+
+        In dev mode missing secrets are generated once into ``data_dir/secrets.json`` (0600),
+        so restarts keep sessions and stored images readable.
+        """
+        if self.secret_key and self.storage_key:
+            return self
+        if not self.dev:
+            missing = [n for n, v in (("APP_SECRET_KEY", self.secret_key),
+                                      ("APP_STORAGE_KEY", self.storage_key)) if not v]
+            raise ConfigError(f"{', '.join(missing)} must be set outside dev mode (APP_DEV=1)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "secrets.json"
+        stored: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
+        stored.setdefault("secret_key", secrets.token_urlsafe(48))
+        stored.setdefault("storage_key", base64.urlsafe_b64encode(os.urandom(32)).decode())
+        if not path.is_file():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(stored))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+            log.warning("dev mode: generated secrets into %s (keep it; it decrypts stored images)", path)
+        return replace(
+            self,
+            secret_key=self.secret_key or stored["secret_key"],
+            storage_key=self.storage_key or stored["storage_key"],
+        )

@@ -1,0 +1,73 @@
+"""One error hierarchy with the HTTP status on the class, mapped to a response in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from app.inference.preprocess import ImageError
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    """Base for errors a client may see; subclasses set ``status`` and ``code``."""
+
+    status = 400
+    code = "bad_request"
+    headers: dict[str, str] | None = None
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if headers:
+            self.headers = headers
+
+
+class NotFoundError(AppError):
+    status = 404
+    code = "not_found"
+
+
+class OverloadedError(AppError):
+    status = 503
+    code = "overloaded"
+
+
+class NotReadyError(AppError):
+    status = 503
+    code = "not_ready"
+
+
+def error_body(code: str, detail: str) -> dict[str, str]:
+    """The one JSON error shape: ``{"error": code, "detail": text}``."""
+    return {"error": code, "detail": detail}
+
+
+def _code_for_status(status: int) -> str:
+    return {
+        400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+        405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+        422: "validation_error", 429: "too_many_requests", 503: "unavailable",
+    }.get(status, "error")
+
+
+def exception_to_response(request: Request, exc: Exception) -> Response[dict[str, str]]:
+    """Map any exception to the JSON error shape; never leak a stack trace."""
+    headers: dict[str, str] | None = None
+    if isinstance(exc, AppError | ImageError):
+        status, code, detail = exc.status, exc.code, str(exc)
+        headers = getattr(exc, "headers", None)
+    elif isinstance(exc, HTTPException):
+        status, detail = exc.status_code, str(exc.detail)
+        code = _code_for_status(status)
+        headers = dict(exc.headers or {}) or None
+    else:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        status, code, detail = HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error"
+    return Response(
+        error_body(code, detail), status_code=status, media_type=MediaType.JSON, headers=headers
+    )

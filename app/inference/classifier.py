@@ -1,0 +1,149 @@
+"""The ONNX classifier: one onnxruntime session per process, spec read from the model file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from app.inference.spec import RISK_GROUPS, ModelSpec, ModelSpecError
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model is missing, corrupt or not a 7-class image classifier; start-up must stop."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    label: str
+    name: str
+    risk_group: str
+    confidence: float
+    probabilities: dict[str, float]
+    mel_flag: bool
+    mel_threshold: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "name": self.name,
+            "risk_group": self.risk_group,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+            "melanoma_flag": self.mel_flag,
+            "melanoma_threshold": self.mel_threshold,
+        }
+
+
+def choose_providers(requested: str) -> list[str]:
+    """``auto`` takes CUDA when onnxruntime-gpu sees a GPU; ``cuda`` insists on it."""
+    available = ort.get_available_providers()
+    if requested == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if requested == "cuda":
+        raise ModelLoadError(
+            "APP_PROVIDERS=cuda but onnxruntime has no CUDAExecutionProvider "
+            "(install the `gpu` extra: pip install '.[gpu]')"
+        )
+    return ["CPUExecutionProvider"]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Classifier:
+    """Wraps an onnxruntime session; thread-safe for concurrent ``run`` calls."""
+
+    def __init__(self, model_path: Path, providers: str = "auto", threads: int = 1) -> None:
+        if not model_path.is_file():
+            raise ModelLoadError(f"model file not found: {model_path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), options, providers=choose_providers(providers)
+            )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelLoadError(f"cannot load {model_path}: {str(exc).splitlines()[0]}") from exc
+        try:
+            meta = self.session.get_modelmeta().custom_metadata_map
+            self.spec = ModelSpec.from_metadata(dict(meta))
+        except ModelSpecError as exc:
+            raise ModelLoadError(f"{model_path}: {exc}") from exc
+        self.path = model_path
+        self.sha256 = file_sha256(model_path)
+        self.providers = self.session.get_providers()
+        self.input_name = self.session.get_inputs()[0].name
+        self._check_shapes()
+        log.info(
+            "loaded %s (%s, sha256 %s…) on %s with %d intra-op threads",
+            model_path.name, self.spec.name, self.sha256[:12], self.providers[0], threads,
+        )
+
+    def _check_shapes(self) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelLoadError(f"expected 1 input and 1 output, got {len(inputs)}/{len(outputs)}")
+        shape = inputs[0].shape
+        w, h = self.spec.input_size
+        want = [3, h, w] if self.spec.layout == "NCHW" else [h, w, 3]
+        if len(shape) != 4 or [d if isinstance(d, int) else -1 for d in shape[1:]] != want:
+            raise ModelLoadError(f"input shape {shape} does not match spec {want} ({self.spec.layout})")
+        out = outputs[0].shape
+        if len(out) != 2 or out[1] != len(self.spec.labels):
+            raise ModelLoadError(f"output shape {out} is not (batch, {len(self.spec.labels)})")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        w, h = self.spec.input_size
+        return (3, h, w) if self.spec.layout == "NCHW" else (h, w, 3)
+
+    def warm_up(self, runs: int = 3) -> None:
+        """Run dummy batches so the first real request does not pay for allocation."""
+        for batch in (1, 2)[: max(1, runs)]:
+            self.run(np.zeros((batch, *self.input_shape), np.float32))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 batch in the model's layout -> probabilities (N, classes)."""
+        probs = self.session.run(None, {self.input_name: batch})[0]
+        return np.asarray(probs, dtype=np.float32)
+
+    def describe(self, probs: np.ndarray) -> Prediction:
+        """Turn one probability vector into a Prediction, with the melanoma flag applied."""
+        labels = self.spec.labels
+        top = int(np.argmax(probs))
+        threshold = self.spec.mel_threshold
+        mel = labels.index("mel") if "mel" in labels else None
+        if mel is None:
+            flag = False
+        elif threshold is None:
+            flag = top == mel
+        else:
+            flag = bool(probs[mel] >= threshold)
+        return Prediction(
+            label=labels[top],
+            name=self.spec.label_names[top],
+            risk_group=RISK_GROUPS.get(labels[top], "unknown"),
+            confidence=float(probs[top]),
+            probabilities={c: float(p) for c, p in zip(labels, probs)},
+            mel_flag=flag,
+            mel_threshold=threshold,
+        )

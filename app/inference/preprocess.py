@@ -1,0 +1,146 @@
+"""Image bytes -> model input. The one preprocessing path for serving, evaluation,
+calibration and training data, so all of them see exactly the same pixels.
+
+Contract: decode (EXIF orientation applied), centre-crop to the model's aspect ratio,
+resize with INTER_AREA, RGB order, float32 pixels in [0, 255]; the model's own metadata
+(``input_scale``/``input_offset``) maps them to what its first layer expects.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from app.inference.spec import ModelSpec
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageError(ValueError):
+    """An upload that cannot be analysed; ``status`` is the HTTP status it maps to."""
+
+    status = 400
+    code = "bad_image"
+
+
+class UnsupportedImageError(ImageError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ImageTooLargeError(ImageError):
+    status = 413
+    code = "image_too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    format: str  # "jpeg" | "png"
+    width: int
+    height: int
+
+
+def sniff_format(data: bytes) -> str:
+    """Identify JPEG or PNG by magic bytes; the file name is never trusted."""
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if not data:
+        raise ImageError("empty upload")
+    raise UnsupportedImageError("only JPEG and PNG images are accepted")
+
+
+def read_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Read format and size from the header alone, refusing decompression bombs before decode."""
+    fmt = sniff_format(data)
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # lazy: parses the header only
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"unreadable {fmt} header") from exc
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} ({width * height / 1e6:.1f} MP); the limit is "
+            f"{max_pixels / 1e6:.0f} MP"
+        )
+    return ImageInfo(fmt, width, height)
+
+
+def _reduced_flag(info: ImageInfo, target: tuple[int, int]) -> int:
+    # libjpeg's DCT scaling decodes at 1/2 or 1/4 almost for free; only when the reduced
+    # image still covers the model input, so INTER_AREA keeps averaging real pixels.
+    if info.format != "jpeg":
+        return cv2.IMREAD_COLOR
+    ratio = min(info.width / target[0], info.height / target[1])
+    if ratio >= 4:
+        return cv2.IMREAD_REDUCED_COLOR_4
+    if ratio >= 2:
+        return cv2.IMREAD_REDUCED_COLOR_2
+    return cv2.IMREAD_COLOR
+
+
+def decode_image(
+    data: bytes,
+    target: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    reduced: bool = True,
+) -> np.ndarray:
+    """Decode JPEG/PNG bytes in memory to an RGB uint8 array (H, W, 3), EXIF-upright.
+
+    Args:
+        target: (width, height) the image will be resized to; lets large JPEGs decode reduced.
+    """
+    info = read_header(data, max_pixels)
+    flag = _reduced_flag(info, target) if (target and reduced) else cv2.IMREAD_COLOR
+    # IMREAD_COLOR (and the REDUCED variants) apply the EXIF orientation tag.
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if bgr is None:
+        raise ImageError(f"corrupt or truncated {info.format} image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def center_crop_to_aspect(rgb: np.ndarray, aspect: float) -> np.ndarray:
+    """Crop the centre to width/height == aspect, so phone photos are not squashed."""
+    h, w = rgb.shape[:2]
+    if abs(w / h - aspect) < 0.01:
+        return rgb
+    if w / h > aspect:
+        new_w = round(h * aspect)
+        x0 = (w - new_w) // 2
+        return rgb[:, x0 : x0 + new_w]
+    new_h = round(w / aspect)
+    y0 = (h - new_h) // 2
+    return rgb[y0 : y0 + new_h]
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre-crop to the aspect of ``size`` (width, height) and resize with INTER_AREA."""
+    cropped = center_crop_to_aspect(rgb, size[0] / size[1])
+    if cropped.shape[1] == size[0] and cropped.shape[0] == size[1]:
+        return np.ascontiguousarray(cropped)
+    return cv2.resize(cropped, size, interpolation=cv2.INTER_AREA)
+
+
+def to_model_input(resized_rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """uint8 RGB (H, W, 3) at model size -> float32 tensor of one image in the model's layout."""
+    x = resized_rgb.astype(np.float32)
+    if spec.input_scale != 1.0 or spec.input_offset != 0.0:
+        x = x * np.float32(spec.input_scale) + np.float32(spec.input_offset)
+    if spec.layout == "NCHW":
+        x = np.ascontiguousarray(x.transpose(2, 0, 1))
+    return x
+
+
+def preprocess(
+    data: bytes, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True
+) -> np.ndarray:
+    """Image bytes -> one float32 model input (no batch axis). The function everything shares."""
+    rgb = decode_image(data, spec.input_size, max_pixels, reduced)
+    return to_model_input(resize_rgb(rgb, spec.input_size), spec)

@@ -1,0 +1,1 @@
+"""Training recipe for the project's own HAM10000 classifier (needs the `conversion` extra)."""

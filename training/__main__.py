@@ -1,0 +1,68 @@
+"""python -m training split|train ..."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from training.models import ARCHITECTURES
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split("x")
+    return int(width), int(height)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    split = sub.add_parser("split", help="write the lesion-level split CSV")
+    split.add_argument("--metadata", type=Path, default=Path("../shared/data/ham10000/metadata.csv"))
+    split.add_argument("-o", "--out", type=Path, default=None)
+
+    tr = sub.add_parser("train", help="fine-tune, calibrate and save a Keras HDF5 model")
+    tr.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
+    tr.add_argument("--weights", type=Path, default=Path("../shared/weights"),
+                    help="folder with the ImageNet backbones")
+    tr.add_argument("--no-pretrained", action="store_true", help="train from scratch")
+    tr.add_argument("-o", "--out", type=Path, default=Path("models/skin_lesion.h5"))
+    tr.add_argument("--arch", choices=ARCHITECTURES, default="mobilenetv2_035")
+    tr.add_argument("--size", type=_size, default=(160, 120), help="WIDTHxHEIGHT")
+    tr.add_argument("--epochs", type=int, default=12)
+    tr.add_argument("--warmup-epochs", type=int, default=1)
+    tr.add_argument("--batch", type=int, default=32)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument("--nv-per-epoch", type=int, default=1500)
+    tr.add_argument("--split", type=Path, default=None, help="split CSV (default: committed)")
+    tr.add_argument("--limit", type=int, default=None, help="images per part (smoke tests)")
+    tr.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command == "split":
+        from training.split import SPLIT_CSV, make_split, write_split
+
+        write_split(make_split(args.metadata), args.out or SPLIT_CSV)
+        return 0
+
+    from training.split import SPLIT_CSV
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        images=args.images, out=args.out, arch=args.arch, size=args.size, epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+        weights=None if args.no_pretrained else args.weights,
+        split_csv=args.split or SPLIT_CSV, nv_per_epoch=args.nv_per_epoch, limit=args.limit,
+        cache=args.cache,
+    )
+    summary = train(cfg)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

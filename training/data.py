@@ -1,0 +1,42 @@
+"""Load HAM10000 images through the serving preprocessing into cached uint8 arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from app.inference.preprocess import decode_image, resize_rgb
+from app.inference.spec import HAM10000_LABELS
+
+CACHE_DIR = Path(__file__).resolve().parent / "cache"
+
+
+def load_images(
+    image_dir: Path, image_ids: list[str], size: tuple[int, int], desc: str = "images"
+) -> np.ndarray:
+    """Decode + resize exactly as the server does; returns uint8 (N, H, W, 3) RGB."""
+    out = np.empty((len(image_ids), size[1], size[0], 3), np.uint8)
+    for i, image_id in enumerate(tqdm(image_ids, desc=desc, unit="img")):
+        data = (image_dir / f"{image_id}.jpg").read_bytes()
+        out[i] = resize_rgb(decode_image(data, size), size)
+    return out
+
+
+def load_split_arrays(
+    image_dir: Path, rows: list[dict[str, str]], part: str, size: tuple[int, int],
+    cache: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8, labels int) for one part of the split, cached per size."""
+    chosen = [r for r in rows if r["split"] == part]
+    ids = [r["image_id"] for r in chosen]
+    labels = np.array([HAM10000_LABELS.index(r["dx"]) for r in chosen], np.int64)
+    path = CACHE_DIR / f"{part}-{size[0]}x{size[1]}-{len(ids)}.npy"
+    if cache and path.is_file():
+        return np.load(path), labels
+    images = load_images(image_dir, ids, size, desc=f"{part} {size[0]}x{size[1]}")
+    if cache:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        np.save(path, images)
+    return images, labels

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--epochs", type=int, default=12)
     tr.add_argument("--warmup-epochs", type=int, default=1)
     tr.add_argument("--batch", type=int, default=32)
-    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--lr", type=float, default=1e-3, help="head warm-up learning rate")
+    tr.add_argument("--finetune-lr", type=float, default=5e-4, help="peak fine-tuning rate (cosine)")
     tr.add_argument("--seed", type=int, default=42)
     tr.add_argument("--nv-per-epoch", type=int, default=1500)
     tr.add_argument("--split", type=Path, default=None, help="split CSV (default: committed)")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = TrainConfig(
         images=args.images, out=args.out, arch=args.arch, size=args.size, epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+        warmup_epochs=args.warmup_epochs, batch=args.batch, lr=args.lr, finetune_lr=args.finetune_lr, seed=args.seed,
         weights=None if args.no_pretrained else args.weights,
         split_csv=args.split or SPLIT_CSV, nv_per_epoch=args.nv_per_epoch, limit=args.limit,
         cache=args.cache,

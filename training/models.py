@@ -29,7 +29,11 @@ def _small_cnn(x: keras.KerasTensor) -> keras.KerasTensor:
 
 
 def build_model(
-    arch: str, size: tuple[int, int], weights_dir: Path | None, dropout: float = 0.2
+    arch: str,
+    size: tuple[int, int],
+    weights_dir: Path | None,
+    dropout: float = 0.2,
+    bn_momentum: float = 0.9,
 ) -> keras.Model:
     """Backbone + global-average-pooling + dense head, softmax output over the 7 classes.
 
@@ -57,6 +61,11 @@ def build_model(
     if base is not None:
         if weights_dir is not None:
             base.load_weights(weights_dir / WEIGHT_FILES[arch])
+        # Keras' 0.999 BN momentum lags behind fine-tuned weights for thousands of steps on a
+        # 7k-image set, so early val checks run on stale statistics.
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = bn_momentum
         base.name = "backbone"
         x = base(x)
     else:

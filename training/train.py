@@ -41,6 +41,7 @@ class TrainConfig:
     warmup_epochs: int = 1
     batch: int = 32
     lr: float = 1e-3
+    finetune_lr: float = 5e-4
     seed: int = 42
     weights: Path | None = None
     split_csv: Path = SPLIT_CSV
@@ -146,7 +147,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     per_epoch = len(y_train) - n_nv + min(n_nv, cfg.nv_per_epoch)
     steps = int(np.ceil(per_epoch / cfg.batch))
     schedule = keras.optimizers.schedules.CosineDecay(
-        cfg.lr, decay_steps=max(1, steps * cfg.epochs), alpha=0.02
+        cfg.finetune_lr, decay_steps=max(1, steps * cfg.epochs), alpha=0.02
     )
     started = time.perf_counter()
     for epoch in range(total_epochs):

@@ -5,35 +5,51 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from app.config import ConfigError, Settings
 
 
 def serve(settings: Settings) -> int:
-    """Run the server with uvicorn + uvloop (measured against granian in benchmarks/)."""
+    """Run the server with uvicorn + uvloop + httptools.
+
+    Chosen over granian by measurement on the 2-core target (see benchmarks/ and the issue 5
+    notes): equal or better on the predict path, and it lets this process hand its already
+    loaded model to the app instead of loading it twice.
+    """
     import uvicorn
 
     from app.inference.classifier import Classifier, ModelLoadError
+    from app.main import create_app
 
     # Refuse to start with a one-line reason before binding the port.
     try:
-        Classifier(settings.model_path, settings.providers, 1)
+        classifier = Classifier(settings.model_path, settings.providers, threads=1)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+    }
     print(f"Serving on http://{settings.host}:{settings.port}  (model {settings.model_path})",
           flush=True)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    if settings.workers > 1:
+        # Each worker process loads its own copy; on 2 cores one worker is usually best.
+        uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **options)
+    else:
+        try:
+            app = create_app(settings, classifier)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        # uvicorn exits with status 3 itself when the lifespan start-up fails.
+        uvicorn.run(app, **options)
     return 0
 
 
@@ -42,17 +58,38 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="serve HTTP (default)")
     sub.add_parser("migrate", help="apply database migrations")
+    tok = sub.add_parser("create-token", help="create an API token for a user (printed once)")
+    tok.add_argument("username")
+    tok.add_argument("--name", default="cli", help="a label to tell tokens apart")
+    role = sub.add_parser("set-role", help="make a user a clinician or an admin")
+    role.add_argument("username")
+    role.add_argument("role", choices=["clinician", "admin"])
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "migrate":
         from app.db.migrate import migrate
 
         migrate(settings)
+        return 0
+    if args.command in ("create-token", "set-role"):
+        from app.auth.admin import AdminError, create_api_token, set_role
+
+        try:
+            if args.command == "create-token":
+                print(create_api_token(settings, args.username, args.name))
+            else:
+                set_role(settings, args.username, args.role)
+                print(f"{args.username} is now {args.role}")
+        except AdminError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     return serve(settings)
 

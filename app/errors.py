@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
@@ -55,8 +56,8 @@ def _code_for_status(status: int) -> str:
     }.get(status, "error")
 
 
-def exception_to_response(request: Request, exc: Exception) -> Response[dict[str, str]]:
-    """Map any exception to the JSON error shape; never leak a stack trace."""
+def exception_to_response(request: Request, exc: Exception) -> Response[Any]:
+    """Map any exception to the JSON error shape (HTML for page routes); never leak a trace."""
     headers: dict[str, str] | None = None
     if isinstance(exc, AppError | ImageError):
         status, code, detail = exc.status, exc.code, str(exc)
@@ -68,6 +69,10 @@ def exception_to_response(request: Request, exc: Exception) -> Response[dict[str
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         status, code, detail = HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error"
+    from app.web import html_error, wants_html  # lazy: app.web imports this module
+
+    if wants_html(request):
+        return html_error(request, status, code, detail, headers)
     return Response(
         error_body(code, detail), status_code=status, media_type=MediaType.JSON, headers=headers
     )

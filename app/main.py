@@ -11,39 +11,56 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
+from app.auth.tokens import api_token_guard
 from app.config import Settings
 from app.errors import exception_to_response
 from app.inference.classifier import Classifier
+from app.inference.service import load_service
+from app.metrics import Metrics, metrics_endpoint
 from app.routes import health
+from app.routes.api import build_api_router
+from app.web import web_parts
 
 log = logging.getLogger(__name__)
 
 
-def load_classifier(settings: Settings) -> Classifier:
-    """Load and warm the model; raises ModelLoadError with a one-line reason."""
-    classifier = Classifier(settings.model_path, settings.providers, settings.ort_threads)
-    classifier.warm_up()
-    return classifier
-
-
-def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or Settings.from_env()
+def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> Litestar:
+    """Build the app; ``classifier`` lets ``python -m app`` hand over the model it checked."""
+    # Outside dev mode a missing APP_SECRET_KEY/APP_STORAGE_KEY stops start-up here (ConfigError).
+    settings = (settings or Settings.from_env()).with_secrets()
+    web = web_parts(settings)  # clinic pages: DB, sessions, CSRF, templates, static files
+    metrics = Metrics()
 
     @asynccontextmanager
     async def model_lifespan(app: Litestar) -> AsyncIterator[None]:
-        # Loaded once per process, before readiness; inference never waits for it.
+        # Loaded and warmed once per process, before readiness; inference never waits for it.
         app.state.ready = False
-        app.state.classifier = await asyncio.to_thread(load_classifier, settings)
+        service = await asyncio.to_thread(load_service, settings, metrics, classifier)
+        metrics.set_model(service.classifier)
+        await service.start()
+        app.state.inference = service  # pages predict through this too: state.inference.analyse
+        app.state.classifier = service.classifier
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            await service.stop()
 
     return Litestar(
-        route_handlers=[*health.handlers],
-        lifespan=[model_lifespan],
-        state=State({"settings": settings, "ready": False, "classifier": None}),
+        route_handlers=[
+            *health.handlers,
+            metrics_endpoint,
+            # Auth hook: the web-app's API-token guard goes here, e.g. guards=[api_token_guard].
+            build_api_router(settings, guards=(api_token_guard,) if settings.api_auth else ()),
+            *web.route_handlers,
+        ],
+        middleware=[metrics.middleware, *web.middleware],
+        lifespan=[web.lifespan, model_lifespan],
+        state=State({"settings": settings, "ready": False, "classifier": None, "inference": None,
+                     "metrics": metrics, **web.state}),
+        template_config=web.template_config,
+        csrf_config=web.csrf_config,
         exception_handlers={Exception: exception_to_response},
         request_max_body_size=settings.max_upload_bytes,
         openapi_config=OpenAPIConfig(

@@ -42,12 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--limit", type=int, default=None, help="images per part (smoke tests)")
     tr.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True)
 
+    card = sub.add_parser("card", help="measure a converted model for the model card")
+    card.add_argument("model", type=Path, help="ONNX model (the one the server loads)")
+    card.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
+    card.add_argument("--fullres", type=Path, default=Path("../shared/data/fullres"))
+    card.add_argument("-o", "--out", type=Path, default=Path("models/card"))
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "split":
         from training.split import SPLIT_CSV, make_split, write_split
 
         write_split(make_split(args.metadata), args.out or SPLIT_CSV)
+        return 0
+
+    if args.command == "card":
+        from training.report import measure
+
+        result = measure(args.model, args.images, args.fullres, args.out)
+        print(json.dumps({k: result[k] for k in ("point", "ci95", "fullres")}, indent=2))
         return 0
 
     from training.split import SPLIT_CSV

@@ -1,10 +1,12 @@
-"""Temperature scaling, ECE and the melanoma operating point (numpy/scipy only)."""
+"""Temperature scaling, reliability curves and the melanoma operating point."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
+
+from benchmarks.metrics import expected_calibration_error, sensitivity_specificity
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -14,19 +16,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return float(-log_softmax(logits / t, axis=1)[np.arange(len(labels)), labels].mean())
 
     return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """Top-label ECE with equal-width confidence bins (Guo et al. 2017)."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        in_bin = (confidence > lo) & (confidence <= hi)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
 
 
 def reliability_curve(
@@ -53,15 +42,6 @@ def threshold_for_sensitivity(scores: np.ndarray, positive: np.ndarray, target: 
         raise ValueError("no positive examples to choose a threshold from")
     k = int(np.ceil(target * len(pos)))  # need at least k positives at or above t
     return float(pos[k - 1])
-
-
-def sensitivity_specificity(
-    scores: np.ndarray, positive: np.ndarray, threshold: float
-) -> tuple[float, float]:
-    flagged = scores >= threshold
-    sens = float(flagged[positive].mean()) if positive.any() else float("nan")
-    spec = float((~flagged[~positive]).mean()) if (~positive).any() else float("nan")
-    return sens, spec
 
 
 __all__ = [

@@ -106,7 +106,9 @@ class Classifier:
         w, h = self.spec.input_size
         want = [3, h, w] if self.spec.layout == "NCHW" else [h, w, 3]
         if len(shape) != 4 or [d if isinstance(d, int) else -1 for d in shape[1:]] != want:
-            raise ModelLoadError(f"input shape {shape} does not match spec {want} ({self.spec.layout})")
+            raise ModelLoadError(
+                f"input shape {shape} does not match spec {want} ({self.spec.layout})"
+            )
         out = outputs[0].shape
         if len(out) != 2 or out[1] != len(self.spec.labels):
             raise ModelLoadError(f"output shape {out} is not (batch, {len(self.spec.labels)})")
@@ -143,7 +145,7 @@ class Classifier:
             name=self.spec.label_names[top],
             risk_group=RISK_GROUPS.get(labels[top], "unknown"),
             confidence=float(probs[top]),
-            probabilities={c: float(p) for c, p in zip(labels, probs)},
+            probabilities={c: float(p) for c, p in zip(labels, probs, strict=True)},
             mel_flag=flag,
             mel_threshold=threshold,
         )

@@ -9,6 +9,7 @@ resize with INTER_AREA, RGB order, float32 pixels in [0, 255]; the model's own m
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import cv2
@@ -60,17 +61,33 @@ def sniff_format(data: bytes) -> str:
 def read_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Read format and size from the header alone, refusing decompression bombs before decode."""
     fmt = sniff_format(data)
+    if fmt == "png":
+        # IHDR is always the first chunk: its size is at fixed offsets, no parser needed.
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageError("unreadable png header")
+        width, height = struct.unpack(">II", data[16:24])
+        _check_budget(fmt, width, height, max_pixels)
+        return ImageInfo(fmt, width, height)
     try:
         with Image.open(io.BytesIO(data)) as img:  # lazy: parses the header only
             width, height = img.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        # PIL refuses > 2x its own MAX_IMAGE_PIXELS at open(): still a bomb, so 413 not 400.
+        raise ImageTooLargeError(f"{fmt} image is far over the pixel budget") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ImageError(f"unreadable {fmt} header") from exc
+    _check_budget(fmt, width, height, max_pixels)
+    return ImageInfo(fmt, width, height)
+
+
+def _check_budget(fmt: str, width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{fmt} header gives an empty image")
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"image is {width}x{height} ({width * height / 1e6:.1f} MP); the limit is "
             f"{max_pixels / 1e6:.0f} MP"
         )
-    return ImageInfo(fmt, width, height)
 
 
 def _reduced_flag(info: ImageInfo, target: tuple[int, int]) -> int:
@@ -99,7 +116,8 @@ def decode_image(
     """
     info = read_header(data, max_pixels)
     flag = _reduced_flag(info, target) if (target and reduced) else cv2.IMREAD_COLOR
-    # IMREAD_COLOR (and the REDUCED variants) apply the EXIF orientation tag.
+    # IMREAD_COLOR and the REDUCED variants apply the EXIF orientation tag, for JPEG and PNG
+    # (OpenCV 5; tests/unit/test_preprocess.py checks all 8 orientations against PIL).
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if bgr is None:
         raise ImageError(f"corrupt or truncated {info.format} image")

@@ -18,12 +18,17 @@ def live() -> dict[str, str]:
 @get("/health/ready", sync_to_thread=False, tags=["health"])
 def ready(state: State) -> Response[dict[str, Any]]:
     """200 once the model is loaded and warmed up, 503 before."""
-    classifier = state.get("classifier")
-    if not state.get("ready") or classifier is None:
-        return Response({"status": "starting"}, status_code=HTTP_503_SERVICE_UNAVAILABLE)
+    service = state.get("inference")
+    if not state.get("ready") or service is None:
+        return Response(
+            {"status": "starting"}, status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
+    classifier = service.classifier
     return Response(
-        {"status": "ready", "model": classifier.spec.name, "sha256": classifier.sha256,
-         "providers": classifier.providers},
+        {"status": "ready", "model": classifier.spec.name, "version": classifier.spec.version,
+         "sha256": classifier.sha256, "providers": classifier.providers,
+         "queue_depth": service.batcher.depth},
         status_code=HTTP_200_OK,
     )
 

@@ -1,0 +1,188 @@
+"""Stored analyses: predict, save (file first, then row), fetch by owner, delete, report."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from litestar.datastructures import State
+
+from app.db.tables import Analysis, User
+from app.errors import NotFoundError
+from app.inference.classifier import Classifier, Prediction
+from app.inference.preprocess import ImageError, preprocess, read_header
+from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
+from app.reports.pdf import ReportData, build_report
+from app.storage import EncryptedStore
+
+log = logging.getLogger(__name__)
+
+RISK_STYLE = {"malignant": "danger", "pre-cancerous": "warning", "benign": "success"}
+RISK_HEX = {"malignant": "#dc3545", "pre-cancerous": "#fd7e14", "benign": "#198754"}
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    filename: str
+    data: bytes
+
+
+def classifier_of(state: State) -> Classifier:
+    service = state.get("inference")
+    classifier = getattr(service, "classifier", None) or state.get("classifier")
+    if classifier is None:
+        raise RuntimeError("the model is not loaded yet")
+    return classifier  # type: ignore[no-any-return]
+
+
+async def predict(state: State, images: Sequence[bytes]) -> list[Prediction | ImageError]:
+    """Classify through the service's shared micro-batcher when present, else off-loop directly."""
+    service = state.get("inference")
+    if service is not None and hasattr(service, "analyse_many"):
+        results = await service.analyse_many(list(images))
+        return [r if isinstance(r, ImageError) else r.prediction for r in results]
+    classifier = classifier_of(state)
+    max_pixels = state["settings"].max_pixels
+
+    def run_one(data: bytes) -> Prediction | ImageError:
+        try:
+            tensor = preprocess(data, classifier.spec, max_pixels)
+        except ImageError as exc:
+            return exc
+        return classifier.describe(classifier.run(tensor[None])[0])
+
+    return list(await asyncio.gather(*(asyncio.to_thread(run_one, d) for d in images)))
+
+
+def parse_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError as exc:
+        raise NotFoundError("analysis not found") from exc
+
+
+async def save(
+    store: EncryptedStore,
+    classifier: Classifier,
+    owner_id: int,
+    patient: str,
+    upload: Upload,
+    prediction: Prediction,
+    batch: str | None = None,
+) -> uuid.UUID:
+    """Encrypt and store the image, then insert the row; never a row without its file."""
+    fmt = read_header(upload.data).format
+    name = await asyncio.to_thread(store.put, upload.data, f".{fmt}")
+    row = Analysis(
+        owner=owner_id,
+        patient=patient[:128],
+        batch=batch,
+        image_path=name,
+        image_sha256=hashlib.sha256(upload.data).hexdigest(),
+        original_filename=(upload.filename or "upload")[:255],
+        predicted_class=prediction.label,
+        probabilities=json.dumps(prediction.probabilities),
+        confidence=prediction.confidence,
+        melanoma_flag=prediction.mel_flag,
+        melanoma_threshold=prediction.mel_threshold,
+        model_name=classifier.spec.name[:128],
+        model_version=str(classifier.spec.version)[:64],
+        model_sha256=classifier.sha256,
+    )
+    try:
+        await row.save().run()
+    except BaseException:
+        store.delete(name)  # the row never existed; do not leave an orphan file behind
+        raise
+    return row.id  # type: ignore[no-any-return]
+
+
+def decorate(row: dict[str, Any]) -> dict[str, Any]:
+    """Add what templates and reports need: parsed probabilities, names and risk group."""
+    probs = row.get("probabilities")
+    if isinstance(probs, str):
+        probs = json.loads(probs)
+    label = row["predicted_class"]
+    risk = RISK_GROUPS.get(label, "unknown")
+    return {
+        **row,
+        "id": str(row["id"]),
+        "probabilities": probs or {},
+        "predicted_name": HAM10000_NAMES.get(label, label),
+        "risk_group": risk,
+        "risk_style": RISK_STYLE.get(risk, "secondary"),
+        "risk_hex": RISK_HEX.get(risk, "#6c757d"),
+        "urgent": risk == "malignant" or bool(row.get("melanoma_flag")),
+    }
+
+
+async def get_owned(raw_id: str, owner_id: int) -> dict[str, Any]:
+    """The analysis if ``owner_id`` owns it; otherwise 404, the same as if it did not exist."""
+    row = (
+        await Analysis.select()
+        .where((Analysis.id == parse_id(raw_id)) & (Analysis.owner == owner_id))
+        .first()
+        .run()
+    )
+    if row is None:
+        raise NotFoundError("analysis not found")
+    return decorate(row)
+
+
+async def delete_owned(store: EncryptedStore, raw_id: str, owner_id: int) -> dict[str, Any]:
+    row = await get_owned(raw_id, owner_id)
+    await Analysis.delete().where(
+        (Analysis.id == parse_id(raw_id)) & (Analysis.owner == owner_id)
+    ).run()
+    # Files after the row: a crash in between leaves an unreferenced file, never a dead link.
+    store.delete(row["image_path"])
+    store.delete(row.get("report_path"))
+    return row
+
+
+async def report_pdf(store: EncryptedStore, row: dict[str, Any]) -> bytes:
+    """The stored (encrypted) PDF, rendered off the event loop and saved if missing."""
+    name = row.get("report_path")
+    if name and store.exists(name):
+        return await asyncio.to_thread(store.get, name)
+    image = await asyncio.to_thread(store.get, row["image_path"])
+    clinician = (
+        await User.select(User.username).where(User.id == row["owner"]).first().run()
+    ) or {"username": "?"}
+    created = row["created_at"]
+    if isinstance(created, str):
+        created = dt.datetime.fromisoformat(created)
+    data = ReportData(
+        report_id=row["id"],
+        patient=row["patient"],
+        clinician=clinician["username"],
+        created_at=created,
+        image=image,
+        image_sha256=row["image_sha256"],
+        predicted_class=row["predicted_class"],
+        predicted_name=row["predicted_name"],
+        risk_group=row["risk_group"],
+        confidence=row["confidence"],
+        probabilities=row["probabilities"],
+        label_names=HAM10000_NAMES,
+        melanoma_flag=row["melanoma_flag"],
+        melanoma_threshold=row["melanoma_threshold"],
+        model_name=row["model_name"],
+        model_version=row["model_version"],
+        model_sha256=row["model_sha256"],
+    )
+    pdf = await asyncio.to_thread(build_report, data)
+    new_name = await asyncio.to_thread(store.put, pdf, ".pdf")
+    await Analysis.update({Analysis.report_path: new_name}).where(
+        Analysis.id == parse_id(row["id"])
+    ).run()
+    if name and name != new_name:
+        store.delete(name)
+    return pdf

@@ -1,0 +1,1 @@
+"""Authentication: argon2 passwords, login throttling, cookie sessions and API tokens."""

@@ -1,0 +1,1 @@
+"""Database: Piccolo tables, committed migrations and engine set-up (SQLite or PostgreSQL)."""

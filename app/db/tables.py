@@ -1,0 +1,83 @@
+"""Piccolo tables. Change them, then `piccolo migrations new clinic --auto` and commit the file."""
+
+from __future__ import annotations
+
+import uuid
+
+from piccolo.columns import (
+    JSON,
+    UUID,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.base import OnDelete
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.table import Table
+
+ROLES = ("clinician", "admin")
+
+
+class User(Table, tablename="app_user"):  # `user` is reserved in PostgreSQL
+    """A clinician or an admin. ``username_key`` is the casefolded name that must be unique."""
+
+    username = Varchar(length=64)
+    username_key = Varchar(length=64, unique=True, index=True)
+    password_hash = Varchar(length=255)
+    role = Varchar(length=16, default="clinician")
+    active = Boolean(default=True)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class Analysis(Table):
+    """One analysed image, owned by one user. ``id`` is a UUID so ids in URLs are not guessable."""
+
+    id = UUID(primary_key=True, default=uuid.uuid4)
+    owner = ForeignKey(references=User, on_delete=OnDelete.cascade, index=True)
+    patient = Varchar(length=128, index=True)
+    batch = Varchar(length=32, null=True, default=None, index=True)
+    image_path = Varchar(length=255)  # random name relative to images_dir, never user input
+    image_sha256 = Varchar(length=64)
+    original_filename = Varchar(length=255)  # shown only, never used as a path
+    predicted_class = Varchar(length=16, index=True)
+    probabilities = JSON()  # {label: probability}; Piccolo hands JSON back as str
+    confidence = Float()
+    melanoma_flag = Boolean(default=False)
+    melanoma_threshold = Float(null=True, default=None)
+    model_name = Varchar(length=128)
+    model_version = Varchar(length=64)
+    model_sha256 = Varchar(length=64)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    report_path = Varchar(length=255, null=True, default=None)
+
+
+class AuditEvent(Table):
+    """Who did what to which record, when and from where. Kept when the user is deleted."""
+
+    actor = ForeignKey(references=User, on_delete=OnDelete.set_null, null=True, index=True)
+    actor_name = Varchar(length=64, default="")
+    action = Varchar(length=48, index=True)
+    target = Varchar(length=64, null=True, default=None)
+    address = Varchar(length=64, default="")
+    detail = Text(default="")
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+
+
+class ApiToken(Table):
+    """A per-user bearer token for the JSON API; only its SHA-256 is stored."""
+
+    owner = ForeignKey(references=User, on_delete=OnDelete.cascade, index=True)
+    name = Varchar(length=64, default="")
+    token_hash = Varchar(length=64, unique=True, index=True)
+    prefix = Varchar(length=16)  # shown in the UI so a user can tell tokens apart
+    created_at = Timestamptz(default=TimestamptzNow())
+    last_used_at = Timestamptz(null=True, default=None)
+    revoked = Boolean(default=False)
+    uses = Integer(default=0)
+
+
+TABLES: tuple[type[Table], ...] = (User, Analysis, AuditEvent, ApiToken)

@@ -1,0 +1,137 @@
+"""Bytes in, prediction out: decode on a bounded thread pool, infer through the micro-batcher.
+
+The one entry point every caller uses (JSON API, WebSocket, web pages), so they all share the
+same preprocessing, queue bound and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from app.config import Settings
+from app.inference.batching import InferenceObserver, MicroBatcher
+from app.inference.classifier import Classifier, Prediction
+from app.inference.preprocess import ImageError, ImageTooLargeError, preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """One classified image with the timings the API reports."""
+
+    prediction: Prediction
+    decode_ms: float
+    inference_ms: float
+    queue_ms: float
+    batch_size: int
+
+
+class InferenceService:
+    """Owns the classifier, the decode pool and the micro-batcher for one process."""
+
+    def __init__(
+        self, classifier: Classifier, settings: Settings, observer: InferenceObserver | None = None
+    ) -> None:
+        self.classifier = classifier
+        self.spec = classifier.spec
+        self.max_pixels = settings.max_pixels
+        self.max_upload_bytes = settings.max_upload_bytes
+        workers = max(1, settings.ort_threads)
+        self._observer = observer
+        # Decodes are bounded like inference: 100 concurrent uploads never decode 100 images at
+        # once (memory), and OpenCV releases the GIL, so `workers` threads use `workers` cores.
+        self._decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        # intra_op=1 per session.run and `workers` runs in flight beat one run with intra_op=N
+        # on 2 cores (PITFALLS.md); the classifier is created with threads=1 for this reason.
+        self.batcher = MicroBatcher(
+            classifier.run,
+            max_batch=settings.microbatch_max,
+            max_wait_ms=settings.microbatch_wait_ms,
+            # A full batch upload must fit in the queue, or the batch endpoint could never succeed.
+            queue_max=max(settings.queue_max, settings.batch_max),
+            concurrency=workers,
+            observer=observer,
+        )
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self._decode_pool.shutdown(wait=True)
+
+    def _decode(self, data: bytes) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        tensor = preprocess(data, self.spec, self.max_pixels)
+        return tensor, (time.perf_counter() - t0) * 1000
+
+    async def decode(self, data: bytes) -> tuple[np.ndarray, float]:
+        """Validate, decode and resize off the event loop; raises ImageError (4xx)."""
+        if len(data) > self.max_upload_bytes:
+            raise ImageTooLargeError(
+                f"image is {len(data)} bytes; the limit is {self.max_upload_bytes}"
+            )
+        loop = asyncio.get_running_loop()
+        tensor, ms = await loop.run_in_executor(self._decode_pool, self._decode, data)
+        if self._observer is not None:
+            self._observer.observe_decode(ms / 1000)
+        return tensor, ms
+
+    async def analyse(self, data: bytes) -> Analysis:
+        """Classify one image; raises ImageError for bad input, OverloadedError when full."""
+        tensor, decode_ms = await self.decode(data)
+        result = await self.batcher.submit(tensor)
+        return Analysis(
+            self.classifier.describe(result.probabilities),
+            decode_ms, result.inference_ms, result.queue_ms, result.batch_size,
+        )
+
+    async def analyse_many(self, images: Sequence[bytes]) -> list[Analysis | ImageError]:
+        """Classify several images in order; a bad one yields its ImageError, not a failure.
+
+        Admission to the inference queue is all-or-nothing (OverloadedError for the lot).
+        """
+        decoded = await asyncio.gather(
+            *(self.decode(data) for data in images), return_exceptions=True
+        )
+        out: list[Analysis | ImageError | None] = [None] * len(images)
+        good: list[tuple[int, np.ndarray, float]] = []
+        for i, item in enumerate(decoded):
+            if isinstance(item, ImageError):
+                out[i] = item
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                good.append((i, *item))
+        results = await self.batcher.submit_many([tensor for _, tensor, _ in good])
+        for (i, _, decode_ms), result in zip(good, results, strict=True):
+            out[i] = Analysis(
+                self.classifier.describe(result.probabilities),
+                decode_ms, result.inference_ms, result.queue_ms, result.batch_size,
+            )
+        return [r for r in out if r is not None]
+
+
+def load_service(
+    settings: Settings,
+    observer: InferenceObserver | None = None,
+    classifier: Classifier | None = None,
+) -> InferenceService:
+    """Load (unless given) and warm the model, then wrap it; raises ModelLoadError."""
+    # Two cores are better spent on two requests than on one image's parallel resize.
+    cv2.setNumThreads(1)
+    if classifier is None:
+        classifier = Classifier(settings.model_path, settings.providers, threads=1)
+    classifier.warm_up()
+    # ORT sizes its buffers per shape: pay for the largest micro-batch now, not on a busy request.
+    classifier.run(np.zeros((settings.microbatch_max, *classifier.input_shape), np.float32))
+    return InferenceService(classifier, settings, observer)

@@ -1,0 +1,1 @@
+"""Report rendering, behind one small function so a deployer can swap the renderer."""

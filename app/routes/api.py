@@ -1,0 +1,411 @@
+"""The JSON API under /api/v1: single and batch prediction, and live WebSocket prediction.
+
+Auth hook: every handler here sits on ONE Router built by :func:`build_api_router`. To protect
+the API, pass ``guards=[...]`` there (``app/main.py`` does, in one line); the guards apply to the
+HTTP endpoints and to the WebSocket alike. The API is token-authenticated, so it is excluded from
+CSRF (``API_PREFIX``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Request, Router, WebSocket, post, websocket
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import WebSocketDisconnect
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
+from litestar.status_codes import WS_1013_TRY_AGAIN_LATER
+from litestar.types import Guard
+from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
+
+from app.config import Settings
+from app.errors import AppError, NotReadyError
+from app.inference.classifier import Classifier
+from app.inference.preprocess import ImageError
+from app.inference.service import Analysis, InferenceService
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+IMAGE_FIELD = "image"
+BATCH_FIELD = "images"
+_MULTIPART_OVERHEAD = 64 * 1024  # part headers and boundaries around a maximal image
+
+
+class MissingImageError(AppError):
+    status = 400
+    code = "missing_image"
+
+
+class TooManyImagesError(AppError):
+    status = 400
+    code = "too_many_images"
+
+
+class PayloadTooLargeError(AppError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotMultipartError(AppError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+# ---------------------------------------------------------------- response bodies (OpenAPI)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    error: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    decode_ms: float
+    inference_ms: float  # the whole micro-batch's session.run
+    queue_ms: float
+    batch_size: int  # images in the micro-batch this one ran in
+
+
+@dataclass(frozen=True, slots=True)
+class PredictResponse:
+    label: str  # HAM10000 class code, e.g. "mel"
+    name: str  # plain-language name
+    risk_group: str
+    confidence: float
+    probabilities: dict[str, float]
+    melanoma_flag: bool
+    melanoma_threshold: float | None
+    model: ModelInfo
+    timing: Timing
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    index: int
+    filename: str | None
+    result: PredictResponse | None = None
+    error: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResponse:
+    count: int
+    failed: int
+    results: list[BatchItem] = field(default_factory=list)
+
+
+def model_info(classifier: Classifier) -> ModelInfo:
+    return ModelInfo(classifier.spec.name, classifier.spec.version, classifier.sha256)
+
+
+def to_response(analysis: Analysis, model: ModelInfo) -> PredictResponse:
+    p = analysis.prediction
+    return PredictResponse(
+        label=p.label,
+        name=p.name,
+        risk_group=p.risk_group,
+        confidence=round(p.confidence, 6),
+        probabilities={k: round(v, 6) for k, v in p.probabilities.items()},
+        melanoma_flag=p.mel_flag,
+        melanoma_threshold=p.mel_threshold,
+        model=model,
+        timing=Timing(
+            round(analysis.decode_ms, 3), round(analysis.inference_ms, 3),
+            round(analysis.queue_ms, 3), analysis.batch_size,
+        ),
+    )
+
+
+# ---------------------------------------------------------------- multipart, in memory
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+async def read_uploads(
+    request: Request[Any, Any, Any], field_name: str, max_files: int, max_file_bytes: int
+) -> list[Upload]:
+    """Stream a multipart body into memory and return the parts named ``field_name``.
+
+    Our own parser instead of ``request.form()``: no spooled temp files, a clear 4xx for every
+    malformed request (Litestar 2.25 answers 500 to a multipart body without a file part), and
+    a per-image size limit that answers 413.
+    """
+    media_type, options = request.content_type
+    if media_type != "multipart/form-data":
+        stream = request.stream()
+        first = await anext(stream, b"")
+        if not first:
+            raise MissingImageError(f"empty request body; send multipart/form-data with field "
+                                    f"{field_name!r}")
+        raise NotMultipartError(
+            f"send multipart/form-data with the image in field {field_name!r}, not {media_type!r}"
+        )
+    boundary = options.get("boundary")
+    if not boundary:
+        raise AppError("multipart boundary missing in Content-Type")
+    uploads: list[Upload] = []
+    others: set[str] = set()
+    segment: MultipartSegment | None = None
+    chunks: list[bytes] = []
+    saw_body = False
+    try:
+        with PushMultipartParser(
+            boundary.encode(), max_segment_size=max_file_bytes, max_segment_count=max_files + 16
+        ) as parser:
+            async for chunk in request.stream():
+                saw_body = saw_body or bool(chunk)
+                for event in parser.parse(chunk):
+                    if isinstance(event, MultipartSegment):
+                        segment, chunks = event, []
+                    elif event:
+                        if segment is not None and segment.name == field_name:
+                            chunks.append(bytes(event))
+                    elif segment is not None:  # end of a part
+                        if segment.name == field_name:
+                            if len(uploads) >= max_files:
+                                raise TooManyImagesError(f"at most {max_files} images per request")
+                            uploads.append(Upload(segment.filename, b"".join(chunks)))
+                        else:
+                            others.add(segment.name)
+                        segment, chunks = None, []
+                if parser.closed:
+                    break
+    except ParserLimitReached as exc:
+        raise PayloadTooLargeError(
+            f"each image may be at most {max_file_bytes // (1024 * 1024)} MB"
+        ) from exc
+    except ParserError as exc:
+        if not saw_body:
+            raise MissingImageError("empty request body") from exc
+        raise AppError(f"malformed multipart body: {exc}") from exc
+    if not uploads:
+        got = f"; got fields {sorted(others)}" if others else ""
+        raise MissingImageError(f"no image in multipart field {field_name!r}{got}")
+    return uploads
+
+
+# ---------------------------------------------------------------- OpenAPI request bodies
+
+
+def _multipart_operation(field_name: str, many: bool) -> type[Operation]:
+    binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+    prop = Schema(type=OpenAPIType.ARRAY, items=binary) if many else binary
+    body = RequestBody(
+        required=True,
+        content={
+            "multipart/form-data": OpenAPIMediaType(
+                schema=Schema(type=OpenAPIType.OBJECT, properties={field_name: prop},
+                              required=[field_name])
+            )
+        },
+        description="JPEG or PNG, recognised by content (the file name is ignored).",
+    )
+
+    @dataclass
+    class MultipartOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = body
+
+    return MultipartOperation
+
+
+_ERRORS = {
+    400: ResponseSpec(ErrorBody, description="Missing or unreadable image"),
+    413: ResponseSpec(ErrorBody, description="Upload or image over the size/pixel budget"),
+    415: ResponseSpec(ErrorBody, description="Not JPEG/PNG, or not multipart/form-data"),
+    503: ResponseSpec(ErrorBody, description="Not ready, or the inference queue is full "
+                                             "(Retry-After)"),
+}
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def provide_service(state: State) -> InferenceService:
+    service: InferenceService | None = state.get("inference")
+    if service is None or not state.get("ready"):
+        raise NotReadyError("the model is still loading", headers={"Retry-After": "1"})
+    return service
+
+
+def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router:
+    """All JSON API endpoints on one Router: attach auth here via ``guards``.
+
+    Args:
+        guards: Litestar guards (e.g. an API-token check) applied to every API route,
+            WebSocket included.
+    """
+    max_bytes = settings.max_upload_bytes
+    batch_max = settings.batch_max
+
+    @post(
+        "/predict",
+        status_code=200,
+        summary="Classify one image",
+        request_max_body_size=max_bytes + _MULTIPART_OVERHEAD,
+        operation_class=_multipart_operation(IMAGE_FIELD, many=False),
+        responses=_ERRORS,
+    )
+    async def predict(
+        request: Request[Any, Any, Any], service: InferenceService
+    ) -> PredictResponse:
+        """One image as multipart field ``image`` -> class, 7 probabilities, melanoma flag."""
+        uploads = await read_uploads(request, IMAGE_FIELD, 1, max_bytes)
+        analysis = await service.analyse(uploads[0].data)
+        return to_response(analysis, model_info(service.classifier))
+
+    @post(
+        "/predict/batch",
+        status_code=200,
+        summary=f"Classify up to {batch_max} images",
+        # A batch is many images but not many maximal ones: bound the whole body too.
+        request_max_body_size=4 * max_bytes + _MULTIPART_OVERHEAD,
+        operation_class=_multipart_operation(BATCH_FIELD, many=True),
+        responses=_ERRORS,
+    )
+    async def predict_batch(
+        request: Request[Any, Any, Any], service: InferenceService
+    ) -> BatchResponse:
+        """Repeated multipart fields ``images``; results in order, bad images get own errors."""
+        uploads = await read_uploads(request, BATCH_FIELD, batch_max, max_bytes)
+        outcomes = await service.analyse_many([u.data for u in uploads])
+        model = model_info(service.classifier)
+        items: list[BatchItem] = []
+        for i, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
+            if isinstance(outcome, ImageError):
+                items.append(BatchItem(i, upload.filename, error=outcome.code, detail=str(outcome)))
+            else:
+                items.append(BatchItem(i, upload.filename, result=to_response(outcome, model)))
+        failed = sum(1 for item in items if item.error)
+        return BatchResponse(count=len(items), failed=failed, results=items)
+
+    @websocket("/live")
+    async def live(socket: WebSocket[Any, Any, Any]) -> None:
+        """Binary JPEG/PNG frames in, one JSON prediction per processed frame out.
+
+        Only the newest unprocessed frame is kept: when frames arrive faster than the model
+        runs, older ones are dropped (never queued) and each reply says how many.
+        """
+        state = socket.app.state
+        service: InferenceService | None = state.get("inference")
+        if service is None or not state.get("ready"):
+            await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="model is loading")
+            return
+        metrics: Metrics | None = state.get("metrics")
+        await socket.accept()
+        await LiveSession(socket, service, metrics).run()
+
+    return Router(
+        path=API_PREFIX,
+        route_handlers=[predict, predict_batch, live],
+        guards=list(guards),
+        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
+        tags=["api"],
+    )
+
+
+class LiveSession:
+    """One kiosk connection: a receiver keeps the newest frame, a worker classifies it."""
+
+    def __init__(
+        self, socket: WebSocket[Any, Any, Any], service: InferenceService, metrics: Metrics | None
+    ) -> None:
+        self.socket = socket
+        self.service = service
+        self.metrics = metrics
+        self.model = model_info(service.classifier)
+        self.received = 0
+        self.dropped_pending = 0  # dropped since the last reply
+        self.dropped_total = 0
+        self.latest: tuple[int, bytes | None] | None = None
+        self.closed = False
+        self.arrived = asyncio.Event()
+
+    async def _receive(self) -> None:
+        try:
+            while True:
+                message = await self.socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                self.received += 1
+                if self.latest is not None:  # not yet picked up: replace it
+                    self.dropped_pending += 1
+                    self.dropped_total += 1
+                    if self.metrics is not None:
+                        self.metrics.ws_frames_dropped.inc()
+                data = message.get("bytes")
+                self.latest = (self.received, data if isinstance(data, bytes) else None)
+                self.arrived.set()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.closed = True
+            self.arrived.set()
+
+    async def _reply(self, seq: int, data: bytes | None) -> dict[str, Any]:
+        head: dict[str, Any] = {
+            "frame": seq, "dropped": self.dropped_pending, "dropped_total": self.dropped_total,
+        }
+        self.dropped_pending = 0
+        if data is None:
+            return head | {"error": "bad_frame", "detail": "send each frame as a binary message"}
+        try:
+            analysis = await self.service.analyse(data)
+        except (ImageError, AppError) as exc:
+            return head | {"error": exc.code, "detail": str(exc)}
+        body = to_response(analysis, self.model)
+        return head | {
+            "label": body.label, "name": body.name, "risk_group": body.risk_group,
+            "confidence": body.confidence, "probabilities": body.probabilities,
+            "melanoma_flag": body.melanoma_flag, "melanoma_threshold": body.melanoma_threshold,
+            "model": {"name": self.model.name, "version": self.model.version,
+                      "sha256": self.model.sha256},
+            "timing": {"decode_ms": body.timing.decode_ms,
+                       "inference_ms": body.timing.inference_ms,
+                       "queue_ms": body.timing.queue_ms, "batch_size": body.timing.batch_size},
+        }
+
+    async def run(self) -> None:
+        receiver = asyncio.get_running_loop().create_task(self._receive())
+        try:
+            while True:
+                await self.arrived.wait()
+                self.arrived.clear()
+                if self.latest is None:
+                    if self.closed:
+                        break
+                    continue
+                seq, data = self.latest
+                self.latest = None
+                reply = await self._reply(seq, data)
+                if self.closed:
+                    break
+                await self.socket.send_json(reply)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)

@@ -1,0 +1,204 @@
+"""Register, log in, log out, and per-user API tokens."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+
+from app import audit
+from app.auth.passwords import hash_password, password_problem, verify_password
+from app.auth.session import USER, CurrentUser, optional_user, start_session
+from app.auth.tokens import create_token
+from app.db.tables import ApiToken, User
+from app.web import flash, render
+
+log = logging.getLogger(__name__)
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{3,64}$")
+# One message for an unknown user and a wrong password: no account enumeration.
+BAD_LOGIN = "Invalid username or password."
+
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+
+
+def client_address(request: Request[Any, Any, Any]) -> str:
+    return request.client.host if request.client else ""
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site relative paths: never an open redirect."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/dashboard"
+
+
+@get("/login", name="login")
+async def login_page(request: Request[Any, Any, State], next: str | None = None) -> Template:
+    await optional_user(request)
+    return render(request, "login.html", next=safe_next(next))
+
+
+@post("/login", status_code=303)
+async def login(request: Request[Any, Any, State], state: State, data: Form) -> Any:
+    username = (data.get("username") or "").strip()
+    password = data.get("password") or ""
+    target = safe_next(data.get("next"))
+    address = client_address(request)
+    throttle = state["login_throttle"]
+    wait = throttle.retry_after(username, address)
+    if wait:
+        await audit.record("login_throttled", actor_id=None, actor_name=username, address=address)
+        request.scope.setdefault("state", {})["current_user"] = None
+        return render(
+            request, "login.html", status_code=429, next=target, username=username,
+            error=f"Too many failed attempts. Try again in {wait // 60 + 1} minutes.",
+        )
+    row = (
+        await User.select(User.id, User.username, User.password_hash, User.active)
+        .where(User.username_key == username.casefold())
+        .first()
+        .run()
+    )
+    stored = row["password_hash"] if row and row["active"] else None
+    result = await verify_password(state["password_hasher"], stored, password)
+    if not result.ok or row is None:
+        throttle.failed(username, address)
+        await audit.record("login_failed", actor_id=None, actor_name=username, address=address)
+        request.scope.setdefault("state", {})["current_user"] = None
+        return render(
+            request, "login.html", status_code=401, next=target, username=username,
+            error=BAD_LOGIN,
+        )
+    throttle.succeeded(username, address)
+    if result.new_hash:  # parameters changed since this hash was made
+        await User.update({User.password_hash: result.new_hash}).where(User.id == row["id"]).run()
+        row["password_hash"] = result.new_hash
+        log.info("rehashed password of user %s with current argon2 parameters", row["id"])
+    start_session(request, row)
+    await audit.record("login", actor_id=row["id"], actor_name=row["username"], address=address)
+    return Redirect(target, status_code=303)
+
+
+@get("/register", name="register")
+async def register_page(request: Request[Any, Any, State]) -> Template:
+    await optional_user(request)
+    return render(request, "register.html")
+
+
+@post("/register", status_code=303)
+async def register(request: Request[Any, Any, State], state: State, data: Form) -> Any:
+    await optional_user(request)
+    username = (data.get("username") or "").strip()
+    password = data.get("password") or ""
+    confirm = data.get("confirm") or ""
+    error: str | None = None
+    if not USERNAME_RE.match(username):
+        error = "Usernames are 3 to 64 letters, digits or . _ @ -"
+    elif password != confirm:
+        error = "The passwords do not match."
+    else:
+        error = password_problem(username, password)
+    if error is None:
+        exists = await User.exists().where(User.username_key == username.casefold()).run()
+        if exists:
+            error = "That username is taken."
+    if error is not None:
+        return render(request, "register.html", status_code=400, username=username, error=error)
+    password_hash = await hash_password(state["password_hasher"], password)
+    user = User(username=username, username_key=username.casefold(), password_hash=password_hash)
+    try:
+        await user.save().run()
+    except Exception as exc:  # a concurrent registration won the unique index
+        if "unique" not in str(exc).lower():
+            raise
+        return render(
+            request, "register.html", status_code=400, username=username,
+            error="That username is taken.",
+        )
+    await audit.record(
+        "register", actor_id=user.id, actor_name=username, address=client_address(request)
+    )
+    start_session(request, {"id": user.id, "password_hash": password_hash})
+    flash(request, f"Welcome, {username}. Your account is ready.", "success")
+    return Redirect("/dashboard", status_code=303)
+
+
+@post("/logout", status_code=303)
+async def logout(request: Request[Any, Any, State]) -> Redirect:
+    user = await optional_user(request)
+    if user is not None:
+        await audit.record(
+            "logout", actor_id=user.id, actor_name=user.username, address=client_address(request)
+        )
+    request.clear_session()
+    return Redirect("/login", status_code=303)
+
+
+@get("/tokens", name="tokens", dependencies=USER)
+async def tokens_page(
+    request: Request[Any, Any, State],
+    user: CurrentUser,
+) -> Template:
+    rows = (
+        await ApiToken.select(
+            ApiToken.id, ApiToken.name, ApiToken.prefix, ApiToken.created_at,
+            ApiToken.last_used_at, ApiToken.uses,
+        )
+        .where((ApiToken.owner == user.id) & (ApiToken.revoked.eq(False)))
+        .order_by(ApiToken.id, ascending=False)
+        .run()
+    )
+    return render(request, "tokens.html", tokens=rows, new_token=None)
+
+
+@post("/tokens", dependencies=USER)
+async def new_token(
+    request: Request[Any, Any, State],
+    user: CurrentUser,
+    data: Form,
+) -> Template:
+    token = await create_token(user.id, (data.get("name") or "").strip())
+    await audit.record(
+        "token_created", actor_id=user.id, actor_name=user.username,
+        address=client_address(request), target=token[:10],
+    )
+    rows = (
+        await ApiToken.select(
+            ApiToken.id, ApiToken.name, ApiToken.prefix, ApiToken.created_at,
+            ApiToken.last_used_at, ApiToken.uses,
+        )
+        .where((ApiToken.owner == user.id) & (ApiToken.revoked.eq(False)))
+        .order_by(ApiToken.id, ascending=False)
+        .run()
+    )
+    # Shown once; only its hash is stored.
+    return render(request, "tokens.html", status_code=200, tokens=rows, new_token=token)
+
+
+@post("/tokens/{token_id:int}/revoke", status_code=303, dependencies=USER)
+async def revoke_token(
+    request: Request[Any, Any, State],
+    user: CurrentUser,
+    token_id: int,
+) -> Redirect:
+    await ApiToken.update({ApiToken.revoked: True}).where(
+        (ApiToken.id == token_id) & (ApiToken.owner == user.id)
+    ).run()
+    await audit.record(
+        "token_revoked", actor_id=user.id, actor_name=user.username,
+        address=client_address(request), target=str(token_id),
+    )
+    flash(request, "Token revoked.", "info")
+    return Redirect("/tokens", status_code=303)
+
+
+handlers: list[Any] = [
+    login_page, login, register_page, register, logout, tokens_page, new_token, revoke_token,
+]

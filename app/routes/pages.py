@@ -1,0 +1,257 @@
+"""Clinic pages: landing, dashboard, new analysis (batch), result, history, delete, audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+from collections import Counter
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State, UploadFile
+from litestar.response import Redirect, Template
+
+from app import analyses, audit
+from app.analyses import RISK_HEX, Upload
+from app.auth.session import ADMIN, USER, CurrentUser, optional_user
+from app.charts import column_svg, hbar_svg
+from app.db.tables import Analysis, AuditEvent
+from app.errors import AppError
+from app.inference.preprocess import ImageError
+from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES, RISK_GROUPS
+from app.routes.auth import client_address
+from app.web import flash, render
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 20
+
+
+def _when(value: Any) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value  # type: ignore[no-any-return]
+
+
+@get("/", name="landing")
+async def landing(request: Request[Any, Any, State]) -> Template:
+    await optional_user(request)
+    return render(request, "landing.html")
+
+
+@get("/dashboard", name="dashboard", dependencies=USER)
+async def dashboard(request: Request[Any, Any, State], user: CurrentUser) -> Template:
+    rows = (
+        await Analysis.select(
+            Analysis.predicted_class, Analysis.confidence, Analysis.melanoma_flag,
+            Analysis.created_at,
+        )
+        .where(Analysis.owner == user.id)
+        .run()
+    )
+    by_class = Counter(r["predicted_class"] for r in rows)
+    today = dt.datetime.now(dt.UTC).date()
+    monday = today - dt.timedelta(days=today.weekday())
+    weeks = [monday - dt.timedelta(weeks=i) for i in range(11, -1, -1)]
+    per_week: Counter[dt.date] = Counter()
+    for r in rows:
+        d = _when(r["created_at"]).date()
+        per_week[d - dt.timedelta(days=d.weekday())] += 1
+    class_chart = hbar_svg(
+        [
+            (f"{HAM10000_NAMES[c].split(' (')[0]} ({c})", by_class.get(c, 0),
+             RISK_HEX.get(RISK_GROUPS[c], "#6c757d"))
+            for c in HAM10000_LABELS
+        ],
+        fmt="{:.0f}", title="Analyses by predicted class",
+    )
+    week_chart = column_svg(
+        [(w.strftime("%d %b"), per_week.get(w, 0)) for w in weeks],
+        title="Analyses per week (last 12 weeks)",
+    )
+    flagged = sum(1 for r in rows if r["melanoma_flag"])
+    mean_conf = sum(r["confidence"] for r in rows) / len(rows) if rows else None
+    recent = (
+        await Analysis.select(
+            Analysis.id, Analysis.patient, Analysis.predicted_class, Analysis.confidence,
+            Analysis.melanoma_flag, Analysis.created_at,
+        )
+        .where((Analysis.owner == user.id) & (Analysis.melanoma_flag.eq(True)))
+        .order_by(Analysis.created_at, ascending=False)
+        .limit(5)
+        .run()
+    )
+    return render(
+        request, "dashboard.html", total=len(rows), flagged=flagged, mean_conf=mean_conf,
+        class_chart=class_chart, week_chart=week_chart,
+        flagged_recent=[analyses.decorate({**r, "probabilities": "{}"}) for r in recent],
+    )
+
+
+@get("/analyses/new", name="new_analysis", dependencies=USER)
+async def new_analysis(request: Request[Any, Any, State], user: CurrentUser) -> Template:
+    return render(request, "new_analysis.html", batch_max=request.app.state["settings"].batch_max)
+
+
+async def _read_uploads(request: Request[Any, Any, State]) -> tuple[str, list[Upload]]:
+    try:
+        form = await request.form()
+    except Exception as exc:  # Litestar 2.25 raises from deep in multipart parsing
+        raise AppError("the upload could not be read; choose one or more images") from exc
+    patient = str(form.get("patient") or "").strip()
+    files = [f for f in form.getall("images") if isinstance(f, UploadFile) and f.filename] if (
+        "images" in form
+    ) else []
+    uploads = [Upload(f.filename, await f.read()) for f in files]
+    return patient, [u for u in uploads if u.data]
+
+
+@post("/analyses", dependencies=USER, status_code=303)
+async def create_analysis(
+    request: Request[Any, Any, State], state: State, user: CurrentUser
+) -> Response[Any]:
+    settings = state["settings"]
+    patient, uploads = await _read_uploads(request)
+    errors: list[str] = []
+    if not patient:
+        errors.append("Enter the patient's name or identifier.")
+    if not uploads:
+        errors.append("Choose at least one image (JPEG or PNG).")
+    if len(uploads) > settings.batch_max:
+        errors.append(f"At most {settings.batch_max} images at once.")
+    if errors:
+        return render(
+            request, "new_analysis.html", status_code=400, errors=errors, patient=patient,
+            batch_max=settings.batch_max,
+        )
+    results = await analyses.predict(state, [u.data for u in uploads])
+    classifier = analyses.classifier_of(state)
+    batch = secrets.token_hex(8) if len(uploads) > 1 else None
+    saved: list[str] = []
+    for upload, result in zip(uploads, results, strict=True):
+        if isinstance(result, ImageError):
+            errors.append(f"{upload.filename}: {result}")
+            continue
+        analysis_id = await analyses.save(
+            state["store"], classifier, user.id, patient, upload, result, batch
+        )
+        saved.append(str(analysis_id))
+        await audit.record(
+            "analysis_created", actor_id=user.id, actor_name=user.username,
+            target=str(analysis_id), address=client_address(request),
+            detail=f"{result.label} {result.confidence:.3f}",
+        )
+    if not saved:
+        return render(
+            request, "new_analysis.html", status_code=400, errors=errors, patient=patient,
+            batch_max=settings.batch_max,
+        )
+    for error in errors:
+        flash(request, f"Skipped {error}", "warning")
+    if len(saved) == 1:
+        return Redirect(f"/analyses/{saved[0]}", status_code=303)
+    flash(request, f"{len(saved)} images analysed for {patient}.", "success")
+    return Redirect(f"/history?batch={batch}", status_code=303)
+
+
+@get("/analyses/{analysis_id:str}", name="analysis", dependencies=USER)
+async def analysis_page(
+    request: Request[Any, Any, State], user: CurrentUser, analysis_id: str
+) -> Template:
+    row = await analyses.get_owned(analysis_id, user.id)
+    chart = hbar_svg(
+        [
+            (f"{HAM10000_NAMES.get(c, c).split(' (')[0]} ({c})", p,
+             RISK_HEX.get(RISK_GROUPS.get(c, ""), "#6c757d"))
+            for c, p in sorted(row["probabilities"].items(), key=lambda kv: -kv[1])
+        ],
+        max_value=1.0, title="Probability of each class",
+    )
+    return render(request, "result.html", a=row, chart=chart)
+
+
+@get("/analyses/{analysis_id:str}/image", dependencies=USER)
+async def analysis_image(user: CurrentUser, state: State, analysis_id: str) -> Response[bytes]:
+    row = await analyses.get_owned(analysis_id, user.id)
+    data = await asyncio.to_thread(state["store"].get, row["image_path"])
+    media = "image/png" if row["image_path"].endswith(".png") else "image/jpeg"
+    # Decrypted for its owner only: never cached by shared caches.
+    return Response(data, media_type=media, headers={"Cache-Control": "private, no-store"})
+
+
+@post("/analyses/{analysis_id:str}/delete", dependencies=USER, status_code=303)
+async def delete_analysis(
+    request: Request[Any, Any, State], state: State, user: CurrentUser, analysis_id: str
+) -> Redirect:
+    row = await analyses.delete_owned(state["store"], analysis_id, user.id)
+    await audit.record(
+        "analysis_deleted", actor_id=user.id, actor_name=user.username, target=row["id"],
+        address=client_address(request), detail=row["patient"],
+    )
+    flash(request, f"Analysis for {row['patient']} deleted, with its image and report.", "info")
+    return Redirect("/history", status_code=303)
+
+
+@get("/history", name="history", dependencies=USER)
+async def history(
+    request: Request[Any, Any, State],
+    user: CurrentUser,
+    patient: str | None = None,
+    cls: str | None = None,
+    batch: str | None = None,
+    page: int = 1,
+) -> Template:
+    where = Analysis.owner == user.id
+    if patient:
+        where &= Analysis.patient.ilike(f"%{patient.strip()}%")
+    if cls in HAM10000_LABELS:
+        where &= Analysis.predicted_class == cls
+    if batch:
+        where &= Analysis.batch == batch
+    total = await Analysis.count().where(where).run()
+    pages = max(1, -(-total // PAGE_SIZE))
+    page = min(max(1, page), pages)
+    rows = (
+        await Analysis.select(
+            Analysis.id, Analysis.patient, Analysis.predicted_class, Analysis.confidence,
+            Analysis.melanoma_flag, Analysis.created_at, Analysis.original_filename,
+        )
+        .where(where)
+        .order_by(Analysis.created_at, ascending=False)
+        .limit(PAGE_SIZE)
+        .offset((page - 1) * PAGE_SIZE)
+        .run()
+    )
+    return render(
+        request, "history.html",
+        rows=[analyses.decorate({**r, "probabilities": "{}"}) for r in rows],
+        total=total, page=page, pages=pages, patient=patient or "", cls=cls or "",
+        batch=batch or "", labels=HAM10000_LABELS, names=HAM10000_NAMES,
+    )
+
+
+@get("/audit", name="audit", dependencies=ADMIN)
+async def audit_log(
+    request: Request[Any, Any, State], user: CurrentUser, page: int = 1
+) -> Template:
+    total = await AuditEvent.count().run()
+    pages = max(1, -(-total // 50))
+    page = min(max(1, page), pages)
+    rows = (
+        await AuditEvent.select()
+        .order_by(AuditEvent.id, ascending=False)
+        .limit(50)
+        .offset((page - 1) * 50)
+        .run()
+    )
+    return render(request, "audit.html", rows=rows, page=page, pages=pages, total=total)
+
+
+handlers: list[Any] = [
+    landing, dashboard, new_analysis, create_analysis, analysis_page, analysis_image,
+    delete_analysis, history, audit_log,
+]

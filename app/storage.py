@@ -1,0 +1,97 @@
+"""Encrypted file storage: AES-256-GCM at rest, random names, write-then-rename.
+
+File layout: ``MAGIC | 12-byte nonce | ciphertext+tag``; the file name is the associated data,
+so a file copied over another record's name fails to decrypt instead of showing the wrong image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from app.config import ConfigError
+from app.errors import NotFoundError
+
+MAGIC = b"SLE1"
+NONCE_BYTES = 12
+
+
+class StorageError(RuntimeError):
+    """A stored file is corrupt, tampered with or encrypted with another key."""
+
+
+def parse_key(raw: str) -> bytes:
+    """APP_STORAGE_KEY: 32 bytes as url-safe base64 (what dev mode generates) or 64 hex digits."""
+    raw = raw.strip()
+    key: bytes | None = None
+    try:
+        key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        key = None
+    if key is None or len(key) != 32:
+        try:
+            key = bytes.fromhex(raw)
+        except ValueError:
+            key = None
+    if key is None or len(key) != 32:
+        raise ConfigError("APP_STORAGE_KEY must be 32 bytes as url-safe base64 or 64 hex digits")
+    return key
+
+
+class EncryptedStore:
+    """Stores blobs under ``root`` with random names; names never come from user input."""
+
+    def __init__(self, root: Path, key: bytes) -> None:
+        self.root = root
+        self._aead = AESGCM(key)
+
+    def _path(self, name: str) -> Path:
+        # Names are ours (token_hex + suffix), but refuse anything path-like all the same.
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise NotFoundError("file not found")
+        return self.root / name
+
+    def put(self, data: bytes, suffix: str = ".bin") -> str:
+        """Encrypt and store ``data``; returns the new random name. Durable once it returns."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = secrets.token_hex(16) + suffix
+        nonce = os.urandom(NONCE_BYTES)
+        blob = MAGIC + nonce + self._aead.encrypt(nonce, data, name.encode())
+        final = self._path(name)
+        tmp = final.with_name(f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            with tmp.open("xb") as fh:
+                fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)  # atomic: readers see nothing or the whole file
+        finally:
+            tmp.unlink(missing_ok=True)
+        return name
+
+    def get(self, name: str) -> bytes:
+        path = self._path(name)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFoundError("file not found") from exc
+        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + NONCE_BYTES + 16:
+            raise StorageError(f"{name} is not an encrypted blob")
+        nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
+        try:
+            return self._aead.decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES :], name.encode())
+        except InvalidTag as exc:
+            raise StorageError(f"{name} failed authentication (tampered or wrong key)") from exc
+
+    def exists(self, name: str | None) -> bool:
+        return bool(name) and self._path(name).is_file()  # type: ignore[arg-type]
+
+    def delete(self, name: str | None) -> None:
+        if name:
+            self._path(name).unlink(missing_ok=True)

@@ -1,0 +1,225 @@
+"""The clinic web app's wiring: database lifespan, sessions, CSRF, templates, static files.
+
+``create_app`` (app/main.py) merges ``web_parts(settings)`` into the one Litestar app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Litestar, Request, Response
+from litestar.config.csrf import CSRFConfig
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.middleware.session.client_side import CookieBackendConfig
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.auth.passwords import default_hasher
+from app.auth.throttle import LoginThrottle
+from app.config import ConfigError, Settings
+from app.db import engine as db_engine
+from app.db.migrate import apply_migrations, pending_migrations
+from app.storage import EncryptedStore, parse_key
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
+# Token-authenticated or anonymous machine endpoints: no session, no CSRF, JSON errors.
+MACHINE_PREFIXES = ("/api", "/health", "/metrics", "/ws", "/schema", "/v1", "/v2")
+DISCLAIMER = "This result is a second opinion, not a diagnosis."
+
+
+def _derive(secret: str, label: str) -> bytes:
+    # One APP_SECRET_KEY, independent keys per use.
+    return hmac.new(secret.encode(), label.encode(), hashlib.sha256).digest()
+
+
+def is_machine_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in MACHINE_PREFIXES)
+
+
+class SecureCookiesWhenHttps:
+    """Mark Set-Cookie ``Secure`` when the request came over HTTPS; add a few safe headers.
+
+    Litestar's cookie configs take a fixed ``secure`` flag; a kiosk on plain HTTP on a LAN must
+    still work, while the same app behind TLS must never leak the session cookie over HTTP.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        https = scope.get("scheme") == "https"
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = []
+                for name, value in message.get("headers", []):
+                    if https and name.lower() == b"set-cookie" and b"secure" not in value.lower():
+                        value = value + b"; Secure"
+                    headers.append((name, value))
+                headers += [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"same-origin"),
+                    (b"x-frame-options", b"DENY"),
+                ]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+@dataclass
+class WebParts:
+    route_handlers: list[Any]
+    middleware: list[Any]
+    lifespan: Callable[[Litestar], Any]
+    template_config: TemplateConfig[JinjaTemplateEngine]
+    csrf_config: CSRFConfig
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def web_parts(settings: Settings) -> WebParts:
+    """Everything the web pages add to the app; ``settings`` must carry both secrets."""
+    from app.routes import auth, pages, records, reports
+
+    if not settings.secret_key or not settings.storage_key:
+        raise ConfigError("APP_SECRET_KEY and APP_STORAGE_KEY must be set outside dev mode")
+    store = EncryptedStore(settings.images_dir, parse_key(settings.storage_key))
+    engine = db_engine.make_engine(settings)
+
+    @asynccontextmanager
+    async def db_lifespan(app: Litestar) -> AsyncIterator[None]:
+        db_engine.bind(engine)
+        await db_engine.start(engine)
+        try:
+            if settings.dev:
+                await apply_migrations(engine)  # dev convenience; production runs `migrate`
+            else:
+                db_engine.enable_wal(engine)
+                todo = await pending_migrations(engine)
+                if todo:
+                    raise ConfigError(
+                        f"{len(todo)} database migration(s) pending: run `python -m app migrate`"
+                    )
+            yield
+        finally:
+            await db_engine.stop(engine)
+
+    idle_s = settings.session_idle_minutes * 60
+    sessions = CookieBackendConfig(
+        secret=_derive(settings.secret_key, "session")[:32],
+        key="session",
+        httponly=True,
+        samesite="lax",
+        secure=False,  # upgraded per request by SecureCookiesWhenHttps
+        max_age=idle_s,
+        exclude=[f"^{p}(/|$)" for p in MACHINE_PREFIXES],
+    )
+    csrf = CSRFConfig(
+        secret=_derive(settings.secret_key, "csrf").hex(),
+        cookie_name="csrftoken",
+        cookie_httponly=True,  # forms carry the token; no script needs the cookie
+        cookie_samesite="lax",
+        exclude=[f"^{p}(/|$)" for p in MACHINE_PREFIXES],
+    )
+    templates = TemplateConfig(directory=TEMPLATES_DIR, engine=JinjaTemplateEngine)
+    static = create_static_files_router(path="/static", directories=[STATIC_DIR], name="static")
+    return WebParts(
+        route_handlers=[
+            static,
+            *auth.handlers,
+            *pages.handlers,
+            *reports.handlers,
+            *records.handlers,
+        ],
+        middleware=[SecureCookiesWhenHttps, sessions.middleware],
+        lifespan=db_lifespan,
+        template_config=templates,
+        csrf_config=csrf,
+        state={
+            "store": store,
+            "db_engine": engine,
+            "password_hasher": default_hasher(),
+            "login_throttle": LoginThrottle(),
+        },
+    )
+
+
+def wants_html(request: Request[Any, Any, Any]) -> bool:
+    """Page routes answer errors as HTML; the JSON API and probes keep the JSON shape."""
+    if is_machine_path(request.url.path):
+        return False
+    accept = request.headers.get("accept", "")
+    return "application/json" not in accept or "text/html" in accept
+
+
+def html_error(
+    request: Request[Any, Any, Any],
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+) -> Response[Any]:
+    """The HTML side of the one error handler in app/errors.py."""
+    if code == "login_required":
+        target = request.url.path
+        if request.url.query:
+            target += "?" + request.url.query
+        return Redirect(f"/login?next={quote(target)}", status_code=303)
+    if status == 403 and "csrf" in detail.lower():
+        detail = "The form expired or was sent from another site. Reload the page and try again."
+    return Template(
+        "error.html",
+        context={"status": status, "code": code, "detail": detail},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def flash(request: Request[Any, Any, Any], message: str, category: str = "info") -> None:
+    session = dict(request.scope.get("session") or {})
+    if not session:  # anonymous visitors get no session just for a message
+        return
+    session["flash"] = [*session.get("flash", []), [category, message]]
+    request.set_session(session)
+
+
+def pop_flashes(request: Request[Any, Any, Any]) -> Sequence[tuple[str, str]]:
+    session = request.scope.get("session") or {}
+    messages = session.get("flash") or []
+    if messages:
+        request.set_session({k: v for k, v in session.items() if k != "flash"})
+    return [tuple(m) for m in messages]  # type: ignore[misc]
+
+
+def render(
+    request: Request[Any, Any, Any], name: str, status_code: int = 200, **context: Any
+) -> Template:
+    """Render a page with the shared context (user, flashes, disclaimer)."""
+    state = request.scope.get("state", {})
+    return Template(
+        name,
+        context={
+            "user": state.get("current_user"),
+            "flashes": pop_flashes(request),
+            "disclaimer": DISCLAIMER,
+            **context,
+        },
+        status_code=status_code,
+    )

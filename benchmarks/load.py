@@ -1,0 +1,108 @@
+"""A bounded async load generator: fixed request count, time cap, fixed concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+
+from benchmarks.images import Sample
+
+BOUNDARY = "benchmark-boundary-7d3f"
+
+
+def multipart_body(field_name: str, sample: Sample) -> bytes:
+    """Encode one upload once, so the client spends its CPU on sending, not encoding."""
+    head = (
+        f"--{BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="{field_name}"; filename="{sample.name}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    return head + sample.data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    latencies_ms: list[float] = field(default_factory=list)
+    ok_latencies_ms: list[float] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
+    duration_s: float = 0.0
+    capped: bool = False
+
+    @property
+    def ok(self) -> int:
+        return sum(n for s, n in self.statuses.items() if s.startswith("2"))
+
+    @property
+    def errors(self) -> int:
+        return sum(self.statuses.values()) - self.ok
+
+    @property
+    def rps(self) -> float:
+        """Successful responses per second of wall time."""
+        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+
+
+async def _drive(
+    url: str, bodies: list[bytes], concurrency: int, requests: int, time_cap_s: float,
+    warmup: int, timeout_s: float,
+) -> LoadResult:
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    result = LoadResult(concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+        next_index = 0
+        record = False
+        deadline = 0.0
+        budget = warmup
+
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < budget and time.perf_counter() < deadline:
+                i = next_index
+                next_index += 1
+                start = time.perf_counter()
+                try:
+                    response = await client.post(url, content=bodies[i % len(bodies)],
+                                                 headers=headers)
+                    status = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    status = f"exception:{type(exc).__name__}"
+                elapsed = (time.perf_counter() - start) * 1e3
+                if record:
+                    result.statuses[status] += 1
+                    result.latencies_ms.append(elapsed)
+                    if status.startswith("2"):
+                        result.ok_latencies_ms.append(elapsed)
+
+        # Warm-up: open the keep-alive connections and let the server settle; not recorded.
+        deadline = time.perf_counter() + min(time_cap_s, 30.0)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        next_index, budget, record = 0, requests, True
+        start = time.perf_counter()
+        deadline = start + time_cap_s
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.duration_s = time.perf_counter() - start
+        result.capped = next_index < requests
+    return result
+
+
+def run_load(
+    url: str, bodies: list[bytes], concurrency: int, requests: int, time_cap_s: float,
+    warmup: int | None = None, timeout_s: float = 30.0,
+) -> LoadResult:
+    """Send ``requests`` POSTs (fewer if ``time_cap_s`` runs out) with ``concurrency`` in flight."""
+    if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        raise ValueError(f"load only goes to the loopback interface, not {url}")
+    warm = warmup if warmup is not None else 2 * concurrency
+    # The outer cap also bounds requests that are already in flight when time runs out.
+    outer = time_cap_s + min(time_cap_s, 30.0) + 2 * timeout_s
+    return asyncio.run(
+        asyncio.wait_for(
+            _drive(url, bodies, concurrency, requests, time_cap_s, warm, timeout_s), outer
+        )
+    )

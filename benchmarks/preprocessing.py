@@ -1,0 +1,120 @@
+"""Preprocess suite: the serving OpenCV path, with and without reduced JPEG decoding, against
+the upstream path (PIL via ``keras.utils.load_img`` + ``img_to_array``)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from app.inference.preprocess import preprocess
+from app.inference.spec import ModelSpec
+from benchmarks.artifacts import ModelSet
+from benchmarks.images import Sample, phone_photo, upload_images
+from benchmarks.results import SuiteResult
+from benchmarks.stats import Figure, ratio
+
+log = logging.getLogger(__name__)
+
+Path_ = Callable[[bytes], np.ndarray]
+
+
+def _paths(spec: ModelSpec, suite: SuiteResult) -> dict[str, Path_]:
+    w, h = spec.input_size
+    paths: dict[str, Path_] = {
+        "opencv_reduced": lambda data: preprocess(data, spec, reduced=True),
+        "opencv_full": lambda data: preprocess(data, spec, reduced=False),
+    }
+    try:
+        from keras.utils import img_to_array, load_img
+    except ImportError as exc:
+        suite.skip("upstream_keras", f"Keras not installed ({exc.name}); the upstream path needs it")
+        return paths
+    scale, offset = np.float32(spec.input_scale), np.float32(spec.input_offset)
+
+    def upstream(data: bytes) -> np.ndarray:
+        # As upstream: PIL decode, nearest-neighbour resize to the model size, no crop.
+        x = img_to_array(load_img(io.BytesIO(data), target_size=(h, w)))
+        return x * scale + offset if (scale != 1 or offset != 0) else x
+
+    paths["upstream_keras"] = upstream
+    return paths
+
+
+def _to_nhwc(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    return x.transpose(1, 2, 0) if spec.layout == "NCHW" else x
+
+
+def preprocess_suite(
+    models: ModelSet, quick: bool = False, runs: int | None = None, large_runs: int | None = None
+) -> SuiteResult:
+    """Time bytes -> model tensor on 600x450 uploads and on a generated 12 MP phone photo."""
+    suite = SuiteResult("preprocess", quick)
+    cv2.setNumThreads(1)  # as the server does: cores are spent on concurrent requests
+    spec = models.spec()
+    uploads, source = upload_images()
+    large = phone_photo(uploads[0].data)
+    runs = runs or (20 if quick else 200)
+    large_runs = large_runs or (3 if quick else 30)
+    suite.params = {
+        "model_input": f"{spec.input_width}x{spec.input_height}",
+        "uploads": f"{len(uploads)} JPEGs 600x450 from {source}",
+        "large": f"{large.name}, {len(large.data) / 1e6:.1f} MB",
+        "runs_600x450": runs,
+        "runs_12mp": large_runs,
+        "opencv_threads": 1,
+        "upstream_input": "BytesIO (no disk write), so both paths start from the same bytes",
+    }
+    paths = _paths(spec, suite)
+    for group, images, n in (("600x450", uploads, runs), ("12mp", [large], large_runs)):
+        samples = _interleaved(paths, images, n, desc=f"preprocess {group}")
+        for name, values in samples.items():
+            suite.add_samples(f"{group}/{name}/latency", values, "ms")
+        med = {name: float(np.median(v)) for name, v in samples.items()}
+        suite.add(f"{group}/reduced_decode_speedup",
+                  Figure.value(ratio(med["opencv_full"], med["opencv_reduced"]), "x"))
+        if "upstream_keras" in med:
+            suite.add(f"{group}/opencv_reduced_speedup_vs_upstream",
+                      Figure.value(ratio(med["upstream_keras"], med["opencv_reduced"]), "x"))
+        _fidelity(suite, group, paths, images, spec)
+    return suite
+
+
+def _interleaved(
+    paths: dict[str, Path_], images: list[Sample], runs: int, desc: str
+) -> dict[str, list[float]]:
+    names = list(paths)
+    for name in names:  # warm-up: first calls pay for imports and allocator growth
+        paths[name](images[0].data)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    rng = random.Random(0)
+    for i in tqdm(range(runs), desc=desc, unit="round", mininterval=1.0):
+        data = images[i % len(images)].data
+        rng.shuffle(names)
+        for name in names:
+            start = time.perf_counter()
+            paths[name](data)
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+def _fidelity(
+    suite: SuiteResult, group: str, paths: dict[str, Path_], images: list[Sample], spec: ModelSpec
+) -> None:
+    """Mean absolute pixel difference to the full-decode path, in 0-255 grey levels."""
+    scale = spec.input_scale or 1.0
+    diffs: dict[str, list[float]] = {n: [] for n in paths if n != "opencv_full"}
+    for sample in images:
+        ref = _to_nhwc(paths["opencv_full"](sample.data), spec)
+        for name in diffs:
+            out = paths[name](sample.data)
+            out = _to_nhwc(out, spec) if name.startswith("opencv") else out
+            diffs[name].append(float(np.mean(np.abs(out - ref))) / scale)
+    for name, values in diffs.items():
+        suite.add(f"{group}/{name}/mean_abs_diff_vs_full", Figure.of(values, "grey levels"))

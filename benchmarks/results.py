@@ -1,0 +1,139 @@
+"""The result file: one JSON per UTC day and commit, merged suite by suite."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import machine
+from benchmarks.stats import Figure
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUICK_RESULTS_DIR = Path(__file__).resolve().parent / ".work" / "results"
+QUANTILES = np.linspace(0, 100, 101)
+
+
+@dataclass
+class SuiteResult:
+    """What one suite measured. Figures are keyed ``area/variant/.../quantity``."""
+
+    name: str
+    quick: bool
+    figures: dict[str, Figure] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    # 101 quantiles per latency sample set: enough to redraw distributions, small to commit.
+    distributions: dict[str, list[float]] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    duration_s: float = 0.0
+
+    def add(self, key: str, figure: Figure) -> Figure:
+        self.figures[key] = figure
+        return figure
+
+    def add_samples(self, key: str, samples: list[float] | np.ndarray, unit: str) -> Figure:
+        """Summarise samples into a figure and keep their quantiles for the plots."""
+        figure = self.add(key, Figure.of(samples, unit))
+        q = np.percentile(np.asarray(samples, dtype=np.float64), QUANTILES)
+        self.distributions[key] = [round(float(v), 4) for v in q]
+        return figure
+
+    def skip(self, key: str, reason: str) -> None:
+        log.warning("%s: skipped %s: %s", self.name, key, reason)
+        self.skipped[key] = reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "quick": self.quick,
+            "started_utc": datetime.fromtimestamp(self.started, UTC).isoformat(timespec="seconds"),
+            "duration_s": round(self.duration_s, 2),
+            "params": self.params,
+            "figures": {k: v.as_dict() for k, v in sorted(self.figures.items())},
+            "skipped": dict(sorted(self.skipped.items())),
+            "notes": self.notes,
+            "distributions": dict(sorted(self.distributions.items())),
+        }
+
+
+def result_path(results_dir: Path, when: datetime, sha: str) -> Path:
+    return results_dir / f"{when:%Y-%m-%d}-{sha}.json"
+
+
+def _finite(obj: Any) -> Any:
+    # json.dumps would write NaN/Infinity, which is not JSON; make them visible as null.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_run(
+    results_dir: Path,
+    suites: list[SuiteResult],
+    quick: bool,
+    context: dict[str, Any],
+) -> Path:
+    """Write (or merge into) today's result file for this commit; return its path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    git = machine.git_state()
+    path = result_path(results_dir, now, git["sha"])
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = {}
+        if data.get("quick") != quick or data.get("schema_version") != SCHEMA_VERSION:
+            log.warning("replacing %s (it holds a %s run)", path,
+                        "quick" if data.get("quick") else "full")
+            data = {}
+    data.update(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "created_utc": now.isoformat(timespec="seconds"),
+            "git": git,
+            "quick": quick,
+            "machine": machine.describe(),
+            "versions": machine.versions(),
+            **context,
+        }
+    )
+    merged = dict(data.get("suites", {}))
+    for suite in suites:
+        merged[suite.name] = suite.as_dict()
+    data["suites"] = merged
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_finite(data), indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_runs(results_dir: Path) -> list[dict[str, Any]]:
+    """Every result file in the folder, oldest first, with its file name under ``_file``."""
+    runs = []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("unreadable result file %s", path)
+            continue
+        data["_file"] = path.name
+        runs.append(data)
+    runs.sort(key=lambda d: str(d.get("created_utc", "")))
+    return runs

@@ -1,0 +1,301 @@
+"""``python -m conversion convert|quantize|verify|build``: a thin CLI over the typed functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+from conversion.errors import ConversionError
+
+log = logging.getLogger("conversion")
+
+
+def number(text: str) -> float:
+    """Accept ``0.0039``, ``1/255`` or ``-1``."""
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from exc
+
+
+def codes(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def add_spec_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model contract (overrides the HDF5's skinlesion_spec attribute)")
+    g.add_argument("--name", help="model name (default: from the HDF5 or the file stem)")
+    g.add_argument("--labels", type=codes, help="class codes in output order, comma-separated")
+    g.add_argument(
+        "--label-names",
+        type=lambda t: tuple(t.split("|")),
+        help="plain-language names in output order, '|'-separated",
+    )
+    g.add_argument("--input-scale", type=number, help="pixel multiplier, e.g. 1/255")
+    g.add_argument("--input-offset", type=number, help="added after scaling, e.g. -1")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--mel-threshold", type=float)
+    g.add_argument("--training-data")
+    g.add_argument("--license")
+    g.add_argument("--version")
+    g.add_argument(
+        "--layout",
+        choices=["auto", "NHWC", "NCHW"],
+        default="auto",
+        help="auto: build both, keep the faster (default)",
+    )
+    g.add_argument("--opset", type=int, default=17)
+
+
+def add_quant_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantisation")
+    g.add_argument(
+        "--dynamic",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="dynamic quantisation (no calibration; ~10x slower here)",
+    )
+    g.add_argument("--format", choices=["qdq", "qoperator"], default="qdq")
+    g.add_argument("--activation-type", choices=["uint8", "int8", "uint16"], default="uint8")
+    g.add_argument("--weight-type", choices=["uint8", "int8"], default="int8")
+    g.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="7-bit weights; avoids U8S8 saturation on CPUs without VNNI",
+    )
+    g.add_argument(
+        "--keep-last-fp32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave the last weight layer and the softmax unquantised",
+    )
+    g.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    g.add_argument("--calibration-count", type=int, default=350)
+    g.add_argument(
+        "--exclude",
+        action="append",
+        metavar="NODES",
+        help="node names to keep in FP32 (comma-separated, repeatable)",
+    )
+
+
+def add_data_flags(p: argparse.ArgumentParser, calibration: bool = False) -> None:
+    from conversion.images import DEFAULT_IMAGES, DEFAULT_SPLIT
+
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=DEFAULT_IMAGES,
+        help=f"image folder (default {DEFAULT_IMAGES})",
+    )
+    p.add_argument(
+        "--labels-csv",
+        type=Path,
+        default=DEFAULT_SPLIT,
+        help="CSV with image_id,dx[,split] (default training/split.csv)",
+    )
+    if not calibration:
+        p.add_argument(
+            "--split",
+            default="test",
+            help="split value to keep ('all' for every row; default test)",
+        )
+
+
+def overrides_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from conversion.source import SpecOverrides
+
+    return SpecOverrides(
+        name=args.name,
+        labels=args.labels,
+        label_names=args.label_names,
+        input_scale=args.input_scale,
+        input_offset=args.input_offset,
+        temperature=args.temperature,
+        mel_threshold=args.mel_threshold,
+        training_data=args.training_data,
+        license=args.license,
+        version=args.version,
+    )
+
+
+def quant_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from conversion.quantize import QuantConfig, parse_exclude
+
+    return QuantConfig(
+        dynamic=args.dynamic,
+        format=args.format,
+        activation_type=args.activation_type,
+        weight_type=args.weight_type,
+        per_channel=args.per_channel,
+        method=args.method,
+        reduce_range=args.reduce_range,
+        keep_last_fp32=args.keep_last_fp32,
+        calibration_count=args.calibration_count,
+        exclude_nodes=parse_exclude(args.exclude),
+    )
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from conversion.convert import convert
+
+    spec = convert(args.source, args.output, overrides_from(args), args.layout, args.opset)
+    print(
+        f"wrote {args.output} ({spec.layout}, {spec.input_width}x{spec.input_height}, "
+        f"labels {','.join(spec.labels)})"
+    )
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from conversion.quantize import calibration_paths, quantize
+
+    config = quant_from(args)
+    calib = None
+    if not config.dynamic:
+        if args.calibration is None:
+            raise ConversionError("static quantisation needs --calibration DIR (or --dynamic)")
+        csv = None if args.no_split else args.labels_csv
+        calib = calibration_paths(args.calibration, csv, config.calibration_count, config.seed)
+    quantize(args.fp32, args.output, calib, config)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from conversion.verify import verify
+
+    report = verify(
+        args.fp32,
+        args.int8,
+        args.keras,
+        args.images,
+        args.labels_csv,
+        None if args.split == "all" else args.split,
+    )
+    print(report.render())
+    if args.json:
+        args.json.write_text(json.dumps(report.as_dict(), indent=2))
+    if not report.passed:
+        print("verify: FAILED", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from conversion.build import build
+
+    manifest = build(
+        args.source,
+        args.output_dir,
+        overrides_from(args),
+        args.images,
+        args.labels_csv,
+        quant_from(args),
+        args.layout,
+        args.opset,
+        args.triton,
+        tuple(args.also_manifest or ()),
+        max_retries=args.max_retries,
+        fallback_16bit=args.fallback_16bit,
+        latency_rounds=args.latency_rounds,
+    )
+    lat, sp = manifest["latency_ms_1thread"], manifest["int8_speedup"]
+    print(f"FP32 {lat['fp32']} ms, INT8 {lat['int8']} ms (1 thread); INT8 speed-up {sp}")
+    print(f"parity {json.dumps(manifest['parity'])}")
+    print(f"preferred: {manifest['preferred']} ({manifest['preferred_reason']})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m conversion", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="Keras HDF5 -> FP32 ONNX with metadata")
+    c.add_argument("source", type=Path)
+    c.add_argument("-o", "--output", type=Path, required=True)
+    add_spec_flags(c)
+    c.set_defaults(func=cmd_convert)
+
+    q = sub.add_parser("quantize", help="FP32 ONNX -> INT8 ONNX (calibrated on real images)")
+    q.add_argument("fp32", type=Path)
+    q.add_argument("-o", "--output", type=Path, required=True)
+    q.add_argument("--calibration", type=Path, help="image folder for calibration")
+    q.add_argument(
+        "--labels-csv",
+        type=Path,
+        default=None,
+        help="split CSV: calibrate on its train rows (default training/split.csv)",
+    )
+    q.add_argument("--no-split", action="store_true", help="use every image in the folder")
+    add_quant_flags(q)
+    q.set_defaults(func=cmd_quantize)
+
+    v = sub.add_parser("verify", help="parity gates; exit 1 on failure")
+    v.add_argument("fp32", type=Path)
+    v.add_argument("--int8", type=Path)
+    v.add_argument("--keras", type=Path, help="the source HDF5, for the Keras-vs-FP32 gate")
+    v.add_argument("--json", type=Path, help="also write the report as JSON")
+    add_data_flags(v)
+    v.set_defaults(func=cmd_verify)
+
+    b = sub.add_parser("build", help="convert + quantize + verify + manifest + Triton repo")
+    b.add_argument("source", type=Path)
+    b.add_argument("-o", "--output-dir", type=Path, default=Path("models"))
+    b.add_argument(
+        "--triton", type=Path, default=Path("models/triton"), help="Triton model repository root"
+    )
+    b.add_argument(
+        "--also-manifest",
+        type=Path,
+        action="append",
+        help="also write a copy of the manifest here, paths rewritten (repeatable)",
+    )
+    b.add_argument("--latency-rounds", type=int, default=21)
+    b.add_argument(
+        "--max-retries",
+        type=int,
+        default=2,
+        help="re-quantisations excluding the most divergent nodes",
+    )
+    b.add_argument(
+        "--fallback-16bit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="if 8-bit activations fail the gates, try 16-bit activations (A16W8)",
+    )
+    add_spec_flags(b)
+    add_quant_flags(b)
+    add_data_flags(b, calibration=True)
+    b.set_defaults(func=cmd_build)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("tf2onnx", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "labels_csv", "unset") is None and args.command == "quantize":
+        from conversion.images import DEFAULT_SPLIT
+
+        args.labels_csv = DEFAULT_SPLIT
+    try:
+        return int(args.func(args))
+    except ConversionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

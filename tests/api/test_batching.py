@@ -1,0 +1,126 @@
+"""The micro-batcher with the real model: grouping, equality, bounded queue, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from litestar.testing import RequestFactory
+
+from app.errors import OverloadedError, exception_to_response
+from app.inference.batching import MicroBatcher
+from app.inference.classifier import Classifier
+from app.inference.preprocess import preprocess
+
+
+@pytest.fixture(scope="module")
+def classifier(model_path: Path) -> Classifier:
+    return Classifier(model_path, "cpu", 1)
+
+
+@pytest.fixture(scope="module")
+def tensors(classifier: Classifier, fixture_images: list[tuple[Path, str]]) -> list[np.ndarray]:
+    return [preprocess(p.read_bytes(), classifier.spec) for p, _ in fixture_images]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.depths: list[int] = []
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.sizes.append(size)
+
+    def set_queue_depth(self, depth: int) -> None:
+        self.depths.append(depth)
+
+    def observe_decode(self, seconds: float) -> None:
+        pass
+
+
+async def test_batcher_groups_concurrent_requests_and_matches_single_runs(
+    classifier: Classifier, tensors: list[np.ndarray]
+) -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(classifier.run, max_batch=4, max_wait_ms=5, queue_max=64,
+                           concurrency=1, observer=recorder)
+    await batcher.start()
+    try:
+        results = await asyncio.gather(*(batcher.submit(t) for t in tensors))
+    finally:
+        await batcher.stop()
+    assert max(recorder.sizes) == 4 and sum(recorder.sizes) == len(tensors)  # capped, complete
+    for tensor, result in zip(tensors, results, strict=True):
+        single = classifier.run(tensor[None])[0]
+        np.testing.assert_allclose(result.probabilities, single, atol=1e-5)
+    assert recorder.depths[-1] == 0
+
+
+async def test_batcher_answers_a_lone_request_without_waiting_for_company(
+    classifier: Classifier, tensors: list[np.ndarray]
+) -> None:
+    batcher = MicroBatcher(classifier.run, max_batch=8, max_wait_ms=10_000, concurrency=2)
+    await batcher.start()
+    try:
+        result = await asyncio.wait_for(batcher.submit(tensors[0]), 5)  # not 10 s
+    finally:
+        await batcher.stop()
+    assert result.batch_size == 1
+
+
+async def test_batcher_refuses_work_beyond_its_queue_bound(tensors: list[np.ndarray]) -> None:
+    release = threading.Event()
+
+    def slow_run(batch: np.ndarray) -> np.ndarray:
+        release.wait(10)
+        return np.zeros((len(batch), 7), np.float32)
+
+    batcher = MicroBatcher(slow_run, max_batch=1, max_wait_ms=0, queue_max=2, concurrency=1)
+    await batcher.start()
+    try:
+        running = asyncio.ensure_future(batcher.submit(tensors[0]))
+        while batcher.depth:  # wait until the first item is running, not queued
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        queued = [asyncio.ensure_future(batcher.submit(t)) for t in tensors[1:3]]
+        await asyncio.sleep(0.01)
+        assert batcher.depth == 2
+        with pytest.raises(OverloadedError) as info:
+            await batcher.submit(tensors[3])
+        with pytest.raises(OverloadedError):  # all-or-nothing for a batch upload
+            await batcher.submit_many(tensors[3:5])
+        release.set()
+        await asyncio.gather(running, *queued)
+    finally:
+        release.set()
+        await batcher.stop()
+    request = RequestFactory().post("/api/v1/predict")
+    response = exception_to_response(request, info.value)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.content == {"error": "overloaded", "detail": str(info.value)}
+
+
+async def test_batcher_fails_the_batch_not_the_loop_when_inference_raises(
+    tensors: list[np.ndarray],
+) -> None:
+    calls = 0
+
+    def flaky(batch: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("onnxruntime exploded")
+        return np.ones((len(batch), 7), np.float32)
+
+    batcher = MicroBatcher(flaky, max_batch=1, max_wait_ms=0, concurrency=1)
+    await batcher.start()
+    try:
+        with pytest.raises(RuntimeError):
+            await batcher.submit(tensors[0])
+        assert (await batcher.submit(tensors[1])).probabilities.sum() == 7
+    finally:
+        await batcher.stop()

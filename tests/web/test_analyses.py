@@ -1,0 +1,276 @@
+"""Uploads, results, history, reports, deletion, encryption at rest and ownership (IDOR)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from pathlib import Path
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient, TestClient
+from PIL import Image, UnidentifiedImageError
+from pypdf import PdfReader
+
+from app.auth.admin import create_api_token, set_role
+from app.config import Settings
+from app.inference.spec import HAM10000_LABELS
+from app.main import create_app
+from app.storage import EncryptedStore, parse_key
+from tests.web.conftest import CSRF_RE, FAST_HASHER, PASSWORD, csrf, register, upload
+
+UUID_RE = re.compile(r"/analyses/([0-9a-f-]{36})$")
+
+
+@pytest.fixture
+def jpeg(fixture_images: list[tuple[Path, str]]) -> bytes:
+    return fixture_images[0][0].read_bytes()
+
+
+def _analysis_id(location: str) -> str:
+    match = UUID_RE.search(location)
+    assert match, location
+    return match.group(1)
+
+
+def _files(settings: Settings) -> list[Path]:
+    return sorted(p for p in settings.images_dir.glob("*") if p.is_file())
+
+
+def test_analysis_result_page_and_pdf(
+    client: TestClient[Litestar], sqlite_settings: Settings, jpeg: bytes
+) -> None:
+    register(client, "alice")
+    location = upload(client, "Jane Roe 1957", [("lesion.jpg", jpeg)])
+    page = client.get(location)
+    assert page.status_code == 200
+    text = page.text
+    assert "Jane Roe 1957" in text
+    assert "a second opinion, not a diagnosis" in text.lower()
+    assert re.search(r'text-bg-(danger|warning|success)" id="risk-group"', text)
+    assert "Melanoma flag" in text and "tiny-test-model" in text
+    assert text.count("<rect") >= 7  # one bar per class
+
+    analysis_id = _analysis_id(location)
+    r = client.get(f"/analyses/{analysis_id}/report.pdf?download=true")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
+    assert r.headers["content-disposition"].startswith("attachment;")
+    pdf_text = PdfReader(io.BytesIO(r.content)).pages[0].extract_text()
+    flat = " ".join(pdf_text.split())
+    assert "Jane Roe 1957" in flat
+    api = client.get(f"/analyses/{analysis_id}/report.pdf").headers["content-disposition"]
+    assert api.startswith("inline;")
+    # Class, all 7 probabilities and the model's sha256, as stored.
+    token = create_api_token(sqlite_settings, "alice")
+    row = client.get(f"/api/v1/analyses/{analysis_id}",
+                     headers={"Authorization": f"Bearer {token}"}).json()
+    assert f"({row['predicted_class']})" in flat
+    for label in HAM10000_LABELS:
+        assert re.search(rf"\b{label}\b.*?{row['probabilities'][label] * 100:.2f}%", flat), label
+    assert row["model_sha256"] in flat
+    assert row["image_sha256"] in flat
+    assert "second opinion, not a diagnosis" in flat
+
+
+def test_analysis_report_rebuilt_when_missing(
+    client: TestClient[Litestar], sqlite_settings: Settings, jpeg: bytes
+) -> None:
+    register(client, "alice")
+    analysis_id = _analysis_id(upload(client, "P", [("a.jpg", jpeg)]))
+    first = client.get(f"/analyses/{analysis_id}/report.pdf")
+    pdfs = [p for p in _files(sqlite_settings) if p.suffix == ".pdf"]
+    assert len(pdfs) == 1
+    pdfs[0].unlink()
+    again = client.get(f"/analyses/{analysis_id}/report.pdf")
+    assert again.status_code == 200 and again.content.startswith(b"%PDF")
+    assert len([p for p in _files(sqlite_settings) if p.suffix == ".pdf"]) == 1
+    assert first.content.startswith(b"%PDF")
+
+
+def test_analysis_image_encrypted_at_rest(
+    client: TestClient[Litestar], sqlite_settings: Settings, jpeg: bytes
+) -> None:
+    register(client, "alice")
+    analysis_id = _analysis_id(upload(client, "P", [("../../etc/passwd.jpg", jpeg)]))
+    files = _files(sqlite_settings)
+    assert len(files) == 1 and "passwd" not in files[0].name  # random name, not the upload's
+    blob = files[0].read_bytes()
+    assert not blob.startswith(b"\xff\xd8\xff") and jpeg[100:200] not in blob
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(blob))
+    store = EncryptedStore(sqlite_settings.images_dir, parse_key(sqlite_settings.storage_key or ""))
+    assert store.get(files[0].name) == jpeg
+    served = client.get(f"/analyses/{analysis_id}/image")
+    assert served.content == jpeg and "no-store" in served.headers["cache-control"]
+    assert not list(sqlite_settings.images_dir.glob(".*.tmp"))  # write-then-rename left nothing
+
+
+def test_analysis_delete_removes_files(
+    client: TestClient[Litestar], sqlite_settings: Settings, jpeg: bytes
+) -> None:
+    register(client, "alice")
+    analysis_id = _analysis_id(upload(client, "P", [("a.jpg", jpeg)]))
+    client.get(f"/analyses/{analysis_id}/report.pdf")
+    assert len(_files(sqlite_settings)) == 2  # image + report
+    r = client.post(f"/analyses/{analysis_id}/delete",
+                    data={"_csrf_token": csrf(client, "/history")}, follow_redirects=False)
+    assert r.status_code == 303
+    assert _files(sqlite_settings) == []
+    assert client.get(f"/analyses/{analysis_id}").status_code == 404
+
+
+def test_analysis_idor_returns_404(
+    sqlite_settings: Settings, jpeg: bytes
+) -> None:
+    app = create_app(sqlite_settings)
+    app.state.password_hasher = FAST_HASHER
+    with TestClient(app=app) as alice:
+        register(alice, "alice")
+        analysis_id = _analysis_id(upload(alice, "Alice's patient", [("a.jpg", jpeg)]))
+        bob = TestClient(app=app)  # shares the running app, has its own cookies
+        register(bob, "bob")
+        token = csrf(bob, "/history")
+        for path in (f"/analyses/{analysis_id}", f"/analyses/{analysis_id}/image",
+                     f"/analyses/{analysis_id}/report.pdf"):
+            assert bob.get(path).status_code == 404, path
+        r = bob.post(f"/analyses/{analysis_id}/delete", data={"_csrf_token": token})
+        assert r.status_code == 404
+        bob_token = create_api_token(sqlite_settings, "bob")
+        r = bob.get(f"/api/v1/analyses/{analysis_id}",
+                    headers={"Authorization": f"Bearer {bob_token}"})
+        assert r.status_code == 404 and r.json()["error"] == "not_found"
+        assert bob.get("/api/v1/analyses",
+                       headers={"Authorization": f"Bearer {bob_token}"}).json() == {"analyses": []}
+        assert "Alice&#39;s patient" not in bob.get("/history").text
+        # Still there for its owner.
+        assert alice.get(f"/analyses/{analysis_id}").status_code == 200
+
+
+def test_analysis_batch_history_filters_and_pagination(
+    client: TestClient[Litestar], fixture_images: list[tuple[Path, str]]
+) -> None:
+    register(client, "alice")
+    images = [(p.name, p.read_bytes()) for p, _ in fixture_images[:3]]
+    location = upload(client, "Batch Patient", images)
+    assert location.startswith("/history?batch=")
+    batch_page = client.get(location).text
+    assert batch_page.count("<td>Batch Patient</td>") == 3
+    assert "3 images analysed for Batch Patient" in batch_page
+    upload(client, "Other Person", images[:1])
+    page = client.get("/history?patient=other")
+    assert "Other Person" in page.text and "Batch Patient" not in page.text
+    cls = re.search(r'<option value="(\w+)" ', page.text)
+    assert cls
+    by_class = client.get("/history?cls=nosuchclass").text  # unknown class: no filter, no error
+    assert by_class.count("<td>Batch Patient</td>") == 3
+    r = client.get("/history?page=99")
+    assert r.status_code == 200 and "4 analyses" in r.text
+
+
+def test_analysis_upload_validation(client: TestClient[Litestar], jpeg: bytes) -> None:
+    register(client, "alice")
+    token = csrf(client, "/analyses/new")
+    # A multipart form without any file part: a clear 400, never Litestar's 500.
+    r = client.post("/analyses", data={"patient": "P", "_csrf_token": token},
+                    files=[("other", ("x.txt", b"x", "text/plain"))])
+    assert r.status_code == 400 and "Choose at least one image" in r.text
+    r = client.post("/analyses", data={"patient": "P", "_csrf_token": token},
+                    files=[("images", ("x.gif", b"GIF89a....", "image/gif"))])
+    assert r.status_code == 400 and "only JPEG and PNG" in r.text
+    r = client.post("/analyses", data={"patient": "", "_csrf_token": token},
+                    files=[("images", ("a.jpg", jpeg, "image/jpeg"))])
+    assert r.status_code == 400 and "patient" in r.text
+
+
+def test_analysis_pages_need_login(client: TestClient[Litestar]) -> None:
+    for path in ("/dashboard", "/history", "/analyses/new", "/tokens", "/audit"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == f"/login?next={path}", path
+
+
+def test_analysis_dashboard_and_admin_audit(
+    client: TestClient[Litestar], sqlite_settings: Settings, jpeg: bytes
+) -> None:
+    register(client, "alice")
+    upload(client, "P", [("a.jpg", jpeg)])
+    dash = client.get("/dashboard")
+    assert dash.status_code == 200 and '<div class="h3 mb-0" id="total">1</div>' in dash.text
+    assert dash.text.count("<svg") == 2
+    assert client.get("/audit").status_code == 403
+    set_role(sqlite_settings, "alice", "admin")
+    audit = client.get("/audit")
+    assert audit.status_code == 200
+    for action in ("register", "analysis_created"):
+        assert action in audit.text
+
+
+def test_api_token_guard(client: TestClient[Litestar], sqlite_settings: Settings) -> None:
+    register(client, "alice")
+    assert client.get("/api/v1/analyses").status_code == 401
+    bad = client.get("/api/v1/analyses", headers={"Authorization": "Bearer slk_nope"})
+    assert bad.status_code == 401 and bad.json()["error"] == "unauthorized"
+    page = client.post("/tokens", data={"name": "station", "_csrf_token": csrf(client, "/tokens")})
+    token = re.search(r'id="new-token"[^>]*>([^<]+)<', page.text)
+    assert token
+    headers = {"Authorization": f"Bearer {token.group(1)}"}
+    assert client.get("/api/v1/analyses", headers=headers).status_code == 200
+    # The service's prediction API is behind the same guard (settings.api_auth).
+    assert client.post("/api/v1/predict", files={"image": ("a.jpg", b"x", "image/jpeg")}
+                       ).status_code == 401
+    token_id = re.search(r'action="/tokens/(\d+)/revoke"', page.text)
+    assert token_id
+    client.post(f"/tokens/{token_id.group(1)}/revoke",
+                data={"_csrf_token": csrf(client, "/tokens")})
+    assert client.get("/api/v1/analyses", headers=headers).status_code == 401
+
+
+async def _register_async(client: AsyncTestClient[Litestar], username: str) -> None:
+    page = await client.get("/register")
+    match = CSRF_RE.search(page.text)
+    assert match
+    r = await client.post(
+        "/register",
+        data={"username": username, "password": PASSWORD, "confirm": PASSWORD,
+              "_csrf_token": match.group(1)},
+    )
+    assert r.status_code == 200, r.text
+
+
+async def _upload_async(client: AsyncTestClient[Litestar], patient: str, data: bytes) -> str:
+    page = await client.get("/analyses/new")
+    match = CSRF_RE.search(page.text)
+    assert match
+    r = await client.post(
+        "/analyses", data={"patient": patient, "_csrf_token": match.group(1)},
+        files=[("images", (f"{patient}.jpg", data, "image/jpeg"))], follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    return _analysis_id(r.headers["location"])
+
+
+async def test_analysis_concurrent_uploads_do_not_mix(
+    db_settings: Settings, fixture_images: list[tuple[Path, str]]
+) -> None:
+    app = create_app(db_settings)
+    app.state.password_hasher = FAST_HASHER
+    images = [p.read_bytes() for p, _ in fixture_images[:4]]
+    async with AsyncTestClient(app=app) as alice:
+        bob = AsyncTestClient(app=app)  # same running app, separate cookie jar
+        await _register_async(alice, "alice")
+        await _register_async(bob, "bob")
+        jobs = []
+        for i in range(6):
+            jobs.append(_upload_async(alice, f"alice-patient-{i}", images[i % 4]))
+            jobs.append(_upload_async(bob, f"bob-patient-{i}", images[(i + 1) % 4]))
+        ids = await asyncio.gather(*jobs)
+        assert len(set(ids)) == 12
+        for who, client, mine in (("alice", alice, ids[0::2]), ("bob", bob, ids[1::2])):
+            for analysis_id in mine:
+                page = await client.get(f"/analyses/{analysis_id}")
+                assert page.status_code == 200 and f"{who}-patient-" in page.text
+            other = ids[1::2] if who == "alice" else ids[0::2]
+            assert (await client.get(f"/analyses/{other[0]}")).status_code == 404
+            history = (await client.get("/history")).text
+            assert history.count(f"{who}-patient-") == 6
+            assert ("bob-patient-" if who == "alice" else "alice-patient-") not in history

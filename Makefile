@@ -48,7 +48,11 @@ train: $(VENV)/.test-installed ## retrain the shipped model (about an hour on 2 
 	$(PY) -m training train --arch mobilenetv2_035 --size 160x120 --epochs 24 -o models/skin_lesion.h5
 
 convert: $(VENV)/.test-installed ## Keras HDF5 -> ONNX -> INT8 ONNX, verify, manifest, Triton repo
-	$(PY) -m conversion build models/skin_lesion.h5 -o models
+	$(PY) -m conversion build tests/fixtures/upstream_skin.h5 -o models/upstream --triton models/triton \
+	  --name upstream_skin --input-scale 1/255 \
+	  --training-data "HAM10000 (upstream Flask app; trained with test leakage)" \
+	  --license "MIT (model); HAM10000 images CC BY-NC-SA 4.0"
+	$(PY) -m conversion build models/skin_lesion.h5 -o models --triton models/triton
 
 bench: $(VENV)/.test-installed ## all benchmark suites; writes benchmarks/results/ and RESULTS.md
 	$(PY) -m benchmarks run

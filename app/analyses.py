@@ -101,7 +101,7 @@ async def save(
     except BaseException:
         store.delete(name)  # the row never existed; do not leave an orphan file behind
         raise
-    return row.id  # type: ignore[no-any-return]
+    return row.id
 
 
 def decorate(row: dict[str, Any]) -> dict[str, Any]:
@@ -138,9 +138,11 @@ async def get_owned(raw_id: str, owner_id: int) -> dict[str, Any]:
 
 async def delete_owned(store: EncryptedStore, raw_id: str, owner_id: int) -> dict[str, Any]:
     row = await get_owned(raw_id, owner_id)
-    await Analysis.delete().where(
-        (Analysis.id == parse_id(raw_id)) & (Analysis.owner == owner_id)
-    ).run()
+    await (
+        Analysis.delete()
+        .where((Analysis.id == parse_id(raw_id)) & (Analysis.owner == owner_id))
+        .run()
+    )
     # Files after the row: a crash in between leaves an unreferenced file, never a dead link.
     store.delete(row["image_path"])
     store.delete(row.get("report_path"))
@@ -153,9 +155,9 @@ async def report_pdf(store: EncryptedStore, row: dict[str, Any]) -> bytes:
     if name and store.exists(name):
         return await asyncio.to_thread(store.get, name)
     image = await asyncio.to_thread(store.get, row["image_path"])
-    clinician = (
-        await User.select(User.username).where(User.id == row["owner"]).first().run()
-    ) or {"username": "?"}
+    clinician = (await User.select(User.username).where(User.id == row["owner"]).first().run()) or {
+        "username": "?"
+    }
     created = row["created_at"]
     if isinstance(created, str):
         created = dt.datetime.fromisoformat(created)
@@ -180,9 +182,11 @@ async def report_pdf(store: EncryptedStore, row: dict[str, Any]) -> bytes:
     )
     pdf = await asyncio.to_thread(build_report, data)
     new_name = await asyncio.to_thread(store.put, pdf, ".pdf")
-    await Analysis.update({Analysis.report_path: new_name}).where(
-        Analysis.id == parse_id(row["id"])
-    ).run()
+    await (
+        Analysis.update({Analysis.report_path: new_name})
+        .where(Analysis.id == parse_id(row["id"]))
+        .run()
+    )
     if name and name != new_name:
         store.delete(name)
     return pdf

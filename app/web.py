@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from litestar import Litestar, Request, Response
 from litestar.config.csrf import CSRFConfig
 from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.enums import ScopeType
 from litestar.middleware.session.client_side import CookieBackendConfig
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -61,7 +62,7 @@ class SecureCookiesWhenHttps:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         https = scope.get("scheme") == "https"
@@ -193,7 +194,7 @@ def html_error(
 
 
 def flash(request: Request[Any, Any, Any], message: str, category: str = "info") -> None:
-    session = dict(request.scope.get("session") or {})
+    session: dict[str, Any] = dict(cast(dict[str, Any], request.scope.get("session") or {}))
     if not session:  # anonymous visitors get no session just for a message
         return
     session["flash"] = [*session.get("flash", []), [category, message]]
@@ -201,11 +202,11 @@ def flash(request: Request[Any, Any, Any], message: str, category: str = "info")
 
 
 def pop_flashes(request: Request[Any, Any, Any]) -> Sequence[tuple[str, str]]:
-    session = request.scope.get("session") or {}
+    session = cast(dict[str, Any], request.scope.get("session") or {})
     messages = session.get("flash") or []
     if messages:
         request.set_session({k: v for k, v in session.items() if k != "flash"})
-    return [tuple(m) for m in messages]  # type: ignore[misc]
+    return [tuple(m) for m in messages]
 
 
 def render(

@@ -8,15 +8,15 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-from benchmarks.artifacts import ModelSet, resolve_models  # noqa: E402
-from benchmarks.results import (  # noqa: E402
+from benchmarks.artifacts import ModelSet, resolve_models
+from benchmarks.results import (
     DEFAULT_RESULTS_DIR,
     QUICK_RESULTS_DIR,
     SuiteResult,
@@ -62,8 +62,12 @@ def _suite_runner(name: str, args: argparse.Namespace) -> Callable[[ModelSet], S
         return footprint_suite(m, quick, args.install)
 
     runners: dict[str, Callable[[ModelSet], SuiteResult]] = {
-        "model": model, "preprocess": preprocess, "service": service, "startup": startup,
-        "accuracy": accuracy, "footprint": footprint,
+        "model": model,
+        "preprocess": preprocess,
+        "service": service,
+        "startup": startup,
+        "accuracy": accuracy,
+        "footprint": footprint,
     }
     return runners[name]
 
@@ -74,7 +78,9 @@ def run_suites(names: list[str], args: argparse.Namespace) -> int:
     from benchmarks.report import regenerate
     from benchmarks.targets import evaluate_targets
 
-    results_dir: Path = args.results_dir or (QUICK_RESULTS_DIR if args.quick else DEFAULT_RESULTS_DIR)
+    results_dir: Path = args.results_dir or (
+        QUICK_RESULTS_DIR if args.quick else DEFAULT_RESULTS_DIR
+    )
     models = resolve_models(args.manifest, args.keras, args.fp32, args.int8, args.serve_model)
     log.info("models: %s", models)
     load_start = machine.load_average()
@@ -109,8 +115,10 @@ def run_suites(names: list[str], args: argparse.Namespace) -> int:
     import json
 
     for verdict in evaluate_targets(json.loads(path.read_text())):
-        print(f"  {verdict.label.strip('*'):<13} {verdict.target}: {verdict.measured} "
-              f"(target {verdict.threshold})")
+        print(
+            f"  {verdict.label.strip('*'):<13} {verdict.target}: {verdict.measured} "
+            f"(target {verdict.threshold})"
+        )
     if failed:
         print(f"failed suites: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -118,29 +126,48 @@ def run_suites(names: list[str], args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action=argparse.BooleanOptionalAction, default=False,
-                   help="tiny sample sizes (all suites < 3 minutes); results go to "
-                        "benchmarks/.work/results unless --results-dir is given")
-    p.add_argument("--results-dir", type=Path,
-                   help="folder for the JSON result files; RESULTS.md and plots/ are written "
-                        "beside it, in its parent (default benchmarks/results)")
-    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
-                   help="regenerate RESULTS.md and the plots")
+    p.add_argument(
+        "--quick",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="tiny sample sizes (all suites < 3 minutes); results go to "
+        "benchmarks/.work/results unless --results-dir is given",
+    )
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        help="folder for the JSON result files; RESULTS.md and plots/ are written "
+        "beside it, in its parent (default benchmarks/results)",
+    )
+    p.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="regenerate RESULTS.md and the plots",
+    )
     p.add_argument("--manifest", type=Path, help="models manifest (default models/manifest.json)")
     p.add_argument("--keras", type=Path, help="Keras .h5 source model (overrides the manifest)")
     p.add_argument("--fp32", type=Path, help="FP32 ONNX model (overrides the manifest)")
     p.add_argument("--int8", type=Path, help="INT8 ONNX model (overrides the manifest)")
-    p.add_argument("--serve-model", type=Path,
-                   help="model the server loads (default APP_MODEL_PATH, else the preferred)")
+    p.add_argument(
+        "--serve-model",
+        type=Path,
+        help="model the server loads (default APP_MODEL_PATH, else the preferred)",
+    )
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="model suite")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="model suite")
     p.add_argument("--runs", type=int, help="timed runs per cell (model, preprocess suites)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16],
-                   help="service suite")
+    p.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1, 4, 8, 16], help="service suite"
+    )
     p.add_argument("--requests", type=int, help="requests per level (service, startup suites)")
     p.add_argument("--starts", type=int, help="cold starts to take the median of (startup)")
-    p.add_argument("--install", action=argparse.BooleanOptionalAction, default=None,
-                   help="footprint: also do the real offline install (default: full runs only)")
+    p.add_argument(
+        "--install",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="footprint: also do the real offline install (default: full runs only)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -153,8 +180,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="every suite, then RESULTS.md and plots")
     _common(run)
-    run.add_argument("--skip", choices=SUITES, action="append", default=[],
-                     help="leave a suite out (repeatable)")
+    run.add_argument(
+        "--skip", choices=SUITES, action="append", default=[], help="leave a suite out (repeatable)"
+    )
     helps = {
         "model": "Keras predict/call vs ORT FP32/INT8, 1-2 threads, batch 1 and 8",
         "preprocess": "OpenCV (reduced/full decode) vs the upstream PIL path",
@@ -174,7 +202,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("httpx", "matplotlib", "absl", "tensorflow", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "accuracy":

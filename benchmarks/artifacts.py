@@ -15,7 +15,10 @@ from app.inference.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-MANIFEST_CANDIDATES = (REPO / "models" / "manifest.json", REPO / "models" / "upstream" / "manifest.json")
+MANIFEST_CANDIDATES = (
+    REPO / "models" / "manifest.json",
+    REPO / "models" / "upstream" / "manifest.json",
+)
 MODEL_SUFFIXES = (".onnx", ".h5", ".keras")
 # Where a manifest's source HDF5 may live when it records only the file name and sha256.
 SOURCE_DIRS = (
@@ -61,7 +64,9 @@ class ModelSet:
         path = self.any_onnx
         if path is None:
             raise FileNotFoundError("no ONNX model found; run `python -m conversion build` first")
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        props = {
+            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+        }
         return ModelSpec.from_metadata(props)
 
 
@@ -74,26 +79,31 @@ def _rel(path: Path | None) -> str | None:
         return str(path)
 
 
-def _walk(node: Any, keys: tuple[str, ...] = ()) -> Iterator[tuple[str, tuple[str, ...], str]]:
-    """Yield (string value, key path, the enclosing dict's scalar values as text)."""
+def _walk(
+    node: Any, keys: tuple[str, ...] = (), parent: dict[str, Any] | None = None
+) -> Iterator[tuple[str, tuple[str, ...], dict[str, Any]]]:
+    """Yield (string value, key path, the dict that holds it) for every string in ``node``."""
     if isinstance(node, dict):
-        context = " ".join(
-            str(v)
-            for v in node.values()
-            if isinstance(v, str | int | float | bool)
-            and not str(v).lower().endswith(MODEL_SUFFIXES)
-        )
         for key, value in node.items():
             if isinstance(value, str):
-                yield value, (*keys, str(key)), context
+                yield value, (*keys, str(key)), node
             else:
-                yield from _walk(value, (*keys, str(key)))
+                yield from _walk(value, (*keys, str(key)), node)
     elif isinstance(node, list):
         for i, value in enumerate(node):
             if isinstance(value, str):
-                yield value, (*keys, str(i)), ""
+                yield value, (*keys, str(i)), {}
             else:
-                yield from _walk(value, (*keys, str(i)))
+                yield from _walk(value, (*keys, str(i)), {})
+
+
+def _context(holder: dict[str, Any]) -> str:
+    # The scalar values beside a path (precision, kind...), not other paths.
+    return " ".join(
+        str(v)
+        for v in holder.values()
+        if isinstance(v, str | int | float | bool) and not str(v).lower().endswith(MODEL_SUFFIXES)
+    )
 
 
 def _resolve(value: str, base: Path) -> Path | None:
@@ -108,33 +118,45 @@ def _affinity(a: Path, b: Path | None) -> tuple[int, int]:
     # Prefer files beside the preferred model and sharing the longest name prefix with it.
     if b is None:
         return (0, 0)
-    prefix = os.path.commonprefix([a.name, b.name])
-    return (int(a.parent == b.parent), len(prefix))
+    shared = 0
+    for x, y in zip(a.name, b.name, strict=False):
+        if x != y:
+            break
+        shared += 1
+    return (int(a.parent == b.parent), shared)
 
 
 def read_manifest(manifest: Path) -> ModelSet:
     """Find Keras, FP32 and INT8 files in a manifest without depending on its exact layout."""
     data = json.loads(manifest.read_text())
     base = manifest.parent
-    preferred = _resolve(data["preferred"], base) if isinstance(data.get("preferred"), str) else None
+    preferred = (
+        _resolve(data["preferred"], base) if isinstance(data.get("preferred"), str) else None
+    )
     onnx_fp32: list[Path] = []
     onnx_int8: list[Path] = []
     keras: list[Path] = []
-    for value, keys, context in _walk(data):
+    from app.inference.classifier import file_sha256
+
+    for value, keys, holder in _walk(data):
         lowered = [k.lower() for k in keys]
         if not value.lower().endswith(MODEL_SUFFIXES) or any("triton" in k for k in lowered):
+            continue
+        if keys == ("preferred",):  # resolved above; its siblings describe the whole manifest
             continue
         path = _resolve(value, base)
         if path is None:
             continue
         if path.suffix != ".onnx":
-            keras.append(path)
+            sha = holder.get("sha256")
+            if not isinstance(sha, str) or file_sha256(path) == sha:
+                keras.append(path)
         elif any("int8" in k for k in lowered):
             onnx_int8.append(path)
         elif any("fp32" in k for k in lowered):
             onnx_fp32.append(path)
         else:
-            text = " ".join((context, path.name)).lower()
+            text = " ".join((_context(holder), path.name)).lower()
             (onnx_int8 if ("int8" in text or "quant" in text) else onnx_fp32).append(path)
     source = data.get("source")
     if not keras and isinstance(source, dict) and isinstance(source.get("file"), str):

@@ -48,8 +48,10 @@ def _deltas(suite: SuiteResult, pair: str, ref: dict[str, Any], cand: dict[str, 
     """Drops from reference to candidate in percentage points (positive = candidate worse)."""
     n = int(cand["n"])
     suite.add(f"{pair}/bma_drop", Figure.value(100 * (ref["bma"] - cand["bma"]), "points", n))
-    suite.add(f"{pair}/accuracy_drop",
-              Figure.value(100 * (ref["accuracy"] - cand["accuracy"]), "points", n))
+    suite.add(
+        f"{pair}/accuracy_drop",
+        Figure.value(100 * (ref["accuracy"] - cand["accuracy"]), "points", n),
+    )
     drops = [
         100 * (r - c)
         for cls in ref.get("per_class", {})
@@ -62,8 +64,9 @@ def _deltas(suite: SuiteResult, pair: str, ref: dict[str, Any], cand: dict[str, 
         suite.add(f"{pair}/mel_recall_drop", Figure.value(100 * (r_mel - c_mel), "points", n))
 
 
-def _agreement(models: ModelSet, images_dir: Path, labels_csv: Path, split: str | None,
-               suite: SuiteResult) -> None:
+def _agreement(
+    models: ModelSet, images_dir: Path, labels_csv: Path, split: str | None, suite: SuiteResult
+) -> None:
     """Top-1 agreement and largest probability gap of INT8 against FP32 on the same images."""
     from benchmarks.metrics import agreement
     from conversion.convert import read_spec
@@ -76,10 +79,13 @@ def _agreement(models: ModelSet, images_dir: Path, labels_csv: Path, split: str 
     ref = predict_onnx(models.fp32, preprocess_paths(paths, read_spec(models.fp32), "fp32"))
     cand = predict_onnx(models.int8, preprocess_paths(paths, read_spec(models.int8), "int8"))
     result = agreement(ref, cand)
-    suite.add("int8_vs_fp32/top1_agreement",
-              Figure.value(100 * result["top1_agreement"], "%", len(paths)))
-    suite.add("int8_vs_fp32/max_abs_prob_diff",
-              Figure.value(result["max_abs_prob_diff"], "probability", len(paths)))
+    suite.add(
+        "int8_vs_fp32/top1_agreement", Figure.value(100 * result["top1_agreement"], "%", len(paths))
+    )
+    suite.add(
+        "int8_vs_fp32/max_abs_prob_diff",
+        Figure.value(result["max_abs_prob_diff"], "probability", len(paths)),
+    )
 
 
 def accuracy_suite(models: ModelSet, quick: bool = False) -> SuiteResult:

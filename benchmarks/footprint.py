@@ -57,13 +57,14 @@ def closure(requirements: list[str]) -> tuple[dict[str, md.Distribution], list[s
     """
     found: dict[str, md.Distribution] = {}
     missing: list[str] = []
-    queue: list[tuple[Requirement, frozenset[str]]] = [(Requirement(r), frozenset()) for r in requirements]
+    queue: list[tuple[Requirement, frozenset[str]]] = [
+        (Requirement(r), frozenset()) for r in requirements
+    ]
     seen_extras: dict[str, set[str]] = {}
     while queue:
         req, parent_extras = queue.pop()
-        env_ok = (
-            req.marker is None
-            or any(req.marker.evaluate({"extra": e}) for e in (parent_extras or {""}))
+        env_ok = req.marker is None or any(
+            req.marker.evaluate({"extra": e}) for e in (parent_extras or {""})
         )
         if not env_ok:
             continue
@@ -101,7 +102,8 @@ def tree_bytes(root: Path) -> int:
 def app_bytes() -> int:
     """The ``app`` package as ``pip install .`` copies it (sources and package data)."""
     return sum(
-        p.stat().st_size for p in (REPO / "app").rglob("*")
+        p.stat().st_size
+        for p in (REPO / "app").rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     )
 
@@ -155,8 +157,12 @@ def repack_wheel(dist: md.Distribution, out_dir: Path) -> Path:
 
 
 def real_install(
-    dists: dict[str, md.Distribution], requirements: list[str], workdir: Path, label: str,
-    with_app: bool, problems: list[str],
+    dists: dict[str, md.Distribution],
+    requirements: list[str],
+    workdir: Path,
+    label: str,
+    with_app: bool,
+    problems: list[str],
 ) -> int:
     """Install ``requirements`` into a fresh venv from wheels repacked from this venv, offline.
 
@@ -172,26 +178,46 @@ def real_install(
     venv = workdir / f"{label}-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--isolated",
-           "--no-index", "--disable-pip-version-check", "--no-compile", "--find-links",
-           str(wheels)]
-    resolved = subprocess.run([*pip, *requirements], timeout=1200, capture_output=True,
-                              text=True, env=env, check=False)
+    pip = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--isolated",
+        "--no-index",
+        "--disable-pip-version-check",
+        "--no-compile",
+        "--find-links",
+        str(wheels),
+    ]
+    resolved = subprocess.run(
+        [*pip, *requirements], timeout=1200, capture_output=True, text=True, env=env, check=False
+    )
     if resolved.returncode != 0:
         # The pins do not resolve against what is installed here: say so, and still measure
         # the same files by installing every repacked wheel as it is.
         lines = resolved.stderr.strip().splitlines()
         problems.append(lines[-1] if lines else f"pip exited {resolved.returncode}")
-        subprocess.run([*pip, "--no-deps", *map(str, sorted(wheels.glob("*.whl")))],
-                       check=True, timeout=1200, capture_output=True, text=True, env=env)
+        subprocess.run(
+            [*pip, "--no-deps", *map(str, sorted(wheels.glob("*.whl")))],
+            check=True,
+            timeout=1200,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
     if with_app:
         site = next((venv / "lib").glob("python3*/site-packages"))
-        shutil.copytree(REPO / "app", site / "app",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            REPO / "app", site / "app", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
     return tree_bytes(venv)
 
 
-def footprint_suite(models: ModelSet, quick: bool = False, install: bool | None = None) -> SuiteResult:
+def footprint_suite(
+    models: ModelSet, quick: bool = False, install: bool | None = None
+) -> SuiteResult:
     """Serving install vs flask + tensorflow-cpu + pillow, on disk, plus a Docker estimate."""
     suite = SuiteResult("footprint", quick)
     install = (not quick) if install is None else install
@@ -229,33 +255,52 @@ def footprint_suite(models: ModelSet, quick: bool = False, install: bool | None 
                     problems: list[str] = []
                     size = real_install(dists, reqs, work, name, name == "service", problems)
                     for problem in problems:
-                        suite.notes.append(f"{name}: the requirements do not resolve against "
-                                           f"the installed versions: {problem}")
-                    suite.add(f"{name}/venv_install_total",
-                              Figure.value((size + model_bytes) / MB, "MB", len(dists)))
+                        suite.notes.append(
+                            f"{name}: the requirements do not resolve against "
+                            f"the installed versions: {problem}"
+                        )
+                    suite.add(
+                        f"{name}/venv_install_total",
+                        Figure.value((size + model_bytes) / MB, "MB", len(dists)),
+                    )
                 except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
                     detail = getattr(exc, "stderr", "") or str(exc)
-                    suite.skip(f"{name}/venv_install_total",
-                               f"offline install from repacked wheels failed: "
-                               f"{detail.strip().splitlines()[-1] if detail.strip() else exc}")
+                    suite.skip(
+                        f"{name}/venv_install_total",
+                        f"offline install from repacked wheels failed: "
+                        f"{detail.strip().splitlines()[-1] if detail.strip() else exc}",
+                    )
             else:
-                suite.skip(f"{name}/venv_install_total", "quick run: closure method only")
+                suite.skip(
+                    f"{name}/venv_install_total",
+                    "quick run: closure method only" if quick else "--no-install given",
+                )
         if "baseline" in totals:
-            suite.add("ratio/baseline_vs_service",
-                      Figure.value(ratio(totals["baseline"], totals["service"]), "x"))
-        image = SLIM_BASE_IMAGE_MB + totals["service"] / MB
+            suite.add(
+                "ratio/baseline_vs_service",
+                Figure.value(ratio(totals["baseline"], totals["service"]), "x"),
+            )
+        # The image ships every ONNX form of the model (FP32 and INT8), not only the served one.
+        onnx_files = {p for p in (models.fp32, models.int8, models.serving) if p is not None}
+        shipped = sum(p.stat().st_size for p in onnx_files)
+        serving_model = models.serving.stat().st_size if models.serving else 0
+        image = SLIM_BASE_IMAGE_MB + (totals["service"] - serving_model + shipped) / MB
         suite.add("service/docker_image_estimate", Figure.value(image, "MB"))
-    suite.params.update({
-        "serving_requirements": serving_reqs,
-        "baseline_requirements": list(UPSTREAM_REQUIREMENTS),
-        "closure_method": "sum of RECORD files (no .pyc, as --no-compile) of the dependency "
-                          "closure installed in this venv + empty venv + app/ + model",
-        "install_method": "wheels repacked from this venv's installed files, then pip install "
-                          "--no-index --no-compile of the requirements into a fresh venv, app/ "
-                          "copied in (the build backend, setuptools>=77, is not installed "
-                          "here), directory walk" if install else "not run",
-        "docker_estimate": f"python:3.11-slim base taken as {SLIM_BASE_IMAGE_MB:.0f} MB "
-                           "(published size, not measured: no Docker engine here) + the "
-                           "closure venv + app + model; an estimate, not a build",
-    })
+    suite.params.update(
+        {
+            "serving_requirements": serving_reqs,
+            "baseline_requirements": list(UPSTREAM_REQUIREMENTS),
+            "closure_method": "sum of RECORD files (no .pyc, as --no-compile) of the dependency "
+            "closure installed in this venv + empty venv + app/ + model",
+            "install_method": "wheels repacked from this venv's installed files, then pip install "
+            "--no-index --no-compile of the requirements into a fresh venv, app/ "
+            "copied in (the build backend, setuptools>=77, is not installed "
+            "here), directory walk"
+            if install
+            else "not run",
+            "docker_estimate": f"python:3.11-slim base taken as {SLIM_BASE_IMAGE_MB:.0f} MB "
+            "(published size, not measured: no Docker engine here) + the "
+            "closure venv + app + the FP32 and INT8 models; an estimate, not a build",
+        }
+    )
     return suite

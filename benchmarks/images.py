@@ -48,12 +48,15 @@ def _rel(path: Path) -> Path:
 def phone_photo(source: bytes, megapixels: float = 12.0, quality: int = 92) -> Sample:
     """A phone-sized JPEG (4:3, ~12 MP) upscaled from a real lesion image, made in memory."""
     rgb = cv2.imdecode(np.frombuffer(source, np.uint8), cv2.IMREAD_COLOR)
-    width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
+    if rgb is None:
+        raise ValueError("the source image for the phone photo does not decode")
+    width = round((megapixels * 1e6 * 4 / 3) ** 0.5)
     height = width * 3 // 4
     big = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC)
-    # Mild noise so the JPEG is as dense as a real photo, not a smooth upscale.
+    # Sensor-like noise, so the JPEG is as dense as a phone's (~3 MB), not a smooth upscale.
     rng = np.random.default_rng(0)
-    noisy = cv2.add(big, rng.integers(0, 6, big.shape, dtype=np.uint8))
+    noise = np.asarray(rng.normal(0.0, 6.0, big.shape)).astype(np.int16)
+    noisy = np.clip(big.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     ok, encoded = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("could not encode the generated phone photo")

@@ -48,8 +48,13 @@ class LoadResult:
 
 
 async def _drive(
-    url: str, bodies: list[bytes], concurrency: int, requests: int, time_cap_s: float,
-    warmup: int, timeout_s: float,
+    url: str,
+    bodies: list[bytes],
+    concurrency: int,
+    requests: int,
+    time_cap_s: float,
+    warmup: int,
+    timeout_s: float,
 ) -> LoadResult:
     headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -67,8 +72,9 @@ async def _drive(
                 next_index += 1
                 start = time.perf_counter()
                 try:
-                    response = await client.post(url, content=bodies[i % len(bodies)],
-                                                 headers=headers)
+                    response = await client.post(
+                        url, content=bodies[i % len(bodies)], headers=headers
+                    )
                     status = str(response.status_code)
                 except httpx.HTTPError as exc:
                     status = f"exception:{type(exc).__name__}"
@@ -92,8 +98,13 @@ async def _drive(
 
 
 def run_load(
-    url: str, bodies: list[bytes], concurrency: int, requests: int, time_cap_s: float,
-    warmup: int | None = None, timeout_s: float = 30.0,
+    url: str,
+    bodies: list[bytes],
+    concurrency: int,
+    requests: int,
+    time_cap_s: float,
+    warmup: int | None = None,
+    timeout_s: float = 30.0,
 ) -> LoadResult:
     """Send ``requests`` POSTs (fewer if ``time_cap_s`` runs out) with ``concurrency`` in flight."""
     if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from app.config import usable_cpus
 
@@ -30,29 +33,23 @@ LIBRARIES = (
 
 def cpu_info() -> dict[str, Any]:
     """CPU model and the SIMD flags that decide INT8 and FP32 speed."""
-    model, flags = platform.processor() or "unknown", set[str]()
+    model, flags = "", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("unknown", "", platform.machine()):
+            if key.strip() == "model name" and not model:
                 model = value.strip()
             elif key.strip() == "flags" and not flags:
                 flags = set(value.split())
     except OSError:
         pass
     return {
-        "model": model,
+        "model": model or platform.processor() or "unknown",
         "arch": platform.machine(),
         "flags": {flag: flag in flags for flag in CPU_FLAGS},
         "usable_cores": usable_cpus(),
-        "host_cores": _host_cores(),
+        "host_cores": os.cpu_count() or 1,
     }
-
-
-def _host_cores() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 def versions() -> dict[str, str | None]:
@@ -67,12 +64,15 @@ def versions() -> dict[str, str | None]:
 
 
 def git_state() -> dict[str, Any]:
-    """Short sha and whether the tree had uncommitted changes (read-only git calls)."""
+    """Short sha and whether tracked files had uncommitted changes (read-only git calls)."""
 
     def git(*args: str) -> str:
-        result = subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
-        )
+        try:
+            result = subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
         return result.stdout.strip() if result.returncode == 0 else ""
 
     sha = git("rev-parse", "--short", "HEAD") or "nogit"
@@ -83,8 +83,6 @@ def git_state() -> dict[str, Any]:
 def load_average() -> list[float]:
     """1, 5 and 15 minute load averages: a busy machine explains noisy absolute times."""
     try:
-        import os
-
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return []
@@ -94,14 +92,5 @@ def describe() -> dict[str, Any]:
     return {
         "cpu": cpu_info(),
         "os": platform.platform(),
-        "memory_gib": _memory_gib(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
     }
-
-
-def _memory_gib() -> float:
-    try:
-        import psutil
-
-        return round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        return 0.0

@@ -38,17 +38,25 @@ def model_suite(
 ) -> SuiteResult:
     """Time every engine at every thread count and batch size on the same real images."""
     suite = SuiteResult("model", quick)
-    runs = runs or (20 if quick else 200)
-    warmup = 3 if quick else 10
-    cap = time_cap_s or (20.0 if quick else 300.0)
+    runs = runs or (10 if quick else 200)
+    warmup = 1 if quick else 10
+    cap = time_cap_s or (10.0 if quick else 300.0)
     suite.params = {
-        "threads": list(threads), "batches": list(batches), "timed_runs": runs,
-        "warmup_runs": warmup, "time_cap_s_per_thread_count": cap, "order": "interleaved, shuffled",
+        "threads": list(threads),
+        "batches": list(batches),
+        "timed_runs": runs,
+        "warmup_runs": warmup,
+        "time_cap_s_per_thread_count": cap,
+        "order": "interleaved, shuffled",
     }
     if models.any_onnx is None:
         suite.skip("all", "no ONNX model found (run `python -m conversion build`)")
         return suite
-    for name, path in (("keras", models.keras), ("ort_fp32", models.fp32), ("ort_int8", models.int8)):
+    for name, path in (
+        ("keras", models.keras),
+        ("ort_fp32", models.fp32),
+        ("ort_int8", models.int8),
+    ):
         if path is None:
             suite.skip(name, f"no {name} model in the manifest or on the command line")
     config = {
@@ -56,7 +64,10 @@ def model_suite(
         "fp32": str(models.fp32) if models.fp32 else None,
         "int8": str(models.int8) if models.int8 else None,
         "spec_model": str(models.any_onnx),
-        "batches": list(batches), "runs": runs, "warmup": warmup, "time_cap_s": cap,
+        "batches": list(batches),
+        "runs": runs,
+        "warmup": warmup,
+        "time_cap_s": cap,
     }
     for t in threads:
         child = _run_child({**config, "threads": t})
@@ -69,20 +80,28 @@ def model_suite(
         for key, samples in child["samples"].items():
             engine, b = key.split("/b")
             fig = suite.add_samples(f"t{t}/b{b}/{engine}/latency", samples, "ms")
-            suite.add(f"t{t}/b{b}/{engine}/per_image", Figure.value(fig.median / int(b), "ms", fig.n))
+            suite.add(
+                f"t{t}/b{b}/{engine}/per_image", Figure.value(fig.median / int(b), "ms", fig.n)
+            )
             medians[(int(b), engine)] = fig.median
         for b in batches:
             base = medians.get((b, "keras_predict"))
             for engine in ENGINES[1:]:
                 if base and (b, engine) in medians:
-                    suite.add(f"t{t}/b{b}/{engine}/speedup_vs_keras_predict",
-                              Figure.value(ratio(base, medians[(b, engine)]), "x"))
+                    suite.add(
+                        f"t{t}/b{b}/{engine}/speedup_vs_keras_predict",
+                        Figure.value(ratio(base, medians[(b, engine)]), "x"),
+                    )
             if (b, "ort_fp32") in medians and (b, "ort_int8") in medians:
-                suite.add(f"t{t}/b{b}/int8_speedup_vs_fp32",
-                          Figure.value(ratio(medians[(b, "ort_fp32")], medians[(b, "ort_int8")]), "x"))
+                suite.add(
+                    f"t{t}/b{b}/int8_speedup_vs_fp32",
+                    Figure.value(ratio(medians[(b, "ort_fp32")], medians[(b, "ort_int8")]), "x"),
+                )
             if (b, "keras_call") in medians and (b, "ort_fp32") in medians:
-                suite.add(f"t{t}/b{b}/ort_fp32/speedup_vs_keras_call",
-                          Figure.value(ratio(medians[(b, "keras_call")], medians[(b, "ort_fp32")]), "x"))
+                suite.add(
+                    f"t{t}/b{b}/ort_fp32/speedup_vs_keras_call",
+                    Figure.value(ratio(medians[(b, "keras_call")], medians[(b, "ort_fp32")]), "x"),
+                )
     return suite
 
 
@@ -100,8 +119,14 @@ def _run_child(config: dict[str, Any]) -> dict[str, Any]:
     repo = Path(__file__).resolve().parent.parent
     timeout = float(config["time_cap_s"]) * 2 + 300  # model loading included
     proc = subprocess.run(
-        [sys.executable, "-c", code], input=json.dumps(config), stdout=subprocess.PIPE,
-        text=True, env=env, cwd=repo, timeout=timeout, check=False,
+        [sys.executable, "-c", code],
+        input=json.dumps(config),
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=repo,
+        timeout=timeout,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"model suite child (threads={t}) failed with exit {proc.returncode}")
@@ -174,9 +199,11 @@ def measure_engines(config: dict[str, Any]) -> dict[str, Any]:
         if config.get(key):
             engines[engine], layouts[engine] = _ort_session(config[key], threads)
     feeds = {
-        (engine, b): (np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-                      if layouts.get(engine) == "NCHW" else x)
-        for engine in engines for b, x in inputs.items()
+        (engine, b): (
+            np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layouts.get(engine) == "NCHW" else x
+        )
+        for engine in engines
+        for b, x in inputs.items()
     }
     parity = _parity(engines, feeds, batches)
     combos = [(e, b) for e in engines for b in batches]
@@ -186,8 +213,13 @@ def measure_engines(config: dict[str, Any]) -> dict[str, Any]:
     samples: dict[str, list[float]] = {f"{e}/b{b}": [] for e, b in combos}
     rng = random.Random(threads)
     deadline = time.monotonic() + float(config["time_cap_s"])
-    for _ in tqdm(range(int(config["runs"])), desc=f"model t={threads}", unit="round",
-                  file=sys.stderr, mininterval=1.0):
+    for _ in tqdm(
+        range(int(config["runs"])),
+        desc=f"model t={threads}",
+        unit="round",
+        file=sys.stderr,
+        mininterval=1.0,
+    ):
         rng.shuffle(combos)
         for engine, b in combos:
             x = feeds[(engine, b)]
@@ -195,7 +227,9 @@ def measure_engines(config: dict[str, Any]) -> dict[str, Any]:
             engines[engine](x)
             samples[f"{engine}/b{b}"].append((time.perf_counter() - start) * 1e3)
         if time.monotonic() > deadline:
-            notes.append(f"time cap reached after {len(samples[f'{combos[0][0]}/b{combos[0][1]}'])} rounds")
+            notes.append(
+                f"time cap reached after {len(samples[f'{combos[0][0]}/b{combos[0][1]}'])} rounds"
+            )
             break
     return {"samples": samples, "skipped": skipped, "notes": notes, "parity": parity}
 

@@ -12,18 +12,22 @@ from benchmarks.targets import evaluate_targets
 
 log = logging.getLogger(__name__)
 
-HISTORY_KEYS = (
-    ("service", "service/c1/latency", "median", "HTTP p50 at c=1 (ms)"),
-    ("service", "service/c8/throughput", "median", "req/s at c=8"),
-    ("startup", "service/ready_s", "median", "cold start to ready (s)"),
-    ("startup", "service/rss_after_requests", "median", "RSS after load (MB)"),
-    ("model", "t1/b1/int8_speedup_vs_fp32", "median", "INT8/FP32 speed-up, b1 t1 (×)"),
-    ("model", "t1/b1/ort_fp32/latency", "median", "ORT FP32 b1 t1 (ms)"),
+HISTORY_KEYS: tuple[tuple[str, str, str, str, float | None], ...] = (
+    ("service", "service/c1/latency", "median", "HTTP p50 at c=1 (ms)", 8.0),
+    ("service", "ratio/c8/service_vs_ceiling", "median", "c=8 throughput / ceiling", 0.8),
+    ("startup", "service/ready_s", "median", "cold start to ready (s)", 1.5),
+    ("startup", "service/rss_after_requests", "median", "RSS after load (MB)", 200.0),
+    ("model", "t1/b1/int8_speedup_vs_fp32", "median", "INT8/FP32 speed-up, b1 t1 (×)", 1.5),
+    ("model", "t1/b1/ort_fp32/latency", "median", "ORT FP32 b1 t1 (ms)", None),
 )
 
 
 def _figs(run: dict[str, Any], suite: str) -> dict[str, dict[str, Any]]:
     return dict(run.get("suites", {}).get(suite, {}).get("figures", {}))
+
+
+def _median(figs: dict[str, dict[str, Any]], key: str) -> Any:
+    return figs.get(key, {}).get("median")
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -46,31 +50,67 @@ def _model_section(run: dict[str, Any]) -> list[str]:
         return ["_Model suite not run._", ""]
     params = run["suites"]["model"].get("params", {})
     rows = []
-    combos = sorted({tuple(k.split("/")[:3]) for k in figs if k.endswith("/latency")},
-                    key=lambda c: (int(c[0][1:]), int(c[1][1:]), c[2]))
+    combos = sorted(
+        {tuple(k.split("/")[:3]) for k in figs if k.endswith("/latency")},
+        key=lambda c: (int(c[0][1:]), int(c[1][1:]), c[2]),
+    )
     for t, b, engine in combos:
         lat = figs[f"{t}/{b}/{engine}/latency"]
         speed = figs.get(f"{t}/{b}/{engine}/speedup_vs_keras_predict", {}).get("median")
-        rows.append([t[1:], b[1:], f"`{engine}`", _f(lat["median"]), _f(lat["p95"]),
-                     _f(lat["p99"]), _f(lat["median"] / int(b[1:])), str(lat["n"]),
-                     "1.00" if engine == "keras_predict" else _f(speed)])
+        rows.append(
+            [
+                t[1:],
+                b[1:],
+                f"`{engine}`",
+                _f(lat["median"]),
+                _f(lat["p95"]),
+                _f(lat["p99"]),
+                _f(lat["median"] / int(b[1:])),
+                str(lat["n"]),
+                "1.00" if engine == "keras_predict" else _f(speed),
+            ]
+        )
     out = [
         f"Each cell: {params.get('timed_runs')} timed runs after {params.get('warmup_runs')} "
         "warm-up runs, all engines interleaved in a shuffled order. Latency per call in ms.",
         "",
-        *_table(["threads", "batch", "engine", "p50", "p95", "p99", "ms/image", "n",
-                 "× vs `model.predict`"], rows),
+        *_table(
+            [
+                "threads",
+                "batch",
+                "engine",
+                "p50",
+                "p95",
+                "p99",
+                "ms/image",
+                "n",
+                "× vs `model.predict`",
+            ],
+            rows,
+        ),
     ]
-    int8 = [[k.split("/")[0][1:], k.split("/")[1][1:], _f(v["median"])]
-            for k, v in sorted(figs.items()) if k.endswith("int8_speedup_vs_fp32")]
+    int8 = [
+        [k.split("/")[0][1:], k.split("/")[1][1:], _f(v["median"])]
+        for k, v in sorted(figs.items())
+        if k.endswith("int8_speedup_vs_fp32")
+    ]
     if int8:
-        out += ["INT8 speed-up over FP32 (FP32 p50 / INT8 p50):", "",
-                *_table(["threads", "batch", "INT8 / FP32"], int8)]
-    parity = [[k.removeprefix("parity/"), _f(v["median"], 6)] for k, v in sorted(figs.items())
-              if k.startswith("parity/")]
+        out += [
+            "INT8 speed-up over FP32 (FP32 p50 / INT8 p50):",
+            "",
+            *_table(["threads", "batch", "INT8 / FP32"], int8),
+        ]
+    parity = [
+        [k.removeprefix("parity/"), _f(v["median"], 6)]
+        for k, v in sorted(figs.items())
+        if k.startswith("parity/")
+    ]
     if parity:
-        out += ["Agreement on the benchmark images (the conversion gates check this fully):", "",
-                *_table(["pair / measure", "value"], parity)]
+        out += [
+            "Agreement on the benchmark images (the conversion gates check this fully):",
+            "",
+            *_table(["pair / measure", "value"], parity),
+        ]
     return out
 
 
@@ -86,16 +126,36 @@ def _preprocess_section(run: dict[str, Any]) -> list[str]:
             if not lat:
                 continue
             diff = figs.get(f"{group}/{path}/mean_abs_diff_vs_full", {}).get("median")
-            rows.append([group, f"`{path}`", _f(lat["median"]), _f(lat["p95"]), _f(lat["p99"]),
-                         str(lat["n"]), "0 (reference)" if path == "opencv_full" else _f(diff)])
-    ratios = [[k.replace("/", " "), _f(v["median"])] for k, v in sorted(figs.items())
-              if "speedup" in k]
+            rows.append(
+                [
+                    group,
+                    f"`{path}`",
+                    _f(lat["median"]),
+                    _f(lat["p95"]),
+                    _f(lat["p99"]),
+                    str(lat["n"]),
+                    "0 (reference)" if path == "opencv_full" else _f(diff),
+                ]
+            )
+    ratios = [
+        [k.replace("/", " "), _f(v["median"])] for k, v in sorted(figs.items()) if "speedup" in k
+    ]
     return [
         f"Bytes → model tensor at {params.get('model_input')}; uploads: {params.get('uploads')}; "
         f"large: {params.get('large')}. OpenCV on 1 thread, as in the server.",
         "",
-        *_table(["input", "path", "p50 ms", "p95 ms", "p99 ms", "n",
-                 "mean abs diff vs full decode (grey levels)"], rows),
+        *_table(
+            [
+                "input",
+                "path",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "n",
+                "mean abs diff vs full decode (grey levels)",
+            ],
+            rows,
+        ),
         *_table(["ratio", "×"], ratios),
     ]
 
@@ -115,18 +175,34 @@ def _service_section(run: dict[str, Any]) -> list[str]:
             rps = figs.get(f"{target}/c{c}/throughput", {})
             counts = statuses.get(target, {}).get(f"c{c}", {})
             errors = {s: n for s, n in counts.items() if not s.startswith("2")}
-            rows.append([target, str(c), _f(lat.get("median")), _f(lat.get("p95")),
-                         _f(lat.get("p99")), _f(rps.get("median"), 1), str(lat.get("n", 0)),
-                         ", ".join(f"{s}: {n}" for s, n in errors.items()) or "0"])
-    ceiling = [[k.split("/")[1], _f(v["median"], 1)] for k, v in sorted(figs.items())
-               if k.startswith("ceiling/")]
+            rows.append(
+                [
+                    target,
+                    str(c),
+                    _f(lat.get("median")),
+                    _f(lat.get("p95")),
+                    _f(lat.get("p99")),
+                    _f(rps.get("median"), 1),
+                    str(lat.get("n", 0)),
+                    ", ".join(f"{s}: {n}" for s, n in errors.items()) or "0",
+                ]
+            )
+    ceiling = [
+        [k.split("/")[1], _f(v["median"], 1)]
+        for k, v in sorted(figs.items())
+        if k.startswith("ceiling/")
+    ]
     ratios = []
     levels = sorted({int(k.split("/")[1][1:]) for k in figs if k.startswith("ratio/c")})
     for c in levels:
-        ratios.append([str(c),
-                       _f(figs.get(f"ratio/c{c}/service_vs_ceiling", {}).get("median")),
-                       _f(figs.get(f"ratio/c{c}/service_vs_baseline_throughput", {}).get("median")),
-                       _f(figs.get(f"ratio/c{c}/baseline_vs_service_p50_latency", {}).get("median"))])
+        ratios.append(
+            [
+                str(c),
+                _f(figs.get(f"ratio/c{c}/service_vs_ceiling", {}).get("median")),
+                _f(figs.get(f"ratio/c{c}/service_vs_baseline_throughput", {}).get("median")),
+                _f(figs.get(f"ratio/c{c}/baseline_vs_service_p50_latency", {}).get("median")),
+            ]
+        )
     return [
         f"Service: {params.get('service')}. Baseline: {params.get('baseline', 'not run')}. "
         f"Load: {params.get('client')}; {params.get('requests_per_level')} requests per level "
@@ -134,13 +210,31 @@ def _service_section(run: dict[str, Any]) -> list[str]:
         f"{params.get('time_cap_s_per_level')} s cap per level; images: {params.get('images')}. "
         "The client runs on the same 2 cores as the server, so it takes CPU from it.",
         "",
-        *_table(["server", "concurrency", "p50 ms", "p95 ms", "p99 ms", "req/s", "n",
-                 "errors by status"], rows),
+        *_table(
+            [
+                "server",
+                "concurrency",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "req/s",
+                "n",
+                "errors by status",
+            ],
+            rows,
+        ),
         "In-process ceiling (decode + preprocess + infer, no HTTP), images/s:",
         "",
         *_table(["layout", "img/s"], ceiling),
-        *_table(["concurrency", "service / ceiling", "service / baseline (req/s)",
-                 "baseline / service (p50)"], ratios),
+        *_table(
+            [
+                "concurrency",
+                "service / ceiling",
+                "service / baseline (req/s)",
+                "baseline / service (p50)",
+            ],
+            ratios,
+        ),
     ]
 
 
@@ -155,19 +249,39 @@ def _startup_section(run: dict[str, Any]) -> list[str]:
         ready = figs.get(f"{target}/ready_s")
         if not ready:
             continue
-        rows.append([target, _f(ready["median"]), _f(ready["min"]), _f(ready["max"]),
-                     str(ready["n"]),
-                     _f(figs.get(f"{target}/rss_ready_idle", {}).get("median"), 0),
-                     _f(figs.get(f"{target}/rss_after_warmup", {}).get("median"), 0),
-                     _f(figs.get(f"{target}/rss_after_requests", {}).get("median"), 0),
-                     _f(figs.get(f"{target}/rss_peak", {}).get("median"), 0),
-                     str(sent.get(target, "—"))])
+        rows.append(
+            [
+                target,
+                _f(ready["median"]),
+                _f(ready["min"]),
+                _f(ready["max"]),
+                str(ready["n"]),
+                _f(figs.get(f"{target}/rss_ready_idle", {}).get("median"), 0),
+                _f(figs.get(f"{target}/rss_after_warmup", {}).get("median"), 0),
+                _f(figs.get(f"{target}/rss_after_requests", {}).get("median"), 0),
+                _f(figs.get(f"{target}/rss_peak", {}).get("median"), 0),
+                str(sent.get(target, "—")),
+            ]
+        )
     return [
         f"Ready: {params.get('ready')}. RSS: {params.get('rss')}. Load for the memory run: "
         f"concurrency {params.get('concurrency')}.",
         "",
-        *_table(["server", "ready p50 s", "min", "max", "starts", "RSS idle MB",
-                 "after warm-up MB", "after load MB", "peak MB", "requests"], rows),
+        *_table(
+            [
+                "server",
+                "ready p50 s",
+                "min",
+                "max",
+                "starts",
+                "RSS idle MB",
+                "after warm-up MB",
+                "after load MB",
+                "peak MB",
+                "requests",
+            ],
+            rows,
+        ),
     ]
 
 
@@ -179,15 +293,23 @@ def _accuracy_section(run: dict[str, Any]) -> list[str]:
     params = suite.get("params", {})
     engines = [e for e in ("keras", "fp32", "int8") if f"{e}/bma" in figs]
     measures = ("accuracy", "bma", "auc_macro_ovr", "ece", "mel_sensitivity", "mel_specificity")
-    rows = [[m, *[_f(figs.get(f"{e}/{m}", {}).get("median")) for e in engines]]
-            for m in measures if any(f"{e}/{m}" in figs for e in engines)]
-    deltas = [[k, _f(v["median"], 4)] for k, v in sorted(figs.items())
-              if k.startswith(("int8_vs_fp32/", "fp32_vs_keras/"))]
+    rows = [
+        [m, *[_f(figs.get(f"{e}/{m}", {}).get("median")) for e in engines]]
+        for m in measures
+        if any(f"{e}/{m}" in figs for e in engines)
+    ]
+    deltas = [
+        [k, _f(v["median"], 4), v["unit"]]
+        for k, v in sorted(figs.items())
+        if k.startswith(("int8_vs_fp32/", "fp32_vs_keras/"))
+    ]
     return [
         f"On {params.get('images')} (n = {params.get('n')}). Percent, except AUC and ECE (0–1).",
         "",
         *_table(["measure", *engines], rows),
-        *_table(["delta", "value"], deltas),
+        "Drops are reference minus candidate (positive: the candidate is worse).",
+        "",
+        *_table(["delta", "value", "unit"], deltas),
     ]
 
 
@@ -199,39 +321,65 @@ def _footprint_section(run: dict[str, Any]) -> list[str]:
     params = suite.get("params", {})
     rows = []
     for target in ("service", "baseline"):
-        rows.append([target, _f(figs.get(f"{target}/packages", {}).get("median"), 0),
-                     str(figs.get(f"{target}/packages", {}).get("n", "—")),
-                     _f(figs.get(f"{target}/model", {}).get("median"), 1),
-                     _f(figs.get(f"{target}/venv_closure_total", {}).get("median"), 0),
-                     _f(figs.get(f"{target}/venv_install_total", {}).get("median"), 0)])
+        rows.append(
+            [
+                target,
+                _f(figs.get(f"{target}/packages", {}).get("median"), 0),
+                str(figs.get(f"{target}/packages", {}).get("n", "—")),
+                _f(figs.get(f"{target}/model", {}).get("median"), 1),
+                _f(figs.get(f"{target}/venv_closure_total", {}).get("median"), 0),
+                _f(figs.get(f"{target}/venv_install_total", {}).get("median"), 0),
+            ]
+        )
     skipped = suite.get("skipped", {})
     lines = [
         f"Closure method: {params.get('closure_method')}. Install method: "
         f"{params.get('install_method')}.",
         "",
-        *_table(["set", "packages MB", "distributions", "model MB", "venv total MB (closure)",
-                 "venv total MB (real offline install)"], rows),
-        f"Ratio baseline / service: {_f(figs.get('ratio/baseline_vs_service', {}).get('median'))}×. "
-        f"Docker image estimate: **{_f(figs.get('service/docker_image_estimate', {}).get('median'), 0)} MB** "
-        f"— {params.get('docker_estimate')}.",
+        *_table(
+            [
+                "set",
+                "packages MB",
+                "distributions",
+                "model MB",
+                "venv total MB (closure)",
+                "venv total MB (real offline install)",
+            ],
+            rows,
+        ),
+        f"Ratio baseline / service: {_f(_median(figs, 'ratio/baseline_vs_service'))}×. "
+        f"Docker image estimate: **{_f(_median(figs, 'service/docker_image_estimate'), 0)} MB**"
+        f" — {params.get('docker_estimate')}.",
         "",
-        f"Largest serving packages (MB): {params.get('service_largest')}. "
-        f"Largest baseline packages (MB): {params.get('baseline_largest')}.",
+        f"Largest serving packages: {_sizes(params.get('service_largest'))}. "
+        f"Largest baseline packages: {_sizes(params.get('baseline_largest'))}.",
         "",
     ]
-    for key, reason in skipped.items():
-        lines.append(f"- {key} not measured: {reason}")
-    return [*lines, ""]
+    if skipped:
+        lines += [
+            "Real-install figures not measured: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+            + ".",
+            "",
+        ]
+    return lines
+
+
+def _sizes(largest: Any) -> str:
+    if not isinstance(largest, dict):
+        return "—"
+    return ", ".join(f"{name} {size:.0f} MB" for name, size in largest.items())
 
 
 def _machine_section(run: dict[str, Any]) -> list[str]:
-    cpu = run.get("machine", {}).get("cpu", {})
+    host = run.get("machine", {})
+    cpu = host.get("cpu", {})
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu.get("flags", {}).items())
     versions = ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items() if v)
     return [
         f"- CPU: {cpu.get('model')} ({cpu.get('arch')}); {flags}",
         f"- Usable cores: {cpu.get('usable_cores')} (host reports {cpu.get('host_cores')}); "
-        f"memory {run.get('machine', {}).get('memory_gib')} GiB; {run.get('machine', {}).get('os')}",
+        f"memory {host.get('memory_gib')} GiB; {host.get('os')}",
         f"- Load average (1/5/15 min) at start {run.get('load_average_start')}, at end "
         f"{run.get('load_average_end')}: the machine is shared, so absolute times move between "
         "runs; the ratios within one run are what count.",
@@ -257,14 +405,21 @@ def render(run: dict[str, Any], plots: list[str]) -> str:
         "",
     ]
     if quick:
-        lines += ["> **Quick run**: tiny sample sizes, for checking the harness only. "
-                  "These numbers are not results.", ""]
+        lines += [
+            "> **Quick run**: tiny sample sizes, for checking the harness only. "
+            "These numbers are not results.",
+            "",
+        ]
     lines += ["## Targets", ""]
     rows = [[v.target, v.source, v.threshold, v.measured, v.label] for v in verdicts]
     lines += _table(["target", "from", "threshold", "measured", "verdict"], rows)
     if missed:
-        lines += ["**Missed:** " + "; ".join(f"{v.target} ({v.measured}, target {v.threshold})"
-                                             for v in missed) + ".", ""]
+        lines += [
+            "**Missed:** "
+            + "; ".join(f"{v.target} ({v.measured}, target {v.threshold})" for v in missed)
+            + ".",
+            "",
+        ]
     else:
         lines += ["No measured target was missed.", ""]
     if unmeasured:
@@ -273,8 +428,14 @@ def render(run: dict[str, Any], plots: list[str]) -> str:
     lines += ["## Models", ""]
     for name in ("serving", "keras", "fp32", "int8"):
         entry = models.get(name)
-        lines.append(f"- {name}: " + (f"`{entry['path']}` ({entry['bytes'] / 1e6:.2f} MB, "
-                                      f"sha256 {entry['sha256'][:12]}…)" if entry else "none"))
+        lines.append(
+            f"- {name}: "
+            + (
+                f"`{entry['path']}` ({entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}…)"
+                if entry
+                else "none"
+            )
+        )
     lines += [f"- manifest: `{models.get('manifest')}`", ""]
     sections = (
         ("Model: Keras vs ONNX Runtime FP32 and INT8", _model_section),
@@ -286,8 +447,9 @@ def render(run: dict[str, Any], plots: list[str]) -> str:
     )
     for title, fn in sections:
         lines += [f"## {title}", "", *fn(run)]
-    notes = [(name, s) for name, s in run.get("suites", {}).items()
-             if s.get("notes") or s.get("skipped")]
+    notes = [
+        (name, s) for name, s in run.get("suites", {}).items() if s.get("notes") or s.get("skipped")
+    ]
     if notes:
         lines += ["## Notes and skipped figures", ""]
         for name, s in notes:
@@ -303,7 +465,7 @@ def render(run: dict[str, Any], plots: list[str]) -> str:
         "",
         "```sh",
         "python -m benchmarks run                 # every suite (about 15-25 minutes here)",
-        "python -m benchmarks run --quick         # tiny versions, < 3 minutes, into benchmarks/.work/",
+        "python -m benchmarks run --quick         # tiny versions, < 3 min, into benchmarks/.work/",
         "python -m benchmarks model|preprocess|service|startup|footprint [--quick]",
         "python -m benchmarks accuracy MODEL --images DIR --labels CSV [--json OUT]",
         "python -m benchmarks report              # rebuild this file and the plots",
@@ -342,10 +504,18 @@ def plot(run: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> list
     pre_d = suites.get("preprocess", {}).get("distributions", {})
     if model_d or service_d or pre_d:
         fig, axes = plt.subplots(2, 2, figsize=(12, 9))
-        cdf(axes[0][0], model_d, sorted(k for k in model_d if k.startswith("t1/b1/")),
-            "model, 1 thread, batch 1")
-        cdf(axes[0][1], model_d, sorted(k for k in model_d if k.startswith("t1/b8/")),
-            "model, 1 thread, batch 8")
+        cdf(
+            axes[0][0],
+            model_d,
+            sorted(k for k in model_d if k.startswith("t1/b1/")),
+            "model, 1 thread, batch 1",
+        )
+        cdf(
+            axes[0][1],
+            model_d,
+            sorted(k for k in model_d if k.startswith("t1/b8/")),
+            "model, 1 thread, batch 8",
+        )
         cdf(axes[1][0], service_d, sorted(service_d), "HTTP latency by server and concurrency")
         cdf(axes[1][1], pre_d, sorted(pre_d), "preprocessing, bytes → tensor")
         fig.tight_layout()
@@ -357,15 +527,22 @@ def plot(run: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> list
     if figs:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for target in ("service", "baseline"):
-            pts = sorted((int(k.split("/")[1][1:]), v["median"]) for k, v in figs.items()
-                         if k.startswith(f"{target}/c") and k.endswith("/throughput"))
+            pts = sorted(
+                (int(k.split("/")[1][1:]), v["median"])
+                for k, v in figs.items()
+                if k.startswith(f"{target}/c") and k.endswith("/throughput")
+            )
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=target)
         best = figs.get("ceiling/best/throughput", {}).get("median")
         if best:
             ax.axhline(best, linestyle="--", color="grey", label="in-process ceiling")
             ax.axhline(best * 0.8, linestyle=":", color="grey", label="80 % of ceiling")
+        levels = sorted(
+            {int(k.split("/")[1][1:]) for k in figs if k.endswith("/throughput") and "/c" in k}
+        )
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
         ax.set_yscale("log")
         ax.set_xlabel("concurrency")
         ax.set_ylabel("successful requests / s (log)")
@@ -379,17 +556,22 @@ def plot(run: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> list
         written.append(path)
     history = [r for r in runs if not r.get("quick")] or runs
     if history:
-        fig, axes = plt.subplots(len(HISTORY_KEYS), 1, figsize=(8, 2.0 * len(HISTORY_KEYS)),
-                                 sharex=True)
+        fig, grid = plt.subplots(3, 2, figsize=(11, 8), sharex=True)
         labels = [re.sub(r"\.json$", "", r.get("_file", "?")) for r in history]
-        for ax, (suite, key, stat, title) in zip(axes, HISTORY_KEYS, strict=True):
-            ys = [r.get("suites", {}).get(suite, {}).get("figures", {}).get(key, {}).get(stat)
-                  for r in history]
+        for ax, (suite, key, stat, title, goal) in zip(grid.flat, HISTORY_KEYS, strict=True):
+            ys = [
+                r.get("suites", {}).get(suite, {}).get("figures", {}).get(key, {}).get(stat)
+                for r in history
+            ]
             xs = [i for i, y in enumerate(ys) if isinstance(y, int | float)]
             ax.plot(xs, [ys[i] for i in xs], marker="o")
-            ax.set_ylabel(title, fontsize=7)
+            if goal is not None:
+                ax.axhline(goal, linestyle=":", color="red", label="target")
+                ax.legend(fontsize=7)
+            ax.set_title(title, fontsize=9)
             ax.grid(True, alpha=0.3)
-        axes[-1].set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+        for ax in grid[-1]:
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
         fig.suptitle("Key figures across result files")
         fig.tight_layout()
         path = out_dir / "history.png"

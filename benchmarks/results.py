@@ -100,8 +100,9 @@ def write_run(
         except json.JSONDecodeError:
             data = {}
         if data.get("quick") != quick or data.get("schema_version") != SCHEMA_VERSION:
-            log.warning("replacing %s (it holds a %s run)", path,
-                        "quick" if data.get("quick") else "full")
+            log.warning(
+                "replacing %s (it holds a %s run)", path, "quick" if data.get("quick") else "full"
+            )
             data = {}
     data.update(
         {

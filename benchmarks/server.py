@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -40,13 +41,17 @@ class Target:
     env: dict[str, str]
     port: int
     predict_path: str
-    field: str
+    form_field: str
     description: str
-    workdir: Path = field(default=REPO)
+    workdir: Path = REPO
 
     @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+
+def _name(path: Path | None) -> str:
+    return path.name if path else "-"
 
 
 def service_target(models: ModelSet, data_dir: Path, port: int | None = None) -> Target:
@@ -63,8 +68,13 @@ def service_target(models: ModelSet, data_dir: Path, port: int | None = None) ->
     if models.serving is not None:
         env["APP_MODEL_PATH"] = str(models.serving)
     return Target(
-        "service", (sys.executable, "-m", "app"), env, port, "/api/v1/predict", "image",
-        f"python -m app (Litestar + uvicorn, ORT, {models.serving.name if models.serving else '?'})",
+        "service",
+        (sys.executable, "-m", "app"),
+        env,
+        port,
+        "/api/v1/predict",
+        "image",
+        f"python -m app (Litestar + uvicorn, ORT, {_name(models.serving)})",
     )
 
 
@@ -75,16 +85,32 @@ def baseline_target(models: ModelSet, upload_dir: Path, port: int | None = None)
     spec = models.spec()
     port = port or free_port()
     argv = (
-        sys.executable, "-m", "benchmarks.baselines",
-        "--model", str(models.keras), "--port", str(port),
-        "--width", str(spec.input_width), "--height", str(spec.input_height),
-        "--scale", repr(spec.input_scale), "--offset", repr(spec.input_offset),
-        "--upload-dir", str(upload_dir),
+        sys.executable,
+        "-m",
+        "benchmarks.baselines",
+        "--model",
+        str(models.keras),
+        "--port",
+        str(port),
+        "--width",
+        str(spec.input_width),
+        "--height",
+        str(spec.input_height),
+        "--scale",
+        repr(spec.input_scale),
+        "--offset",
+        repr(spec.input_offset),
+        "--upload-dir",
+        str(upload_dir),
     )
     return Target(
-        "baseline", argv, {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}, port,
-        "/predict", "file", f"Flask (threaded werkzeug) + keras.utils.load_img + model.predict "
-        f"({models.keras.name})",
+        "baseline",
+        argv,
+        {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
+        port,
+        "/predict",
+        "file",
+        f"Flask (threaded werkzeug) + keras.utils.load_img + model.predict ({models.keras.name})",
     )
 
 
@@ -104,8 +130,13 @@ class RunningServer:
         self.started = time.perf_counter()
         env = {**os.environ, **target.env}
         self.proc = subprocess.Popen(
-            target.argv, cwd=target.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            target.argv,
+            cwd=target.workdir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.ready_s: float | None = None
 
@@ -113,7 +144,9 @@ class RunningServer:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -142,8 +175,9 @@ class RunningServer:
                 except httpx.TransportError:
                     pass
                 time.sleep(0.005)
-        raise ServerError(f"{self.target.name} not ready after {self.ready_timeout_s:.0f} s:\n"
-                          f"{self.log_tail()}")
+        raise ServerError(
+            f"{self.target.name} not ready after {self.ready_timeout_s:.0f} s:\n{self.log_tail()}"
+        )
 
     def rss_bytes(self) -> tuple[int, int]:
         """(current RSS, peak RSS) summed over the process and its children (workers)."""
@@ -168,10 +202,8 @@ class RunningServer:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=15)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.proc.wait(timeout=5)
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,83 +30,87 @@ log = logging.getLogger(__name__)
 CONCURRENCY = (1, 4, 8, 16)
 
 
-def ceiling(
-    model: Path, samples: list[Sample], images: int, time_cap_s: float, suite: SuiteResult
-) -> float:
-    """Images per second of decode + preprocess + infer in-process, best of three layouts.
+class Ceiling:
+    """Images per second of decode + preprocess + infer in-process, in three layouts.
 
     - serial: one loop, ORT on all usable cores;
-    - parallel: one loop per usable core, sharing a 1-thread session (what the server does);
-    - batched: preprocess 8 in parallel, one ``run`` of 8 on all cores (micro-batching's best).
+    - parallel: one loop per usable core, sharing a 1-thread session;
+    - batched8: preprocess 8 on all cores, one ``run`` of 8 on all cores (micro-batching's best).
+
+    Measured in rounds between the HTTP load levels, each round running every layout on the
+    same images, so background load on this shared machine falls on all of them alike.
     """
-    cv2.setNumThreads(1)
-    cores = usable_cpus()
-    wide = Classifier(model, "cpu", cores)
-    narrow = Classifier(model, "cpu", 1)
-    spec = wide.spec
-    for clf in (wide, narrow):
-        clf.warm_up()
-    datas = [s.data for s in samples]
 
-    def one(i: int, clf: Classifier) -> None:
-        clf.run(preprocess(datas[i % len(datas)], spec)[None])
+    LAYOUTS = ("serial", "parallel", "batched8")
 
-    results: dict[str, float] = {}
-    # serial
-    deadline = time.perf_counter() + time_cap_s
-    start, done = time.perf_counter(), 0
-    for i in tqdm(range(images), desc="ceiling serial", unit="img", mininterval=1.0):
-        one(i, wide)
-        done += 1
-        if time.perf_counter() > deadline:
-            break
-    results["serial"] = done / (time.perf_counter() - start)
-    # parallel
-    counter = iter(range(images))
-    lock = threading.Lock()
-    done_p = 0
+    def __init__(self, model: Path, samples: list[Sample]) -> None:
+        cv2.setNumThreads(1)
+        self.cores = usable_cpus()
+        self.wide = Classifier(model, "cpu", self.cores)
+        self.narrow = Classifier(model, "cpu", 1)
+        self.spec = self.wide.spec
+        for clf in (self.wide, self.narrow):
+            clf.warm_up()
+        self.datas = [s.data for s in samples]
+        self.model = model
+        self.seconds = dict.fromkeys(self.LAYOUTS, 0.0)
+        self.images = dict.fromkeys(self.LAYOUTS, 0)
+        self._pool = ThreadPoolExecutor(self.cores)
+        self._offset = 0
 
-    def loop() -> None:
-        nonlocal done_p
-        while time.perf_counter() < deadline_p:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            one(i, narrow)
-            with lock:
-                done_p += 1
+    def _x(self, i: int) -> np.ndarray:
+        return preprocess(self.datas[i % len(self.datas)], self.spec)
 
-    deadline_p = time.perf_counter() + time_cap_s
-    start = time.perf_counter()
-    threads = [threading.Thread(target=loop) for _ in range(cores)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    results["parallel"] = done_p / (time.perf_counter() - start)
-    # batched
-    batch = 8
-    deadline = time.perf_counter() + time_cap_s
-    start, done = time.perf_counter(), 0
-    with ThreadPoolExecutor(cores) as pool:
-        for first in range(0, images, batch):
-            idx = range(first, min(first + batch, images))
-            xs = list(pool.map(lambda i: preprocess(datas[i % len(datas)], spec), idx))
-            wide.run(np.stack(xs))
-            done += len(xs)
-            if time.perf_counter() > deadline:
-                break
-    results["batched8"] = done / (time.perf_counter() - start)
-    for name, rps in results.items():
-        suite.add(f"ceiling/{name}/throughput", Figure.value(rps, "img/s", images))
-    best = max(results.values())
-    suite.add("ceiling/best/throughput", Figure.value(best, "img/s"))
-    suite.params["ceiling"] = {
-        "model": model.name, "cores": cores, "images_per_layout": images,
-        "best_layout": max(results, key=lambda k: results[k]),
-    }
-    return best
+    def _serial(self, idx: range) -> None:
+        for i in idx:
+            self.wide.run(self._x(i)[None])
+
+    def _parallel(self, idx: range) -> None:
+        def loop(part: range) -> None:
+            for i in part:
+                self.narrow.run(self._x(i)[None])
+
+        parts = [idx[k :: self.cores] for k in range(self.cores)]
+        threads = [threading.Thread(target=loop, args=(p,)) for p in parts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _batched(self, idx: range) -> None:
+        for first in range(idx.start, idx.stop, 8):
+            xs = list(self._pool.map(self._x, range(first, min(first + 8, idx.stop))))
+            self.wide.run(np.stack(xs))
+
+    def round(self, images: int) -> None:
+        """Run every layout once on the next ``images`` images (a multiple of 8 is fairest)."""
+        idx = range(self._offset, self._offset + images)
+        self._offset += images
+        for name, fn in (
+            ("serial", self._serial),
+            ("parallel", self._parallel),
+            ("batched8", self._batched),
+        ):
+            start = time.perf_counter()
+            fn(idx)
+            self.seconds[name] += time.perf_counter() - start
+            self.images[name] += images
+
+    def record(self, suite: SuiteResult) -> float:
+        """Add the figures; return the best layout's images per second."""
+        rates = {k: self.images[k] / self.seconds[k] for k in self.LAYOUTS if self.seconds[k]}
+        for name, rate in rates.items():
+            suite.add(f"ceiling/{name}/throughput", Figure.value(rate, "img/s", self.images[name]))
+        best = max(rates.values())
+        suite.add("ceiling/best/throughput", Figure.value(best, "img/s"))
+        suite.params["ceiling"] = {
+            "model": self.model.name,
+            "cores": self.cores,
+            "images_per_layout": self.images,
+            "best_layout": max(rates, key=lambda k: rates[k]),
+        }
+        self._pool.shutdown()
+        return best
 
 
 def load_target(
@@ -115,31 +120,44 @@ def load_target(
     requests: int,
     time_cap_s: float,
     suite: SuiteResult,
+    between: Callable[[], None] | None = None,
 ) -> dict[int, LoadResult]:
-    """Start the target, drive it at each concurrency, record figures under its name."""
-    bodies = [multipart_body(target.field, s) for s in samples]
+    """Start the target, drive it at each concurrency, record figures under its name.
+
+    ``between`` runs before the first level and after each one (the ceiling's rounds).
+    """
+    bodies = [multipart_body(target.form_field, s) for s in samples]
     out: dict[int, LoadResult] = {}
     statuses: dict[str, dict[str, int]] = {}
     with RunningServer(target) as server:
         ready = server.wait_ready()
         log.info("%s ready in %.2f s on %s", target.name, ready, target.base_url)
+        if between:
+            between()
         for c in tqdm(concurrency, desc=f"load {target.name}", unit="level"):
-            result = run_load(target.base_url + target.predict_path, bodies, c, requests,
-                              time_cap_s)
+            result = run_load(
+                target.base_url + target.predict_path, bodies, c, requests, time_cap_s
+            )
             out[c] = result
             statuses[f"c{c}"] = dict(result.statuses)
             key = f"{target.name}/c{c}"
             if result.latencies_ms:
                 suite.add_samples(f"{key}/latency", result.latencies_ms, "ms")
             suite.add(f"{key}/throughput", Figure.value(result.rps, "req/s", result.ok))
-            suite.add(f"{key}/errors", Figure.value(result.errors, "requests",
-                                                    max(1, sum(result.statuses.values()))))
+            suite.add(
+                f"{key}/errors",
+                Figure.value(result.errors, "requests", max(1, sum(result.statuses.values()))),
+            )
             if result.errors:
                 suite.notes.append(f"{key}: non-2xx answers {dict(result.statuses)}")
                 log.warning("%s: %s", key, dict(result.statuses))
             if result.capped:
-                suite.notes.append(f"{key}: time cap {time_cap_s:.0f} s reached after "
-                                   f"{sum(result.statuses.values())} requests")
+                suite.notes.append(
+                    f"{key}: time cap {time_cap_s:.0f} s reached after "
+                    f"{sum(result.statuses.values())} requests"
+                )
+            if between:
+                between()
     suite.params.setdefault("status_counts", {})[target.name] = statuses
     return out
 
@@ -159,9 +177,12 @@ def service_suite(
     cap = time_cap_s or (10.0 if quick else 60.0)
     samples, source = upload_images()
     suite.params = {
-        "images": f"{len(samples)} JPEGs 600x450 from {source}", "concurrency": list(concurrency),
-        "requests_per_level": requests, "baseline_requests_per_level": baseline_requests,
-        "time_cap_s_per_level": cap, "client": "httpx.AsyncClient, keep-alive, in the same machine",
+        "images": f"{len(samples)} JPEGs 600x450 from {source}",
+        "concurrency": list(concurrency),
+        "requests_per_level": requests,
+        "baseline_requests_per_level": baseline_requests,
+        "time_cap_s_per_level": cap,
+        "client": "httpx.AsyncClient, keep-alive, in the same machine",
     }
     if models.serving is None:
         suite.skip("all", "no model to serve")
@@ -169,12 +190,19 @@ def service_suite(
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         target = service_target(models, Path(tmp) / "data")
         suite.params["service"] = target.description
-        service = load_target(target, samples, concurrency, requests, cap, suite)
-        best = ceiling(models.serving, samples, 100 if quick else 1000, cap, suite)
+        ceiling = Ceiling(models.serving, samples)
+        chunk = 24 if quick else 200
+
+        service = load_target(
+            target, samples, concurrency, requests, cap, suite, between=lambda: ceiling.round(chunk)
+        )
+        best = ceiling.record(suite)
         baseline = baseline_target(models, Path(tmp) / "uploads")
         base: dict[int, LoadResult] = {}
         if baseline is None:
-            suite.skip("baseline", "no Keras model in the manifest (--keras) to serve upstream-style")
+            suite.skip(
+                "baseline", "no Keras model in the manifest (--keras) to serve upstream-style"
+            )
         else:
             suite.params["baseline"] = baseline.description
             try:
@@ -184,12 +212,19 @@ def service_suite(
     for c, result in service.items():
         suite.add(f"ratio/c{c}/service_vs_ceiling", Figure.value(ratio(result.rps, best), "x"))
         if c in base:
-            suite.add(f"ratio/c{c}/service_vs_baseline_throughput",
-                      Figure.value(ratio(result.rps, base[c].rps), "x"))
+            suite.add(
+                f"ratio/c{c}/service_vs_baseline_throughput",
+                Figure.value(ratio(result.rps, base[c].rps), "x"),
+            )
             if result.ok_latencies_ms and base[c].ok_latencies_ms:
                 suite.add(
                     f"ratio/c{c}/baseline_vs_service_p50_latency",
-                    Figure.value(ratio(float(np.median(base[c].ok_latencies_ms)),
-                                       float(np.median(result.ok_latencies_ms))), "x"),
+                    Figure.value(
+                        ratio(
+                            float(np.median(base[c].ok_latencies_ms)),
+                            float(np.median(result.ok_latencies_ms)),
+                        ),
+                        "x",
+                    ),
                 )
     return suite

@@ -23,11 +23,16 @@ MB = 1e6
 
 
 def _measure(
-    target: Target, starts: int, warmup: int, requests: int, concurrency: int,
-    time_cap_s: float, suite: SuiteResult,
+    target: Target,
+    starts: int,
+    warmup: int,
+    requests: int,
+    concurrency: int,
+    time_cap_s: float,
+    suite: SuiteResult,
 ) -> dict[str, float]:
     samples, _ = upload_images()
-    bodies = [multipart_body(target.field, s) for s in samples]
+    bodies = [multipart_body(target.form_field, s) for s in samples]
     url = target.base_url + target.predict_path
     times: list[float] = []
     for _ in tqdm(range(starts - 1), desc=f"cold starts {target.name}", unit="start"):
@@ -68,10 +73,13 @@ def startup_suite(
     starts = starts or (2 if quick else 5)
     requests = requests or (100 if quick else 1000)
     warmup = 10 if quick else 20
-    cap = time_cap_s or (20.0 if quick else 180.0)
+    cap = time_cap_s or (20.0 if quick else 300.0)
     suite.params = {
-        "starts": starts, "requests": requests, "warmup_requests": warmup,
-        "concurrency": concurrency, "time_cap_s": cap,
+        "starts": starts,
+        "requests": requests,
+        "warmup_requests": warmup,
+        "concurrency": concurrency,
+        "time_cap_s": cap,
         "ready": "seconds from Popen to the first 200 from GET /health/ready, polled every 5 ms",
         "rss": "sum over the server process and its children; peak is the kernel's VmHWM",
     }
@@ -96,6 +104,11 @@ def startup_suite(
                 suite.skip("baseline", str(exc).splitlines()[0])
     if "baseline" in figures:
         s, b = figures["service"], figures["baseline"]
-        suite.add("ratio/baseline_vs_service_ready", Figure.value(ratio(b["ready_s"], s["ready_s"]), "x"))
-        suite.add("ratio/baseline_vs_service_rss", Figure.value(ratio(b["rss_after"], s["rss_after"]), "x"))
+        suite.add(
+            "ratio/baseline_vs_service_ready", Figure.value(ratio(b["ready_s"], s["ready_s"]), "x")
+        )
+        suite.add(
+            "ratio/baseline_vs_service_rss",
+            Figure.value(ratio(b["rss_after"], s["rss_after"]), "x"),
+        )
     return suite

@@ -33,8 +33,11 @@ def _fig(run: dict[str, Any], suite: str, key: str, stat: str = "median") -> flo
 
 def _peak_rps(run: dict[str, Any], target: str) -> float | None:
     figures = run.get("suites", {}).get("service", {}).get("figures", {})
-    values = [f["median"] for k, f in figures.items()
-              if k.startswith(f"{target}/c") and k.endswith("/throughput")]
+    values = [
+        f["median"]
+        for k, f in figures.items()
+        if k.startswith(f"{target}/c") and k.endswith("/throughput")
+    ]
     return max(values) if values else None
 
 
@@ -49,27 +52,74 @@ def evaluate_targets(run: dict[str, Any]) -> list[Verdict]:
     """Every target of issues 4 and 5, in the order the issues list them."""
     out: list[Verdict] = []
     p50 = _fig(run, "service", "service/c1/latency")
-    out.append(_check("HTTP p50 latency at concurrency 1", "service #5", "≤ 8 ms", p50,
-                      p50 is not None and p50 <= 8.0, "{:.1f} ms"))
+    out.append(
+        _check(
+            "HTTP p50 latency at concurrency 1",
+            "service #5",
+            "≤ 8 ms",
+            p50,
+            p50 is not None and p50 <= 8.0,
+            "{:.1f} ms",
+        )
+    )
     share = _fig(run, "service", "ratio/c8/service_vs_ceiling")
-    out.append(_check("Throughput at concurrency 8 vs in-process ceiling", "service #5", "≥ 80 %",
-                      None if share is None else share * 100,
-                      share is not None and share >= 0.8, "{:.0f} %"))
+    out.append(
+        _check(
+            "Throughput at concurrency 8 vs in-process ceiling",
+            "service #5",
+            "≥ 80 %",
+            None if share is None else share * 100,
+            share is not None and share >= 0.8,
+            "{:.0f} %",
+        )
+    )
     s_peak, b_peak = _peak_rps(run, "service"), _peak_rps(run, "baseline")
     times = s_peak / b_peak if s_peak and b_peak else None
-    out.append(_check("Peak throughput vs upstream Flask + Keras baseline", "service #5", "≥ 20×",
-                      times, times is not None and times >= 20, "{:.1f}×"))
+    out.append(
+        _check(
+            "Peak throughput vs upstream Flask + Keras baseline",
+            "service #5",
+            "≥ 20×",
+            times,
+            times is not None and times >= 20,
+            "{:.1f}×",
+        )
+    )
     ready = _fig(run, "startup", "service/ready_s")
-    out.append(_check("Cold start to ready (median)", "service #5", "≤ 1.5 s", ready,
-                      ready is not None and ready <= 1.5, "{:.2f} s"))
+    out.append(
+        _check(
+            "Cold start to ready (median)",
+            "service #5",
+            "≤ 1.5 s",
+            ready,
+            ready is not None and ready <= 1.5,
+            "{:.2f} s",
+        )
+    )
     rss = _fig(run, "startup", "service/rss_after_requests")
     n = run.get("suites", {}).get("startup", {}).get("params", {}).get("requests_sent", {})
-    out.append(_check(f"Serving RSS after {n.get('service', '?')} requests", "service #5",
-                      "≤ 200 MB", rss, rss is not None and rss <= 200, "{:.0f} MB"))
+    out.append(
+        _check(
+            f"Serving RSS after {n.get('service', 1000)} requests",
+            "service #5",
+            "≤ 200 MB",
+            rss,
+            rss is not None and rss <= 200,
+            "{:.0f} MB",
+        )
+    )
     for batch, want in ((1, 1.5), (8, 1.8)):
         speed = _fig(run, "model", f"t1/b{batch}/int8_speedup_vs_fp32")
-        out.append(_check(f"INT8 vs FP32 speed-up, batch {batch}, 1 thread", "conversion #4",
-                          f"≥ {want}×", speed, speed is not None and speed >= want, "{:.2f}×"))
+        out.append(
+            _check(
+                f"INT8 vs FP32 speed-up, batch {batch}, 1 thread",
+                "conversion #4",
+                f"≥ {want}×",
+                speed,
+                speed is not None and speed >= want,
+                "{:.2f}×",
+            )
+        )
     out.append(_accuracy_gates(run))
     return out
 
@@ -77,15 +127,33 @@ def evaluate_targets(run: dict[str, Any]) -> list[Verdict]:
 def _accuracy_gates(run: dict[str, Any]) -> Verdict:
     acc = run.get("suites", {}).get("accuracy", {})
     figures = acc.get("figures", {})
-    needed = ("int8_vs_fp32/top1_agreement", "int8_vs_fp32/bma_drop",
-              "int8_vs_fp32/max_class_recall_drop", "int8_vs_fp32/mel_recall_drop")
+    needed = (
+        "int8_vs_fp32/top1_agreement",
+        "int8_vs_fp32/bma_drop",
+        "int8_vs_fp32/max_class_recall_drop",
+        "int8_vs_fp32/mel_recall_drop",
+    )
     values = {k: figures.get(k, {}).get("median") for k in needed}
     if any(v is None for v in values.values()):
-        return Verdict("INT8 within the accuracy gates", "conversion #4",
-                       "top-1 ≥ 98 %, BMA −≤1, class recall −≤2, mel recall −≤1 pt", "—", None)
-    agree, bma, cls, mel = (float(values[k]) for k in needed)  # type: ignore[arg-type]
-    ok = (agree >= GATE_TOP1_AGREEMENT * 100 and bma <= GATE_BMA_DROP * 100
-          and cls <= GATE_CLASS_RECALL_DROP * 100 and mel <= GATE_MEL_RECALL_DROP * 100)
+        return Verdict(
+            "INT8 within the accuracy gates",
+            "conversion #4",
+            "top-1 ≥ 98 %, BMA −≤1, class recall −≤2, mel recall −≤1 pt",
+            "—",
+            None,
+        )
+    agree, bma, cls, mel = (float(values[k]) for k in needed)
+    ok = (
+        agree >= GATE_TOP1_AGREEMENT * 100
+        and bma <= GATE_BMA_DROP * 100
+        and cls <= GATE_CLASS_RECALL_DROP * 100
+        and mel <= GATE_MEL_RECALL_DROP * 100
+    )
     measured = f"top-1 {agree:.1f} %, BMA −{bma:.1f}, class −{cls:.1f}, mel −{mel:.1f} pt"
-    return Verdict("INT8 within the accuracy gates", "conversion #4",
-                   "top-1 ≥ 98 %, BMA −≤1, class recall −≤2, mel recall −≤1 pt", measured, ok)
+    return Verdict(
+        "INT8 within the accuracy gates",
+        "conversion #4",
+        "top-1 ≥ 98 %, BMA −≤1, class recall −≤2, mel recall −≤1 pt",
+        measured,
+        ok,
+    )

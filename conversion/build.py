@@ -14,6 +14,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from app.inference.spec import ModelSpec
 from conversion.convert import DEFAULT_OPSET, Layout, convert
 from conversion.errors import GateError
@@ -58,6 +60,10 @@ def file_entry(path: Path, base: Path, spec: ModelSpec) -> dict[str, Any]:
         "size": path.stat().st_size,
         "precision": spec.extra.get("precision"),
         "layout": spec.layout,
+        # the 16-bit fallback lifts the opset to 21, so record each file's own
+        "opset": max(
+            o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")
+        ),
     }
 
 
@@ -151,7 +157,8 @@ def build(
                 for d in report.divergent
                 if d["node"] and d["node"] not in config.exclude_nodes
             ]
-            if new and retries <= max_retries:
+            # the 16-bit fallback gets one try: each attempt costs minutes on a real backbone
+            if new and retries <= max_retries and config.activation_type != "uint16":
                 # keep the most divergent nodes in FP32 and try again
                 plan.append(
                     dataclasses.replace(config, exclude_nodes=(*config.exclude_nodes, *new[:2]))

@@ -48,12 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     card.add_argument("--fullres", type=Path, default=Path("../shared/data/fullres"))
     card.add_argument("-o", "--out", type=Path, default=Path("models/card"))
 
+    cmp = sub.add_parser("compare", help="val BMA and ONNX latency of candidate models")
+    cmp.add_argument("models", type=Path, nargs="+", help="HDF5 files with .training.json beside")
+    cmp.add_argument("-o", "--out", type=Path, default=Path("training/comparison.json"))
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "split":
         from training.split import SPLIT_CSV, make_split, write_split
 
         write_split(make_split(args.metadata), args.out or SPLIT_CSV)
+        return 0
+
+    if args.command == "compare":
+        from training.compare import compare
+
+        for row in compare(args.models, args.out):
+            print(json.dumps({k: v for k, v in row.items() if k != "val_bma_by_epoch"}))
         return 0
 
     if args.command == "card":

@@ -31,14 +31,25 @@ async def _with_db(settings: Settings, username: str, action: str, arg: str) -> 
             raise AdminError(f"no user named {username!r}")
         if action == "token":
             token = await create_token(user["id"], arg)
-            await audit.record("token_created", actor_id=user["id"], actor_name=user["username"],
-                               address="cli", target=token[:10])
+            await audit.record(
+                "token_created",
+                actor_id=user["id"],
+                actor_name=user["username"],
+                address="cli",
+                target=token[:10],
+            )
             return token
         if arg not in ROLES:
             raise AdminError(f"role must be one of {', '.join(ROLES)}")
         await User.update({User.role: arg}).where(User.id == user["id"]).run()
-        await audit.record("role_changed", actor_id=None, actor_name="cli", address="cli",
-                           target=str(user["id"]), detail=f"{user['username']} -> {arg}")
+        await audit.record(
+            "role_changed",
+            actor_id=None,
+            actor_name="cli",
+            address="cli",
+            target=str(user["id"]),
+            detail=f"{user['username']} -> {arg}",
+        )
         return arg
     finally:
         await db_engine.stop(engine)

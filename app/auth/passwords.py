@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -38,12 +40,16 @@ class VerifyResult:
     new_hash: str | None = None  # set when the stored hash used older parameters
 
 
+@functools.lru_cache(maxsize=8)
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    # Made once per hasher, so an unknown user costs one verify, exactly like a known one.
+    return hasher.hash(_DUMMY_PASSWORD)
+
+
 def _verify(hasher: PasswordHasher, stored: str | None, password: str) -> VerifyResult:
     if stored is None:
-        try:
-            hasher.verify(hasher.hash(_DUMMY_PASSWORD), password)
-        except VerificationError:
-            pass
+        with contextlib.suppress(VerificationError):
+            hasher.verify(_dummy_hash(hasher), password)
         return VerifyResult(False)
     try:
         hasher.verify(stored, password)
@@ -54,6 +60,8 @@ def _verify(hasher: PasswordHasher, stored: str | None, password: str) -> Verify
     return VerifyResult(True)
 
 
-async def verify_password(hasher: PasswordHasher, stored: str | None, password: str) -> VerifyResult:
+async def verify_password(
+    hasher: PasswordHasher, stored: str | None, password: str
+) -> VerifyResult:
     """Check a password; ``stored=None`` (unknown user) burns the same time and fails."""
     return await asyncio.to_thread(_verify, hasher, stored, password)

@@ -1,11 +1,11 @@
-"""Cookie sessions (encrypted by Litestar) and the logged-in user, with a server-checked idle timeout."""
+"""Cookie sessions (encrypted by Litestar) and the logged-in user, with an idle timeout."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from litestar import Request
 from litestar.datastructures import State
@@ -58,7 +58,7 @@ async def optional_user(request: Request[Any, Any, State]) -> CurrentUser | None
     """The session's user, or None when absent, idle too long, deactivated or re-passworded."""
     if "current_user" in request.scope.get("state", {}):
         return request.scope["state"]["current_user"]  # type: ignore[no-any-return]
-    session = request.scope.get("session") or {}
+    session = cast(dict[str, Any], request.scope.get("session") or {})
     user: CurrentUser | None = None
     uid, seen = session.get("uid"), session.get("seen")
     idle_s = request.app.state["settings"].session_idle_minutes * 60

@@ -46,9 +46,13 @@ async def user_for_token(token: str) -> dict[str, Any] | None:
         .run()
     )
     if user is not None:
-        await ApiToken.update(
-            {ApiToken.last_used_at: dt.datetime.now(dt.UTC), ApiToken.uses: ApiToken.uses + 1}
-        ).where(ApiToken.id == row["id"]).run()
+        await (
+            ApiToken.update(
+                {ApiToken.last_used_at: dt.datetime.now(dt.UTC), ApiToken.uses: ApiToken.uses + 1}
+            )
+            .where(ApiToken.id == row["id"])
+            .run()
+        )
     return user
 
 

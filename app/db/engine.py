@@ -6,10 +6,12 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine
+from piccolo.table import Table
 
 from app.config import ConfigError, Settings
 
@@ -23,7 +25,7 @@ def is_postgres(url: str | None) -> bool:
     return bool(url) and url.split(":", 1)[0] in {"postgres", "postgresql"}  # type: ignore[union-attr]
 
 
-def make_engine(settings: Settings) -> Engine:
+def make_engine(settings: Settings) -> Engine[Any]:
     """Build (not connect) the engine the settings select."""
     url = settings.database_url
     if url and is_postgres(url):
@@ -37,7 +39,7 @@ def make_engine(settings: Settings) -> Engine:
     return SQLiteEngine(path=str(path), timeout=SQLITE_BUSY_TIMEOUT_S)
 
 
-def enable_wal(engine: Engine) -> None:
+def enable_wal(engine: Engine[Any]) -> None:
     """Switch a SQLite file to WAL (persistent in the file); readers then never block writers."""
     if not isinstance(engine, SQLiteEngine):
         return
@@ -49,25 +51,26 @@ def enable_wal(engine: Engine) -> None:
         log.warning("SQLite %s is in %s mode, not WAL", path, mode)
 
 
-def bind(engine: Engine) -> None:
+def bind(engine: Engine[Any]) -> None:
     """Point our tables, Piccolo's migration table and the PICCOLO_CONF module at ``engine``."""
-    import app.db.piccolo_conf as conf
     from piccolo.apps.migrations.tables import Migration
 
+    import app.db.piccolo_conf as conf
     from app.db.tables import TABLES
 
     os.environ.setdefault("PICCOLO_CONF", PICCOLO_CONF)
     conf.DB = engine
-    for table in (*TABLES, Migration):
+    tables: tuple[type[Table], ...] = (*TABLES, Migration)
+    for table in tables:
         table._meta.db = engine
 
 
-async def start(engine: Engine) -> None:
+async def start(engine: Engine[Any]) -> None:
     """Open the PostgreSQL pool (a connection per query otherwise: 6.5 ms against 0.3 ms)."""
     if isinstance(engine, PostgresEngine):
         await engine.start_connection_pool(min_size=1, max_size=10)
 
 
-async def stop(engine: Engine) -> None:
+async def stop(engine: Engine[Any]) -> None:
     if isinstance(engine, PostgresEngine):
         await engine.close_connection_pool()

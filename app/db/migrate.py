@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import logging
+from typing import Any
 
 from piccolo.apps.migrations.commands.base import BaseMigrationManager
 from piccolo.apps.migrations.commands.forwards import run_forwards
@@ -23,7 +24,7 @@ class MigrationError(RuntimeError):
     """Migrations failed or are pending where they must not be."""
 
 
-async def pending_migrations(engine: Engine) -> list[str]:
+async def pending_migrations(engine: Engine[Any]) -> list[str]:
     """Ids of committed migrations not yet applied to the database behind ``engine``."""
     bind(engine)
     manager = BaseMigrationManager()
@@ -35,7 +36,7 @@ async def pending_migrations(engine: Engine) -> list[str]:
     return sorted(ids - done)
 
 
-async def apply_migrations(engine: Engine) -> list[str]:
+async def apply_migrations(engine: Engine[Any]) -> list[str]:
     """Apply pending migrations on an engine that is already started; returns the ids applied."""
     enable_wal(engine)
     todo = await pending_migrations(engine)

@@ -6,12 +6,14 @@ the CLI, the migration runner and the app always talk to the same database.
 
 from __future__ import annotations
 
+from typing import Any
+
 from piccolo.conf.apps import AppRegistry
 from piccolo.engine.base import Engine
 
 from app.config import Settings
 from app.db.engine import make_engine
 
-DB: Engine = make_engine(Settings.from_env())
+DB: Engine[Any] = make_engine(Settings.from_env())
 
 APP_REGISTRY = AppRegistry(apps=["app.db.piccolo_app"])

@@ -11,6 +11,7 @@ from piccolo.columns import (
     Float,
     ForeignKey,
     Integer,
+    Serial,
     Text,
     Timestamptz,
     Varchar,
@@ -24,6 +25,8 @@ ROLES = ("clinician", "admin")
 
 class User(Table, tablename="app_user"):  # `user` is reserved in PostgreSQL
     """A clinician or an admin. ``username_key`` is the casefolded name that must be unique."""
+
+    id: Serial  # annotation only: Piccolo adds this primary key; mypy needs to know
 
     username = Varchar(length=64)
     username_key = Varchar(length=64, unique=True, index=True)
@@ -58,6 +61,8 @@ class Analysis(Table):
 class AuditEvent(Table):
     """Who did what to which record, when and from where. Kept when the user is deleted."""
 
+    id: Serial  # annotation only: Piccolo adds this primary key; mypy needs to know
+
     actor = ForeignKey(references=User, on_delete=OnDelete.set_null, null=True, index=True)
     actor_name = Varchar(length=64, default="")
     action = Varchar(length=48, index=True)
@@ -69,6 +74,8 @@ class AuditEvent(Table):
 
 class ApiToken(Table):
     """A per-user bearer token for the JSON API; only its SHA-256 is stored."""
+
+    id: Serial  # annotation only: Piccolo adds this primary key; mypy needs to know
 
     owner = ForeignKey(references=User, on_delete=OnDelete.cascade, index=True)
     name = Varchar(length=64, default="")

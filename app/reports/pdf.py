@@ -61,8 +61,7 @@ class ReportData:
 
 
 def _thumbnail(data: bytes, box: tuple[int, int] = (220, 165)) -> PILImage.Image:
-    img = PILImage.open(io.BytesIO(data))
-    img = img.convert("RGB")
+    img = PILImage.open(io.BytesIO(data)).convert("RGB")
     img.thumbnail(box)
     return img
 
@@ -134,7 +133,7 @@ def build_report(data: ReportData) -> bytes:
 
     # borb counts documents and prints a licence nag to stdout every 64, opted out or not;
     # a server's stdout is its log, so keep the counter at zero.
-    UsageStatistics._UsageStatistics__UNLICENSED_DOCS_COUNT = 0  # type: ignore[attr-defined]
+    UsageStatistics._UsageStatistics__UNLICENSED_DOCS_COUNT = 0
     out = io.BytesIO()  # an open file object silently gets 0 bytes in borb 3.0.9
     PDF.write(what=doc, where_to=out)
     return out.getvalue()

@@ -57,7 +57,11 @@ async def login(request: Request[Any, Any, State], state: State, data: Form) -> 
         await audit.record("login_throttled", actor_id=None, actor_name=username, address=address)
         request.scope.setdefault("state", {})["current_user"] = None
         return render(
-            request, "login.html", status_code=429, next=target, username=username,
+            request,
+            "login.html",
+            status_code=429,
+            next=target,
+            username=username,
             error=f"Too many failed attempts. Try again in {wait // 60 + 1} minutes.",
         )
     row = (
@@ -73,7 +77,11 @@ async def login(request: Request[Any, Any, State], state: State, data: Form) -> 
         await audit.record("login_failed", actor_id=None, actor_name=username, address=address)
         request.scope.setdefault("state", {})["current_user"] = None
         return render(
-            request, "login.html", status_code=401, next=target, username=username,
+            request,
+            "login.html",
+            status_code=401,
+            next=target,
+            username=username,
             error=BAD_LOGIN,
         )
     throttle.succeeded(username, address)
@@ -119,7 +127,10 @@ async def register(request: Request[Any, Any, State], state: State, data: Form) 
         if "unique" not in str(exc).lower():
             raise
         return render(
-            request, "register.html", status_code=400, username=username,
+            request,
+            "register.html",
+            status_code=400,
+            username=username,
             error="That username is taken.",
         )
     await audit.record(
@@ -148,8 +159,12 @@ async def tokens_page(
 ) -> Template:
     rows = (
         await ApiToken.select(
-            ApiToken.id, ApiToken.name, ApiToken.prefix, ApiToken.created_at,
-            ApiToken.last_used_at, ApiToken.uses,
+            ApiToken.id,
+            ApiToken.name,
+            ApiToken.prefix,
+            ApiToken.created_at,
+            ApiToken.last_used_at,
+            ApiToken.uses,
         )
         .where((ApiToken.owner == user.id) & (ApiToken.revoked.eq(False)))
         .order_by(ApiToken.id, ascending=False)
@@ -166,13 +181,20 @@ async def new_token(
 ) -> Template:
     token = await create_token(user.id, (data.get("name") or "").strip())
     await audit.record(
-        "token_created", actor_id=user.id, actor_name=user.username,
-        address=client_address(request), target=token[:10],
+        "token_created",
+        actor_id=user.id,
+        actor_name=user.username,
+        address=client_address(request),
+        target=token[:10],
     )
     rows = (
         await ApiToken.select(
-            ApiToken.id, ApiToken.name, ApiToken.prefix, ApiToken.created_at,
-            ApiToken.last_used_at, ApiToken.uses,
+            ApiToken.id,
+            ApiToken.name,
+            ApiToken.prefix,
+            ApiToken.created_at,
+            ApiToken.last_used_at,
+            ApiToken.uses,
         )
         .where((ApiToken.owner == user.id) & (ApiToken.revoked.eq(False)))
         .order_by(ApiToken.id, ascending=False)
@@ -188,17 +210,29 @@ async def revoke_token(
     user: CurrentUser,
     token_id: int,
 ) -> Redirect:
-    await ApiToken.update({ApiToken.revoked: True}).where(
-        (ApiToken.id == token_id) & (ApiToken.owner == user.id)
-    ).run()
+    await (
+        ApiToken.update({ApiToken.revoked: True})
+        .where((ApiToken.id == token_id) & (ApiToken.owner == user.id))
+        .run()
+    )
     await audit.record(
-        "token_revoked", actor_id=user.id, actor_name=user.username,
-        address=client_address(request), target=str(token_id),
+        "token_revoked",
+        actor_id=user.id,
+        actor_name=user.username,
+        address=client_address(request),
+        target=str(token_id),
     )
     flash(request, "Token revoked.", "info")
     return Redirect("/tokens", status_code=303)
 
 
 handlers: list[Any] = [
-    login_page, login, register_page, register, logout, tokens_page, new_token, revoke_token,
+    login_page,
+    login,
+    register_page,
+    register,
+    logout,
+    tokens_page,
+    new_token,
+    revoke_token,
 ]

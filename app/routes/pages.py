@@ -37,6 +37,11 @@ def _when(value: Any) -> dt.datetime:
     return value  # type: ignore[no-any-return]
 
 
+def short_name(label: str) -> str:
+    """ "Actinic keratosis / intraepithelial carcinoma" -> "Actinic keratosis" for chart labels."""
+    return HAM10000_NAMES.get(label, label).split(" (")[0].split(" /")[0]
+
+
 @get("/", name="landing")
 async def landing(request: Request[Any, Any, State]) -> Template:
     await optional_user(request)
@@ -47,7 +52,9 @@ async def landing(request: Request[Any, Any, State]) -> Template:
 async def dashboard(request: Request[Any, Any, State], user: CurrentUser) -> Template:
     rows = (
         await Analysis.select(
-            Analysis.predicted_class, Analysis.confidence, Analysis.melanoma_flag,
+            Analysis.predicted_class,
+            Analysis.confidence,
+            Analysis.melanoma_flag,
             Analysis.created_at,
         )
         .where(Analysis.owner == user.id)
@@ -63,11 +70,11 @@ async def dashboard(request: Request[Any, Any, State], user: CurrentUser) -> Tem
         per_week[d - dt.timedelta(days=d.weekday())] += 1
     class_chart = hbar_svg(
         [
-            (f"{HAM10000_NAMES[c].split(' (')[0]} ({c})", by_class.get(c, 0),
-             RISK_HEX.get(RISK_GROUPS[c], "#6c757d"))
+            (f"{short_name(c)} ({c})", by_class.get(c, 0), RISK_HEX.get(RISK_GROUPS[c], "#6c757d"))
             for c in HAM10000_LABELS
         ],
-        fmt="{:.0f}", title="Analyses by predicted class",
+        fmt="{:.0f}",
+        title="Analyses by predicted class",
     )
     week_chart = column_svg(
         [(w.strftime("%d %b"), per_week.get(w, 0)) for w in weeks],
@@ -77,8 +84,12 @@ async def dashboard(request: Request[Any, Any, State], user: CurrentUser) -> Tem
     mean_conf = sum(r["confidence"] for r in rows) / len(rows) if rows else None
     recent = (
         await Analysis.select(
-            Analysis.id, Analysis.patient, Analysis.predicted_class, Analysis.confidence,
-            Analysis.melanoma_flag, Analysis.created_at,
+            Analysis.id,
+            Analysis.patient,
+            Analysis.predicted_class,
+            Analysis.confidence,
+            Analysis.melanoma_flag,
+            Analysis.created_at,
         )
         .where((Analysis.owner == user.id) & (Analysis.melanoma_flag.eq(True)))
         .order_by(Analysis.created_at, ascending=False)
@@ -86,8 +97,13 @@ async def dashboard(request: Request[Any, Any, State], user: CurrentUser) -> Tem
         .run()
     )
     return render(
-        request, "dashboard.html", total=len(rows), flagged=flagged, mean_conf=mean_conf,
-        class_chart=class_chart, week_chart=week_chart,
+        request,
+        "dashboard.html",
+        total=len(rows),
+        flagged=flagged,
+        mean_conf=mean_conf,
+        class_chart=class_chart,
+        week_chart=week_chart,
         flagged_recent=[analyses.decorate({**r, "probabilities": "{}"}) for r in recent],
     )
 
@@ -103,9 +119,11 @@ async def _read_uploads(request: Request[Any, Any, State]) -> tuple[str, list[Up
     except Exception as exc:  # Litestar 2.25 raises from deep in multipart parsing
         raise AppError("the upload could not be read; choose one or more images") from exc
     patient = str(form.get("patient") or "").strip()
-    files = [f for f in form.getall("images") if isinstance(f, UploadFile) and f.filename] if (
-        "images" in form
-    ) else []
+    files = (
+        [f for f in form.getall("images") if isinstance(f, UploadFile) and f.filename]
+        if ("images" in form)
+        else []
+    )
     uploads = [Upload(f.filename, await f.read()) for f in files]
     return patient, [u for u in uploads if u.data]
 
@@ -125,7 +143,11 @@ async def create_analysis(
         errors.append(f"At most {settings.batch_max} images at once.")
     if errors:
         return render(
-            request, "new_analysis.html", status_code=400, errors=errors, patient=patient,
+            request,
+            "new_analysis.html",
+            status_code=400,
+            errors=errors,
+            patient=patient,
             batch_max=settings.batch_max,
         )
     results = await analyses.predict(state, [u.data for u in uploads])
@@ -141,13 +163,20 @@ async def create_analysis(
         )
         saved.append(str(analysis_id))
         await audit.record(
-            "analysis_created", actor_id=user.id, actor_name=user.username,
-            target=str(analysis_id), address=client_address(request),
+            "analysis_created",
+            actor_id=user.id,
+            actor_name=user.username,
+            target=str(analysis_id),
+            address=client_address(request),
             detail=f"{result.label} {result.confidence:.3f}",
         )
     if not saved:
         return render(
-            request, "new_analysis.html", status_code=400, errors=errors, patient=patient,
+            request,
+            "new_analysis.html",
+            status_code=400,
+            errors=errors,
+            patient=patient,
             batch_max=settings.batch_max,
         )
     for error in errors:
@@ -165,11 +194,11 @@ async def analysis_page(
     row = await analyses.get_owned(analysis_id, user.id)
     chart = hbar_svg(
         [
-            (f"{HAM10000_NAMES.get(c, c).split(' (')[0]} ({c})", p,
-             RISK_HEX.get(RISK_GROUPS.get(c, ""), "#6c757d"))
+            (f"{short_name(c)} ({c})", p, RISK_HEX.get(RISK_GROUPS.get(c, ""), "#6c757d"))
             for c, p in sorted(row["probabilities"].items(), key=lambda kv: -kv[1])
         ],
-        max_value=1.0, title="Probability of each class",
+        max_value=1.0,
+        title="Probability of each class",
     )
     return render(request, "result.html", a=row, chart=chart)
 
@@ -189,8 +218,12 @@ async def delete_analysis(
 ) -> Redirect:
     row = await analyses.delete_owned(state["store"], analysis_id, user.id)
     await audit.record(
-        "analysis_deleted", actor_id=user.id, actor_name=user.username, target=row["id"],
-        address=client_address(request), detail=row["patient"],
+        "analysis_deleted",
+        actor_id=user.id,
+        actor_name=user.username,
+        target=row["id"],
+        address=client_address(request),
+        detail=row["patient"],
     )
     flash(request, f"Analysis for {row['patient']} deleted, with its image and report.", "info")
     return Redirect("/history", status_code=303)
@@ -201,15 +234,20 @@ async def history(
     request: Request[Any, Any, State],
     user: CurrentUser,
     patient: str | None = None,
-    cls: str | None = None,
+    dx: str | None = None,  # HAM10000 class code; Litestar ignores a parameter named `cls`
     batch: str | None = None,
     page: int = 1,
 ) -> Template:
-    where = Analysis.owner == user.id
+    where: Any = Analysis.owner == user.id  # Piccolo's Where/And types do not unify
     if patient:
-        where &= Analysis.patient.ilike(f"%{patient.strip()}%")
-    if cls in HAM10000_LABELS:
-        where &= Analysis.predicted_class == cls
+        pattern = f"%{patient.strip()}%"
+        # SQLite's LIKE is already case-insensitive (ASCII) and Piccolo warns on ILIKE there.
+        if Analysis._meta.db.engine_type == "sqlite":
+            where &= Analysis.patient.like(pattern)
+        else:
+            where &= Analysis.patient.ilike(pattern)
+    if dx in HAM10000_LABELS:
+        where &= Analysis.predicted_class == dx
     if batch:
         where &= Analysis.batch == batch
     total = await Analysis.count().where(where).run()
@@ -217,8 +255,13 @@ async def history(
     page = min(max(1, page), pages)
     rows = (
         await Analysis.select(
-            Analysis.id, Analysis.patient, Analysis.predicted_class, Analysis.confidence,
-            Analysis.melanoma_flag, Analysis.created_at, Analysis.original_filename,
+            Analysis.id,
+            Analysis.patient,
+            Analysis.predicted_class,
+            Analysis.confidence,
+            Analysis.melanoma_flag,
+            Analysis.created_at,
+            Analysis.original_filename,
         )
         .where(where)
         .order_by(Analysis.created_at, ascending=False)
@@ -227,10 +270,17 @@ async def history(
         .run()
     )
     return render(
-        request, "history.html",
+        request,
+        "history.html",
         rows=[analyses.decorate({**r, "probabilities": "{}"}) for r in rows],
-        total=total, page=page, pages=pages, patient=patient or "", cls=cls or "",
-        batch=batch or "", labels=HAM10000_LABELS, names=HAM10000_NAMES,
+        total=total,
+        page=page,
+        pages=pages,
+        patient=patient or "",
+        dx=dx or "",
+        batch=batch or "",
+        labels=HAM10000_LABELS,
+        names=HAM10000_NAMES,
     )
 
 
@@ -252,6 +302,13 @@ async def audit_log(
 
 
 handlers: list[Any] = [
-    landing, dashboard, new_analysis, create_analysis, analysis_page, analysis_image,
-    delete_analysis, history, audit_log,
+    landing,
+    dashboard,
+    new_analysis,
+    create_analysis,
+    analysis_page,
+    analysis_image,
+    delete_analysis,
+    history,
+    audit_log,
 ]

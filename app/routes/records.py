@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from litestar import Request, get
@@ -12,16 +13,28 @@ from app.auth.tokens import api_token_guard
 from app.db.tables import Analysis
 
 _PUBLIC_FIELDS = (
-    "id", "patient", "predicted_class", "predicted_name", "risk_group", "confidence",
-    "probabilities", "melanoma_flag", "melanoma_threshold", "model_name", "model_version",
-    "model_sha256", "image_sha256", "original_filename", "created_at",
+    "id",
+    "patient",
+    "predicted_class",
+    "predicted_name",
+    "risk_group",
+    "confidence",
+    "probabilities",
+    "melanoma_flag",
+    "melanoma_threshold",
+    "model_name",
+    "model_version",
+    "model_sha256",
+    "image_sha256",
+    "original_filename",
+    "created_at",
 )
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: row.get(k) for k in _PUBLIC_FIELDS}
     created = out["created_at"]
-    out["created_at"] = created.isoformat() if hasattr(created, "isoformat") else created
+    out["created_at"] = created.isoformat() if isinstance(created, dt.datetime) else created
     return out
 
 

@@ -24,8 +24,11 @@ async def report(
     row = await analyses.get_owned(analysis_id, user.id)
     pdf = await analyses.report_pdf(state["store"], row)
     await audit.record(
-        "report_downloaded" if download else "report_viewed", actor_id=user.id,
-        actor_name=user.username, target=row["id"], address=client_address(request),
+        "report_downloaded" if download else "report_viewed",
+        actor_id=user.id,
+        actor_name=user.username,
+        target=row["id"],
+        address=client_address(request),
     )
     # File names come from our own data only, never from the upload's name.
     safe_patient = re.sub(r"[^A-Za-z0-9_-]+", "_", row["patient"])[:40].strip("_") or "patient"

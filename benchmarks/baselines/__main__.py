@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import tempfile
@@ -31,13 +32,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.baselines.upstream import create_app
 
-    app = create_app(args.model, (args.width, args.height), args.scale, args.offset,
-                     args.upload_dir)
+    app = create_app(
+        args.model, (args.width, args.height), args.scale, args.offset, args.upload_dir
+    )
     server = make_server(args.host, args.port, app, threaded=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

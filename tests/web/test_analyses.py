@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar import Litestar
-from litestar.testing import AsyncTestClient, TestClient
+from litestar.testing import TestClient
 from PIL import Image, UnidentifiedImageError
 from pypdf import PdfReader
 
@@ -18,7 +19,9 @@ from app.config import Settings
 from app.inference.spec import HAM10000_LABELS
 from app.main import create_app
 from app.storage import EncryptedStore, parse_key
-from tests.web.conftest import CSRF_RE, FAST_HASHER, PASSWORD, csrf, register, upload
+
+from .conftest import CSRF_RE, FAST_HASHER, PASSWORD, csrf, register, upload
+from .live import live_server
 
 UUID_RE = re.compile(r"/analyses/([0-9a-f-]{36})$")
 
@@ -63,8 +66,9 @@ def test_analysis_result_page_and_pdf(
     assert api.startswith("inline;")
     # Class, all 7 probabilities and the model's sha256, as stored.
     token = create_api_token(sqlite_settings, "alice")
-    row = client.get(f"/api/v1/analyses/{analysis_id}",
-                     headers={"Authorization": f"Bearer {token}"}).json()
+    row = client.get(
+        f"/api/v1/analyses/{analysis_id}", headers={"Authorization": f"Bearer {token}"}
+    ).json()
     assert f"({row['predicted_class']})" in flat
     for label in HAM10000_LABELS:
         assert re.search(rf"\b{label}\b.*?{row['probabilities'][label] * 100:.2f}%", flat), label
@@ -113,16 +117,17 @@ def test_analysis_delete_removes_files(
     analysis_id = _analysis_id(upload(client, "P", [("a.jpg", jpeg)]))
     client.get(f"/analyses/{analysis_id}/report.pdf")
     assert len(_files(sqlite_settings)) == 2  # image + report
-    r = client.post(f"/analyses/{analysis_id}/delete",
-                    data={"_csrf_token": csrf(client, "/history")}, follow_redirects=False)
+    r = client.post(
+        f"/analyses/{analysis_id}/delete",
+        data={"_csrf_token": csrf(client, "/history")},
+        follow_redirects=False,
+    )
     assert r.status_code == 303
     assert _files(sqlite_settings) == []
     assert client.get(f"/analyses/{analysis_id}").status_code == 404
 
 
-def test_analysis_idor_returns_404(
-    sqlite_settings: Settings, jpeg: bytes
-) -> None:
+def test_analysis_idor_returns_404(sqlite_settings: Settings, jpeg: bytes) -> None:
     app = create_app(sqlite_settings)
     app.state.password_hasher = FAST_HASHER
     with TestClient(app=app) as alice:
@@ -131,24 +136,29 @@ def test_analysis_idor_returns_404(
         bob = TestClient(app=app)  # shares the running app, has its own cookies
         register(bob, "bob")
         token = csrf(bob, "/history")
-        for path in (f"/analyses/{analysis_id}", f"/analyses/{analysis_id}/image",
-                     f"/analyses/{analysis_id}/report.pdf"):
+        for path in (
+            f"/analyses/{analysis_id}",
+            f"/analyses/{analysis_id}/image",
+            f"/analyses/{analysis_id}/report.pdf",
+        ):
             assert bob.get(path).status_code == 404, path
         r = bob.post(f"/analyses/{analysis_id}/delete", data={"_csrf_token": token})
         assert r.status_code == 404
         bob_token = create_api_token(sqlite_settings, "bob")
-        r = bob.get(f"/api/v1/analyses/{analysis_id}",
-                    headers={"Authorization": f"Bearer {bob_token}"})
+        r = bob.get(
+            f"/api/v1/analyses/{analysis_id}", headers={"Authorization": f"Bearer {bob_token}"}
+        )
         assert r.status_code == 404 and r.json()["error"] == "not_found"
-        assert bob.get("/api/v1/analyses",
-                       headers={"Authorization": f"Bearer {bob_token}"}).json() == {"analyses": []}
+        assert bob.get(
+            "/api/v1/analyses", headers={"Authorization": f"Bearer {bob_token}"}
+        ).json() == {"analyses": []}
         assert "Alice&#39;s patient" not in bob.get("/history").text
         # Still there for its owner.
         assert alice.get(f"/analyses/{analysis_id}").status_code == 200
 
 
 def test_analysis_batch_history_filters_and_pagination(
-    client: TestClient[Litestar], fixture_images: list[tuple[Path, str]]
+    client: TestClient[Litestar], sqlite_settings: Settings, fixture_images: list[tuple[Path, str]]
 ) -> None:
     register(client, "alice")
     images = [(p.name, p.read_bytes()) for p, _ in fixture_images[:3]]
@@ -160,9 +170,17 @@ def test_analysis_batch_history_filters_and_pagination(
     upload(client, "Other Person", images[:1])
     page = client.get("/history?patient=other")
     assert "Other Person" in page.text and "Batch Patient" not in page.text
-    cls = re.search(r'<option value="(\w+)" ', page.text)
-    assert cls
-    by_class = client.get("/history?cls=nosuchclass").text  # unknown class: no filter, no error
+    other_id = re.search(r'href="/analyses/([0-9a-f-]{36})"', page.text)
+    assert other_id
+    token = create_api_token(sqlite_settings, "alice")
+    row = client.get(
+        f"/api/v1/analyses/{other_id.group(1)}", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    same = client.get(f"/history?dx={row['predicted_class']}").text
+    assert "<td>Other Person</td>" in same
+    different = next(c for c in HAM10000_LABELS if c != row["predicted_class"])
+    assert "<td>Other Person</td>" not in client.get(f"/history?dx={different}").text
+    by_class = client.get("/history?dx=nosuchclass").text  # unknown class: no filter, no error
     assert by_class.count("<td>Batch Patient</td>") == 3
     r = client.get("/history?page=99")
     assert r.status_code == 200 and "4 analyses" in r.text
@@ -172,14 +190,23 @@ def test_analysis_upload_validation(client: TestClient[Litestar], jpeg: bytes) -
     register(client, "alice")
     token = csrf(client, "/analyses/new")
     # A multipart form without any file part: a clear 400, never Litestar's 500.
-    r = client.post("/analyses", data={"patient": "P", "_csrf_token": token},
-                    files=[("other", ("x.txt", b"x", "text/plain"))])
+    r = client.post(
+        "/analyses",
+        data={"patient": "P", "_csrf_token": token},
+        files=[("other", ("x.txt", b"x", "text/plain"))],
+    )
     assert r.status_code == 400 and "Choose at least one image" in r.text
-    r = client.post("/analyses", data={"patient": "P", "_csrf_token": token},
-                    files=[("images", ("x.gif", b"GIF89a....", "image/gif"))])
+    r = client.post(
+        "/analyses",
+        data={"patient": "P", "_csrf_token": token},
+        files=[("images", ("x.gif", b"GIF89a....", "image/gif"))],
+    )
     assert r.status_code == 400 and "only JPEG and PNG" in r.text
-    r = client.post("/analyses", data={"patient": "", "_csrf_token": token},
-                    files=[("images", ("a.jpg", jpeg, "image/jpeg"))])
+    r = client.post(
+        "/analyses",
+        data={"patient": "", "_csrf_token": token},
+        files=[("images", ("a.jpg", jpeg, "image/jpeg"))],
+    )
     assert r.status_code == 400 and "patient" in r.text
 
 
@@ -216,61 +243,76 @@ def test_api_token_guard(client: TestClient[Litestar], sqlite_settings: Settings
     headers = {"Authorization": f"Bearer {token.group(1)}"}
     assert client.get("/api/v1/analyses", headers=headers).status_code == 200
     # The service's prediction API is behind the same guard (settings.api_auth).
-    assert client.post("/api/v1/predict", files={"image": ("a.jpg", b"x", "image/jpeg")}
-                       ).status_code == 401
+    assert (
+        client.post("/api/v1/predict", files={"image": ("a.jpg", b"x", "image/jpeg")}).status_code
+        == 401
+    )
     token_id = re.search(r'action="/tokens/(\d+)/revoke"', page.text)
     assert token_id
-    client.post(f"/tokens/{token_id.group(1)}/revoke",
-                data={"_csrf_token": csrf(client, "/tokens")})
+    client.post(
+        f"/tokens/{token_id.group(1)}/revoke", data={"_csrf_token": csrf(client, "/tokens")}
+    )
     assert client.get("/api/v1/analyses", headers=headers).status_code == 401
 
 
-async def _register_async(client: AsyncTestClient[Litestar], username: str) -> None:
-    page = await client.get("/register")
+def _register_http(client: httpx.Client, username: str) -> None:
+    page = client.get("/register")
     match = CSRF_RE.search(page.text)
     assert match
-    r = await client.post(
+    r = client.post(
         "/register",
-        data={"username": username, "password": PASSWORD, "confirm": PASSWORD,
-              "_csrf_token": match.group(1)},
+        data={
+            "username": username,
+            "password": PASSWORD,
+            "confirm": PASSWORD,
+            "_csrf_token": match.group(1),
+        },
     )
     assert r.status_code == 200, r.text
 
 
-async def _upload_async(client: AsyncTestClient[Litestar], patient: str, data: bytes) -> str:
-    page = await client.get("/analyses/new")
+def _upload_http(client: httpx.Client, patient: str, data: bytes) -> str:
+    page = client.get("/analyses/new")
     match = CSRF_RE.search(page.text)
     assert match
-    r = await client.post(
-        "/analyses", data={"patient": patient, "_csrf_token": match.group(1)},
-        files=[("images", (f"{patient}.jpg", data, "image/jpeg"))], follow_redirects=False,
+    r = client.post(
+        "/analyses",
+        data={"patient": patient, "_csrf_token": match.group(1)},
+        files=[("images", (f"{patient}.jpg", data, "image/jpeg"))],
+        follow_redirects=False,
     )
     assert r.status_code == 303, r.text
     return _analysis_id(r.headers["location"])
 
 
-async def test_analysis_concurrent_uploads_do_not_mix(
+def test_analysis_concurrent_uploads_do_not_mix(
     db_settings: Settings, fixture_images: list[tuple[Path, str]]
 ) -> None:
+    """Two users upload at once through a real server; each sees only their own records."""
     app = create_app(db_settings)
     app.state.password_hasher = FAST_HASHER
     images = [p.read_bytes() for p, _ in fixture_images[:4]]
-    async with AsyncTestClient(app=app) as alice:
-        bob = AsyncTestClient(app=app)  # same running app, separate cookie jar
-        await _register_async(alice, "alice")
-        await _register_async(bob, "bob")
-        jobs = []
-        for i in range(6):
-            jobs.append(_upload_async(alice, f"alice-patient-{i}", images[i % 4]))
-            jobs.append(_upload_async(bob, f"bob-patient-{i}", images[(i + 1) % 4]))
-        ids = await asyncio.gather(*jobs)
-        assert len(set(ids)) == 12
-        for who, client, mine in (("alice", alice, ids[0::2]), ("bob", bob, ids[1::2])):
-            for analysis_id in mine:
-                page = await client.get(f"/analyses/{analysis_id}")
+    with (
+        live_server(app) as url,
+        httpx.Client(base_url=url, follow_redirects=True) as alice,
+        httpx.Client(base_url=url, follow_redirects=True) as bob,
+        ThreadPoolExecutor(8) as pool,
+    ):
+        _register_http(alice, "alice")
+        _register_http(bob, "bob")
+
+        # One client per thread at a time (httpx cookie jars are not thread-safe).
+        def run(who: str, client: httpx.Client) -> list[str]:
+            return [_upload_http(client, f"{who}-patient-{i}", images[i % 4]) for i in range(6)]
+
+        futures = {who: pool.submit(run, who, c) for who, c in (("alice", alice), ("bob", bob))}
+        ids = {who: f.result() for who, f in futures.items()}
+        assert len(set(ids["alice"]) | set(ids["bob"])) == 12
+        for who, client, other in (("alice", alice, "bob"), ("bob", bob, "alice")):
+            for analysis_id in ids[who]:
+                page = client.get(f"/analyses/{analysis_id}")
                 assert page.status_code == 200 and f"{who}-patient-" in page.text
-            other = ids[1::2] if who == "alice" else ids[0::2]
-            assert (await client.get(f"/analyses/{other[0]}")).status_code == 404
-            history = (await client.get("/history")).text
-            assert history.count(f"{who}-patient-") == 6
-            assert ("bob-patient-" if who == "alice" else "alice-patient-") not in history
+            assert client.get(f"/analyses/{ids[other][0]}").status_code == 404
+            history = client.get("/history").text
+            assert history.count(f"<td>{who}-patient-") == 6
+            assert f"{other}-patient-" not in history

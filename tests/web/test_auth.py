@@ -12,7 +12,8 @@ from litestar.testing import TestClient
 from app.config import ConfigError, Settings
 from app.db.tables import User
 from app.main import create_app
-from tests.web.conftest import PASSWORD, csrf, login, make_client, register
+
+from .conftest import PASSWORD, csrf, login, make_client, register
 
 
 def test_auth_register_login_logout(client: TestClient[Litestar]) -> None:
@@ -60,8 +61,12 @@ def test_auth_password_rules(
     token = csrf(client, "/register")
     r = client.post(
         "/register",
-        data={"username": username, "password": password, "confirm": password,
-              "_csrf_token": token},
+        data={
+            "username": username,
+            "password": password,
+            "confirm": password,
+            "_csrf_token": token,
+        },
     )
     assert r.status_code == 400
     assert message in r.text
@@ -73,8 +78,7 @@ def test_auth_username_unique_case_insensitive(client: TestClient[Litestar]) -> 
     token = csrf(client, "/register")
     r = client.post(
         "/register",
-        data={"username": "DAVE", "password": PASSWORD, "confirm": PASSWORD,
-              "_csrf_token": token},
+        data={"username": "DAVE", "password": PASSWORD, "confirm": PASSWORD, "_csrf_token": token},
     )
     assert r.status_code == 400 and "taken" in r.text
 
@@ -94,18 +98,22 @@ def test_auth_same_message_and_throttling(client: TestClient[Litestar]) -> None:
     register(client, "erin")
     client.cookies.clear()
     token = csrf(client, "/login")
-    unknown = client.post("/login", data={"username": "nobody", "password": "x" * 12,
-                                          "_csrf_token": token})
-    wrong = client.post("/login", data={"username": "erin", "password": "x" * 12,
-                                        "_csrf_token": token})
+    unknown = client.post(
+        "/login", data={"username": "nobody", "password": "x" * 12, "_csrf_token": token}
+    )
+    wrong = client.post(
+        "/login", data={"username": "erin", "password": "x" * 12, "_csrf_token": token}
+    )
     assert unknown.status_code == wrong.status_code == 401
     assert "Invalid username or password." in unknown.text
     assert "Invalid username or password." in wrong.text
     for _ in range(4):  # failures 2..5
         assert login(client, "erin", "wrong-password!") == 401
     # Sixth try within the window is refused even with the right password.
-    r = client.post("/login", data={"username": "erin", "password": PASSWORD,
-                                    "_csrf_token": csrf(client, "/login")})
+    r = client.post(
+        "/login",
+        data={"username": "erin", "password": PASSWORD, "_csrf_token": csrf(client, "/login")},
+    )
     assert r.status_code == 429 and "Too many failed attempts" in r.text
     assert login(client, "someone-else", "wrong-password!") == 401  # other accounts unaffected
 
@@ -152,10 +160,10 @@ def test_auth_refuses_to_start_without_secret(web_settings: Settings) -> None:
 
 def test_auth_refuses_to_start_with_pending_migrations(web_settings: Settings) -> None:
     # The test client wraps lifespan failures in an ExceptionGroup; find ours inside it.
-    with pytest.raises(BaseException) as info:  # noqa: PT011, SIM117
+    with pytest.raises(BaseException) as info:  # noqa: SIM117
         with make_client(web_settings):  # not migrated, not dev mode
             pass
     errors = info.value.exceptions if isinstance(info.value, BaseExceptionGroup) else [info.value]
-    assert any(
-        isinstance(e, ConfigError) and "python -m app migrate" in str(e) for e in errors
-    ), errors
+    assert any(isinstance(e, ConfigError) and "python -m app migrate" in str(e) for e in errors), (
+        errors
+    )

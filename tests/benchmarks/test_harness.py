@@ -1,0 +1,118 @@
+"""Fast checks of the benchmark harness: figures, manifest reading, the load guard."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks.artifacts import read_manifest
+from benchmarks.footprint import closure
+from benchmarks.load import run_load
+from benchmarks.results import SuiteResult, load_runs, write_run
+from benchmarks.stats import Figure, is_valid_figure
+from benchmarks.targets import evaluate_targets
+
+
+def test_figure_of_summarises_samples() -> None:
+    fig = Figure.of(list(range(1, 101)), "ms")
+    assert fig.n == 100 and fig.min == 1 and fig.max == 100
+    assert fig.median == pytest.approx(50.5)
+    assert fig.p95 == pytest.approx(95.05) and fig.p99 == pytest.approx(99.01)
+    assert is_valid_figure(fig.as_dict())
+
+
+def test_figure_validity_rejects_nan_and_missing_fields() -> None:
+    good = Figure.value(2.0, "x").as_dict()
+    assert is_valid_figure(good)
+    assert not is_valid_figure({**good, "p99": math.nan})
+    assert not is_valid_figure({k: v for k, v in good.items() if k != "unit"})
+    assert not is_valid_figure({**good, "n": 0})
+    with pytest.raises(ValueError):
+        Figure.of([], "ms")
+
+
+def test_read_manifest_finds_fp32_int8_and_source(tmp_path: Path, fixtures_dir: Path) -> None:
+    for name in ("m.onnx", "m_int8.onnx", "model.onnx"):
+        (tmp_path / name).write_bytes(b"onnx")
+    shutil.copy(fixtures_dir / "upstream_skin.h5", tmp_path / "skin.h5")
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "preferred": "m_int8.onnx",
+                "source": {"file": "skin.h5", "sha256": "ignored-when-the-name-matches-no"},
+                "files": {
+                    "fp32": {"path": "m.onnx", "precision": "fp32"},
+                    "int8": {"path": "m_int8.onnx", "precision": "int8"},
+                },
+                "triton": {"path": "model.onnx"},
+            }
+        )
+    )
+    models = read_manifest(tmp_path / "manifest.json")
+    assert models.fp32 == (tmp_path / "m.onnx").resolve()
+    assert models.int8 == (tmp_path / "m_int8.onnx").resolve()
+    assert models.serving == models.int8
+    # A source whose sha256 does not match the manifest is not taken for the model.
+    assert models.keras is None or models.keras.parent != tmp_path
+
+
+def test_read_manifest_checks_the_source_sha256(tmp_path: Path, fixtures_dir: Path) -> None:
+    from app.inference.classifier import file_sha256
+
+    for name in ("m.onnx", "m_int8.onnx"):
+        (tmp_path / name).write_bytes(b"onnx")
+    shutil.copy(fixtures_dir / "upstream_skin.h5", tmp_path / "skin.h5")
+    sha = file_sha256(tmp_path / "skin.h5")
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "preferred": "m.onnx",
+                "preferred_reason": "INT8 is not faster than FP32 here",
+                "source": {"file": "skin.h5", "sha256": sha},
+                "files": {"fp32": {"path": "m.onnx"}, "int8": {"path": "m_int8.onnx"}},
+            }
+        )
+    )
+    models = read_manifest(tmp_path / "manifest.json")
+    assert models.keras == (tmp_path / "skin.h5").resolve()
+    assert models.fp32 == models.serving == (tmp_path / "m.onnx").resolve()
+    assert models.int8 == (tmp_path / "m_int8.onnx").resolve()
+
+
+def test_load_generator_refuses_non_loopback_targets() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        run_load("http://10.0.0.1:8000/api/v1/predict", [b""], 1, 1, 1.0)
+
+
+def test_closure_reports_missing_requirements() -> None:
+    found, missing = closure(["numpy", "surely-not-installed-pkg-xyz"])
+    assert "numpy" in found
+    assert missing == ["surely-not-installed-pkg-xyz"]
+
+
+def test_results_merge_suites_into_one_file(tmp_path: Path) -> None:
+    a, b = SuiteResult("model", True), SuiteResult("service", True)
+    a.add_samples("t1/b1/ort_fp32/latency", [1.0, 2.0, 3.0], "ms")
+    b.add("service/c1/throughput", Figure.value(10.0, "req/s", 5))
+    first = write_run(tmp_path, [a], True, {})
+    second = write_run(tmp_path, [b], True, {})
+    assert first == second
+    (run,) = load_runs(tmp_path)
+    assert set(run["suites"]) == {"model", "service"}
+    assert len(run["suites"]["model"]["distributions"]["t1/b1/ort_fp32/latency"]) == 101
+
+
+def test_targets_unmeasured_are_never_met() -> None:
+    verdicts = evaluate_targets({"suites": {}})
+    assert verdicts and all(v.met is None for v in verdicts)
+    run = {
+        "suites": {
+            "service": {"figures": {"service/c1/latency": Figure.value(12.0, "ms").as_dict()}}
+        }
+    }
+    p50 = evaluate_targets(run)[0]
+    assert p50.met is False and p50.measured == "12.0 ms"

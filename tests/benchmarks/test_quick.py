@@ -1,0 +1,147 @@
+"""``python -m benchmarks run --quick`` end to end: the result file's schema, every figure
+present and finite, the report and plots written. Never how fast anything is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.artifacts import resolve_models
+from benchmarks.stats import FIGURE_FIELDS, is_valid_figure
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SUITES = ("model", "preprocess", "service", "startup", "accuracy", "footprint")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    models = resolve_models()
+    if models.any_onnx is None:
+        pytest.skip("no ONNX model in models/manifest.json to benchmark")
+    out = tmp_path_factory.mktemp("bench")
+    results = out / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", "--quick", "--results-dir", str(results)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    files = list(results.glob("*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text()), out
+
+
+def test_quick_run_records_machine_versions_and_commit(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    run, _ = quick_run
+    assert run["schema_version"] == 1 and run["quick"] is True
+    cpu = run["machine"]["cpu"]
+    assert isinstance(cpu["model"], str) and cpu["model"]
+    assert set(cpu["flags"]) >= {"avx2", "avx512f", "avx512_vnni"}
+    assert all(isinstance(v, bool) for v in cpu["flags"].values())
+    assert isinstance(cpu["usable_cores"], int) and cpu["usable_cores"] >= 1
+    versions = run["versions"]
+    assert versions["onnxruntime"] and versions["numpy"]
+    assert versions.get("opencv-python-headless") or versions.get("opencv-python")
+    assert "tensorflow" in versions or "tensorflow-cpu" in versions
+    assert run["git"]["sha"]
+
+
+def test_quick_run_every_figure_is_complete_and_finite(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    run, _ = quick_run
+    assert set(run["suites"]) == set(SUITES)
+    for name, suite in run["suites"].items():
+        assert "all" not in suite["skipped"], f"{name}: {suite['skipped']}"
+        assert suite["figures"], f"{name} recorded no figures"
+        for key, figure in suite["figures"].items():
+            assert set(FIGURE_FIELDS) <= set(figure), f"{name}/{key}: {figure}"
+            assert is_valid_figure(figure), f"{name}/{key} is not finite/consistent: {figure}"
+        for key, reason in suite["skipped"].items():
+            assert isinstance(reason, str) and reason, f"{name}/{key} skipped without a reason"
+
+
+def _expect(run: dict[str, Any], suite: str, keys: list[str]) -> None:
+    figures, skipped = run["suites"][suite]["figures"], run["suites"][suite]["skipped"]
+    for key in keys:
+        # A figure that is absent must be explained by a skip entry covering it.
+        covered = any(
+            key == s or key.startswith(s + "/") or f"/{s}/" in f"/{key}/" or s in key
+            for s in skipped
+        )
+        assert key in figures or covered, f"{suite}: {key} missing and not skipped"
+
+
+def test_quick_run_has_the_key_figures_of_each_suite(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    run, _ = quick_run
+    models = resolve_models()
+    engines = ["ort_fp32"] * bool(models.fp32) + ["ort_int8"] * bool(models.int8)
+    if models.keras:
+        engines += ["keras_predict", "keras_call"]
+    _expect(
+        run, "model", [f"t{t}/b{b}/{e}/latency" for t in (1, 2) for b in (1, 8) for e in engines]
+    )
+    _expect(
+        run,
+        "preprocess",
+        [
+            f"{g}/{p}/latency"
+            for g in ("600x450", "12mp")
+            for p in ("opencv_reduced", "opencv_full", "upstream_keras")
+        ],
+    )
+    service = [f"service/c{c}/{m}" for c in (1, 4, 8, 16) for m in ("latency", "throughput")]
+    service += ["ceiling/best/throughput", *(f"ratio/c{c}/service_vs_ceiling" for c in (1, 4, 16))]
+    if models.keras:
+        service += [f"baseline/c{c}/throughput" for c in (1, 4, 16)]
+    _expect(run, "service", service)
+    startup = [
+        f"service/{m}" for m in ("ready_s", "rss_after_warmup", "rss_after_requests", "rss_peak")
+    ]
+    if models.keras:
+        startup += ["baseline/ready_s", "baseline/rss_after_requests"]
+    _expect(run, "startup", startup)
+    _expect(run, "accuracy", ["fp32/bma", "fp32/accuracy"])
+    _expect(
+        run,
+        "footprint",
+        [
+            "service/venv_closure_total",
+            "baseline/venv_closure_total",
+            "service/docker_image_estimate",
+        ],
+    )
+
+
+def test_quick_run_service_answered_every_request(quick_run: tuple[dict[str, Any], Path]) -> None:
+    run, _ = quick_run
+    statuses = run["suites"]["service"]["params"]["status_counts"]["service"]
+    for level, counts in statuses.items():
+        assert counts and all(code.startswith("2") for code in counts), (level, counts)
+
+
+def test_quick_run_writes_report_and_plots(quick_run: tuple[dict[str, Any], Path]) -> None:
+    _, out = quick_run
+    report = (out / "RESULTS.md").read_text()
+    for heading in ("## Targets", "## Machine", "## Service under HTTP load", "## Reproduce"):
+        assert heading in report
+    assert "Quick run" in report
+    for name in ("latency.png", "throughput.png", "history.png"):
+        data = (out / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name

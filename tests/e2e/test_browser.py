@@ -1,0 +1,149 @@
+"""The whole clinic flow in a real headless Chromium (Debian's /usr/bin/chromium) via Playwright.
+
+register -> log in -> upload a fixture -> result -> history -> download the PDF -> log out.
+Screenshots land in tests/artifacts/ (gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+from web.live import live_server  # tests/ (the packages' rootdir) is on sys.path
+
+from app.config import Settings, default_model_path
+from app.db.migrate import migrate
+from app.main import create_app
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    model = Path(os.environ.get("APP_MODEL_PATH") or default_model_path())
+    if not model.is_file():
+        pytest.skip(f"no bundled model at {model}: run the conversion or set APP_MODEL_PATH")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        model_path=model,
+        providers="cpu",
+        ort_threads=1,
+        dev=False,
+        secret_key="browser-test-secret-" + "k" * 24,
+        storage_key="B" * 43 + "=",
+    )
+    # Playwright's sync API holds an event loop on this thread; migrate on another one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(migrate, settings).result()
+    with live_server(create_app(settings)) as url:
+        yield url
+
+
+def test_browser_full_flow(
+    browser: object, server: str, fixture_images: list[tuple[Path, str]], tmp_path: Path
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    image, _ = fixture_images[0]
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900},  # type: ignore[attr-defined]
+        accept_downloads=True,
+    )
+    page = context.new_page()
+    external: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(server) else external.append(r.url))
+
+    page.goto(server + "/")
+    page.get_by_role("link", name="Create an account").click()
+    page.fill("#username", "dr.browser")
+    page.fill("#password", PASSWORD)
+    page.fill("#confirm", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard")
+    page.screenshot(path=str(ARTIFACTS / "01-dashboard-empty.png"), full_page=True)
+
+    # Log out and back in, through the forms.
+    page.click("#logout")
+    page.wait_for_url("**/login")
+    page.fill("#username", "DR.BROWSER")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard")
+
+    page.click("text=New analysis")
+    page.fill("#patient", "Browser Patient 42")
+    page.set_input_files("#images", str(image))
+    assert image.name in page.inner_text("#file-list")
+    page.screenshot(path=str(ARTIFACTS / "02-new-analysis.png"), full_page=True)
+    page.click("#analyse")
+    page.wait_for_url("**/analyses/*")
+    assert "Browser Patient 42" in page.inner_text("#patient")
+    assert "Risk group:" in page.inner_text("#risk-group")
+    assert "second opinion, not a diagnosis" in page.inner_text("#disclaimer").lower()
+    assert page.locator("#prob-chart svg rect").count() == 7
+    assert page.locator("img[alt='Uploaded lesion image']").evaluate("i => i.naturalWidth") > 0
+    page.screenshot(path=str(ARTIFACTS / "03-result.png"), full_page=True)
+
+    with page.expect_download() as info:
+        page.click("#download-report")
+    pdf_path = tmp_path / "report.pdf"
+    info.value.save_as(pdf_path)
+    shutil.copy(pdf_path, ARTIFACTS / "04-report.pdf")
+    text = " ".join(PdfReader(io.BytesIO(pdf_path.read_bytes())).pages[0].extract_text().split())
+    assert "Browser Patient 42" in text and "second opinion, not a diagnosis" in text
+
+    page.click("text=History")
+    page.wait_for_url("**/history")
+    assert page.locator("#history tbody tr").count() == 1
+    assert "Browser Patient 42" in page.inner_text("#history")
+    page.screenshot(path=str(ARTIFACTS / "05-history.png"), full_page=True)
+
+    # Responsive: the result page on a phone-sized viewport.
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844},  # type: ignore[attr-defined]
+        storage_state=context.storage_state(),
+    )
+    mobile = phone.new_page()
+    mobile.goto(page.url.replace("/history", "/dashboard"))
+    mobile.screenshot(path=str(ARTIFACTS / "06-dashboard-phone.png"), full_page=True)
+    assert mobile.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    phone.close()
+
+    page.click("#logout")
+    page.wait_for_url("**/login")
+    page.goto(server + "/history")
+    assert "/login?next=" in page.url  # the session is gone
+    page.screenshot(path=str(ARTIFACTS / "07-logged-out.png"), full_page=True)
+    assert external == [], f"pages fetched off-site resources: {external}"  # offline kiosks
+    context.close()

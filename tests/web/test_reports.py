@@ -1,0 +1,108 @@
+"""The PDF renderer: content, and borb's telemetry/signal side effects switched off."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pypdf import PdfReader
+
+from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES
+from app.reports.pdf import ReportData, build_report
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _data(image: bytes, patient: str = "Zoë Ünal") -> ReportData:
+    probs = dict(zip(HAM10000_LABELS, (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.79), strict=True))
+    return ReportData(
+        report_id="4f1c2d3e-0000-4000-8000-000000000001",
+        patient=patient,
+        clinician="dr-who",
+        created_at=dt.datetime(2025, 3, 4, 5, 6, tzinfo=dt.UTC),
+        image=image,
+        image_sha256=hashlib.sha256(image).hexdigest(),
+        predicted_class="mel",
+        predicted_name="Melanoma",
+        risk_group="malignant",
+        confidence=0.79,
+        probabilities=probs,
+        label_names=HAM10000_NAMES,
+        melanoma_flag=True,
+        melanoma_threshold=0.31,
+        model_name="mobilenetv2",
+        model_version="3",
+        model_sha256="ab" * 32,
+    )
+
+
+def test_report_contains_everything(fixture_images: list[tuple[Path, str]]) -> None:
+    image = fixture_images[0][0].read_bytes()
+    pdf = build_report(_data(image))
+    text = " ".join(PdfReader(io.BytesIO(pdf)).pages[0].extract_text().split())
+    assert "Zoë Ünal" in text  # Latin-1 names survive the standard fonts
+    assert "Melanoma (mel), confidence 79.0%" in text
+    for label, pct in zip(
+        HAM10000_LABELS,
+        ("1.00%", "2.00%", "3.00%", "4.00%", "5.00%", "6.00%", "79.00%"),
+        strict=True,
+    ):
+        assert label in text and pct in text
+    assert "ab" * 32 in text and hashlib.sha256(image).hexdigest() in text
+    assert "threshold 0.310" in text and "dr-who" in text
+    assert "second opinion, not a diagnosis" in text
+    assert len(PdfReader(io.BytesIO(pdf)).pages[0].images) == 1  # the thumbnail
+
+
+# Runs in a fresh interpreter so borb's one-time, main-thread side effects are observable.
+_PROBE = r"""
+import json, signal, socket, sys
+events = []
+def hook(name, args):
+    if name in ("socket.connect", "socket.getaddrinfo", "socket.sendto"):
+        events.append([name, repr(args)[:200]])
+sys.addaudithook(hook)
+def mine(signum, frame): pass
+signal.signal(signal.SIGTERM, mine)
+signal.signal(signal.SIGINT, mine)
+from app.reports.pdf import build_report  # opts out of borb's usage statistics at import
+sys.path.insert(0, "tests")
+from web.test_reports import _data
+image = open(sys.argv[1], "rb").read()
+for _ in range(70):  # past borb's 64-document queue flush and licence nag
+    build_report(_data(image))
+import threading, time
+time.sleep(0.5)  # give any telemetry thread a chance to run
+loopback = ("127.", "::1", "localhost")
+outbound = [e for e in events if not any(l in e[1] for l in loopback)]
+print(json.dumps({
+    "outbound": outbound,
+    "sigterm_unchanged": signal.getsignal(signal.SIGTERM) is mine,
+    "sigint_unchanged": signal.getsignal(signal.SIGINT) is mine,
+    "threads": [t.name for t in threading.enumerate()],
+}))
+"""
+
+
+def test_report_borb_no_network_and_signals_unchanged(
+    fixture_images: list[tuple[Path, str]],
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(fixture_images[0][0])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"borb printed to stdout: {proc.stdout[:500]!r}"  # no licence nag
+    result = json.loads(lines[0])
+    assert result["outbound"] == []
+    assert result["sigterm_unchanged"] and result["sigint_unchanged"]
+    assert result["threads"] == ["MainThread"]

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     card.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
     card.add_argument("--fullres", type=Path, default=Path("../shared/data/fullres"))
     card.add_argument("-o", "--out", type=Path, default=Path("models/card"))
+    card.add_argument("--write-card", action=argparse.BooleanOptionalAction, default=True,
+                      help="render models/MODEL_CARD.md from the measured figures")
 
     cmp = sub.add_parser("compare", help="val BMA and ONNX latency of candidate models")
     cmp.add_argument("models", type=Path, nargs="+", help="HDF5 files with .training.json beside")
@@ -71,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         from training.report import measure
 
         result = measure(args.model, args.images, args.fullres, args.out)
+        if args.write_card:
+            from training.card import write_card
+
+            write_card(args.out / "metrics.json", Path("models/skin_lesion.training.json"),
+                       Path("training/comparison.json"), Path("models/manifest.json"),
+                       Path("models/MODEL_CARD.md"))
         print(json.dumps({k: result[k] for k in ("point", "ci95", "fullres")}, indent=2))
         return 0
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from piccolo.conf.apps import AppConfig
 
+from app.db.migrate import APP_NAME, MIGRATIONS_DIR
 from app.db.tables import TABLES
-
-APP_NAME = "clinic"
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "piccolo_migrations"
 
 APP_CONFIG = AppConfig(
     app_name=APP_NAME,

@@ -152,13 +152,10 @@ async def logout(request: Request[Any, Any, State]) -> Redirect:
     return Redirect("/login", status_code=303)
 
 
-@get("/tokens", name="tokens", dependencies=USER)
-async def tokens_page(
-    request: Request[Any, Any, State],
-    user: CurrentUser,
-) -> Template:
-    rows = (
-        await ApiToken.select(
+async def _active_tokens(user_id: int) -> list[dict[str, Any]]:
+    """The user's unrevoked tokens, newest first (prefix only: the token itself is not stored)."""
+    return await (
+        ApiToken.select(
             ApiToken.id,
             ApiToken.name,
             ApiToken.prefix,
@@ -166,10 +163,18 @@ async def tokens_page(
             ApiToken.last_used_at,
             ApiToken.uses,
         )
-        .where((ApiToken.owner == user.id) & (ApiToken.revoked.eq(False)))
+        .where((ApiToken.owner == user_id) & (ApiToken.revoked.eq(False)))
         .order_by(ApiToken.id, ascending=False)
         .run()
     )
+
+
+@get("/tokens", name="tokens", dependencies=USER)
+async def tokens_page(
+    request: Request[Any, Any, State],
+    user: CurrentUser,
+) -> Template:
+    rows = await _active_tokens(user.id)
     return render(request, "tokens.html", tokens=rows, new_token=None)
 
 
@@ -187,19 +192,7 @@ async def new_token(
         address=client_address(request),
         target=token[:10],
     )
-    rows = (
-        await ApiToken.select(
-            ApiToken.id,
-            ApiToken.name,
-            ApiToken.prefix,
-            ApiToken.created_at,
-            ApiToken.last_used_at,
-            ApiToken.uses,
-        )
-        .where((ApiToken.owner == user.id) & (ApiToken.revoked.eq(False)))
-        .order_by(ApiToken.id, ascending=False)
-        .run()
-    )
+    rows = await _active_tokens(user.id)
     # Shown once; only its hash is stored.
     return render(request, "tokens.html", status_code=200, tokens=rows, new_token=token)
 

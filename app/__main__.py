@@ -37,8 +37,10 @@ def serve(settings: Settings) -> int:
         "log_level": settings.log_level.lower(),
         "access_log": False,
     }
-    print(f"Serving on http://{settings.host}:{settings.port}  (model {settings.model_path})",
-          flush=True)
+    print(
+        f"Serving on http://{settings.host}:{settings.port}  (model {settings.model_path})",
+        flush=True,
+    )
     if settings.workers > 1:
         # Each worker process loads its own copy; on 2 cores one worker is usually best.
         uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **options)

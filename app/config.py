@@ -49,7 +49,7 @@ def default_model_path() -> Path:
     for directory in _MODEL_DIRS:
         manifest = directory / "manifest.json"
         if manifest.is_file():
-            preferred = json.loads(manifest.read_text())["preferred"]
+            preferred: str = json.loads(manifest.read_text())["preferred"]
             return directory / preferred
     return _MODEL_DIRS[0] / "skin_lesion.onnx"
 
@@ -117,7 +117,7 @@ class Settings:
             microbatch_wait_ms=float(get("MICROBATCH_WAIT_MS") or base.microbatch_wait_ms),
             queue_max=integer("QUEUE_MAX", base.queue_max),
             session_idle_minutes=integer("SESSION_IDLE_MINUTES", base.session_idle_minutes),
-            api_auth=not (get("API_AUTH") or "1").strip().lower() in {"0", "false", "no", "off"},
+            api_auth=(get("API_AUTH") or "1").strip().lower() not in {"0", "false", "no", "off"},
             log_level=(get("LOG_LEVEL") or base.log_level).upper(),
         )
 
@@ -138,8 +138,14 @@ class Settings:
         if self.secret_key and self.storage_key:
             return self
         if not self.dev:
-            missing = [n for n, v in (("APP_SECRET_KEY", self.secret_key),
-                                      ("APP_STORAGE_KEY", self.storage_key)) if not v]
+            missing = [
+                n
+                for n, v in (
+                    ("APP_SECRET_KEY", self.secret_key),
+                    ("APP_STORAGE_KEY", self.storage_key),
+                )
+                if not v
+            ]
             raise ConfigError(f"{', '.join(missing)} must be set outside dev mode (APP_DEV=1)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / "secrets.json"
@@ -151,7 +157,9 @@ class Settings:
             tmp.write_text(json.dumps(stored))
             tmp.chmod(0o600)
             tmp.replace(path)
-            log.warning("dev mode: generated secrets into %s (keep it; it decrypts stored images)", path)
+            log.warning(
+                "dev mode: generated secrets into %s (keep it; it decrypts stored images)", path
+            )
         return replace(
             self,
             secret_key=self.secret_key or stored["secret_key"],

@@ -50,13 +50,20 @@ def error_body(code: str, detail: str) -> dict[str, str]:
 
 def _code_for_status(status: int) -> str:
     return {
-        400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-        405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-        422: "validation_error", 429: "too_many_requests", 503: "unavailable",
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        422: "validation_error",
+        429: "too_many_requests",
+        503: "unavailable",
     }.get(status, "error")
 
 
-def exception_to_response(request: Request, exc: Exception) -> Response[Any]:
+def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Map any exception to the JSON error shape (HTML for page routes); never leak a trace."""
     headers: dict[str, str] | None = None
     if isinstance(exc, AppError | ImageError):

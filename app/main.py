@@ -57,8 +57,16 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         ],
         middleware=[metrics.middleware, *web.middleware],
         lifespan=[web.lifespan, model_lifespan],
-        state=State({"settings": settings, "ready": False, "classifier": None, "inference": None,
-                     "metrics": metrics, **web.state}),
+        state=State(
+            {
+                "settings": settings,
+                "ready": False,
+                "classifier": None,
+                "inference": None,
+                "metrics": metrics,
+                **web.state,
+            }
+        ),
         template_config=web.template_config,
         csrf_config=web.csrf_config,
         exception_handlers={Exception: exception_to_response},

@@ -27,8 +27,23 @@ if TYPE_CHECKING:
     from app.inference.classifier import Classifier
 
 # Sub-10 ms buckets matter here: a request on this service is meant to take a few ms.
-LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
-                   1.0, 2.5, 5.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 INFERENCE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 
 
@@ -39,35 +54,47 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "http_requests", "HTTP requests by route template, method and status",
-            ["route", "method", "status"], registry=r,
+            "http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "http_request_duration_seconds", "Time from request start to response end",
-            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
+            "http_request_duration_seconds",
+            "Time from request start to response end",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "inference_batch_size", "Images per session.run (micro-batching)",
-            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r,
+            "inference_batch_size",
+            "Images per session.run (micro-batching)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+            registry=r,
         )
         self.inference_seconds = Histogram(
-            "inference_batch_duration_seconds", "Wall time of one session.run",
-            buckets=INFERENCE_BUCKETS, registry=r,
+            "inference_batch_duration_seconds",
+            "Wall time of one session.run",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
         )
         self.decode_seconds = Histogram(
-            "image_decode_duration_seconds", "Decode + resize of one upload",
-            buckets=INFERENCE_BUCKETS, registry=r,
+            "image_decode_duration_seconds",
+            "Decode + resize of one upload",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
         )
-        self.queue_depth = Gauge(
-            "inference_queue_depth", "Images waiting for a batch", registry=r
-        )
+        self.queue_depth = Gauge("inference_queue_depth", "Images waiting for a batch", registry=r)
         self.ws_frames_dropped = Counter(
-            "live_frames_dropped", "WebSocket frames dropped because a newer one arrived",
+            "live_frames_dropped",
+            "WebSocket frames dropped because a newer one arrived",
             registry=r,
         )
         self.model_info = Gauge(
-            "model_info", "The loaded model (value is always 1)",
-            ["name", "version", "sha256", "provider", "input"], registry=r,
+            "model_info",
+            "The loaded model (value is always 1)",
+            ["name", "version", "sha256", "provider", "input"],
+            registry=r,
         )
 
     # BatchObserver
@@ -85,7 +112,9 @@ class Metrics:
         spec = classifier.spec
         self.model_info.clear()
         self.model_info.labels(
-            name=spec.name, version=spec.version, sha256=classifier.sha256,
+            name=spec.name,
+            version=spec.version,
+            sha256=classifier.sha256,
             provider=classifier.providers[0],
             input=f"{spec.input_width}x{spec.input_height} {spec.layout}",
         ).set(1)
@@ -132,4 +161,3 @@ def metrics_endpoint(state: State) -> Response[bytes]:
     """Prometheus text exposition format."""
     metrics: Metrics = state.metrics
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-

@@ -20,13 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     split = sub.add_parser("split", help="write the lesion-level split CSV")
-    split.add_argument("--metadata", type=Path, default=Path("../shared/data/ham10000/metadata.csv"))
+    split.add_argument(
+        "--metadata", type=Path, default=Path("../shared/data/ham10000/metadata.csv")
+    )
     split.add_argument("-o", "--out", type=Path, default=None)
 
     tr = sub.add_parser("train", help="fine-tune, calibrate and save a Keras HDF5 model")
     tr.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
-    tr.add_argument("--weights", type=Path, default=Path("../shared/weights"),
-                    help="folder with the ImageNet backbones")
+    tr.add_argument(
+        "--weights",
+        type=Path,
+        default=Path("../shared/weights"),
+        help="folder with the ImageNet backbones",
+    )
     tr.add_argument("--no-pretrained", action="store_true", help="train from scratch")
     tr.add_argument("-o", "--out", type=Path, default=Path("models/skin_lesion.h5"))
     tr.add_argument("--arch", choices=ARCHITECTURES, default="mobilenetv2_035")
@@ -35,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--warmup-epochs", type=int, default=1)
     tr.add_argument("--batch", type=int, default=32)
     tr.add_argument("--lr", type=float, default=1e-3, help="head warm-up learning rate")
-    tr.add_argument("--finetune-lr", type=float, default=5e-4, help="peak fine-tuning rate (cosine)")
+    tr.add_argument(
+        "--finetune-lr", type=float, default=5e-4, help="peak fine-tuning rate (cosine)"
+    )
     tr.add_argument("--seed", type=int, default=42)
     tr.add_argument("--nv-per-epoch", type=int, default=1500)
     tr.add_argument("--split", type=Path, default=None, help="split CSV (default: committed)")
@@ -47,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     card.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
     card.add_argument("--fullres", type=Path, default=Path("../shared/data/fullres"))
     card.add_argument("-o", "--out", type=Path, default=Path("models/card"))
-    card.add_argument("--write-card", action=argparse.BooleanOptionalAction, default=True,
-                      help="render models/MODEL_CARD.md from the measured figures")
+    card.add_argument(
+        "--write-card",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="render models/MODEL_CARD.md from the measured figures",
+    )
 
     cmp = sub.add_parser("compare", help="val BMA and ONNX latency of candidate models")
     cmp.add_argument("models", type=Path, nargs="+", help="HDF5 files with .training.json beside")
@@ -76,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.write_card:
             from training.card import write_card
 
-            write_card(args.out / "metrics.json", Path("models/skin_lesion.training.json"),
-                       Path("training/comparison.json"), Path("models/manifest.json"),
-                       Path("models/MODEL_CARD.md"))
+            write_card(
+                args.out / "metrics.json",
+                Path("models/skin_lesion.training.json"),
+                Path("training/comparison.json"),
+                Path("models/manifest.json"),
+                Path("models/MODEL_CARD.md"),
+            )
         print(json.dumps({k: result[k] for k in ("point", "ci95", "fullres")}, indent=2))
         return 0
 
@@ -86,10 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     from training.train import TrainConfig, train
 
     cfg = TrainConfig(
-        images=args.images, out=args.out, arch=args.arch, size=args.size, epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs, batch=args.batch, lr=args.lr, finetune_lr=args.finetune_lr, seed=args.seed,
+        images=args.images,
+        out=args.out,
+        arch=args.arch,
+        size=args.size,
+        epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        batch=args.batch,
+        lr=args.lr,
+        finetune_lr=args.finetune_lr,
+        seed=args.seed,
         weights=None if args.no_pretrained else args.weights,
-        split_csv=args.split or SPLIT_CSV, nv_per_epoch=args.nv_per_epoch, limit=args.limit,
+        split_csv=args.split or SPLIT_CSV,
+        nv_per_epoch=args.nv_per_epoch,
+        limit=args.limit,
         cache=args.cache,
     )
     summary = train(cfg)

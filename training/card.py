@@ -33,8 +33,12 @@ def _met(key: str, value: float) -> str:
     return f"{op} {bound:.2f}: **{'met' if ok else 'MISSED'}**"
 
 
-def render(metrics: dict[str, Any], training: dict[str, Any], comparison: list[dict[str, Any]],
-           manifest: dict[str, Any]) -> str:
+def render(
+    metrics: dict[str, Any],
+    training: dict[str, Any],
+    comparison: list[dict[str, Any]],
+    manifest: dict[str, Any],
+) -> str:
     point, ci = metrics["point"], metrics["ci95"]
     cfg = training["config"]
     rows = "\n".join(
@@ -63,24 +67,24 @@ def render(metrics: dict[str, Any], training: dict[str, Any], comparison: list[d
     missed = [NAMES[k] for k in TARGETS if _met(k, point[k]).endswith("**MISSED**")]
     gap = (
         "All acceptance targets of the model issue are met on the test split."
-        if not missed else
-        "**Targets missed on the test split:** " + "; ".join(missed) + ". See *Known limits*."
+        if not missed
+        else "**Targets missed on the test split:** " + "; ".join(missed) + ". See *Known limits*."
     )
-    return f"""# Model card: `{metrics['model']}`
+    return f"""# Model card: `{metrics["model"]}`
 
 > **A second opinion, not a diagnosis.** This model classifies *dermoscopic* images of
 > pigmented skin lesions into 7 HAM10000 classes. It must not be used on its own to decide
 > care, on clinical or phone photos, or on populations it was not tested on.
 
 ## Model details
-- Architecture: `{cfg['arch']}` (ImageNet-pretrained backbone from Keras Applications),
+- Architecture: `{cfg["arch"]}` (ImageNet-pretrained backbone from Keras Applications),
   global-average-pooling + dense head (kept so class-activation maps need no retraining),
   temperature folded into the dense layer before the softmax.
-- Input: {cfg['size'][0]}x{cfg['size'][1]} RGB (width x height), float32 pixels in [0, 255];
+- Input: {cfg["size"][0]}x{cfg["size"][1]} RGB (width x height), float32 pixels in [0, 255];
   the model scales them itself (a `Rescaling` layer).
 - Output: calibrated probabilities over `akiec, bcc, bkl, df, nv, vasc, mel`.
 - Files (see `models/manifest.json`; the server loads the one marked `preferred`,
-  `{manifest.get('preferred', '?')}`):
+  `{manifest.get("preferred", "?")}`):
 
 | file | size | sha256 |
 |---|---|---|
@@ -110,7 +114,7 @@ size, layout, colour order, scaling, labels, temperature and melanoma threshold.
 - Training data: HAM10000 at 200x150 (10,015 images, 7,470 lesions), split **by lesion** into
   train / val / test (~70/15/15 of lesions, stratified by class, seed fixed), committed as
   `training/split.csv`; a test proves that no lesion is in two parts.
-- Evaluation data: the test split, {metrics['n']} images of {metrics['n_lesions']} lesions, never
+- Evaluation data: the test split, {metrics["n"]} images of {metrics["n_lesions"]} lesions, never
   used for training, model selection, calibration or the threshold.
 
 ## Metrics (test split)
@@ -132,26 +136,26 @@ Per class (test split):
 ![confusion matrix](card/confusion_matrix.png) ![ROC](card/roc.png)
 
 ## Calibration
-Temperature T = {metrics['temperature']:.3f}, fitted on the **val split only** (negative
+Temperature T = {metrics["temperature"]:.3f}, fitted on the **val split only** (negative
 log-likelihood), then folded into the dense layer. ECE (15 bins) on test:
-{metrics['ece_before_calibration']:.3f} before, {point['ece']:.3f} after.
-On val: {training['val_ece_before']:.3f} before, {training['val_ece_after']:.3f} after.
+{metrics["ece_before_calibration"]:.3f} before, {point["ece"]:.3f} after.
+On val: {training["val_ece_before"]:.3f} before, {training["val_ece_after"]:.3f} after.
 
 ![reliability diagram](card/reliability.png)
 
 ## Melanoma operating point
 The service reports the top class, and separately flags melanoma when
-P(mel) ≥ **{metrics['mel_threshold']:.4f}**. The threshold was chosen on val as the largest
-giving sensitivity ≥ 0.85 there (val: sensitivity {training['val_mel_sensitivity']:.3f},
-specificity {training['val_mel_specificity']:.3f}). On test: sensitivity
-{point['mel_sensitivity']:.3f}, specificity {point['mel_specificity']:.3f}; specificity at 95%
-sensitivity {point['mel_specificity_at_95_sensitivity']:.3f}.
+P(mel) ≥ **{metrics["mel_threshold"]:.4f}**. The threshold was chosen on val as the largest
+giving sensitivity ≥ 0.85 there (val: sensitivity {training["val_mel_sensitivity"]:.3f},
+specificity {training["val_mel_specificity"]:.3f}). On test: sensitivity
+{point["mel_sensitivity"]:.3f}, specificity {point["mel_specificity"]:.3f}; specificity at 95%
+sensitivity {point["mel_specificity_at_95_sensitivity"]:.3f}.
 
 ## Full-resolution inputs
 Training saw 200x150 copies; the service receives 600x450 originals. On the
-{fr['n']} originals of `data/fullres`, predicting from the original and from its 200x150 copy
-agreed on the top class for **{100 * fr['top1_agreement']:.1f}%**, with a mean absolute
-probability difference of {fr['mean_abs_prob_diff']:.4f} (max {fr['max_abs_prob_diff']:.3f}).
+{fr["n"]} originals of `data/fullres`, predicting from the original and from its 200x150 copy
+agreed on the top class for **{100 * fr["top1_agreement"]:.1f}%**, with a mean absolute
+probability difference of {fr["mean_abs_prob_diff"]:.4f} (max {fr["max_abs_prob_diff"]:.3f}).
 
 ## Model selection and input size
 Candidates trained with the same recipe (balanced nv sampling + square-root class weights,
@@ -178,18 +182,25 @@ far below the 5 ms budget at every size.
 
 ## How to reproduce
 ```bash
-python -m training train --arch {cfg['arch']} --size {cfg['size'][0]}x{cfg['size'][1]} --epochs {cfg['epochs']} -o models/skin_lesion.h5
+python -m training train --arch {cfg["arch"]} --size {cfg["size"][0]}x{cfg["size"][1]} --epochs {cfg["epochs"]} -o models/skin_lesion.h5
 python -m conversion build models/skin_lesion.h5 -o models --triton models/triton
-python -m training card models/{manifest.get('preferred', 'skin_lesion.onnx')} --out models/card --write-card
-python -m benchmarks accuracy models/{manifest.get('preferred', 'skin_lesion.onnx')} --images ../shared/data/ham10000/images --labels test.csv
+python -m training card models/{manifest.get("preferred", "skin_lesion.onnx")} --out models/card --write-card
+python -m benchmarks accuracy models/{manifest.get("preferred", "skin_lesion.onnx")} --images ../shared/data/ham10000/images --labels test.csv
 ```
 Training log and per-epoch validation figures: `models/skin_lesion.training.json`.
 """
 
 
-def write_card(metrics_json: Path, training_json: Path, comparison_json: Path,
-               manifest_json: Path, out: Path) -> None:
+def write_card(
+    metrics_json: Path, training_json: Path, comparison_json: Path, manifest_json: Path, out: Path
+) -> None:
     manifest = json.loads(manifest_json.read_text())
     comparison = json.loads(comparison_json.read_text()) if comparison_json.is_file() else []
-    out.write_text(render(json.loads(metrics_json.read_text()),
-                          json.loads(training_json.read_text()), comparison, manifest))
+    out.write_text(
+        render(
+            json.loads(metrics_json.read_text()),
+            json.loads(training_json.read_text()),
+            comparison,
+            manifest,
+        )
+    )

@@ -28,18 +28,20 @@ def compare(models: list[Path], out: Path) -> list[dict[str, Any]]:
     for h5 in models:
         summary = json.loads(h5.with_suffix(".training.json").read_text())
         cfg = summary["config"]
-        rows.append({
-            "model": h5.stem,
-            "arch": cfg["arch"],
-            "input": f"{cfg['size'][0]}x{cfg['size'][1]}",
-            "pretrained": cfg["weights"] is not None and cfg["weights"] != "None",
-            "epochs": cfg["warmup_epochs"] + cfg["epochs"],
-            "best_val_bma": summary["best_val_bma"],
-            "val_bma_by_epoch": [round(h["val_bma"], 4) for h in summary["history"]],
-            "train_minutes": round(summary["train_minutes"], 1),
-            "onnx_fp32_ms_batch1": timings[h5.stem]["batch1"],
-            "onnx_fp32_ms_batch8": timings[h5.stem]["batch8"],
-            "onnx_bytes": sizes[h5.stem],
-        })
+        rows.append(
+            {
+                "model": h5.stem,
+                "arch": cfg["arch"],
+                "input": f"{cfg['size'][0]}x{cfg['size'][1]}",
+                "pretrained": cfg["weights"] is not None and cfg["weights"] != "None",
+                "epochs": cfg["warmup_epochs"] + cfg["epochs"],
+                "best_val_bma": summary["best_val_bma"],
+                "val_bma_by_epoch": [round(h["val_bma"], 4) for h in summary["history"]],
+                "train_minutes": round(summary["train_minutes"], 1),
+                "onnx_fp32_ms_batch1": timings[h5.stem]["batch1"],
+                "onnx_fp32_ms_batch8": timings[h5.stem]["batch8"],
+                "onnx_bytes": sizes[h5.stem],
+            }
+        )
     out.write_text(json.dumps(rows, indent=2))
     return rows

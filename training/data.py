@@ -25,7 +25,10 @@ def load_images(
 
 
 def load_split_arrays(
-    image_dir: Path, rows: list[dict[str, str]], part: str, size: tuple[int, int],
+    image_dir: Path,
+    rows: list[dict[str, str]],
+    part: str,
+    size: tuple[int, int],
     cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8, labels int) for one part of the split, cached per size."""

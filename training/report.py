@@ -35,7 +35,9 @@ from training.split import read_split
 log = logging.getLogger(__name__)
 
 
-def predict_files(classifier: Classifier, paths: list[Path], desc: str, batch: int = 32) -> np.ndarray:
+def predict_files(
+    classifier: Classifier, paths: list[Path], desc: str, batch: int = 32
+) -> np.ndarray:
     """Probabilities for image files, through the exact serving preprocessing."""
     out = []
     for start in tqdm(range(0, len(paths), batch), desc=desc, unit="batch"):
@@ -67,8 +69,13 @@ def _card_metrics(probs: np.ndarray, y: np.ndarray, mel: int, threshold: float) 
 
 
 def bootstrap_ci(
-    probs: np.ndarray, y: np.ndarray, groups: list[str], mel: int, threshold: float,
-    rounds: int = 1000, seed: int = 0,
+    probs: np.ndarray,
+    y: np.ndarray,
+    groups: list[str],
+    mel: int,
+    threshold: float,
+    rounds: int = 1000,
+    seed: int = 0,
 ) -> dict[str, tuple[float, float]]:
     """95% percentile intervals, resampling *lesions* (images of one lesion move together)."""
     rng = np.random.default_rng(seed)
@@ -84,8 +91,10 @@ def bootstrap_ci(
             continue
         for key, value in _card_metrics(probs[idx], y[idx], mel, threshold).items():
             samples.setdefault(key, []).append(value)
-    return {k: (float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5)))
-            for k, v in samples.items()}
+    return {
+        k: (float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5)))
+        for k, v in samples.items()
+    }
 
 
 def _plot_confusion(matrix: np.ndarray, labels: list[str], path: Path) -> None:
@@ -94,8 +103,15 @@ def _plot_confusion(matrix: np.ndarray, labels: list[str], path: Path) -> None:
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{matrix[i, j]}\n{norm[i, j]:.2f}", ha="center", va="center",
-                    fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]}\n{norm[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
@@ -172,7 +188,7 @@ def measure(model: Path, images: Path, fullres: Path, out_dir: Path) -> dict[str
         "model": model.name,
         "sha256": classifier.sha256,
         "split": "test",
-        "n": int(len(y)),
+        "n": len(y),
         "n_lesions": len({r["lesion_id"] for r in rows}),
         "temperature": temperature,
         "mel_threshold": threshold,
@@ -183,8 +199,11 @@ def measure(model: Path, images: Path, fullres: Path, out_dir: Path) -> dict[str
         "confusion_matrix": full["confusion_matrix"],
         "fullres": fullres_agreement(classifier, fullres, images),
     }
-    _plot_confusion(np.array(full["confusion_matrix"]["rows_true_cols_pred"]), labels,
-                    out_dir / "confusion_matrix.png")
+    _plot_confusion(
+        np.array(full["confusion_matrix"]["rows_true_cols_pred"]),
+        labels,
+        out_dir / "confusion_matrix.png",
+    )
     _plot_roc(probs, y, labels, out_dir / "roc.png")
     _plot_reliability(before, probs, y, out_dir / "reliability.png")
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))

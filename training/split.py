@@ -27,10 +27,18 @@ def make_split(metadata_csv: Path, seed: int = 20261126) -> list[dict[str, str]]
         lesions, labels, test_size=0.30, stratify=labels, random_state=seed
     )
     val, test = train_test_split(rest, test_size=0.50, stratify=rest_labels, random_state=seed)
-    part_of = {lesion: part for part, group in zip(PARTS, (train, val, test)) for lesion in group}
+    part_of = {
+        lesion: part
+        for part, group in zip(PARTS, (train, val, test), strict=False)
+        for lesion in group
+    }
     return [
-        {"image_id": r["image_id"], "lesion_id": r["lesion_id"], "dx": r["dx"],
-         "split": part_of[r["lesion_id"]]}
+        {
+            "image_id": r["image_id"],
+            "lesion_id": r["lesion_id"],
+            "dx": r["dx"],
+            "split": part_of[r["lesion_id"]],
+        }
         for r in sorted(rows, key=lambda r: r["image_id"])
     ]
 

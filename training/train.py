@@ -157,9 +157,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
             # Train the new head on frozen ImageNet features first, then everything.
             backbone.trainable = not warmup
             model.compile(
-                optimizer=keras.optimizers.AdamW(
-                    cfg.lr if warmup else schedule, weight_decay=1e-4
-                ),
+                optimizer=keras.optimizers.AdamW(cfg.lr if warmup else schedule, weight_decay=1e-4),
                 loss="sparse_categorical_crossentropy",
             )
         elif epoch == 0:
@@ -169,13 +167,22 @@ def train(cfg: TrainConfig) -> dict[str, object]:
             )
         idx = _epoch_indices(y_train, cfg.nv_per_epoch, rng)
         fit = model.fit(
-            dataset(idx), epochs=1, class_weight=class_weight, verbose=0,
+            dataset(idx),
+            epochs=1,
+            class_weight=class_weight,
+            verbose=0,
             callbacks=[TqdmCallback(verbose=1, desc=f"epoch {epoch + 1}/{total_epochs}")],
         )
         val_probs = model.predict(x_val.astype(np.float32), batch_size=128, verbose=0)
         bma = balanced_multiclass_accuracy(y_val, val_probs.argmax(1))
-        history.append({"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
-                        "val_bma": bma, "minutes": (time.perf_counter() - started) / 60})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(fit.history["loss"][-1]),
+                "val_bma": bma,
+                "minutes": (time.perf_counter() - started) / 60,
+            }
+        )
         log.info("epoch %d: loss %.4f val BMA %.4f", epoch + 1, history[-1]["loss"], bma)
         if bma > best_bma:
             best_bma = bma
@@ -192,7 +199,8 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     is_mel = y_val == MEL
     mel_threshold = (
         threshold_for_sensitivity(val_probs[:, MEL], is_mel, cfg.mel_sensitivity)
-        if is_mel.any() else 0.5
+        if is_mel.any()
+        else 0.5
     )
     mel_sens, mel_spec = sensitivity_specificity(val_probs[:, MEL], is_mel, mel_threshold)
 

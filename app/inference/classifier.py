@@ -95,7 +95,11 @@ class Classifier:
         self._check_shapes()
         log.info(
             "loaded %s (%s, sha256 %s…) on %s with %d intra-op threads",
-            model_path.name, self.spec.name, self.sha256[:12], self.providers[0], threads,
+            model_path.name,
+            self.spec.name,
+            self.sha256[:12],
+            self.providers[0],
+            threads,
         )
 
     def _check_shapes(self) -> None:

@@ -92,7 +92,10 @@ class InferenceService:
         result = await self.batcher.submit(tensor)
         return Analysis(
             self.classifier.describe(result.probabilities),
-            decode_ms, result.inference_ms, result.queue_ms, result.batch_size,
+            decode_ms,
+            result.inference_ms,
+            result.queue_ms,
+            result.batch_size,
         )
 
     async def analyse_many(self, images: Sequence[bytes]) -> list[Analysis | ImageError]:
@@ -116,7 +119,10 @@ class InferenceService:
         for (i, _, decode_ms), result in zip(good, results, strict=True):
             out[i] = Analysis(
                 self.classifier.describe(result.probabilities),
-                decode_ms, result.inference_ms, result.queue_ms, result.batch_size,
+                decode_ms,
+                result.inference_ms,
+                result.queue_ms,
+                result.batch_size,
             )
         return [r for r in out if r is not None]
 

@@ -129,8 +129,10 @@ def to_response(analysis: Analysis, model: ModelInfo) -> PredictResponse:
         melanoma_threshold=p.mel_threshold,
         model=model,
         timing=Timing(
-            round(analysis.decode_ms, 3), round(analysis.inference_ms, 3),
-            round(analysis.queue_ms, 3), analysis.batch_size,
+            round(analysis.decode_ms, 3),
+            round(analysis.inference_ms, 3),
+            round(analysis.queue_ms, 3),
+            analysis.batch_size,
         ),
     )
 
@@ -158,8 +160,9 @@ async def read_uploads(
         stream = request.stream()
         first = await anext(stream, b"")
         if not first:
-            raise MissingImageError(f"empty request body; send multipart/form-data with field "
-                                    f"{field_name!r}")
+            raise MissingImageError(
+                f"empty request body; send multipart/form-data with field {field_name!r}"
+            )
         raise NotMultipartError(
             f"send multipart/form-data with the image in field {field_name!r}, not {media_type!r}"
         )
@@ -217,8 +220,9 @@ def _multipart_operation(field_name: str, many: bool) -> type[Operation]:
         required=True,
         content={
             "multipart/form-data": OpenAPIMediaType(
-                schema=Schema(type=OpenAPIType.OBJECT, properties={field_name: prop},
-                              required=[field_name])
+                schema=Schema(
+                    type=OpenAPIType.OBJECT, properties={field_name: prop}, required=[field_name]
+                )
             )
         },
         description="JPEG or PNG, recognised by content (the file name is ignored).",
@@ -236,8 +240,9 @@ _ERRORS = {
     400: ResponseSpec(ErrorBody, description="Missing or unreadable image"),
     413: ResponseSpec(ErrorBody, description="Upload or image over the size/pixel budget"),
     415: ResponseSpec(ErrorBody, description="Not JPEG/PNG, or not multipart/form-data"),
-    503: ResponseSpec(ErrorBody, description="Not ready, or the inference queue is full "
-                                             "(Retry-After)"),
+    503: ResponseSpec(
+        ErrorBody, description="Not ready, or the inference queue is full (Retry-After)"
+    ),
 }
 
 
@@ -367,7 +372,9 @@ class LiveSession:
 
     async def _reply(self, seq: int, data: bytes | None) -> dict[str, Any]:
         head: dict[str, Any] = {
-            "frame": seq, "dropped": self.dropped_pending, "dropped_total": self.dropped_total,
+            "frame": seq,
+            "dropped": self.dropped_pending,
+            "dropped_total": self.dropped_total,
         }
         self.dropped_pending = 0
         if data is None:
@@ -378,14 +385,24 @@ class LiveSession:
             return head | {"error": exc.code, "detail": str(exc)}
         body = to_response(analysis, self.model)
         return head | {
-            "label": body.label, "name": body.name, "risk_group": body.risk_group,
-            "confidence": body.confidence, "probabilities": body.probabilities,
-            "melanoma_flag": body.melanoma_flag, "melanoma_threshold": body.melanoma_threshold,
-            "model": {"name": self.model.name, "version": self.model.version,
-                      "sha256": self.model.sha256},
-            "timing": {"decode_ms": body.timing.decode_ms,
-                       "inference_ms": body.timing.inference_ms,
-                       "queue_ms": body.timing.queue_ms, "batch_size": body.timing.batch_size},
+            "label": body.label,
+            "name": body.name,
+            "risk_group": body.risk_group,
+            "confidence": body.confidence,
+            "probabilities": body.probabilities,
+            "melanoma_flag": body.melanoma_flag,
+            "melanoma_threshold": body.melanoma_threshold,
+            "model": {
+                "name": self.model.name,
+                "version": self.model.version,
+                "sha256": self.model.sha256,
+            },
+            "timing": {
+                "decode_ms": body.timing.decode_ms,
+                "inference_ms": body.timing.inference_ms,
+                "queue_ms": body.timing.queue_ms,
+                "batch_size": body.timing.batch_size,
+            },
         }
 
     async def run(self) -> None:

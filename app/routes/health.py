@@ -21,14 +21,20 @@ def ready(state: State) -> Response[dict[str, Any]]:
     service = state.get("inference")
     if not state.get("ready") or service is None:
         return Response(
-            {"status": "starting"}, status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            {"status": "starting"},
+            status_code=HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
         )
     classifier = service.classifier
     return Response(
-        {"status": "ready", "model": classifier.spec.name, "version": classifier.spec.version,
-         "sha256": classifier.sha256, "providers": classifier.providers,
-         "queue_depth": service.batcher.depth},
+        {
+            "status": "ready",
+            "model": classifier.spec.name,
+            "version": classifier.spec.version,
+            "sha256": classifier.sha256,
+            "providers": classifier.providers,
+            "queue_depth": service.batcher.depth,
+        },
         status_code=HTTP_200_OK,
     )
 

@@ -22,8 +22,10 @@ def model_path() -> Path:
     override = os.environ.get("APP_MODEL_PATH")
     path = Path(override) if override else default_model_path()
     if not path.is_file():
-        pytest.skip(f"no bundled model at {path}: run the conversion (python -m conversion "
-                    "convert) or set APP_MODEL_PATH")
+        pytest.skip(
+            f"no bundled model at {path}: run the conversion (python -m conversion "
+            "convert) or set APP_MODEL_PATH"
+        )
     return path
 
 

@@ -93,8 +93,12 @@ BAD_FILES = [
 
 @pytest.mark.parametrize(("name", "status", "code"), BAD_FILES)
 def test_predict_rejects_bad_images_and_stays_healthy(
-    client: TestClient[Litestar], generated: Path, lesion_jpeg: bytes,
-    name: str, status: int, code: str,
+    client: TestClient[Litestar],
+    generated: Path,
+    lesion_jpeg: bytes,
+    name: str,
+    status: int,
+    code: str,
 ) -> None:
     data = (generated / name).read_bytes()
     r = client.post("/api/v1/predict", files={"image": (name, data, "image/jpeg")})
@@ -105,7 +109,8 @@ def test_predict_rejects_bad_images_and_stays_healthy(
 def test_predict_rejects_an_empty_body(client: TestClient[Litestar], lesion_jpeg: bytes) -> None:
     assert_error_shape(client.post("/api/v1/predict", content=b""), 400, "missing_image")
     r = client.post(
-        "/api/v1/predict", content=b"",
+        "/api/v1/predict",
+        content=b"",
         headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
     )
     assert_error_shape(r, 400)
@@ -132,8 +137,11 @@ def test_predict_rejects_multipart_without_a_file(
 ) -> None:
     # Litestar 2.25's own form parser answers 500 to this; ours must answer 400.
     body = multipart([("note", None, b"no image here")])
-    r = client.post("/api/v1/predict", content=body,
-                    headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+    r = client.post(
+        "/api/v1/predict",
+        content=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+    )
     assert_error_shape(r, 400, "missing_image")
     assert_healthy(client, lesion_jpeg)
 
@@ -152,11 +160,15 @@ def test_predict_rejects_non_multipart_and_malformed_bodies(
 ) -> None:
     r = client.post("/api/v1/predict", content=lesion_jpeg, headers={"Content-Type": "image/jpeg"})
     assert_error_shape(r, 415, "unsupported_media_type")
-    r = client.post("/api/v1/predict", content=b"--nope\r\ngarbage",
-                    headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+    r = client.post(
+        "/api/v1/predict",
+        content=b"--nope\r\ngarbage",
+        headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+    )
     assert_error_shape(r, 400)
-    r = client.post("/api/v1/predict", content=b"x",
-                    headers={"Content-Type": "multipart/form-data"})  # no boundary
+    r = client.post(
+        "/api/v1/predict", content=b"x", headers={"Content-Type": "multipart/form-data"}
+    )  # no boundary
     assert_error_shape(r, 400)
     assert_healthy(client, lesion_jpeg)
 
@@ -195,8 +207,10 @@ def test_batch_results_equal_unbatched_ones(
     client: TestClient[Litestar], fixture_images: list[tuple[Path, str]]
 ) -> None:
     images = [p.read_bytes() for p, _ in fixture_images[:8]]
-    r = client.post("/api/v1/predict/batch",
-                    files=[("images", (f"{i}.jpg", d, "image/jpeg")) for i, d in enumerate(images)])
+    r = client.post(
+        "/api/v1/predict/batch",
+        files=[("images", (f"{i}.jpg", d, "image/jpeg")) for i, d in enumerate(images)],
+    )
     assert r.status_code == 200, r.text
     results = [item["result"] for item in r.json()["results"]]
     assert max(res["timing"]["batch_size"] for res in results) > 1  # really ran batched
@@ -212,8 +226,10 @@ def test_batch_results_equal_unbatched_ones(
 def test_batch_refuses_too_many_images_and_no_images(
     client: TestClient[Litestar], api_settings: Settings, lesion_jpeg: bytes
 ) -> None:
-    files = [("images", (f"{i}.jpg", lesion_jpeg, "image/jpeg"))
-             for i in range(api_settings.batch_max + 1)]
+    files = [
+        ("images", (f"{i}.jpg", lesion_jpeg, "image/jpeg"))
+        for i in range(api_settings.batch_max + 1)
+    ]
     assert_error_shape(client.post("/api/v1/predict/batch", files=files), 400, "too_many_images")
     files = [("image", ("a.jpg", lesion_jpeg, "image/jpeg"))]  # the single endpoint's name
     assert_error_shape(client.post("/api/v1/predict/batch", files=files), 400, "missing_image")
@@ -258,8 +274,9 @@ def test_metrics_expose_requests_latency_batches_queue_and_model(
     text = r.text
     assert 'http_requests_total{method="POST",route="/api/v1/predict",status="200"}' in text
     assert 'http_requests_total{method="POST",route="/api/v1/predict",status="415"}' in text
-    assert ('http_request_duration_seconds_bucket{le="0.005",method="POST",'
-            'route="/api/v1/predict"}') in text
+    assert (
+        'http_request_duration_seconds_bucket{le="0.005",method="POST",route="/api/v1/predict"}'
+    ) in text
     assert "inference_batch_size_count" in text and "inference_queue_depth 0.0" in text
     sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
     assert f'sha256="{sha}"' in text and "model_info{" in text
@@ -268,8 +285,13 @@ def test_metrics_expose_requests_latency_batches_queue_and_model(
 def test_openapi_documents_every_http_endpoint(client: TestClient[Litestar]) -> None:
     schema = client.get("/schema/openapi.json").json()
     paths = schema["paths"]
-    for path in ("/api/v1/predict", "/api/v1/predict/batch", "/health/live", "/health/ready",
-                 "/metrics"):
+    for path in (
+        "/api/v1/predict",
+        "/api/v1/predict/batch",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+    ):
         assert path in paths, path
     body = paths["/api/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert "image" in body["schema"]["properties"]

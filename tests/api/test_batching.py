@@ -45,8 +45,9 @@ async def test_batcher_groups_concurrent_requests_and_matches_single_runs(
     classifier: Classifier, tensors: list[np.ndarray]
 ) -> None:
     recorder = Recorder()
-    batcher = MicroBatcher(classifier.run, max_batch=4, max_wait_ms=5, queue_max=64,
-                           concurrency=1, observer=recorder)
+    batcher = MicroBatcher(
+        classifier.run, max_batch=4, max_wait_ms=5, queue_max=64, concurrency=1, observer=recorder
+    )
     await batcher.start()
     try:
         results = await asyncio.gather(*(batcher.submit(t) for t in tensors))

@@ -73,7 +73,6 @@ def test_live_reports_bad_frames_and_keeps_going(
 
 def test_live_refuses_before_the_model_is_ready(api_settings: Settings) -> None:
     client = TestClient(app=create_app(api_settings))  # lifespan not run: no model yet
-    with pytest.raises(WebSocketDisconnect) as info, \
-            client.websocket_connect("/api/v1/live") as ws:
+    with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect("/api/v1/live") as ws:
         ws.receive_json()
     assert info.value.code == 1013  # try again later

@@ -39,7 +39,9 @@ def bad_models(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt"])
 def test_serve_refuses_a_bad_model_with_one_line(
-    kind: str, bad_models: dict[str, Path], api_settings: Settings,
+    kind: str,
+    bad_models: dict[str, Path],
+    api_settings: Settings,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     code = serve(replace(api_settings, model_path=bad_models[kind], port=1))

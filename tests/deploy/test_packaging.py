@@ -37,7 +37,9 @@ def test_dockerfile_lints_clean(name: str) -> None:
         pytest.skip("hadolint not installed; the structural test below still runs")
     result = subprocess.run(
         [hadolint, "--config", str(REPO / ".hadolint.yaml"), str(REPO / name)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -89,22 +91,41 @@ def test_serving_install_has_no_tensorflow_and_runs(tmp_path: Path) -> None:
     # with --no-index exactly as an offline image build would.
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(REPO)],
-        check=True, env=pip_env, timeout=600,
+        check=True,
+        env=pip_env,
+        timeout=600,
     )
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels),
-         "--no-compile", "skin-lesion-service"],
-        check=True, env=pip_env, timeout=600,
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "--no-compile",
+            "skin-lesion-service",
+        ],
+        check=True,
+        env=pip_env,
+        timeout=600,
     )
     probe = subprocess.run(
         [str(py), "-c", "import importlib.util as u; print(u.find_spec('tensorflow'))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert probe.stdout.strip() == "None"
     help_run = subprocess.run(
-        [str(py), "-m", "app", "--help"], capture_output=True, text=True, cwd=tmp_path,
+        [str(py), "-m", "app", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
         check=False,
     )
     assert help_run.returncode == 0, help_run.stderr

@@ -27,11 +27,29 @@ def test_train_cli_writes_a_loadable_calibrated_hdf5(tmp_path: Path, fixtures_di
         for i, row in enumerate(rows):  # alternate: one image of each class in each part
             writer.writerow({**row, "split": "train" if i % 2 == 0 else "val"})
     out = tmp_path / "tiny.h5"
-    code = main([
-        "train", "--images", str(images), "--split", str(split), "--arch", "small_cnn",
-        "--no-pretrained", "--size", "32x24", "--epochs", "1", "--warmup-epochs", "0",
-        "--batch", "4", "--no-cache", "-o", str(out),
-    ])
+    code = main(
+        [
+            "train",
+            "--images",
+            str(images),
+            "--split",
+            str(split),
+            "--arch",
+            "small_cnn",
+            "--no-pretrained",
+            "--size",
+            "32x24",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--batch",
+            "4",
+            "--no-cache",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0 and out.is_file()
 
     model = keras.models.load_model(out, compile=False)

@@ -143,11 +143,21 @@ def test_center_crop_keeps_the_middle_at_the_target_aspect() -> None:
 
 def test_preprocess_scales_and_lays_out_per_the_spec(upright: Image.Image) -> None:
     data = encode(upright, "JPEG")
-    nhwc = preprocess(data, ModelSpec(name="t", input_width=32, input_height=24,
-                                      input_scale=1 / 255))
+    nhwc = preprocess(
+        data, ModelSpec(name="t", input_width=32, input_height=24, input_scale=1 / 255)
+    )
     assert nhwc.shape == (24, 32, 3) and nhwc.dtype == np.float32
     assert nhwc.min() >= 0.0 and nhwc.max() <= 1.0
-    nchw = preprocess(data, ModelSpec(name="t", input_width=32, input_height=24, layout="NCHW",
-                                      input_scale=2.0, input_offset=-1.0))
+    nchw = preprocess(
+        data,
+        ModelSpec(
+            name="t",
+            input_width=32,
+            input_height=24,
+            layout="NCHW",
+            input_scale=2.0,
+            input_offset=-1.0,
+        ),
+    )
     assert nchw.shape == (3, 24, 32)
     np.testing.assert_allclose(nchw, nhwc.transpose(2, 0, 1) * 255 * 2 - 1, atol=1e-3)

@@ -45,7 +45,7 @@ type: $(VENV)/.test-installed ## mypy --strict on app/
 	$(VENV)/bin/mypy
 
 train: $(VENV)/.test-installed ## retrain the shipped model (about an hour on 2 CPU cores)
-	$(PY) -m training train --arch mobilenetv2_035 --size 160x120 --epochs 24 -o models/skin_lesion.h5
+	$(PY) -m training train --arch mobilenet_025 --size 160x120 --epochs 24 -o models/skin_lesion.h5
 
 convert: $(VENV)/.test-installed ## Keras HDF5 -> ONNX -> INT8 ONNX, verify, manifest, Triton repo
 	$(PY) -m conversion build tests/fixtures/upstream_skin.h5 -o models/upstream --triton models/triton \

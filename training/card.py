@@ -167,10 +167,12 @@ chosen by validation BMA and single-thread ONNX FP32 latency:
 {cmp_rows}
 
 Input size: the training images are 200x150, so anything above that only interpolates. On this
-2-core CPU, MobileNetV2-0.35 trained at 73 img/s at 160x120, 34 img/s at 192x144 and 18 img/s at
-224x168 (measured before training). 160x120 keeps the 4:3 aspect of the data and was the
-largest size whose full schedule fits the 2-hour training budget on this machine; latency is
-far below the 5 ms budget at every size.
+2-core CPU (measured before training, random data, batch 64), MobileNetV2-0.35 trained at 73 img/s
+at 160x120, 34 img/s at 192x144 and 18 img/s at 224x168; MobileNet-0.25 at 83 img/s at 192x144;
+the small CNN at 40 img/s at 128x96. 160x120 keeps the 4:3 aspect of the data and is the largest
+size at which every candidate's full schedule fitted the 2-hour training budget while the
+machine was shared; single-thread latency is far below the 5 ms budget at every size.
+MobileNet-0.25 was chosen: the best validation BMA and the fastest ONNX model of the three.
 
 ## Known limits
 - Accuracy is well below the ISIC 2018 leaders (BMA 0.845 with large ensembles at full

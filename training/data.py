@@ -11,16 +11,22 @@ from app.inference.preprocess import decode_image, resize_rgb
 from app.inference.spec import HAM10000_LABELS
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
+# HAM10000's copies are 200x150; the model spec records it so serving resamples through it.
+SOURCE_SIZE = (200, 150)
 
 
 def load_images(
-    image_dir: Path, image_ids: list[str], size: tuple[int, int], desc: str = "images"
+    image_dir: Path,
+    image_ids: list[str],
+    size: tuple[int, int],
+    desc: str = "images",
+    via: tuple[int, int] | None = SOURCE_SIZE,
 ) -> np.ndarray:
     """Decode + resize exactly as the server does; returns uint8 (N, H, W, 3) RGB."""
     out = np.empty((len(image_ids), size[1], size[0], 3), np.uint8)
     for i, image_id in enumerate(tqdm(image_ids, desc=desc, unit="img")):
         data = (image_dir / f"{image_id}.jpg").read_bytes()
-        out[i] = resize_rgb(decode_image(data, size), size)
+        out[i] = resize_rgb(decode_image(data, via or size), size, via)
     return out
 
 

@@ -21,7 +21,7 @@ from training.calibration import (
     softmax,
     threshold_for_sensitivity,
 )
-from training.data import load_split_arrays
+from training.data import SOURCE_SIZE, load_split_arrays
 from training.split import SPLIT_CSV, read_split
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         "input_height": cfg.size[1],
         "input_scale": 1.0,
         "input_offset": 0.0,
+        "resample_via": list(SOURCE_SIZE),
         "temperature": temperature,
         "mel_threshold": mel_threshold,
         "training_data": TRAINING_DATA,

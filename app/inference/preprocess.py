@@ -138,12 +138,21 @@ def center_crop_to_aspect(rgb: np.ndarray, aspect: float) -> np.ndarray:
     return rgb[y0 : y0 + new_h]
 
 
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Centre-crop to the aspect of ``size`` (width, height) and resize with INTER_AREA."""
-    cropped = center_crop_to_aspect(rgb, size[0] / size[1])
-    if cropped.shape[1] == size[0] and cropped.shape[0] == size[1]:
-        return np.ascontiguousarray(cropped)
-    return cv2.resize(cropped, size, interpolation=cv2.INTER_AREA)
+def resize_rgb(
+    rgb: np.ndarray, size: tuple[int, int], via: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Centre-crop to the aspect of ``size`` (width, height) and resize with INTER_AREA.
+
+    Args:
+        via: (width, height) to pass through first when larger than ``size``: the resolution
+            the training images were stored at, so uploads are resampled as they were.
+    """
+    image = center_crop_to_aspect(rgb, size[0] / size[1])
+    steps = [via, size] if via and via[0] > size[0] and image.shape[1] > via[0] else [size]
+    for step in steps:
+        if image.shape[1] != step[0] or image.shape[0] != step[1]:
+            image = cv2.resize(image, step, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(image)
 
 
 def to_model_input(resized_rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
@@ -160,5 +169,5 @@ def preprocess(
     data: bytes, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True
 ) -> np.ndarray:
     """Image bytes -> one float32 model input (no batch axis). The function everything shares."""
-    rgb = decode_image(data, spec.input_size, max_pixels, reduced)
-    return to_model_input(resize_rgb(rgb, spec.input_size), spec)
+    rgb = decode_image(data, spec.resample_via or spec.input_size, max_pixels, reduced)
+    return to_model_input(resize_rgb(rgb, spec.input_size, spec.resample_via), spec)

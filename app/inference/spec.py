@@ -56,6 +56,9 @@ class ModelSpec:
     input_scale: float = 1.0
     input_offset: float = 0.0
     resize: str = "INTER_AREA"
+    # (width, height) the training images were stored at: uploads are first resized to it, so
+    # the model sees the same resampling as in training (HAM10000 ships 200x150 copies).
+    resample_via: tuple[int, int] | None = None
     temperature: float | None = None  # already folded into the logits when present
     mel_threshold: float | None = None
     version: str = "0"
@@ -87,8 +90,8 @@ class ModelSpec:
             raise ModelSpecError(
                 "model has no skinlesion.* metadata; convert it with `python -m conversion convert`"
             )
-        for key in ("labels", "label_names"):
-            if key in values:
+        for key in ("labels", "label_names", "resample_via"):
+            if values.get(key) is not None:
                 values[key] = tuple(values[key])
         spec = cls(**values)
         if len(spec.labels) != len(spec.label_names):

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--split", type=Path, default=None, help="split CSV (default: committed)")
     tr.add_argument("--limit", type=int, default=None, help="images per part (smoke tests)")
     tr.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True)
+    tr.add_argument("--degrade", action=argparse.BooleanOptionalAction, default=True,
+                    help="JPEG re-compression and rescaling augmentation")
 
     card = sub.add_parser("card", help="measure a converted model for the model card")
     card.add_argument("model", type=Path, help="ONNX model (the one the server loads)")
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         nv_per_epoch=args.nv_per_epoch,
         limit=args.limit,
         cache=args.cache,
+        degrade=args.degrade,
     )
     summary = train(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))

@@ -48,6 +48,7 @@ class TrainConfig:
     nv_per_epoch: int = 1500  # balanced sampling: a fresh random nv subset each epoch
     mel_sensitivity: float = 0.85
     limit: int | None = None  # per-part image cap, for smoke tests
+    degrade: bool = True  # JPEG re-compression and down/up-scaling, like real uploads
     cache: bool = True
 
 
@@ -88,6 +89,31 @@ def _augmenter(size: tuple[int, int]):  # type: ignore[no-untyped-def]
         return tf.clip_by_value(x, 0.0, 1.0) * 255.0, labels
 
     return augment
+
+
+def _degrader(size: tuple[int, int]):  # type: ignore[no-untyped-def]
+    """Per-image degradations: uploads are re-encoded and resampled unlike the dataset copies."""
+    import tensorflow as tf
+
+    width, height = size
+
+    def degrade(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.cond(
+            tf.random.uniform(()) < 0.5,
+            lambda: tf.image.random_jpeg_quality(image, 60, 95),
+            lambda: image,
+        )
+        scale = tf.random.uniform((), 0.6, 1.0)
+        small = tf.cast(tf.round(tf.constant([height, width], tf.float32) * scale), tf.int32)
+        resampled = tf.image.resize(tf.image.resize(image, small, "area"), (height, width))
+        image = tf.cond(
+            tf.random.uniform(()) < 0.3,
+            lambda: tf.cast(tf.clip_by_value(tf.round(resampled), 0, 255), tf.uint8),
+            lambda: image,
+        )
+        return image, label
+
+    return degrade
 
 
 def _epoch_indices(labels: np.ndarray, nv_per_epoch: int, rng: np.random.Generator) -> np.ndarray:
@@ -139,6 +165,8 @@ def train(cfg: TrainConfig) -> dict[str, object]:
 
     def dataset(epoch_idx: np.ndarray) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((x_train[epoch_idx], y_train[epoch_idx]))
+        if cfg.degrade:
+            ds = ds.map(_degrader(cfg.size), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(cfg.batch).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(2)
 

@@ -49,8 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--split", type=Path, default=None, help="split CSV (default: committed)")
     tr.add_argument("--limit", type=int, default=None, help="images per part (smoke tests)")
     tr.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True)
-    tr.add_argument("--degrade", action=argparse.BooleanOptionalAction, default=True,
-                    help="JPEG re-compression and rescaling augmentation")
+    tr.add_argument(
+        "--degrade",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="JPEG re-compression and rescaling augmentation",
+    )
 
     card = sub.add_parser("card", help="measure a converted model for the model card")
     card.add_argument("model", type=Path, help="ONNX model (the one the server loads)")

@@ -48,7 +48,7 @@ class TrainConfig:
     nv_per_epoch: int = 1500  # balanced sampling: a fresh random nv subset each epoch
     mel_sensitivity: float = 0.85
     limit: int | None = None  # per-part image cap, for smoke tests
-    degrade: bool = True  # JPEG re-compression and down/up-scaling, like real uploads
+    degrade: bool = False  # JPEG re-compression and down/up-scaling, like real uploads
     cache: bool = True
 
 

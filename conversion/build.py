@@ -16,10 +16,11 @@ from typing import Any
 
 import onnx
 
+from app.inference.classifier import file_sha256 as sha256_file
 from app.inference.spec import ModelSpec
 from conversion.convert import DEFAULT_OPSET, Layout, convert
 from conversion.errors import GateError
-from conversion.files import sha256_file, write_text
+from conversion.files import write_text
 from conversion.images import read_labels
 from conversion.quantize import QuantConfig, calibration_paths, quantize
 from conversion.runtime import measure_latency

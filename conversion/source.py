@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from app.inference.classifier import file_sha256 as sha256_file
 from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES, ModelSpec
 from conversion.errors import ConversionError
-from conversion.files import sha256_file
 
 if TYPE_CHECKING:
     import keras

@@ -17,11 +17,11 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 
 from app.inference.classifier import Classifier
+from app.inference.classifier import file_sha256 as sha256_file
 from app.inference.preprocess import preprocess
 from app.inference.spec import HAM10000_LABELS, ModelSpec
 from conversion.__main__ import main
 from conversion.convert import convert, read_spec
-from conversion.files import sha256_file
 from conversion.images import Sample
 from conversion.quantize import QuantConfig, quantize
 from conversion.source import SPEC_ATTR, SpecOverrides

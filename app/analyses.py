@@ -19,7 +19,7 @@ from app.errors import NotFoundError
 from app.inference.classifier import Classifier, Prediction
 from app.inference.preprocess import ImageError, preprocess, read_header
 from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
-from app.reports.pdf import ReportData, build_report
+from app.reports.data import ReportData
 from app.storage import EncryptedStore
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,14 @@ async def delete_owned(store: EncryptedStore, raw_id: str, owner_id: int) -> dic
     return row
 
 
+def _render_report(data: ReportData) -> bytes:
+    # borb costs ~0.2 s to import: pay it with the first report, off the event loop, not at
+    # start-up. Importing app.reports.pdf also switches borb's telemetry off.
+    from app.reports.pdf import build_report
+
+    return build_report(data)
+
+
 async def report_pdf(store: EncryptedStore, row: dict[str, Any]) -> bytes:
     """The stored (encrypted) PDF, rendered off the event loop and saved if missing."""
     name = row.get("report_path")
@@ -180,7 +188,7 @@ async def report_pdf(store: EncryptedStore, row: dict[str, Any]) -> bytes:
         model_version=row["model_version"],
         model_sha256=row["model_sha256"],
     )
-    pdf = await asyncio.to_thread(build_report, data)
+    pdf = await asyncio.to_thread(_render_report, data)
     new_name = await asyncio.to_thread(store.put, pdf, ".pdf")
     await (
         Analysis.update({Analysis.report_path: new_name})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from dataclasses import dataclass
 
 from borb.pdf import UsageStatistics
 
@@ -30,6 +29,8 @@ from borb.pdf import (  # noqa: E402  (opt out before anything else of borb runs
 )
 from PIL import Image as PILImage  # noqa: E402
 
+from app.reports.data import ReportData  # noqa: E402
+
 APP_NAME = "Skin Lesion Second Opinion"
 DISCLAIMER = (
     "Disclaimer: this result is a second opinion, not a diagnosis. It was produced by a "
@@ -37,27 +38,6 @@ DISCLAIMER = (
     "qualified dermatologist."
 )
 RISK_COLOURS = {"malignant": "#B02A37", "pre-cancerous": "#B35C00", "benign": "#146C43"}
-
-
-@dataclass(frozen=True, slots=True)
-class ReportData:
-    report_id: str
-    patient: str
-    clinician: str
-    created_at: dt.datetime
-    image: bytes  # decrypted original JPEG/PNG
-    image_sha256: str
-    predicted_class: str
-    predicted_name: str
-    risk_group: str
-    confidence: float
-    probabilities: dict[str, float]  # label -> probability, in the model's label order
-    label_names: dict[str, str]
-    melanoma_flag: bool
-    melanoma_threshold: float | None
-    model_name: str
-    model_version: str
-    model_sha256: str
 
 
 def _thumbnail(data: bytes, box: tuple[int, int] = (220, 165)) -> PILImage.Image:

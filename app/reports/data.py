@@ -1,0 +1,27 @@
+"""What a report shows, independent of the PDF library."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ReportData:
+    report_id: str
+    patient: str
+    clinician: str
+    created_at: dt.datetime
+    image: bytes  # decrypted original JPEG/PNG
+    image_sha256: str
+    predicted_class: str
+    predicted_name: str
+    risk_group: str
+    confidence: float
+    probabilities: dict[str, float]  # label -> probability, in the model's label order
+    label_names: dict[str, str]
+    melanoma_flag: bool
+    melanoma_threshold: float | None
+    model_name: str
+    model_version: str
+    model_sha256: str

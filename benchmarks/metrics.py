@@ -12,6 +12,13 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, r
 
 ECE_BINS = 15
 
+# INT8-vs-FP32 accuracy gates from the conversion issue, as fractions (1 point = 0.01); shared by
+# `conversion verify` (which enforces them) and `benchmarks` (which reports them).
+INT8_MIN_TOP1 = 0.98
+INT8_MAX_BMA_DROP = 0.01
+INT8_MAX_RECALL_DROP = 0.02
+INT8_MAX_MEL_RECALL_DROP = 0.01
+
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     """Top-label ECE with equal-width confidence bins (Guo et al. 2017)."""

@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# Accuracy gates for INT8 against FP32 (conversion issue), in the units of benchmarks.metrics.
-GATE_TOP1_AGREEMENT = 0.98
-GATE_BMA_DROP = 0.01
-GATE_CLASS_RECALL_DROP = 0.02
-GATE_MEL_RECALL_DROP = 0.01
+from benchmarks.metrics import (
+    INT8_MAX_BMA_DROP,
+    INT8_MAX_MEL_RECALL_DROP,
+    INT8_MAX_RECALL_DROP,
+    INT8_MIN_TOP1,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +145,10 @@ def _accuracy_gates(run: dict[str, Any]) -> Verdict:
         )
     agree, bma, cls, mel = (float(values[k]) for k in needed)
     ok = (
-        agree >= GATE_TOP1_AGREEMENT * 100
-        and bma <= GATE_BMA_DROP * 100
-        and cls <= GATE_CLASS_RECALL_DROP * 100
-        and mel <= GATE_MEL_RECALL_DROP * 100
+        agree >= INT8_MIN_TOP1 * 100
+        and bma <= INT8_MAX_BMA_DROP * 100
+        and cls <= INT8_MAX_RECALL_DROP * 100
+        and mel <= INT8_MAX_MEL_RECALL_DROP * 100
     )
     measured = f"top-1 {agree:.1f} %, BMA −{bma:.1f}, class −{cls:.1f}, mel −{mel:.1f} pt"
     return Verdict(

@@ -21,7 +21,6 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from app.inference.classifier import Classifier
-from app.inference.preprocess import preprocess
 from benchmarks.metrics import (
     balanced_accuracy,
     classification_metrics,
@@ -29,22 +28,17 @@ from benchmarks.metrics import (
     macro_ovr_auc,
     sensitivity_specificity,
 )
+from conversion.images import preprocess_paths
+from conversion.runtime import predict_onnx
 from training.calibration import reliability_curve, softmax, threshold_for_sensitivity
 from training.split import read_split
 
 log = logging.getLogger(__name__)
 
 
-def predict_files(
-    classifier: Classifier, paths: list[Path], desc: str, batch: int = 32
-) -> np.ndarray:
+def predict_files(classifier: Classifier, paths: list[Path], desc: str) -> np.ndarray:
     """Probabilities for image files, through the exact serving preprocessing."""
-    out = []
-    for start in tqdm(range(0, len(paths), batch), desc=desc, unit="batch"):
-        chunk = paths[start : start + batch]
-        x = np.stack([preprocess(p.read_bytes(), classifier.spec) for p in chunk])
-        out.append(classifier.run(x))
-    return np.concatenate(out)
+    return predict_onnx(classifier.session, preprocess_paths(paths, classifier.spec, desc))
 
 
 def uncalibrated(probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES
+from benchmarks.metrics import balanced_accuracy
 from training.calibration import (
     expected_calibration_error,
     fit_temperature,
@@ -59,11 +60,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     tf.random.set_seed(seed)
-
-
-def balanced_multiclass_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
-    present = np.unique(labels)
-    return float(np.mean([(preds[labels == c] == c).mean() for c in present]))
 
 
 def _augmenter(size: tuple[int, int]):  # type: ignore[no-untyped-def]
@@ -202,7 +198,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
             callbacks=[TqdmCallback(verbose=1, desc=f"epoch {epoch + 1}/{total_epochs}")],
         )
         val_probs = model.predict(x_val.astype(np.float32), batch_size=128, verbose=0)
-        bma = balanced_multiclass_accuracy(y_val, val_probs.argmax(1))
+        bma = balanced_accuracy(y_val, val_probs.argmax(1), len(HAM10000_LABELS))
         history.append(
             {
                 "epoch": epoch + 1,

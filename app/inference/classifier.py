@@ -57,6 +57,12 @@ def choose_providers(requested: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+# TF32 (on by default in onnxruntime's CUDA provider) moved probabilities by up to 0.004 from the
+# CPU's on an H100, enough to flip a melanoma flag near its threshold; FP32 costs this small model
+# nothing worth having.
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -65,24 +71,47 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _open_session(model_path: Path, requested: str, threads: int) -> ort.InferenceSession:
+    """An onnxruntime session on the requested providers; ``auto`` falls back to the CPU."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    wanted = choose_providers(requested)
+    try:
+        session = ort.InferenceSession(
+            str(model_path),
+            options,
+            providers=wanted,
+            provider_options=[PROVIDER_OPTIONS.get(name, {}) for name in wanted],
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if requested != "auto" or wanted[0] == "CPUExecutionProvider":
+            raise ModelLoadError(f"cannot load {model_path}: {reason}") from exc
+        # onnxruntime-gpu installed but no usable GPU (a CUDA image run without --gpus, say).
+        log.warning("%s failed (%s); falling back to the CPU", wanted[0], reason)
+        return _open_session(model_path, "cpu", threads)
+    started = session.get_providers()[0]
+    if started != wanted[0]:
+        # onnxruntime also falls back to the CPU with only a log line when the CUDA or cuDNN
+        # libraries cannot be loaded: never let `cuda` quietly mean the CPU.
+        if requested == "cuda":
+            raise ModelLoadError(
+                f"APP_PROVIDERS=cuda but onnxruntime could not start {wanted[0]} "
+                f"(no GPU, or CUDA/cuDNN libraries missing?); it fell back to {started}"
+            )
+        log.warning("%s failed to start; running on %s", wanted[0], started)
+    return session
+
+
 class Classifier:
     """Wraps an onnxruntime session; thread-safe for concurrent ``run`` calls."""
 
     def __init__(self, model_path: Path, providers: str = "auto", threads: int = 1) -> None:
         if not model_path.is_file():
             raise ModelLoadError(f"model file not found: {model_path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(
-                str(model_path), options, providers=choose_providers(providers)
-            )
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelLoadError(f"cannot load {model_path}: {str(exc).splitlines()[0]}") from exc
+        self.session = _open_session(model_path, providers, threads)
         try:
             meta = self.session.get_modelmeta().custom_metadata_map
             self.spec = ModelSpec.from_metadata(dict(meta))

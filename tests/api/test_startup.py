@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,3 +66,18 @@ def test_classifier_refuses_a_model_without_metadata(tmp_path: Path, model_path:
     onnx.save(model, str(path))
     with pytest.raises(ModelLoadError, match="metadata"):
         Classifier(path, "cpu", 1)
+
+
+def test_app_starts_without_pydantic(tmp_path: Path) -> None:
+    # Start-up cost is a target (issue 5): Litestar's pydantic plugins are left out on purpose
+    # (app/main.py). A fresh interpreter, because this suite's other imports may load pydantic.
+    code = (
+        "import sys; from app.main import create_app; from app.config import Settings; "
+        "create_app(Settings.from_env()); print('pydantic' in sys.modules)"
+    )
+    env = {**os.environ, "APP_DEV": "1", "APP_DATA_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

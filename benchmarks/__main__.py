@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("httpx", "matplotlib", "absl", "tensorflow", "PIL"):
+    for noisy in ("httpx", "aiohttp", "matplotlib", "absl", "tensorflow", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "accuracy":
         return int(args.func(args))

@@ -28,6 +28,7 @@ LIBRARIES = (
     "flask",
     "pillow",
     "httpx",
+    "aiohttp",
 )
 
 

@@ -182,7 +182,7 @@ def service_suite(
         "requests_per_level": requests,
         "baseline_requests_per_level": baseline_requests,
         "time_cap_s_per_level": cap,
-        "client": "httpx.AsyncClient, keep-alive, in the same machine",
+        "client": "aiohttp.ClientSession, keep-alive, in the same machine",
     }
     if models.serving is None:
         suite.skip("all", "no model to serve")

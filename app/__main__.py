@@ -19,7 +19,10 @@ def serve(settings: Settings) -> int:
     """
     import uvicorn
 
+    from app.db.drivers import hide_unused_postgres_driver
     from app.inference.classifier import Classifier, ModelLoadError
+
+    hide_unused_postgres_driver(settings.database_url)
     from app.main import create_app
 
     # Refuse to start with a one-line reason before binding the port.

@@ -14,15 +14,12 @@ from piccolo.engine.sqlite import SQLiteEngine
 from piccolo.table import Table
 
 from app.config import ConfigError, Settings
+from app.db.drivers import is_postgres
 
 log = logging.getLogger(__name__)
 
 PICCOLO_CONF = "app.db.piccolo_conf"
 SQLITE_BUSY_TIMEOUT_S = 10.0
-
-
-def is_postgres(url: str | None) -> bool:
-    return bool(url) and url.split(":", 1)[0] in {"postgres", "postgresql"}  # type: ignore[union-attr]
 
 
 def make_engine(settings: Settings) -> Engine[Any]:

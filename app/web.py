@@ -30,6 +30,7 @@ from app.auth.throttle import LoginThrottle
 from app.config import ConfigError, Settings
 from app.db import engine as db_engine
 from app.db.migrate import apply_migrations, pending_migrations
+from app.inference.classifier import DISCLAIMER
 from app.storage import EncryptedStore, parse_key
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ TEMPLATES_DIR = PACKAGE_DIR / "templates"
 STATIC_DIR = PACKAGE_DIR / "static"
 # Token-authenticated or anonymous machine endpoints: no session, no CSRF, JSON errors.
 MACHINE_PREFIXES = ("/api", "/health", "/metrics", "/ws", "/schema", "/v1", "/v2")
-DISCLAIMER = "This result is a second opinion, not a diagnosis."
 
 
 def _derive(secret: str, label: str) -> bytes:

@@ -16,6 +16,10 @@ from app.inference.spec import RISK_GROUPS, ModelSpec, ModelSpecError
 log = logging.getLogger(__name__)
 
 
+# Shown wherever a person sees a result: pages, reports, and every API and WebSocket answer.
+DISCLAIMER = "This result is a second opinion, not a diagnosis."
+
+
 class ModelLoadError(RuntimeError):
     """The model is missing, corrupt or not a 7-class image classifier; start-up must stop."""
 

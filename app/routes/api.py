@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from litestar import Request, Router, WebSocket, post, websocket
@@ -27,7 +27,7 @@ from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMul
 
 from app.config import Settings
 from app.errors import AppError, NotReadyError
-from app.inference.classifier import Classifier
+from app.inference.classifier import DISCLAIMER, Classifier
 from app.inference.preprocess import ImageError
 from app.inference.service import Analysis, InferenceService
 from app.metrics import Metrics
@@ -95,6 +95,7 @@ class PredictResponse:
     melanoma_threshold: float | None
     model: ModelInfo
     timing: Timing
+    disclaimer: str = DISCLAIMER
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,27 +384,7 @@ class LiveSession:
             analysis = await self.service.analyse(data)
         except (ImageError, AppError) as exc:
             return head | {"error": exc.code, "detail": str(exc)}
-        body = to_response(analysis, self.model)
-        return head | {
-            "label": body.label,
-            "name": body.name,
-            "risk_group": body.risk_group,
-            "confidence": body.confidence,
-            "probabilities": body.probabilities,
-            "melanoma_flag": body.melanoma_flag,
-            "melanoma_threshold": body.melanoma_threshold,
-            "model": {
-                "name": self.model.name,
-                "version": self.model.version,
-                "sha256": self.model.sha256,
-            },
-            "timing": {
-                "decode_ms": body.timing.decode_ms,
-                "inference_ms": body.timing.inference_ms,
-                "queue_ms": body.timing.queue_ms,
-                "batch_size": body.timing.batch_size,
-            },
-        }
+        return head | asdict(to_response(analysis, self.model))
 
     async def run(self) -> None:
         receiver = asyncio.get_running_loop().create_task(self._receive())

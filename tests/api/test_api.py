@@ -60,6 +60,7 @@ def test_predict_returns_the_full_answer(
     assert body["model"]["sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
     assert body["timing"]["decode_ms"] > 0 and body["timing"]["inference_ms"] > 0
     assert body["timing"]["batch_size"] >= 1
+    assert "second opinion, not a diagnosis" in body["disclaimer"]  # a kiosk UI shows it
 
 
 def test_predict_equals_the_shared_in_process_pipeline(

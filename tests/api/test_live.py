@@ -34,6 +34,7 @@ def test_live_answers_every_frame_of_a_paced_stream(
             assert reply["frame"] == n and reply["dropped"] == 0
             assert reply["label"] in reply["probabilities"]
             assert reply["model"]["sha256"] and reply["timing"]["inference_ms"] > 0
+            assert "not a diagnosis" in reply["disclaimer"]
         assert reply["dropped_total"] == 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class ModelSet:
                 if path
                 else None
             )
+        if self.int8 is not None:
+            out["int8"]["quantization"] = quantization_scheme(self.int8)
         return out
 
     @property
@@ -225,3 +228,34 @@ def resolve_models(
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"{name} model not found: {path}")
     return models
+
+
+def quantization_scheme(path: Path) -> dict[str, list[str]]:
+    """Integer types of a QDQ model's activations and weights, read from the graph.
+
+    "INT8" files differ: the build keeps the best-agreeing attempt, which may have 16-bit
+    activations (A16W8), and onnxruntime's CPU provider has no 16-bit integer kernels, so such
+    a model runs as float convolutions between Q/DQ pairs. The report says which it timed.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name: i for i in graph.initializer}
+
+    def dtype(name: str) -> str:
+        return str(onnx.TensorProto.DataType.Name(inits[name].data_type)).lower()
+
+    activations = {
+        dtype(n.input[2])
+        for n in graph.node
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits
+    }
+    weights = {  # quantised kernels: multi-element initialisers of rank >= 2 behind a DQ
+        dtype(n.input[0])
+        for n in graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and len(inits[n.input[0]].dims) > 1
+        and math.prod(inits[n.input[0]].dims) > 1
+    }
+    return {"activations": sorted(activations), "weights": sorted(weights)}

@@ -436,6 +436,16 @@ def render(run: dict[str, Any], plots: list[str]) -> str:
                 else "none"
             )
         )
+    scheme = (models.get("int8") or {}).get("quantization")
+    if scheme:
+        acts, weights = "/".join(scheme["activations"]), "/".join(scheme["weights"])
+        lines.append(f"- int8 file's integer types: activations {acts}, weights {weights}")
+        if any(a.endswith("16") for a in scheme["activations"]):
+            lines.append(
+                "  - 16-bit activations (the build's A16W8 fallback): onnxruntime's CPU provider "
+                "has no 16-bit integer kernels and runs this file as float convolutions between "
+                "Q/DQ pairs, so its timings below are not INT8 kernel speed."
+            )
     lines += [f"- manifest: `{models.get('manifest')}`", ""]
     sections = (
         ("Model: Keras vs ONNX Runtime FP32 and INT8", _model_section),

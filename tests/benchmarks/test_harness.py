@@ -116,3 +116,14 @@ def test_targets_unmeasured_are_never_met() -> None:
     }
     p50 = evaluate_targets(run)[0]
     assert p50.met is False and p50.measured == "12.0 ms"
+
+
+def test_quantization_scheme_reads_the_int8_files_integer_types() -> None:
+    # The shipped "int8" file is the build's A16W8 fallback (models/manifest.json says so):
+    # the report must not present its timings as INT8 kernel speed.
+    from benchmarks.artifacts import REPO, quantization_scheme
+
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())
+    scheme = quantization_scheme(REPO / "models" / "skin_lesion_int8.onnx")
+    assert scheme["activations"] == [manifest["quantization"]["activation_type"]]
+    assert scheme["weights"] == [manifest["quantization"]["weight_type"]]

@@ -137,7 +137,8 @@ def load_service(
     cv2.setNumThreads(1)
     if classifier is None:
         classifier = Classifier(settings.model_path, settings.providers, threads=1)
+    # Batches of 1 and 2, what a kiosk sees. Memory follows load: warming the largest
+    # micro-batch too held 5 MB more RSS (measured, startup suite) for a one-off allocation
+    # that the first busy batch of that size pays instead.
     classifier.warm_up()
-    # ORT sizes its buffers per shape: pay for the largest micro-batch now, not on a busy request.
-    classifier.run(np.zeros((settings.microbatch_max, *classifier.input_shape), np.float32))
     return InferenceService(classifier, settings, observer)

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import aiohttp
+import psutil
 
 from benchmarks.images import Sample
 
@@ -38,6 +39,9 @@ class LoadResult:
     statuses: Counter[str] = field(default_factory=Counter)
     duration_s: float = 0.0
     capped: bool = False
+    # CPU seconds (user + system) spent during the recorded requests, by each side.
+    server_cpu_s: float | None = None
+    client_cpu_s: float | None = None
 
     @property
     def ok(self) -> int:
@@ -52,6 +56,18 @@ class LoadResult:
         """Successful responses per second of wall time."""
         return self.ok / self.duration_s if self.duration_s > 0 else 0.0
 
+    def cpu_ms_per_request(self, side: str) -> float | None:
+        """CPU milliseconds per answered request on ``side`` ("server" or "client")."""
+        seconds = self.server_cpu_s if side == "server" else self.client_cpu_s
+        answered = sum(self.statuses.values())
+        return seconds * 1e3 / answered if seconds is not None and answered else None
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU of a process, its threads and its waited-for children."""
+    t = proc.cpu_times()
+    return float(t.user + t.system + t.children_user + t.children_system)
+
 
 async def _drive(
     url: str,
@@ -61,6 +77,7 @@ async def _drive(
     time_cap_s: float,
     warmup: int,
     timeout_s: float,
+    server: psutil.Process | None,
 ) -> LoadResult:
     headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     result = LoadResult(concurrency)
@@ -97,10 +114,16 @@ async def _drive(
         deadline = time.perf_counter() + min(time_cap_s, 30.0)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         next_index, budget, record = 0, requests, True
+        this_process = psutil.Process()
+        client_cpu = _cpu_seconds(this_process)
+        server_cpu = _cpu_seconds(server) if server is not None else None
         start = time.perf_counter()
         deadline = start + time_cap_s
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.duration_s = time.perf_counter() - start
+        result.client_cpu_s = _cpu_seconds(this_process) - client_cpu
+        if server is not None and server_cpu is not None:
+            result.server_cpu_s = _cpu_seconds(server) - server_cpu
         result.capped = next_index < requests
     return result
 
@@ -113,15 +136,22 @@ def run_load(
     time_cap_s: float,
     warmup: int | None = None,
     timeout_s: float = 30.0,
+    server_pid: int | None = None,
 ) -> LoadResult:
-    """Send ``requests`` POSTs (fewer if ``time_cap_s`` runs out) with ``concurrency`` in flight."""
+    """Send ``requests`` POSTs (fewer if ``time_cap_s`` runs out) with ``concurrency`` in flight.
+
+    With ``server_pid``, the server's CPU time is read around the recorded requests too, so a
+    level says where the machine's two cores went: server, client, or idle.
+    """
     if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         raise ValueError(f"load only goes to the loopback interface, not {url}")
     warm = warmup if warmup is not None else 2 * concurrency
     # The outer cap also bounds requests that are already in flight when time runs out.
     outer = time_cap_s + min(time_cap_s, 30.0) + 2 * timeout_s
+    server = psutil.Process(server_pid) if server_pid is not None else None
     return asyncio.run(
         asyncio.wait_for(
-            _drive(url, bodies, concurrency, requests, time_cap_s, warm, timeout_s), outer
+            _drive(url, bodies, concurrency, requests, time_cap_s, warm, timeout_s, server),
+            outer,
         )
     )

@@ -183,6 +183,8 @@ def _service_section(run: dict[str, Any]) -> list[str]:
                     _f(lat.get("p95")),
                     _f(lat.get("p99")),
                     _f(rps.get("median"), 1),
+                    _f(figs.get(f"{target}/c{c}/server_cpu_per_request", {}).get("median")),
+                    _f(figs.get(f"{target}/c{c}/client_cpu_per_request", {}).get("median")),
                     str(lat.get("n", 0)),
                     ", ".join(f"{s}: {n}" for s, n in errors.items()) or "0",
                 ]
@@ -193,7 +195,7 @@ def _service_section(run: dict[str, Any]) -> list[str]:
         if k.startswith("ceiling/")
     ]
     ratios = []
-    levels = sorted({int(k.split("/")[1][1:]) for k in figs if k.startswith("ratio/c")})
+    levels = sorted({int(m[1]) for k in figs if (m := re.match(r"ratio/c(\d+)/", k))})
     for c in levels:
         ratios.append(
             [
@@ -218,14 +220,21 @@ def _service_section(run: dict[str, Any]) -> list[str]:
                 "p95 ms",
                 "p99 ms",
                 "req/s",
+                "server CPU ms/req",
+                "client CPU ms/req",
                 "n",
                 "errors by status",
             ],
             rows,
         ),
+        "CPU ms/req: user + system CPU time of the server process (all its threads) and of the "
+        "load generator over the recorded requests, per request. Two cores give at most "
+        "2000 ms of CPU per second, so 2000 / (server + client) bounds the req/s of a level.",
+        "",
         "In-process ceiling (decode + preprocess + infer, no HTTP), images/s:",
         "",
         *_table(["layout", "img/s"], ceiling),
+        *_ceiling_bound(figs),
         *_table(
             [
                 "concurrency",
@@ -235,6 +244,17 @@ def _service_section(run: dict[str, Any]) -> list[str]:
             ],
             ratios,
         ),
+    ]
+
+
+def _ceiling_bound(figs: dict[str, Any]) -> list[str]:
+    bound = figs.get("ratio/ceiling_vs_baseline_peak", {}).get("median")
+    if bound is None:
+        return []
+    return [
+        f"The best in-process layout is **{bound:.1f}×** the baseline's peak req/s: the most "
+        "any HTTP server could reach in this run if HTTP and the load generator cost no CPU.",
+        "",
     ]
 
 

@@ -136,7 +136,12 @@ def load_target(
             between()
         for c in tqdm(concurrency, desc=f"load {target.name}", unit="level"):
             result = run_load(
-                target.base_url + target.predict_path, bodies, c, requests, time_cap_s
+                target.base_url + target.predict_path,
+                bodies,
+                c,
+                requests,
+                time_cap_s,
+                server_pid=server.proc.pid,
             )
             out[c] = result
             statuses[f"c{c}"] = dict(result.statuses)
@@ -144,6 +149,11 @@ def load_target(
             if result.latencies_ms:
                 suite.add_samples(f"{key}/latency", result.latencies_ms, "ms")
             suite.add(f"{key}/throughput", Figure.value(result.rps, "req/s", result.ok))
+            for side in ("server", "client"):
+                ms = result.cpu_ms_per_request(side)
+                if ms is not None:
+                    figure = Figure.value(ms, "ms CPU", result.ok)
+                    suite.add(f"{key}/{side}_cpu_per_request", figure)
             suite.add(
                 f"{key}/errors",
                 Figure.value(result.errors, "requests", max(1, sum(result.statuses.values()))),
@@ -209,6 +219,12 @@ def service_suite(
                 base = load_target(baseline, samples, concurrency, baseline_requests, cap, suite)
             except ServerError as exc:
                 suite.skip("baseline", str(exc).splitlines()[0])
+    if base:
+        # What a server with no HTTP cost at all (and no client on its cores) would reach.
+        suite.add(
+            "ratio/ceiling_vs_baseline_peak",
+            Figure.value(ratio(best, max(r.rps for r in base.values())), "x"),
+        )
     for c, result in service.items():
         suite.add(f"ratio/c{c}/service_vs_ceiling", Figure.value(ratio(result.rps, best), "x"))
         if c in base:

@@ -106,10 +106,12 @@ def test_quick_run_has_the_key_figures_of_each_suite(
             for p in ("opencv_reduced", "opencv_full", "upstream_keras")
         ],
     )
-    service = [f"service/c{c}/{m}" for c in (1, 4, 8, 16) for m in ("latency", "throughput")]
+    measures = ("latency", "throughput", "server_cpu_per_request", "client_cpu_per_request")
+    service = [f"service/c{c}/{m}" for c in (1, 4, 8, 16) for m in measures]
     service += ["ceiling/best/throughput", *(f"ratio/c{c}/service_vs_ceiling" for c in (1, 4, 16))]
     if models.keras:
         service += [f"baseline/c{c}/throughput" for c in (1, 4, 16)]
+        service += ["ratio/ceiling_vs_baseline_peak"]
     _expect(run, "service", service)
     startup = [
         f"service/{m}" for m in ("ready_s", "rss_after_warmup", "rss_after_requests", "rss_peak")
@@ -134,6 +136,16 @@ def test_quick_run_service_answered_every_request(quick_run: tuple[dict[str, Any
     statuses = run["suites"]["service"]["params"]["status_counts"]["service"]
     for level, counts in statuses.items():
         assert counts and all(code.startswith("2") for code in counts), (level, counts)
+
+
+def test_quick_run_accounts_the_servers_cpu(quick_run: tuple[dict[str, Any], Path]) -> None:
+    # Decoding one 600x450 JPEG alone costs over a millisecond of CPU, so a server that is
+    # charged (almost) nothing per request was not the process that answered.
+    run, _ = quick_run
+    figures = run["suites"]["service"]["figures"]
+    for c in (1, 4, 8, 16):
+        assert figures[f"service/c{c}/server_cpu_per_request"]["median"] > 1.0, c
+        assert figures[f"service/c{c}/client_cpu_per_request"]["median"] >= 0.0, c
 
 
 def test_quick_run_writes_report_and_plots(quick_run: tuple[dict[str, Any], Path]) -> None:

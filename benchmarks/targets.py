@@ -27,7 +27,11 @@ class Verdict:
         return {True: "met", False: "**MISSED**", None: "not measured"}[self.met]
 
 
-GATES_TEXT = "top-1 ≥ 98 %; drops ≤ 1 (BMA), ≤ 2 (any class), ≤ 1 (mel recall) pt"
+GATES_TEXT = (
+    f"top-1 ≥ {INT8_MIN_TOP1 * 100:g} %; drops ≤ {INT8_MAX_BMA_DROP * 100:g} (BMA), "
+    f"≤ {INT8_MAX_RECALL_DROP * 100:g} (any class), ≤ {INT8_MAX_MEL_RECALL_DROP * 100:g} "
+    "(mel recall) pt"
+)
 
 
 def _fig(run: dict[str, Any], suite: str, key: str, stat: str = "median") -> float | None:

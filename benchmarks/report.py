@@ -494,14 +494,15 @@ def render(run: dict[str, Any], plots: list[str]) -> str:
         "## Reproduce",
         "",
         "```sh",
-        "python -m benchmarks run                 # every suite (about 15-25 minutes here)",
+        "python -m benchmarks run                 # every suite (5 to 16 minutes, by machine)",
         "python -m benchmarks run --quick         # tiny versions, < 3 min, into benchmarks/.work/",
         "python -m benchmarks model|preprocess|service|startup|footprint [--quick]",
         "python -m benchmarks accuracy MODEL --images DIR --labels CSV [--json OUT]",
         "python -m benchmarks report              # rebuild this file and the plots",
         "```",
         "",
-        f"This run: `{run.get('command', 'python -m benchmarks run')}`.",
+        f"This run: `{run.get('command', 'python -m benchmarks run')}`"
+        + (f", {run['duration_s'] / 60:.1f} min." if run.get("duration_s") else "."),
         "",
     ]
     return "\n".join(lines)

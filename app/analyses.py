@@ -190,11 +190,20 @@ async def report_pdf(store: EncryptedStore, row: dict[str, Any]) -> bytes:
     )
     pdf = await asyncio.to_thread(_render_report, data)
     new_name = await asyncio.to_thread(store.put, pdf, ".pdf")
+    # Claim the slot only if nobody else did meanwhile (two tabs, a double click, a delete):
+    # a PDF that no row points at would survive the analysis's deletion.
+    analysis_id = parse_id(row["id"])
+    unchanged = Analysis.report_path.is_null() if not name else Analysis.report_path == name
     await (
         Analysis.update({Analysis.report_path: new_name})
-        .where(Analysis.id == parse_id(row["id"]))
+        .where((Analysis.id == analysis_id) & unchanged)
         .run()
     )
-    if name and name != new_name:
-        store.delete(name)
+    now = (
+        await Analysis.select(Analysis.report_path).where(Analysis.id == analysis_id).first().run()
+    )
+    if now is None or now["report_path"] != new_name:
+        store.delete(new_name)  # lost the race, or the analysis was deleted
+    elif name:
+        store.delete(name)  # the old name's file was missing; drop any trace of it
     return pdf

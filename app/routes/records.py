@@ -11,6 +11,7 @@ from litestar.datastructures import State
 from app import analyses
 from app.auth.tokens import api_token_guard
 from app.db.tables import Analysis
+from app.inference.classifier import DISCLAIMER
 
 _PUBLIC_FIELDS = (
     "id",
@@ -35,6 +36,7 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: row.get(k) for k in _PUBLIC_FIELDS}
     created = out["created_at"]
     out["created_at"] = created.isoformat() if isinstance(created, dt.datetime) else created
+    out["disclaimer"] = DISCLAIMER  # a stored prediction is still only a second opinion
     return out
 
 

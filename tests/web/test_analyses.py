@@ -75,6 +75,7 @@ def test_analysis_result_page_and_pdf(
     assert row["model_sha256"] in flat
     assert row["image_sha256"] in flat
     assert "second opinion, not a diagnosis" in flat
+    assert "second opinion, not a diagnosis" in row["disclaimer"]  # the stored-analysis API too
 
 
 def test_analysis_report_rebuilt_when_missing(
@@ -316,3 +317,29 @@ def test_analysis_concurrent_uploads_do_not_mix(
             history = client.get("/history").text
             assert history.count(f"<td>{who}-patient-") == 6
             assert f"{other}-patient-" not in history
+
+
+def test_concurrent_report_requests_leave_one_pdf_that_delete_removes(
+    db_settings: Settings, jpeg: bytes
+) -> None:
+    """Several tabs asking for a report at once: one PDF is kept, and deleting removes it."""
+    app = create_app(db_settings)
+    app.state.password_hasher = FAST_HASHER
+    with live_server(app) as url, httpx.Client(base_url=url, follow_redirects=True) as alice:
+        _register_http(alice, "alice")
+        analysis_id = _upload_http(alice, "P", jpeg)
+        # One client per thread (httpx cookie jars are not thread-safe), all logged in as alice.
+        tabs = [httpx.Client(base_url=url, cookies=alice.cookies) for _ in range(4)]
+        with ThreadPoolExecutor(len(tabs)) as pool:
+            answers = list(
+                pool.map(lambda tab: tab.get(f"/analyses/{analysis_id}/report.pdf"), tabs)
+            )
+        for tab in tabs:
+            tab.close()
+        assert all(r.status_code == 200 and r.content.startswith(b"%PDF") for r in answers)
+        assert len([p for p in _files(db_settings) if p.suffix == ".pdf"]) == 1
+        token = CSRF_RE.search(alice.get("/history").text)
+        assert token
+        r = alice.post(f"/analyses/{analysis_id}/delete", data={"_csrf_token": token.group(1)})
+        assert r.status_code == 200
+        assert _files(db_settings) == []

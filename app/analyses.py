@@ -15,7 +15,7 @@ from typing import Any
 from litestar.datastructures import State
 
 from app.db.tables import Analysis, User
-from app.errors import NotFoundError
+from app.errors import NotFoundError, display_name
 from app.inference.classifier import Classifier, Prediction
 from app.inference.preprocess import ImageError, preprocess, read_header
 from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
@@ -86,7 +86,7 @@ async def save(
         batch=batch,
         image_path=name,
         image_sha256=hashlib.sha256(upload.data).hexdigest(),
-        original_filename=(upload.filename or "upload")[:255],
+        original_filename=display_name(upload.filename),
         predicted_class=prediction.label,
         probabilities=json.dumps(prediction.probabilities),
         confidence=prediction.confidence,

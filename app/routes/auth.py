@@ -17,6 +17,7 @@ from app.auth.passwords import hash_password, password_problem, verify_password
 from app.auth.session import USER, CurrentUser, optional_user, start_session
 from app.auth.tokens import create_token
 from app.db.tables import ApiToken, User
+from app.errors import form_text
 from app.web import flash, render
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ async def login_page(request: Request[Any, Any, State], next: str | None = None)
 
 @post("/login", status_code=303)
 async def login(request: Request[Any, Any, State], state: State, data: Form) -> Any:
-    username = (data.get("username") or "").strip()
+    username = form_text(data.get("username"), "user name")
     password = data.get("password") or ""
     target = safe_next(data.get("next"))
     address = client_address(request)
@@ -103,7 +104,7 @@ async def register_page(request: Request[Any, Any, State]) -> Template:
 @post("/register", status_code=303)
 async def register(request: Request[Any, Any, State], state: State, data: Form) -> Any:
     await optional_user(request)
-    username = (data.get("username") or "").strip()
+    username = form_text(data.get("username"), "user name")
     password = data.get("password") or ""
     confirm = data.get("confirm") or ""
     error: str | None = None
@@ -184,7 +185,7 @@ async def new_token(
     user: CurrentUser,
     data: Form,
 ) -> Template:
-    token = await create_token(user.id, (data.get("name") or "").strip())
+    token = await create_token(user.id, form_text(data.get("name"), "token name"))
     await audit.record(
         "token_created",
         actor_id=user.id,

@@ -18,7 +18,7 @@ from app.analyses import RISK_HEX, Upload
 from app.auth.session import ADMIN, USER, CurrentUser, optional_user
 from app.charts import column_svg, hbar_svg
 from app.db.tables import Analysis, AuditEvent
-from app.errors import AppError
+from app.errors import AppError, form_text
 from app.inference.preprocess import ImageError
 from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES, RISK_GROUPS
 from app.routes.auth import client_address
@@ -118,7 +118,7 @@ async def _read_uploads(request: Request[Any, Any, State]) -> tuple[str, list[Up
         form = await request.form()
     except Exception as exc:  # Litestar 2.25 raises from deep in multipart parsing
         raise AppError("the upload could not be read; choose one or more images") from exc
-    patient = str(form.get("patient") or "").strip()
+    patient = form_text(form.get("patient"), "patient name")
     files = (
         [f for f in form.getall("images") if isinstance(f, UploadFile) and f.filename]
         if ("images" in form)

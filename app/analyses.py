@@ -17,7 +17,7 @@ from litestar.datastructures import State
 from app.db.tables import Analysis, User
 from app.errors import NotFoundError, display_name
 from app.inference.classifier import Classifier, Prediction
-from app.inference.preprocess import ImageError, preprocess, read_header
+from app.inference.preprocess import ImageError, preprocess, sniff_format
 from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
 from app.reports.data import ReportData
 from app.storage import EncryptedStore
@@ -78,7 +78,7 @@ async def save(
     batch: str | None = None,
 ) -> uuid.UUID:
     """Encrypt and store the image, then insert the row; never a row without its file."""
-    fmt = read_header(upload.data).format
+    fmt = sniff_format(upload.data)  # validated (pixel budget included) before analysis
     name = await asyncio.to_thread(store.put, upload.data, f".{fmt}")
     row = Analysis(
         owner=owner_id,

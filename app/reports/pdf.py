@@ -40,8 +40,15 @@ DISCLAIMER = (
 RISK_COLOURS = {"malignant": "#B02A37", "pre-cancerous": "#B35C00", "benign": "#146C43"}
 
 
-def _thumbnail(data: bytes, box: tuple[int, int] = (220, 165)) -> PILImage.Image:
-    img = PILImage.open(io.BytesIO(data)).convert("RGB")
+def _thumbnail(data: bytes, box: tuple[int, int] = (220, 165)) -> PILImage.Image | None:
+    """The image for the report, or None when PIL cannot decode it.
+
+    OpenCV repairs some damaged JPEG data silently (and so classifies it); PIL refuses it.
+    """
+    try:
+        img = PILImage.open(io.BytesIO(data)).convert("RGB")
+    except (OSError, SyntaxError, ValueError):
+        return None
     img.thumbnail(box)
     return img
 
@@ -65,7 +72,18 @@ def build_report(data: ReportData) -> bytes:
     layout.append_layout_element(_p(f"Date and time: {when}    Clinician: {data.clinician}"))
 
     thumb = _thumbnail(data.image)
-    layout.append_layout_element(Image(thumb, size=(thumb.width, thumb.height)))
+    if thumb is None:
+        layout.append_layout_element(
+            _p(
+                "The stored image is damaged and could not be shown. The result below was "
+                "computed from a partly unreadable image and may be unreliable.",
+                11,
+                "#B02A37",
+                bold=True,
+            )
+        )
+    else:
+        layout.append_layout_element(Image(thumb, size=(thumb.width, thumb.height)))
 
     colour = RISK_COLOURS.get(data.risk_group, "#212529")
     layout.append_layout_element(

@@ -59,6 +59,16 @@ def test_report_contains_everything(fixture_images: list[tuple[Path, str]]) -> N
     assert len(PdfReader(io.BytesIO(pdf)).pages[0].images) == 1  # the thumbnail
 
 
+def test_report_of_a_damaged_image_says_so(fixture_images: list[tuple[Path, str]]) -> None:
+    # A cut-off JPEG: PIL refuses it. The report still renders, and warns instead of a 500.
+    image = fixture_images[0][0].read_bytes()[:4000]
+    pdf = build_report(_data(image))
+    text = " ".join(PdfReader(io.BytesIO(pdf)).pages[0].extract_text().split())
+    assert "stored image is damaged" in text and "may be unreliable" in text
+    assert "Melanoma (mel), confidence 79.0%" in text
+    assert len(PdfReader(io.BytesIO(pdf)).pages[0].images) == 0
+
+
 # Runs in a fresh interpreter so borb's one-time, main-thread side effects are observable.
 _PROBE = r"""
 import json, signal, socket, sys

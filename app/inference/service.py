@@ -7,9 +7,10 @@ same preprocessing, queue bound and metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 
 from app.config import Settings
+from app.errors import OverloadedError
 from app.inference.batching import InferenceObserver, MicroBatcher
 from app.inference.classifier import Classifier, Prediction
 from app.inference.preprocess import ImageError, ImageTooLargeError, preprocess
@@ -50,6 +52,7 @@ class InferenceService:
         # Decodes are bounded like inference: 100 concurrent uploads never decode 100 images at
         # once (memory), and OpenCV releases the GIL, so `workers` threads use `workers` cores.
         self._decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        self._decoding = 0  # images admitted to the decode stage and not yet decoded
         # intra_op=1 per session.run and `workers` runs in flight beat one run with intra_op=N
         # on 2 cores (PITFALLS.md); the classifier is created with threads=1 for this reason.
         self.batcher = MicroBatcher(
@@ -74,8 +77,30 @@ class InferenceService:
         tensor = preprocess(data, self.spec, self.max_pixels)
         return tensor, (time.perf_counter() - t0) * 1000
 
+    @contextlib.contextmanager
+    def _admitted(self, images: int) -> Iterator[None]:
+        """Hold ``images`` places in the decode stage, or refuse them all (503).
+
+        The decode pool's own queue is unbounded: without this, overload would queue uploads
+        for decoding and answer 503 only afterwards, at the inference queue.
+        """
+        if self._decoding + images > self.batcher.queue_max:
+            raise OverloadedError(
+                f"too many images waiting to be decoded ({self._decoding})",
+                headers={"Retry-After": "1"},
+            )
+        self._decoding += images
+        try:
+            yield
+        finally:
+            self._decoding -= images
+
     async def decode(self, data: bytes) -> tuple[np.ndarray, float]:
         """Validate, decode and resize off the event loop; raises ImageError (4xx)."""
+        with self._admitted(1):
+            return await self._decode_admitted(data)
+
+    async def _decode_admitted(self, data: bytes) -> tuple[np.ndarray, float]:
         if len(data) > self.max_upload_bytes:
             raise ImageTooLargeError(
                 f"image is {len(data)} bytes; the limit is {self.max_upload_bytes}"
@@ -103,9 +128,10 @@ class InferenceService:
 
         Admission to the inference queue is all-or-nothing (OverloadedError for the lot).
         """
-        decoded = await asyncio.gather(
-            *(self.decode(data) for data in images), return_exceptions=True
-        )
+        with self._admitted(len(images)):  # all or none, like the inference queue
+            decoded = await asyncio.gather(
+                *(self._decode_admitted(data) for data in images), return_exceptions=True
+            )
         out: list[Analysis | ImageError | None] = [None] * len(images)
         good: list[tuple[int, np.ndarray, float]] = []
         for i, item in enumerate(decoded):

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from litestar.testing import RequestFactory
 
+from app.config import Settings
 from app.errors import OverloadedError, exception_to_response
 from app.inference.batching import MicroBatcher
 from app.inference.classifier import Classifier
 from app.inference.preprocess import preprocess
+from app.inference.service import load_service
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +127,26 @@ async def test_batcher_fails_the_batch_not_the_loop_when_inference_raises(
         assert (await batcher.submit(tensors[1])).probabilities.sum() == 7
     finally:
         await batcher.stop()
+
+
+async def test_service_refuses_uploads_beyond_its_bound_before_decoding_them(
+    classifier: Classifier, fixture_images: list[tuple[Path, str]], tmp_path: Path
+) -> None:
+    """Overload answers 503 at once, instead of queueing every upload for the decode pool."""
+    settings = Settings(data_dir=tmp_path, queue_max=2, batch_max=2, ort_threads=1)
+    service = load_service(settings, classifier=classifier)
+    await service.start()
+    try:
+        images = [p.read_bytes() for p, _ in fixture_images[:6]]
+        outcomes = await asyncio.gather(
+            *(service.analyse(data) for data in images), return_exceptions=True
+        )
+        refused = [o for o in outcomes if isinstance(o, OverloadedError)]
+        done = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert len(done) == 2 and len(refused) == 4, outcomes
+        assert refused[0].headers == {"Retry-After": "1"}
+        with pytest.raises(OverloadedError):  # a batch larger than the bound, all or nothing
+            await service.analyse_many(images[:3])
+        assert len(await service.analyse_many(images[:2])) == 2  # and it recovers
+    finally:
+        await service.stop()

@@ -198,9 +198,12 @@ async def read_uploads(
                 if parser.closed:
                     break
     except ParserLimitReached as exc:
-        raise PayloadTooLargeError(
-            f"each image may be at most {max_file_bytes // (1024 * 1024)} MB"
-        ) from exc
+        # The parser has one exception for every limit; only the part size is "too large".
+        if "segment size" in str(exc):
+            raise PayloadTooLargeError(
+                f"each image may be at most {max_file_bytes // (1024 * 1024)} MB"
+            ) from exc
+        raise AppError(f"multipart body over a limit: {exc}") from exc
     except ParserError as exc:
         if not saw_body:
             raise MissingImageError("empty request body") from exc

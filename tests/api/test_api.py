@@ -133,6 +133,23 @@ def test_predict_answers_413_for_17_mb(client: TestClient[Litestar], lesion_jpeg
     assert_healthy(client, lesion_jpeg)
 
 
+def test_predict_too_many_parts_or_a_huge_part_header_is_400_not_413(
+    client: TestClient[Litestar], lesion_jpeg: bytes
+) -> None:
+    # Only an over-size image is "payload too large"; other multipart limits are bad requests.
+    many = [("note", ("n.txt", b"x", "text/plain")) for _ in range(40)]
+    r = client.post(
+        "/api/v1/predict", files=[("image", ("a.jpg", lesion_jpeg, "image/jpeg")), *many]
+    )
+    assert_error_shape(r, 400, "bad_request")
+    assert "segment count" in r.json()["detail"]
+    r = client.post(
+        "/api/v1/predict", files={"image": ("x" * 10_000 + ".jpg", lesion_jpeg, "image/jpeg")}
+    )
+    assert_error_shape(r, 400, "bad_request")
+    assert_healthy(client, lesion_jpeg)
+
+
 def test_predict_rejects_multipart_without_a_file(
     client: TestClient[Litestar], lesion_jpeg: bytes
 ) -> None:

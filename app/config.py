@@ -152,17 +152,30 @@ class Settings:
             raise ConfigError(f"{', '.join(missing)} must be set outside dev mode (APP_DEV=1)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / "secrets.json"
-        stored: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
-        stored.setdefault("secret_key", secrets.token_urlsafe(48))
-        stored.setdefault("storage_key", base64.urlsafe_b64encode(os.urandom(32)).decode())
         if not path.is_file():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(stored))
+            fresh = {
+                "secret_key": secrets.token_urlsafe(48),
+                "storage_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+            }
+            tmp = path.with_name(f".secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            tmp.write_text(json.dumps(fresh))
             tmp.chmod(0o600)
-            tmp.replace(path)
-            log.warning(
-                "dev mode: generated secrets into %s (keep it; it decrypts stored images)", path
-            )
+            try:
+                # link() never replaces: when several workers start at once, the first one's
+                # secrets win and every worker reads those, so all encrypt with one key.
+                os.link(tmp, path)
+                log.warning(
+                    "dev mode: generated secrets into %s (keep it; it decrypts stored images)",
+                    path,
+                )
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        stored: dict[str, str] = json.loads(path.read_text())
+        absent = [k for k in ("secret_key", "storage_key") if not stored.get(k)]
+        if absent:
+            raise ConfigError(f"{path} lacks {', '.join(absent)}; restore it or delete it")
         return replace(
             self,
             secret_key=self.secret_key or stored["secret_key"],

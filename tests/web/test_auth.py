@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
@@ -156,6 +160,28 @@ def test_auth_refuses_to_start_without_secret(web_settings: Settings) -> None:
     # Dev mode generates them instead (and says where).
     create_app(replace(web_settings, secret_key=None, storage_key=None, dev=True))
     assert (web_settings.data_dir / "secrets.json").is_file()
+
+
+def _dev_secrets(data_dir: Path, start: Any) -> str:  # start: a Manager().Barrier proxy
+    start.wait()  # all workers look for secrets.json at the same moment
+    settings = Settings(data_dir=data_dir, dev=True).with_secrets()
+    return f"{settings.secret_key}|{settings.storage_key}"
+
+
+def test_dev_secrets_are_shared_by_workers_starting_together(tmp_path: Path) -> None:
+    # With APP_WORKERS > 1 every worker generates secrets on a first start; they must all
+    # end up with the stored ones, or images encrypted by one worker are lost.
+    workers = 6
+    with multiprocessing.Manager() as manager:
+        start = manager.Barrier(workers)
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            keys = pool.starmap(_dev_secrets, [(tmp_path, start)] * workers)
+    stored = json.loads((tmp_path / "secrets.json").read_text())
+    assert set(keys) == {f"{stored['secret_key']}|{stored['storage_key']}"}
+    assert [p.name for p in tmp_path.iterdir()] == ["secrets.json"]  # no temp files left
+    (tmp_path / "secrets.json").write_text(json.dumps({"secret_key": "x"}))
+    with pytest.raises(ConfigError, match="lacks storage_key"):
+        Settings(data_dir=tmp_path, dev=True).with_secrets()
 
 
 def test_auth_refuses_to_start_with_pending_migrations(web_settings: Settings) -> None:

@@ -251,11 +251,17 @@ def _ceiling_bound(figs: dict[str, Any]) -> list[str]:
     bound = figs.get("ratio/ceiling_vs_baseline_peak", {}).get("median")
     if bound is None:
         return []
-    return [
+    lines = [
         f"The best in-process layout is **{bound:.1f}×** the baseline's peak req/s: the most "
-        "any HTTP server could reach in this run if HTTP and the load generator cost no CPU.",
-        "",
+        "any HTTP server could reach in this run if HTTP and the load generator cost no CPU."
     ]
+    with_client = figs.get("ratio/ceiling_with_client_vs_baseline_peak", {}).get("median")
+    if with_client is not None:
+        lines[0] += (
+            f" Adding the load generator's measured CPU per request, which shares the cores, "
+            f"gives **{with_client:.1f}×**: the most a server with free HTTP could show here."
+        )
+    return [*lines, ""]
 
 
 def _startup_section(run: dict[str, Any]) -> list[str]:

@@ -134,7 +134,12 @@ def evaluate_targets(run: dict[str, Any]) -> list[Verdict]:
 
 def _bound_note(run: dict[str, Any]) -> str:
     bound = _fig(run, "service", "ratio/ceiling_vs_baseline_peak")
-    return "" if bound is None else f" (in-process bound {bound:.1f}×)"
+    with_client = _fig(run, "service", "ratio/ceiling_with_client_vs_baseline_peak")
+    if bound is None:
+        return ""
+    if with_client is None:
+        return f" (in-process bound {bound:.1f}×)"
+    return f" (in-process bound {bound:.1f}×, {with_client:.1f}× with the client's CPU)"
 
 
 def _accuracy_gates(run: dict[str, Any]) -> Verdict:

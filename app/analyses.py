@@ -15,7 +15,7 @@ from typing import Any
 from litestar.datastructures import State
 
 from app.db.tables import Analysis, User
-from app.errors import NotFoundError, display_name
+from app.errors import NotFoundError
 from app.inference.classifier import Classifier, Prediction
 from app.inference.preprocess import ImageError, preprocess, sniff_format
 from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
@@ -68,6 +68,12 @@ def parse_id(raw: str) -> uuid.UUID:
         raise NotFoundError("analysis not found") from exc
 
 
+def _display_name(filename: str | None, default: str = "upload") -> str:
+    """An upload's file name, kept for display only: control characters dropped, 255 chars."""
+    cleaned = "".join(ch for ch in (filename or "") if ch.isprintable()).strip()
+    return (cleaned or default)[:255]
+
+
 async def save(
     store: EncryptedStore,
     classifier: Classifier,
@@ -86,7 +92,7 @@ async def save(
         batch=batch,
         image_path=name,
         image_sha256=hashlib.sha256(upload.data).hexdigest(),
-        original_filename=display_name(upload.filename),
+        original_filename=_display_name(upload.filename),
         predicted_class=prediction.label,
         probabilities=json.dumps(prediction.probabilities),
         confidence=prediction.confidence,
@@ -204,6 +210,4 @@ async def report_pdf(store: EncryptedStore, row: dict[str, Any]) -> bytes:
     )
     if now is None or now["report_path"] != new_name:
         store.delete(new_name)  # lost the race, or the analysis was deleted
-    elif name:
-        store.delete(name)  # the old name's file was missing; drop any trace of it
     return pdf

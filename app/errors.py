@@ -43,21 +43,6 @@ class NotReadyError(AppError):
     code = "not_ready"
 
 
-def form_text(value: object, field: str) -> str:
-    """A submitted text field, stripped; a NUL character is refused (400), not left for
-    PostgreSQL to reject with a 500 (SQLite would store it)."""
-    text = str(value or "").strip()
-    if "\x00" in text:
-        raise AppError(f"the {field} contains a NUL character")
-    return text
-
-
-def display_name(filename: str | None, default: str = "upload") -> str:
-    """An upload's file name, kept for display only: control characters dropped, 255 chars."""
-    cleaned = "".join(ch for ch in (filename or "") if ch.isprintable()).strip()
-    return (cleaned or default)[:255]
-
-
 def error_body(code: str, detail: str) -> dict[str, str]:
     """The one JSON error shape: ``{"error": code, "detail": text}``."""
     return {"error": code, "detail": detail}

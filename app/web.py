@@ -30,6 +30,7 @@ from app.auth.throttle import LoginThrottle
 from app.config import ConfigError, Settings
 from app.db import engine as db_engine
 from app.db.migrate import apply_migrations, pending_migrations
+from app.errors import AppError
 from app.inference.classifier import DISCLAIMER
 from app.storage import EncryptedStore, parse_key
 
@@ -160,6 +161,15 @@ def web_parts(settings: Settings) -> WebParts:
             "login_throttle": LoginThrottle(),
         },
     )
+
+
+def form_text(value: object, field: str) -> str:
+    """A submitted text field, stripped; a NUL character is refused (400), not left for
+    PostgreSQL to reject with a 500 (SQLite would store it)."""
+    text = str(value or "").strip()
+    if "\x00" in text:
+        raise AppError(f"the {field} contains a NUL character")
+    return text
 
 
 def wants_html(request: Request[Any, Any, Any]) -> bool:

@@ -17,8 +17,7 @@ from app.auth.passwords import hash_password, password_problem, verify_password
 from app.auth.session import USER, CurrentUser, optional_user, start_session
 from app.auth.tokens import create_token
 from app.db.tables import ApiToken, User
-from app.errors import form_text
-from app.web import flash, render
+from app.web import flash, form_text, render
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from app.analyses import RISK_HEX, Upload
 from app.auth.session import ADMIN, USER, CurrentUser, optional_user
 from app.charts import column_svg, hbar_svg
 from app.db.tables import Analysis, AuditEvent
-from app.errors import AppError, form_text
+from app.errors import AppError
 from app.inference.preprocess import ImageError
 from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES, RISK_GROUPS
 from app.routes.auth import client_address
-from app.web import flash, render
+from app.web import flash, form_text, render
 
 log = logging.getLogger(__name__)
 

@@ -123,6 +123,16 @@ def test_decode_output_is_rgb(tmp_path: Path) -> None:
         assert rgb[..., 0].mean() > 240 and rgb[..., 2].mean() < 15
 
 
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P"])
+def test_png_of_any_colour_mode_decodes_to_rgb(mode: str) -> None:
+    source = Image.new("RGB", (64, 48), (200, 30, 90))
+    image = source.convert(mode)
+    got = decode_image(encode(image, "PNG"))
+    assert got.shape == (48, 64, 3) and got.dtype == np.uint8
+    expected = np.asarray(image.convert("RGB"))
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+
 def test_reduced_decode_only_when_the_image_still_covers_the_input() -> None:
     from app.inference.preprocess import ImageInfo
 

@@ -235,6 +235,7 @@ def _service_section(run: dict[str, Any]) -> list[str]:
         "",
         *_table(["layout", "img/s"], ceiling),
         *_ceiling_bound(figs),
+        *_paired_table(params.get("paired")),
         *_table(
             [
                 "concurrency",
@@ -243,6 +244,38 @@ def _service_section(run: dict[str, Any]) -> list[str]:
                 "baseline / service (p50)",
             ],
             ratios,
+        ),
+    ]
+
+
+def _paired_table(paired: dict[str, Any] | None) -> list[str]:
+    """Round by round: the three measured within seconds of each other, and their ratios."""
+    if not paired:
+        return []
+    rows = [
+        [str(i + 1), _f(s, 1), _f(b, 1), _f(c, 1), _f(s / b, 1), _f(c / b, 1), _f(s / c)]
+        for i, (s, b, c) in enumerate(
+            zip(paired["service_rps"], paired["baseline_rps"], paired["ceiling_ips"], strict=True)
+        )
+    ]
+    return [
+        f"Paired rounds: the service at concurrency {paired['service_concurrency']}, the "
+        f"baseline at concurrency {paired['baseline_concurrency']} (each one's peak level above) "
+        "and the in-process ceiling, measured back to back in each round (order reversed every "
+        "other round), so the VM's drift falls on all three alike. The 20× target is read from "
+        "the median of the per-round ratios.",
+        "",
+        *_table(
+            [
+                "round",
+                "service req/s",
+                "baseline req/s",
+                "ceiling img/s",
+                "service / baseline",
+                "ceiling / baseline",
+                "service / ceiling",
+            ],
+            rows,
         ),
     ]
 

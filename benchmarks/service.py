@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -28,6 +29,7 @@ from benchmarks.stats import Figure, ratio
 log = logging.getLogger(__name__)
 
 CONCURRENCY = (1, 4, 8, 16)
+PAIRED_ROUNDS = 6  # service/baseline/ceiling rounds for the ratios (full runs)
 
 
 class Ceiling:
@@ -82,10 +84,14 @@ class Ceiling:
             xs = list(self._pool.map(self._x, range(first, min(first + 8, idx.stop))))
             self.wide.run(np.stack(xs))
 
-    def round(self, images: int) -> None:
-        """Run every layout once on the next ``images`` images (a multiple of 8 is fairest)."""
+    def round(self, images: int) -> float:
+        """Run every layout once on the next ``images`` images (a multiple of 8 is fairest).
+
+        Returns the best layout's images per second in this round.
+        """
         idx = range(self._offset, self._offset + images)
         self._offset += images
+        best = 0.0
         for name, fn in (
             ("serial", self._serial),
             ("parallel", self._parallel),
@@ -93,8 +99,11 @@ class Ceiling:
         ):
             start = time.perf_counter()
             fn(idx)
-            self.seconds[name] += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.seconds[name] += seconds
             self.images[name] += images
+            best = max(best, images / seconds)
+        return best
 
     def record(self, suite: SuiteResult) -> float:
         """Add the figures; return the best layout's images per second."""
@@ -113,6 +122,85 @@ class Ceiling:
         return best
 
 
+@dataclass
+class PairedRounds:
+    """Service, baseline and ceiling measured back to back, round after round.
+
+    This VM's speed drifts by tens of per cent within minutes, so a ratio of two figures taken
+    minutes apart can be off by more than the gap to a target. Each round measures all three
+    within seconds, in A-B-C then C-B-A order, and the ratios are taken within the round.
+    """
+
+    service_rps: list[float] = field(default_factory=list)
+    baseline_rps: list[float] = field(default_factory=list)
+    ceiling_ips: list[float] = field(default_factory=list)
+
+    def record(self, suite: SuiteResult, service_c: int, baseline_c: int) -> None:
+        if not self.service_rps:
+            return
+        for name, values, unit in (
+            ("service_throughput", self.service_rps, "req/s"),
+            ("baseline_throughput", self.baseline_rps, "req/s"),
+            ("ceiling_throughput", self.ceiling_ips, "img/s"),
+        ):
+            suite.add_samples(f"paired/{name}", values, unit)
+        s, b, c = (np.array(v) for v in (self.service_rps, self.baseline_rps, self.ceiling_ips))
+        suite.add_samples("paired/service_vs_baseline", s / b, "x")
+        suite.add_samples("paired/ceiling_vs_baseline", c / b, "x")
+        suite.add_samples("paired/service_vs_ceiling", s / c, "x")
+        suite.params["paired"] = {
+            "rounds": len(self.service_rps),
+            "service_concurrency": service_c,
+            "baseline_concurrency": baseline_c,
+            "service_rps": self.service_rps,
+            "baseline_rps": self.baseline_rps,
+            "ceiling_ips": self.ceiling_ips,
+        }
+
+
+def paired_rounds(
+    service: RunningServer,
+    baseline: RunningServer,
+    ceiling: Ceiling,
+    samples: list[Sample],
+    levels: tuple[int, int],
+    sizes: tuple[int, int, int],
+    rounds: int,
+    time_cap_s: float,
+) -> PairedRounds:
+    """``rounds`` rounds of (service, baseline, ceiling), alternating the order.
+
+    Args:
+        levels: concurrency for the service and for the baseline (each one's peak level).
+        sizes: requests for the service, requests for the baseline, images for the ceiling.
+    """
+    out = PairedRounds()
+    bodies = {
+        t: [multipart_body(t.target.form_field, s) for s in samples] for t in (service, baseline)
+    }
+
+    def load(server: RunningServer, concurrency: int, requests: int) -> float:
+        url = server.target.base_url + server.target.predict_path
+        result = run_load(url, bodies[server], concurrency, requests, time_cap_s)
+        if result.errors:
+            raise ServerError(f"{server.target.name}: non-2xx answers {dict(result.statuses)}")
+        return result.rps
+
+    steps: list[Callable[[], None]] = [
+        lambda: out.service_rps.append(load(service, levels[0], sizes[0])),
+        lambda: out.baseline_rps.append(load(baseline, levels[1], sizes[1])),
+        lambda: out.ceiling_ips.append(ceiling.round(sizes[2])),
+    ]
+    for r in tqdm(range(rounds), desc="paired rounds", unit="round"):
+        for step in steps if r % 2 == 0 else steps[::-1]:
+            step()
+    return out
+
+
+def _peak_level(results: dict[int, LoadResult]) -> int:
+    return max(results, key=lambda c: results[c].rps)
+
+
 def load_target(
     target: Target,
     samples: list[Sample],
@@ -120,7 +208,7 @@ def load_target(
     requests: int,
     time_cap_s: float,
     suite: SuiteResult,
-    between: Callable[[], None] | None = None,
+    between: Callable[[], object] | None = None,
 ) -> dict[int, LoadResult]:
     """Start the target, drive it at each concurrency, record figures under its name.
 
@@ -206,7 +294,6 @@ def service_suite(
         service = load_target(
             target, samples, concurrency, requests, cap, suite, between=lambda: ceiling.round(chunk)
         )
-        best = ceiling.record(suite)
         baseline = baseline_target(models, Path(tmp) / "uploads")
         base: dict[int, LoadResult] = {}
         if baseline is None:
@@ -217,8 +304,18 @@ def service_suite(
             suite.params["baseline"] = baseline.description
             try:
                 base = load_target(baseline, samples, concurrency, baseline_requests, cap, suite)
+                if base:
+                    peaks = (_peak_level(service), _peak_level(base))
+                    with RunningServer(target) as s, RunningServer(baseline) as b:
+                        s.wait_ready()
+                        b.wait_ready()
+                        sizes = (requests, baseline_requests // 2, chunk)
+                        rounds = 2 if quick else PAIRED_ROUNDS
+                        paired = paired_rounds(s, b, ceiling, samples, peaks, sizes, rounds, cap)
+                    paired.record(suite, *peaks)
             except ServerError as exc:
                 suite.skip("baseline", str(exc).splitlines()[0])
+        best = ceiling.record(suite)
     if base:
         base_peak = max(r.rps for r in base.values())
         # What a server with no HTTP cost at all (and no client on its cores) would reach.

@@ -118,6 +118,36 @@ def test_targets_unmeasured_are_never_met() -> None:
     assert p50.met is False and p50.measured == "12.0 ms"
 
 
+def test_throughput_target_reads_the_paired_rounds_when_there_are_some() -> None:
+    from benchmarks.report import _paired_table
+
+    peaks = {
+        "service/c8/throughput": Figure.value(400.0, "req/s").as_dict(),
+        "baseline/c4/throughput": Figure.value(10.0, "req/s").as_dict(),  # 40x, minutes apart
+    }
+    run: dict = {"suites": {"service": {"figures": dict(peaks), "params": {}}}}
+    times = next(v for v in evaluate_targets(run) if "baseline" in v.target)
+    assert times.met is True and times.measured.startswith("40.0×")
+
+    service, baseline, ceiling = [400.0, 380.0, 390.0], [25.0, 20.0, 21.0], [480.0, 450.0, 470.0]
+    paired = {"rounds": 3, "service_concurrency": 8, "baseline_concurrency": 4}
+    paired |= {"service_rps": service, "baseline_rps": baseline, "ceiling_ips": ceiling}
+    figures = run["suites"]["service"]["figures"]
+    for key, values in (
+        ("service_vs_baseline", [s / b for s, b in zip(service, baseline, strict=True)]),
+        ("ceiling_vs_baseline", [c / b for c, b in zip(ceiling, baseline, strict=True)]),
+    ):
+        figures[f"paired/{key}"] = Figure.of(values, "x").as_dict()
+    run["suites"]["service"]["params"]["paired"] = paired
+    times = next(v for v in evaluate_targets(run) if "baseline" in v.target)
+    # Per-round ratios 16.0, 19.0 and 18.6: their median, not the 40x of the unpaired peaks.
+    assert times.met is False and times.measured.startswith("18.6×")
+    assert "3 paired rounds (16.0–19.0×)" in times.measured
+    assert "in-process bound 22.4× (19.2–22.5×)" in times.measured
+    table = _paired_table(paired)
+    assert "| 2 | 380 | 20.0 | 450 | 19.0 | 22.5 | 0.84 |" in table
+
+
 def test_quantization_scheme_reads_the_int8_files_integer_types() -> None:
     # The shipped "int8" file is the build's A16W8 fallback (models/manifest.json says so):
     # the report must not present its timings as INT8 kernel speed.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,6 +31,19 @@ from app.errors import OverloadedError
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
+
+
+def background_thread() -> None:
+    """Thread initializer for the CPU-bound worker pools (decode, inference).
+
+    SCHED_BATCH: a worker woken with new work no longer preempts the thread that woke it. That
+    thread is usually the event loop, holding the GIL, and the preempted loop stalled every
+    thread waiting for the GIL (A/B at concurrency 8: +1.7 % and +2.5 % req/s; concurrency 1
+    unchanged). Linux only; elsewhere, or where a sandbox forbids it, workers stay as they are.
+    """
+    if hasattr(os, "SCHED_BATCH"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 class InferenceObserver(Protocol):
@@ -105,7 +119,9 @@ class MicroBatcher:
     async def start(self) -> None:
         if self._collector is not None:
             return
-        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="infer")
+        self._executor = ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="infer", initializer=background_thread
+        )
         self._collector = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
 
     async def stop(self) -> None:

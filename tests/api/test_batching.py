@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
@@ -150,3 +151,29 @@ async def test_service_refuses_uploads_beyond_its_bound_before_decoding_them(
         assert len(await service.analyse_many(images[:2])) == 2  # and it recovers
     finally:
         await service.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux only")
+async def test_worker_threads_run_as_batch_work_and_the_event_loop_does_not(
+    classifier: Classifier, fixture_images: list[tuple[Path, str]], tmp_path: Path
+) -> None:
+    """Decode and inference threads are SCHED_BATCH, so waking them never preempts the loop."""
+    policies: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        policies.append(os.sched_getscheduler(0))
+        return classifier.run(batch)
+
+    batcher = MicroBatcher(run)
+    await batcher.start()
+    service = load_service(Settings(data_dir=tmp_path), classifier=classifier)
+    try:
+        await batcher.submit(preprocess(fixture_images[0][0].read_bytes(), classifier.spec))
+        decode_pool = service._decode_pool  # what the decode threads run under
+        decode_policy = await asyncio.wrap_future(decode_pool.submit(os.sched_getscheduler, 0))
+    finally:
+        await batcher.stop()
+        await service.stop()
+    assert policies == [os.SCHED_BATCH]
+    assert decode_policy == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER

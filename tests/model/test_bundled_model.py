@@ -60,6 +60,11 @@ def test_bundled_model_flags_melanoma_fixtures_by_threshold(
     for row in probs:
         described = classifier.describe(row)
         assert described.mel_flag == (row[mel] >= classifier.spec.mel_threshold)
+        assert type(described.mel_flag) is bool  # JSON true/false, never a numpy bool
+        assert described.label == classifier.spec.labels[int(np.argmax(row))]
+        assert described.confidence == pytest.approx(float(row.max()))
+        assert list(described.probabilities) == list(classifier.spec.labels)
+        assert list(described.probabilities.values()) == pytest.approx(row.tolist())
     # The threshold was chosen for high sensitivity on val: melanomas should rank high.
     mel_scores = probs[labels == mel, mel]
     assert (mel_scores >= np.median(probs[labels != mel, mel])).all()

@@ -252,11 +252,13 @@ def _paired_table(paired: dict[str, Any] | None) -> list[str]:
     """Round by round: the three measured within seconds of each other, and their ratios."""
     if not paired:
         return []
+    bounds = paired.get("ceiling_with_client_vs_baseline", [None] * paired["rounds"])
+    rounds = zip(
+        paired["service_rps"], paired["baseline_rps"], paired["ceiling_ips"], bounds, strict=True
+    )
     rows = [
-        [str(i + 1), _f(s, 1), _f(b, 1), _f(c, 1), _f(s / b, 1), _f(c / b, 1), _f(s / c)]
-        for i, (s, b, c) in enumerate(
-            zip(paired["service_rps"], paired["baseline_rps"], paired["ceiling_ips"], strict=True)
-        )
+        [str(i + 1), *(_f(v, 1) for v in (s, b, c, s / b, c / b, bound)), _f(s / c)]
+        for i, (s, b, c, bound) in enumerate(rounds)
     ]
     return [
         f"Paired rounds: the service at concurrency {paired['service_concurrency']}, the "
@@ -273,6 +275,7 @@ def _paired_table(paired: dict[str, Any] | None) -> list[str]:
                 "ceiling img/s",
                 "service / baseline",
                 "ceiling / baseline",
+                "same, client CPU paid",
                 "service / ceiling",
             ],
             rows,

@@ -131,9 +131,20 @@ class PairedRounds:
     within seconds, in A-B-C then C-B-A order, and the ratios are taken within the round.
     """
 
+    cores: int
     service_rps: list[float] = field(default_factory=list)
     baseline_rps: list[float] = field(default_factory=list)
     ceiling_ips: list[float] = field(default_factory=list)
+    client_ms: list[float] = field(default_factory=list)  # load generator CPU per request
+
+    def bound_with_client(self) -> np.ndarray:
+        """Per round: the ceiling once the load generator's CPU (it shares the cores) is paid,
+        over the baseline. The most a server whose HTTP cost nothing could show in the round."""
+        ceiling, client = np.array(self.ceiling_ips), np.array(self.client_ms) / 1000
+        bound: np.ndarray = (
+            self.cores / (self.cores / ceiling + client) / np.array(self.baseline_rps)
+        )
+        return bound
 
     def record(self, suite: SuiteResult, service_c: int, baseline_c: int) -> None:
         if not self.service_rps:
@@ -148,6 +159,8 @@ class PairedRounds:
         suite.add_samples("paired/service_vs_baseline", s / b, "x")
         suite.add_samples("paired/ceiling_vs_baseline", c / b, "x")
         suite.add_samples("paired/service_vs_ceiling", s / c, "x")
+        bounds = self.bound_with_client()
+        suite.add_samples("paired/ceiling_with_client_vs_baseline", bounds, "x")
         suite.params["paired"] = {
             "rounds": len(self.service_rps),
             "service_concurrency": service_c,
@@ -155,6 +168,8 @@ class PairedRounds:
             "service_rps": self.service_rps,
             "baseline_rps": self.baseline_rps,
             "ceiling_ips": self.ceiling_ips,
+            "client_ms_per_request": self.client_ms,
+            "ceiling_with_client_vs_baseline": bounds.tolist(),
         }
 
 
@@ -174,21 +189,26 @@ def paired_rounds(
         levels: concurrency for the service and for the baseline (each one's peak level).
         sizes: requests for the service, requests for the baseline, images for the ceiling.
     """
-    out = PairedRounds()
+    out = PairedRounds(ceiling.cores)
     bodies = {
         t: [multipart_body(t.target.form_field, s) for s in samples] for t in (service, baseline)
     }
 
-    def load(server: RunningServer, concurrency: int, requests: int) -> float:
+    def load(server: RunningServer, concurrency: int, requests: int) -> LoadResult:
         url = server.target.base_url + server.target.predict_path
         result = run_load(url, bodies[server], concurrency, requests, time_cap_s)
         if result.errors:
             raise ServerError(f"{server.target.name}: non-2xx answers {dict(result.statuses)}")
-        return result.rps
+        return result
+
+    def service_step() -> None:
+        result = load(service, levels[0], sizes[0])
+        out.service_rps.append(result.rps)
+        out.client_ms.append(result.cpu_ms_per_request("client") or 0.0)
 
     steps: list[Callable[[], None]] = [
-        lambda: out.service_rps.append(load(service, levels[0], sizes[0])),
-        lambda: out.baseline_rps.append(load(baseline, levels[1], sizes[1])),
+        service_step,
+        lambda: out.baseline_rps.append(load(baseline, levels[1], sizes[1]).rps),
         lambda: out.ceiling_ips.append(ceiling.round(sizes[2])),
     ]
     for r in tqdm(range(rounds), desc="paired rounds", unit="round"):

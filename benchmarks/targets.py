@@ -146,10 +146,15 @@ def _paired_note(run: dict[str, Any]) -> str:
 
     rounds = run["suites"]["service"].get("params", {}).get("paired", {}).get("rounds", "?")
     ceiling = _fig(run, "service", "paired/ceiling_vs_baseline")
-    return (
+    note = (
         f", median of {rounds} paired rounds ({span('paired/service_vs_baseline')}); "
         f"in-process bound {ceiling:.1f}× ({span('paired/ceiling_vs_baseline')})"
     )
+    with_client = _fig(run, "service", "paired/ceiling_with_client_vs_baseline")
+    if with_client is not None:
+        key = "paired/ceiling_with_client_vs_baseline"
+        note += f", {with_client:.1f}× ({span(key)}) with the client's CPU"
+    return note
 
 
 def _bound_note(run: dict[str, Any]) -> str:

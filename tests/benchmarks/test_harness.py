@@ -145,7 +145,17 @@ def test_throughput_target_reads_the_paired_rounds_when_there_are_some() -> None
     assert "3 paired rounds (16.0–19.0×)" in times.measured
     assert "in-process bound 22.4× (19.2–22.5×)" in times.measured
     table = _paired_table(paired)
-    assert "| 2 | 380 | 20.0 | 450 | 19.0 | 22.5 | 0.84 |" in table
+    assert "| 2 | 380 | 20.0 | 450 | 19.0 | 22.5 | — | 0.84 |" in table
+    paired["ceiling_with_client_vs_baseline"] = [17.0, 20.5, 19.9]
+    assert "| 2 | 380 | 20.0 | 450 | 19.0 | 22.5 | 20.5 | 0.84 |" in _paired_table(paired)
+
+
+def test_paired_bound_pays_the_load_generators_cpu_out_of_the_same_cores() -> None:
+    from benchmarks.service import PairedRounds
+
+    rounds = PairedRounds(cores=2, ceiling_ips=[500.0], baseline_rps=[20.0], client_ms=[0.5])
+    # 2 cores / (4 ms per image + 0.5 ms of client per request) = 444.4/s, over 20 req/s.
+    assert rounds.bound_with_client() == pytest.approx([22.22], abs=0.01)
 
 
 def test_quantization_scheme_reads_the_int8_files_integer_types() -> None:

@@ -113,6 +113,7 @@ def test_quick_run_has_the_key_figures_of_each_suite(
         service += [f"baseline/c{c}/throughput" for c in (1, 4, 16)]
         service += ["ratio/ceiling_vs_baseline_peak", "ratio/ceiling_with_client_vs_baseline_peak"]
         paired = ("service_vs_baseline", "ceiling_vs_baseline", "service_vs_ceiling")
+        paired += ("ceiling_with_client_vs_baseline",)
         service += [f"paired/{k}" for k in paired]
     _expect(run, "service", service)
     startup = [

@@ -9,6 +9,7 @@ p50 9.0 ms with httpx, 7.9 ms with aiohttp), which was measuring the client, not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -64,9 +65,18 @@ class LoadResult:
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
-    """User + system CPU of a process, its threads and its waited-for children."""
+    """User + system CPU of a process, its threads and its children, running or waited for.
+
+    Running children count too: a server started with APP_WORKERS > 1 serves from worker
+    processes, whose CPU the parent's ``children_*`` times only show once they have exited.
+    """
     t = proc.cpu_times()
-    return float(t.user + t.system + t.children_user + t.children_system)
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return float(total)
 
 
 async def _drive(

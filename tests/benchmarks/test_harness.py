@@ -158,6 +158,31 @@ def test_paired_bound_pays_the_load_generators_cpu_out_of_the_same_cores() -> No
     assert rounds.bound_with_client() == pytest.approx([22.22], abs=0.01)
 
 
+def test_cpu_accounting_counts_children_that_are_still_running() -> None:
+    """A multi-worker server serves from child processes that outlive the measurement."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from benchmarks.load import _cpu_seconds
+
+    me = psutil.Process()
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+    child = subprocess.Popen(
+        [sys.executable, "-c", busy + "print('done', flush=True)\n" + "time.sleep(30)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        before = _cpu_seconds(me)
+        assert child.stdout is not None and child.stdout.readline().strip() == "done"
+        assert _cpu_seconds(me) - before >= 0.3  # the child's loop, while it still runs
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_quantization_scheme_reads_the_int8_files_integer_types() -> None:
     # The shipped "int8" file is the build's A16W8 fallback (models/manifest.json says so):
     # the report must not present its timings as INT8 kernel speed.

@@ -64,6 +64,13 @@ class LoadResult:
         return seconds * 1e3 / answered if seconds is not None and answered else None
 
 
+def _own_cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU of this process's own threads: the load generator has no workers, and
+    the server under test may be its child, whose CPU is the server's."""
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
 def _cpu_seconds(proc: psutil.Process) -> float:
     """User + system CPU of a process, its threads and its children, running or waited for.
 
@@ -125,13 +132,13 @@ async def _drive(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         next_index, budget, record = 0, requests, True
         this_process = psutil.Process()
-        client_cpu = _cpu_seconds(this_process)
+        client_cpu = _own_cpu_seconds(this_process)
         server_cpu = _cpu_seconds(server) if server is not None else None
         start = time.perf_counter()
         deadline = start + time_cap_s
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.duration_s = time.perf_counter() - start
-        result.client_cpu_s = _cpu_seconds(this_process) - client_cpu
+        result.client_cpu_s = _own_cpu_seconds(this_process) - client_cpu
         if server is not None and server_cpu is not None:
             result.server_cpu_s = _cpu_seconds(server) - server_cpu
         result.capped = next_index < requests

@@ -147,8 +147,12 @@ def test_quick_run_accounts_the_servers_cpu(quick_run: tuple[dict[str, Any], Pat
     run, _ = quick_run
     figures = run["suites"]["service"]["figures"]
     for c in (1, 4, 8, 16):
-        assert figures[f"service/c{c}/server_cpu_per_request"]["median"] > 1.0, c
-        assert figures[f"service/c{c}/client_cpu_per_request"]["median"] >= 0.0, c
+        server = figures[f"service/c{c}/server_cpu_per_request"]["median"]
+        client = figures[f"service/c{c}/client_cpu_per_request"]["median"]
+        assert server > 1.0, c
+        # The server runs as the benchmark's child: its CPU must not land on the client's side
+        # (sending a prepared body and reading a small JSON answer costs far less than decoding).
+        assert 0.0 <= client < server / 2, (c, client, server)
 
 
 def test_quick_run_writes_report_and_plots(quick_run: tuple[dict[str, Any], Path]) -> None:

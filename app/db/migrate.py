@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import io
 import logging
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from piccolo.apps.migrations.tables import Migration
 from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.sqlite import SQLiteEngine
 
 from app.config import Settings
 from app.db.engine import bind, enable_wal, make_engine, start, stop
@@ -20,6 +24,7 @@ from app.db.engine import bind, enable_wal, make_engine, start, stop
 # which start-up should only pay when there is something to migrate.
 APP_NAME = "clinic"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "piccolo_migrations"
+_ADVISORY_LOCK_KEY = 0x736B696E_6D696772  # "skinmigr": this service's migration lock
 _MIGRATION_ID = re.compile(r"""^ID\s*=\s*["']([^"']+)["']""", re.MULTILINE)
 
 log = logging.getLogger(__name__)
@@ -43,9 +48,45 @@ async def pending_migrations(engine: Engine[Any]) -> list[str]:
     return sorted(ids - done)
 
 
+@contextlib.asynccontextmanager
+async def _one_migrator_at_a_time(engine: Engine[Any]) -> AsyncIterator[None]:
+    """Hold a lock that other processes migrating the same database wait for.
+
+    Dev-mode workers (APP_WORKERS > 1) each migrate at start-up, and replicas may each run
+    `python -m app migrate`; two of them creating the same tables crashed one of them.
+    PostgreSQL: a session-level advisory lock on a connection of its own (released when it
+    closes, even if this process dies). SQLite: an exclusive lock on a file beside the database.
+    """
+    if isinstance(engine, PostgresEngine):
+        import asyncpg  # imported here: a SQLite deployment never loads the driver
+
+        conn = await asyncpg.connect(**engine.config)
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
+            yield
+        finally:
+            await conn.close()
+        return
+    if not isinstance(engine, SQLiteEngine):
+        raise TypeError(f"no migration lock for {type(engine).__name__}")
+    db_path = Path(engine.path)
+    with db_path.with_name(db_path.name + ".migrate-lock").open("a") as lock_file:
+        # Blocking, so off the event loop; a crashed holder's lock dies with its process.
+        await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
 async def apply_migrations(engine: Engine[Any]) -> list[str]:
     """Apply pending migrations on an engine that is already started; returns the ids applied."""
     enable_wal(engine)
+    async with _one_migrator_at_a_time(engine):
+        return await _apply_pending(engine)
+
+
+async def _apply_pending(engine: Engine[Any]) -> list[str]:
     todo = await pending_migrations(engine)
     if not todo:
         return []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import sqlite3
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -30,6 +33,34 @@ def test_db_migrations_apply(db_settings: Settings) -> None:
     if db_settings.database_url is None:
         with sqlite3.connect(db_settings.sqlite_path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _migrate_after(settings: Settings, start: Any) -> str:  # start: a Manager().Barrier proxy
+    start.wait()  # every process finds the same pending migrations at the same moment
+    try:
+        return ",".join(migrate(settings)) or "-"
+    except Exception as exc:  # reported to the parent, which shows it
+        return f"error: {type(exc).__name__}: {exc}"
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_db_migrators_starting_together_apply_each_migration_once(
+    db: str, web_settings: Settings, request: pytest.FixtureRequest
+) -> None:
+    # Dev-mode workers (APP_WORKERS > 1) each migrate at start-up, and replicas may each run
+    # `python -m app migrate`: without a lock one of them crashed ("table already exists").
+    settings = web_settings
+    if db == "postgres":
+        settings = replace(settings, database_url=request.getfixturevalue("pg_url"))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    processes = 4
+    with multiprocessing.Manager() as manager:
+        start = manager.Barrier(processes)
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            outcomes = pool.starmap(_migrate_after, [(settings, start)] * processes)
+    assert not [o for o in outcomes if o.startswith("error")], outcomes
+    assert sorted(outcomes)[:-1] == ["-"] * (processes - 1), outcomes  # one applied them all
+    assert migrate(settings) == []
 
 
 def test_db_engine_selection(tmp_path: pytest.TempPathFactory) -> None:

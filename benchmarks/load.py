@@ -132,8 +132,9 @@ async def _drive(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         next_index, budget, record = 0, requests, True
         this_process = psutil.Process()
-        client_cpu = _own_cpu_seconds(this_process)
+        # The server first: its reading walks /proc for children, which costs the client CPU.
         server_cpu = _cpu_seconds(server) if server is not None else None
+        client_cpu = _own_cpu_seconds(this_process)
         start = time.perf_counter()
         deadline = start + time_cap_s
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -227,9 +227,10 @@ def _service_section(run: dict[str, Any]) -> list[str]:
             ],
             rows,
         ),
-        "CPU ms/req: user + system CPU time of the server process (all its threads) and of the "
-        "load generator over the recorded requests, per request. Two cores give at most "
-        "2000 ms of CPU per second, so 2000 / (server + client) bounds the req/s of a level.",
+        "CPU ms/req: user + system CPU time of the server (all its threads and worker "
+        "processes) and of the load generator over the recorded requests, per request. Two "
+        "cores give at most 2000 ms of CPU per second, so 2000 / (server + client) bounds the "
+        "req/s of a level.",
         "",
         "In-process ceiling (decode + preprocess + infer, no HTTP), images/s:",
         "",

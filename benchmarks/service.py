@@ -84,14 +84,14 @@ class Ceiling:
             xs = list(self._pool.map(self._x, range(first, min(first + 8, idx.stop))))
             self.wide.run(np.stack(xs))
 
-    def round(self, images: int) -> float:
+    def round(self, images: int) -> dict[str, float]:
         """Run every layout once on the next ``images`` images (a multiple of 8 is fairest).
 
-        Returns the best layout's images per second in this round.
+        Returns each layout's images per second in this round.
         """
         idx = range(self._offset, self._offset + images)
         self._offset += images
-        best = 0.0
+        rates: dict[str, float] = {}
         for name, fn in (
             ("serial", self._serial),
             ("parallel", self._parallel),
@@ -102,24 +102,44 @@ class Ceiling:
             seconds = time.perf_counter() - start
             self.seconds[name] += seconds
             self.images[name] += images
-            best = max(best, images / seconds)
-        return best
+            rates[name] = images / seconds
+        return rates
+
+    def rates(self) -> dict[str, float]:
+        """Images per second of each layout over every round so far."""
+        return {k: self.images[k] / self.seconds[k] for k in self.LAYOUTS if self.seconds[k]}
+
+    def best_layout(self) -> str:
+        """The layout with the most images per second over every round so far: picked once,
+        since the best of several noisy layouts per round would run high."""
+        rates = self.rates()
+        return max(rates, key=lambda k: rates[k])
 
     def record(self, suite: SuiteResult) -> float:
         """Add the figures; return the best layout's images per second."""
-        rates = {k: self.images[k] / self.seconds[k] for k in self.LAYOUTS if self.seconds[k]}
+        rates = self.rates()
         for name, rate in rates.items():
             suite.add(f"ceiling/{name}/throughput", Figure.value(rate, "img/s", self.images[name]))
-        best = max(rates.values())
+        best = rates[self.best_layout()]
         suite.add("ceiling/best/throughput", Figure.value(best, "img/s"))
         suite.params["ceiling"] = {
             "model": self.model.name,
             "cores": self.cores,
             "images_per_layout": self.images,
-            "best_layout": max(rates, key=lambda k: rates[k]),
+            "best_layout": self.best_layout(),
         }
         self._pool.shutdown()
         return best
+
+
+def bound_with_client(
+    cores: int, ceiling_ips: np.ndarray, client_ms: np.ndarray, baseline_rps: np.ndarray
+) -> np.ndarray:
+    """The ceiling once the load generator's CPU per request is paid out of the same cores,
+    over the baseline: the most a server whose HTTP cost nothing could show in this benchmark."""
+    per_request_s = cores / ceiling_ips + client_ms / 1000
+    bound: np.ndarray = cores / per_request_s / baseline_rps
+    return bound
 
 
 @dataclass
@@ -132,23 +152,29 @@ class PairedRounds:
     """
 
     cores: int
+    layout: str = ""  # the ceiling layout the rounds use: the best one over all rounds
     service_rps: list[float] = field(default_factory=list)
     baseline_rps: list[float] = field(default_factory=list)
-    ceiling_ips: list[float] = field(default_factory=list)
+    ceiling_rates: list[dict[str, float]] = field(default_factory=list)  # per layout
     client_ms: list[float] = field(default_factory=list)  # load generator CPU per request
 
-    def bound_with_client(self) -> np.ndarray:
-        """Per round: the ceiling once the load generator's CPU (it shares the cores) is paid,
-        over the baseline. The most a server whose HTTP cost nothing could show in the round."""
-        ceiling, client = np.array(self.ceiling_ips), np.array(self.client_ms) / 1000
-        bound: np.ndarray = (
-            self.cores / (self.cores / ceiling + client) / np.array(self.baseline_rps)
-        )
-        return bound
+    @property
+    def ceiling_ips(self) -> list[float]:
+        return [rates[self.layout] for rates in self.ceiling_rates]
 
-    def record(self, suite: SuiteResult, service_c: int, baseline_c: int) -> None:
+    def bound_with_client(self) -> np.ndarray:
+        """Per round: :func:`bound_with_client`."""
+        return bound_with_client(
+            self.cores,
+            np.array(self.ceiling_ips),
+            np.array(self.client_ms),
+            np.array(self.baseline_rps),
+        )
+
+    def record(self, suite: SuiteResult, service_c: int, baseline_c: int, layout: str) -> None:
         if not self.service_rps:
             return
+        self.layout = layout
         for name, values, unit in (
             ("service_throughput", self.service_rps, "req/s"),
             ("baseline_throughput", self.baseline_rps, "req/s"),
@@ -163,6 +189,7 @@ class PairedRounds:
         suite.add_samples("paired/ceiling_with_client_vs_baseline", bounds, "x")
         suite.params["paired"] = {
             "rounds": len(self.service_rps),
+            "ceiling_layout": layout,
             "service_concurrency": service_c,
             "baseline_concurrency": baseline_c,
             "service_rps": self.service_rps,
@@ -203,13 +230,16 @@ def paired_rounds(
 
     def service_step() -> None:
         result = load(service, levels[0], sizes[0])
+        client_ms = result.cpu_ms_per_request("client")
+        if client_ms is None:
+            raise ServerError(f"{service.target.name}: no request answered")
         out.service_rps.append(result.rps)
-        out.client_ms.append(result.cpu_ms_per_request("client") or 0.0)
+        out.client_ms.append(client_ms)
 
     steps: list[Callable[[], None]] = [
         service_step,
         lambda: out.baseline_rps.append(load(baseline, levels[1], sizes[1]).rps),
-        lambda: out.ceiling_ips.append(ceiling.round(sizes[2])),
+        lambda: out.ceiling_rates.append(ceiling.round(sizes[2])),
     ]
     for r in tqdm(range(rounds), desc="paired rounds", unit="round"):
         for step in steps if r % 2 == 0 else steps[::-1]:
@@ -324,17 +354,20 @@ def service_suite(
             suite.params["baseline"] = baseline.description
             try:
                 base = load_target(baseline, samples, concurrency, baseline_requests, cap, suite)
-                if base:
-                    peaks = (_peak_level(service), _peak_level(base))
-                    with RunningServer(target) as s, RunningServer(baseline) as b:
-                        s.wait_ready()
-                        b.wait_ready()
-                        sizes = (requests, baseline_requests // 2, chunk)
-                        rounds = 2 if quick else PAIRED_ROUNDS
-                        paired = paired_rounds(s, b, ceiling, samples, peaks, sizes, rounds, cap)
-                    paired.record(suite, *peaks)
             except ServerError as exc:
                 suite.skip("baseline", str(exc).splitlines()[0])
+        if base and baseline is not None:
+            peaks = (_peak_level(service), _peak_level(base))
+            try:
+                with RunningServer(target) as s, RunningServer(baseline) as b:
+                    s.wait_ready()
+                    b.wait_ready()
+                    sizes = (requests, baseline_requests // 2, chunk)
+                    rounds = 2 if quick else PAIRED_ROUNDS
+                    paired = paired_rounds(s, b, ceiling, samples, peaks, sizes, rounds, cap)
+                paired.record(suite, *peaks, ceiling.best_layout())
+            except ServerError as exc:
+                suite.skip("paired", str(exc).splitlines()[0])
         best = ceiling.record(suite)
     if base:
         base_peak = max(r.rps for r in base.values())
@@ -344,10 +377,14 @@ def service_suite(
         # the cores: the most a zero-cost HTTP server could show in this benchmark.
         client_ms = [ms for r in service.values() if (ms := r.cpu_ms_per_request("client"))]
         if client_ms and best > 0:
-            per_request_s = ceiling.cores / best + float(np.median(client_ms)) / 1000
+            bound = bound_with_client(
+                ceiling.cores,
+                np.array([best]),
+                np.array([np.median(client_ms)]),
+                np.array([base_peak]),
+            )
             suite.add(
-                "ratio/ceiling_with_client_vs_baseline_peak",
-                Figure.value(ratio(ceiling.cores / per_request_s, base_peak), "x"),
+                "ratio/ceiling_with_client_vs_baseline_peak", Figure.value(float(bound[0]), "x")
             )
     for c, result in service.items():
         suite.add(f"ratio/c{c}/service_vs_ceiling", Figure.value(ratio(result.rps, best), "x"))

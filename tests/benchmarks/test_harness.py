@@ -153,9 +153,13 @@ def test_throughput_target_reads_the_paired_rounds_when_there_are_some() -> None
 def test_paired_bound_pays_the_load_generators_cpu_out_of_the_same_cores() -> None:
     from benchmarks.service import PairedRounds
 
-    rounds = PairedRounds(cores=2, ceiling_ips=[500.0], baseline_rps=[20.0], client_ms=[0.5])
+    rates = [{"serial": 300.0, "parallel": 500.0}, {"serial": 600.0, "parallel": 400.0}]
+    rounds = PairedRounds(2, "parallel", baseline_rps=[20.0, 20.0], client_ms=[0.5, 0.5])
+    rounds.ceiling_rates = rates
+    # One layout for every round (the best overall), not each round's luckiest one.
+    assert rounds.ceiling_ips == [500.0, 400.0]
     # 2 cores / (4 ms per image + 0.5 ms of client per request) = 444.4/s, over 20 req/s.
-    assert rounds.bound_with_client() == pytest.approx([22.22], abs=0.01)
+    assert rounds.bound_with_client() == pytest.approx([22.22, 18.18], abs=0.01)
 
 
 def test_cpu_accounting_counts_children_that_are_still_running() -> None:
@@ -169,18 +173,17 @@ def test_cpu_accounting_counts_children_that_are_still_running() -> None:
 
     me = psutil.Process()
     busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
-    child = subprocess.Popen(
+    before = _cpu_seconds(me)  # before the child exists, so all of its loop falls after
+    with subprocess.Popen(
         [sys.executable, "-c", busy + "print('done', flush=True)\n" + "time.sleep(30)"],
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        before = _cpu_seconds(me)
-        assert child.stdout is not None and child.stdout.readline().strip() == "done"
-        assert _cpu_seconds(me) - before >= 0.3  # the child's loop, while it still runs
-    finally:
-        child.kill()
-        child.wait()
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "done"
+            assert _cpu_seconds(me) - before >= 0.3  # the child's loop, while it still runs
+        finally:
+            child.kill()
 
 
 def test_quantization_scheme_reads_the_int8_files_integer_types() -> None:

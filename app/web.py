@@ -114,6 +114,8 @@ def web_parts(settings: Settings) -> WebParts:
                 await apply_migrations(engine)  # dev convenience; production runs `migrate`
             else:
                 db_engine.enable_wal(engine)
+                # No migration lock here: a replica that starts while `migrate` runs elsewhere
+                # refuses to start (pending migrations) and its supervisor retries it.
                 todo = await pending_migrations(engine)
                 if todo:
                     raise ConfigError(

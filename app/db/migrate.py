@@ -48,31 +48,48 @@ async def pending_migrations(engine: Engine[Any]) -> list[str]:
     return sorted(ids - done)
 
 
+def migration_lock_path(engine: SQLiteEngine) -> Path:
+    """The file whose lock SQLite migrators take: beside the database, in its directory."""
+    db_path = Path(engine.path)
+    return db_path.with_name(db_path.name + ".migrate-lock")
+
+
 @contextlib.asynccontextmanager
 async def _one_migrator_at_a_time(engine: Engine[Any]) -> AsyncIterator[None]:
     """Hold a lock that other processes migrating the same database wait for.
 
     Dev-mode workers (APP_WORKERS > 1) each migrate at start-up, and replicas may each run
     `python -m app migrate`; two of them creating the same tables crashed one of them.
-    PostgreSQL: a session-level advisory lock on a connection of its own (released when it
-    closes, even if this process dies). SQLite: an exclusive lock on a file beside the database.
+    PostgreSQL: a session-level advisory lock on a connection of its own, released when it
+    closes, even if this process dies (it does not hold through a transaction-pooling proxy
+    such as PgBouncer's transaction mode: migrate against PostgreSQL itself). SQLite: an
+    exclusive lock on a file beside the database, which also dies with its process.
     """
     if isinstance(engine, PostgresEngine):
         import asyncpg  # imported here: a SQLite deployment never loads the driver
 
         conn = await asyncpg.connect(**engine.config)
         try:
-            await conn.execute("SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _ADVISORY_LOCK_KEY):
+                log.info("waiting for another process's migrations to finish")
+                await conn.execute("SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
             yield
         finally:
             await conn.close()
         return
     if not isinstance(engine, SQLiteEngine):
         raise TypeError(f"no migration lock for {type(engine).__name__}")
-    db_path = Path(engine.path)
-    with db_path.with_name(db_path.name + ".migrate-lock").open("a") as lock_file:
-        # Blocking, so off the event loop; a crashed holder's lock dies with its process.
-        await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
+    with migration_lock_path(engine).open("a") as lock_file:
+        waited = False
+        while True:  # polled, not blocking in a thread, so a cancelled start-up stops waiting
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log.info("waiting for another process's migrations to finish")
+                    waited = True
+                await asyncio.sleep(0.05)
         try:
             yield
         finally:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 RunBatch = Callable[[np.ndarray], np.ndarray]
 
 
-def background_thread() -> None:
+def use_sched_batch() -> None:
     """Thread initializer for the CPU-bound worker pools (decode, inference).
 
     SCHED_BATCH: a worker woken with new work no longer preempts the thread that woke it. That
@@ -120,7 +120,7 @@ class MicroBatcher:
         if self._collector is not None:
             return
         self._executor = ThreadPoolExecutor(
-            self.concurrency, thread_name_prefix="infer", initializer=background_thread
+            self.concurrency, thread_name_prefix="infer", initializer=use_sched_batch
         )
         self._collector = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
 

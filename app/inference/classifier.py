@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ DISCLAIMER = "This result is a second opinion, not a diagnosis."
 
 class ModelLoadError(RuntimeError):
     """The model is missing, corrupt or not a 7-class image classifier; start-up must stop."""
+
+
+class ModelOutputError(RuntimeError):
+    """The model answered something that is not a probability (a 500: no result, not a guess)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,9 @@ class Classifier:
         # and retakes the GIL, which costs the loop a wait behind the decode threads (measured
         # +1.5 % throughput at concurrency 8 without it).
         values: list[float] = probs.tolist()
+        if not all(math.isfinite(v) for v in values):
+            # A NaN would otherwise pick a class by its position: never show such a result.
+            raise ModelOutputError(f"the model returned non-finite probabilities {values}")
         top = max(range(len(values)), key=values.__getitem__)
         threshold = self.spec.mel_threshold
         mel = labels.index("mel") if "mel" in labels else None

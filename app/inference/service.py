@@ -19,7 +19,7 @@ import numpy as np
 
 from app.config import Settings
 from app.errors import OverloadedError
-from app.inference.batching import InferenceObserver, MicroBatcher, background_thread
+from app.inference.batching import InferenceObserver, MicroBatcher, use_sched_batch
 from app.inference.classifier import Classifier, Prediction
 from app.inference.preprocess import ImageError, ImageTooLargeError, preprocess
 
@@ -52,7 +52,7 @@ class InferenceService:
         # Decodes are bounded like inference: 100 concurrent uploads never decode 100 images at
         # once (memory), and OpenCV releases the GIL, so `workers` threads use `workers` cores.
         self._decode_pool = ThreadPoolExecutor(
-            workers, thread_name_prefix="decode", initializer=background_thread
+            workers, thread_name_prefix="decode", initializer=use_sched_batch
         )
         self._decoding = 0  # images admitted to the decode stage and not yet decoded
         # intra_op=1 per session.run and `workers` runs in flight beat one run with intra_op=N

@@ -68,3 +68,13 @@ def test_bundled_model_flags_melanoma_fixtures_by_threshold(
     # The threshold was chosen for high sensitivity on val: melanomas should rank high.
     mel_scores = probs[labels == mel, mel]
     assert (mel_scores >= np.median(probs[labels != mel, mel])).all()
+
+
+def test_describe_refuses_non_finite_probabilities(classifier: Classifier) -> None:
+    from app.inference.classifier import ModelOutputError
+
+    for bad in (np.nan, np.inf):
+        probs = np.full(len(classifier.spec.labels), 0.1, np.float32)
+        probs[3] = bad
+        with pytest.raises(ModelOutputError, match="non-finite"):
+            classifier.describe(probs)

@@ -123,13 +123,18 @@ def test_decode_output_is_rgb(tmp_path: Path) -> None:
         assert rgb[..., 0].mean() > 240 and rgb[..., 2].mean() < 15
 
 
-@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P"])
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16"])
 def test_png_of_any_colour_mode_decodes_to_rgb(mode: str) -> None:
     source = Image.new("RGB", (64, 48), (200, 30, 90))
-    image = source.convert(mode)
+    image = source.convert(mode if mode != "I;16" else "L")
+    if mode == "I;16":  # 16-bit greyscale: the same picture scaled to 0..65535
+        image = Image.fromarray(np.asarray(image).astype(np.uint16) * 257)
+    elif mode in ("LA", "RGBA"):
+        image.putalpha(Image.linear_gradient("L").resize((64, 48)))  # partly transparent
     got = decode_image(encode(image, "PNG"))
     assert got.shape == (48, 64, 3) and got.dtype == np.uint8
-    expected = np.asarray(image.convert("RGB"))
+    # Alpha is dropped, not blended, as for the upstream images; 16 bits scale to 8.
+    expected = np.asarray(source.convert(mode if mode != "I;16" else "L").convert("RGB"))
     assert np.abs(got.astype(int) - expected).max() <= 1
 
 

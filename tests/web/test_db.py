@@ -44,16 +44,20 @@ def _migrate_after(settings: Settings, start: Any) -> str:  # start: a Manager()
         return f"error: {type(exc).__name__}: {exc}"
 
 
-@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_db_migrators_starting_together_apply_each_migration_once(
-    db: str, web_settings: Settings, request: pytest.FixtureRequest
-) -> None:
-    # Dev-mode workers (APP_WORKERS > 1) each migrate at start-up, and replicas may each run
-    # `python -m app migrate`: without a lock one of them crashed ("table already exists").
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def unmigrated(request: pytest.FixtureRequest, web_settings: Settings) -> Settings:
+    """A fresh database nobody has migrated yet: a SQLite file or a PostgreSQL database."""
     settings = web_settings
-    if db == "postgres":
+    if request.param == "postgres":
         settings = replace(settings, database_url=request.getfixturevalue("pg_url"))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def test_db_migrators_starting_together_apply_each_migration_once(unmigrated: Settings) -> None:
+    # Dev-mode workers (APP_WORKERS > 1) each migrate at start-up, and replicas may each run
+    # `python -m app migrate`: without a lock one of them crashed ("table already exists").
+    settings = unmigrated
     processes = 4
     with multiprocessing.Manager() as manager:
         start = manager.Barrier(processes, timeout=60)
@@ -65,10 +69,7 @@ def test_db_migrators_starting_together_apply_each_migration_once(
     assert migrate(settings) == []
 
 
-@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_db_migrate_waits_while_another_process_holds_the_lock(
-    db: str, web_settings: Settings, request: pytest.FixtureRequest
-) -> None:
+def test_db_migrate_waits_while_another_process_holds_the_lock(unmigrated: Settings) -> None:
     """The race above can pass by luck; this cannot: migrate must wait for the lock's holder."""
     import fcntl
     import threading
@@ -77,10 +78,7 @@ def test_db_migrate_waits_while_another_process_holds_the_lock(
 
     from app.db.migrate import _ADVISORY_LOCK_KEY, migration_lock_path
 
-    settings = web_settings
-    if db == "postgres":
-        settings = replace(settings, database_url=request.getfixturevalue("pg_url"))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = unmigrated
     engine = make_engine(settings)
     done: list[list[str]] = []
     migrator = threading.Thread(target=lambda: done.append(migrate(settings)))
@@ -99,7 +97,7 @@ def test_db_migrate_waits_while_another_process_holds_the_lock(
         migrator.join(timeout=1.5)
         assert migrator.is_alive() and not done  # still waiting for the lock
 
-    if db == "postgres":
+    if settings.database_url is not None:
         asyncio.run(hold_pg_lock_while(while_held))
     else:
         assert isinstance(engine, SQLiteEngine)

@@ -126,8 +126,8 @@ def decode_image(
     """
     info = read_header(data, max_pixels)
     flag = _reduced_flag(info, target) if (target and reduced) else cv2.IMREAD_COLOR
-    # IMREAD_COLOR and the REDUCED variants apply the EXIF orientation tag, for JPEG and PNG
-    # (OpenCV 5; tests/unit/test_preprocess.py checks all 8 orientations against PIL).
+    # IMREAD_COLOR(_RGB) and the REDUCED variants apply the EXIF orientation tag, for JPEG and
+    # PNG (seen with OpenCV 5.0; tests/unit/test_preprocess.py checks all 8 against PIL).
     rgb = cv2.imdecode(np.frombuffer(data, np.uint8), _as_rgb(flag))
     if rgb is None:
         raise ImageError(f"corrupt or truncated {info.format} image")

@@ -78,11 +78,10 @@ def _cpu_seconds(proc: psutil.Process) -> float:
     processes, whose CPU the parent's ``children_*`` times only show once they have exited.
     """
     t = proc.cpu_times()
-    total = t.user + t.system + t.children_user + t.children_system
+    total = _own_cpu_seconds(proc) + t.children_user + t.children_system
     for child in proc.children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
-            c = child.cpu_times()
-            total += c.user + c.system
+            total += _own_cpu_seconds(child)
     return float(total)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 from tqdm import tqdm
 
 from app.config import usable_cpus
@@ -133,12 +134,13 @@ class Ceiling:
 
 
 def bound_with_client(
-    cores: int, ceiling_ips: np.ndarray, client_ms: np.ndarray, baseline_rps: np.ndarray
+    cores: int, ceiling_ips: ArrayLike, client_ms: ArrayLike, baseline_rps: ArrayLike
 ) -> np.ndarray:
     """The ceiling once the load generator's CPU per request is paid out of the same cores,
-    over the baseline: the most a server whose HTTP cost nothing could show in this benchmark."""
-    per_request_s = cores / ceiling_ips + client_ms / 1000
-    bound: np.ndarray = cores / per_request_s / baseline_rps
+    over the baseline: the most a server whose HTTP cost nothing could show in this benchmark.
+    Element-wise, so one figure or one per round."""
+    per_request_s = cores / np.asarray(ceiling_ips) + np.asarray(client_ms) / 1000
+    bound: np.ndarray = cores / per_request_s / np.asarray(baseline_rps)
     return bound
 
 
@@ -164,12 +166,7 @@ class PairedRounds:
 
     def bound_with_client(self) -> np.ndarray:
         """Per round: :func:`bound_with_client`."""
-        return bound_with_client(
-            self.cores,
-            np.array(self.ceiling_ips),
-            np.array(self.client_ms),
-            np.array(self.baseline_rps),
-        )
+        return bound_with_client(self.cores, self.ceiling_ips, self.client_ms, self.baseline_rps)
 
     def record(self, suite: SuiteResult, service_c: int, baseline_c: int, layout: str) -> None:
         if not self.service_rps:
@@ -377,15 +374,8 @@ def service_suite(
         # the cores: the most a zero-cost HTTP server could show in this benchmark.
         client_ms = [ms for r in service.values() if (ms := r.cpu_ms_per_request("client"))]
         if client_ms and best > 0:
-            bound = bound_with_client(
-                ceiling.cores,
-                np.array([best]),
-                np.array([np.median(client_ms)]),
-                np.array([base_peak]),
-            )
-            suite.add(
-                "ratio/ceiling_with_client_vs_baseline_peak", Figure.value(float(bound[0]), "x")
-            )
+            bound = bound_with_client(ceiling.cores, best, np.median(client_ms), base_peak)
+            suite.add("ratio/ceiling_with_client_vs_baseline_peak", Figure.value(float(bound), "x"))
     for c, result in service.items():
         suite.add(f"ratio/c{c}/service_vs_ceiling", Figure.value(ratio(result.rps, best), "x"))
         if c in base:

@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from piccolo.apps.migrations.tables import Migration
 from piccolo.engine.base import Engine
@@ -54,6 +54,14 @@ def migration_lock_path(engine: SQLiteEngine) -> Path:
     return db_path.with_name(db_path.name + ".migrate-lock")
 
 
+def _try_flock(lock_file: IO[str]) -> bool:
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextlib.asynccontextmanager
 async def _one_migrator_at_a_time(engine: Engine[Any]) -> AsyncIterator[None]:
     """Hold a lock that other processes migrating the same database wait for.
@@ -80,15 +88,10 @@ async def _one_migrator_at_a_time(engine: Engine[Any]) -> AsyncIterator[None]:
     if not isinstance(engine, SQLiteEngine):
         raise TypeError(f"no migration lock for {type(engine).__name__}")
     with migration_lock_path(engine).open("a") as lock_file:
-        waited = False
-        while True:  # polled, not blocking in a thread, so a cancelled start-up stops waiting
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    log.info("waiting for another process's migrations to finish")
-                    waited = True
+        if not _try_flock(lock_file):
+            log.info("waiting for another process's migrations to finish")
+            # Polled, not blocking in a thread, so a cancelled start-up stops waiting.
+            while not _try_flock(lock_file):
                 await asyncio.sleep(0.05)
         try:
             yield

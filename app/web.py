@@ -113,7 +113,6 @@ def web_parts(settings: Settings) -> WebParts:
             if settings.dev:
                 await apply_migrations(engine)  # dev convenience; production runs `migrate`
             else:
-                db_engine.enable_wal(engine)
                 # No migration lock here: a replica that starts while `migrate` runs elsewhere
                 # refuses to start (pending migrations) and its supervisor retries it.
                 todo = await pending_migrations(engine)
@@ -121,6 +120,9 @@ def web_parts(settings: Settings) -> WebParts:
                     raise ConfigError(
                         f"{len(todo)} database migration(s) pending: run `python -m app migrate`"
                     )
+                # After the check: `migrate` left the file in WAL, so this is a no-op that
+                # takes no lock, unless the file was restored from a non-WAL copy.
+                db_engine.enable_wal(engine)
             yield
         finally:
             await db_engine.stop(engine)

@@ -41,7 +41,6 @@ def enable_wal(engine: Engine[Any]) -> None:
     if not isinstance(engine, SQLiteEngine):
         return
     path = Path(engine.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     if mode != "wal":
@@ -63,9 +62,12 @@ def bind(engine: Engine[Any]) -> None:
 
 
 async def start(engine: Engine[Any]) -> None:
-    """Open the PostgreSQL pool (a connection per query otherwise: 6.5 ms against 0.3 ms)."""
+    """Open the PostgreSQL pool (a connection per query otherwise: 6.5 ms against 0.3 ms), or
+    make the SQLite file's directory."""
     if isinstance(engine, PostgresEngine):
         await engine.start_connection_pool(min_size=1, max_size=10)
+    elif isinstance(engine, SQLiteEngine):
+        Path(engine.path).parent.mkdir(parents=True, exist_ok=True)
 
 
 async def stop(engine: Engine[Any]) -> None:

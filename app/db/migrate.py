@@ -101,8 +101,10 @@ async def _one_migrator_at_a_time(engine: Engine[Any]) -> AsyncIterator[None]:
 
 async def apply_migrations(engine: Engine[Any]) -> list[str]:
     """Apply pending migrations on an engine that is already started; returns the ids applied."""
-    enable_wal(engine)
     async with _one_migrator_at_a_time(engine):
+        # Under the lock: switching a new SQLite file to WAL takes an exclusive lock that does
+        # not wait on the busy timeout, so migrators doing it together failed "database is locked".
+        enable_wal(engine)
         return await _apply_pending(engine)
 
 

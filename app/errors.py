@@ -69,6 +69,10 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
     if isinstance(exc, AppError | ImageError):
         status, code, detail = exc.status, exc.code, str(exc)
         headers = getattr(exc, "headers", None)
+    elif isinstance(exc, UnicodeDecodeError):
+        # Litestar's form parser (run by the CSRF middleware, before any handler) decodes text
+        # fields as UTF-8: a client's bad bytes, not a server fault.
+        status, code, detail = 400, "bad_request", "a form field is not valid UTF-8 text"
     elif isinstance(exc, HTTPException):
         status, detail = exc.status_code, str(exc.detail)
         code = _code_for_status(status)

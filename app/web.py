@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from litestar import Litestar, Request, Response
 from litestar.config.csrf import CSRFConfig
@@ -184,6 +184,20 @@ def wants_html(request: Request[Any, Any, Any]) -> bool:
     return "application/json" not in accept or "text/html" in accept
 
 
+def _login_url(request: Request[Any, Any, Any]) -> str:
+    """Log in, then come back: to this page, or after a form post (say, a session that expired
+    while filling in the upload form) to the page the form was on, since the post's own URL
+    answers only POST. The login route refuses any `next` that leaves the site."""
+    if request.method in ("GET", "HEAD"):
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    else:
+        referer = urlsplit(request.headers.get("referer", ""))
+        if referer.netloc != request.url.netloc or not referer.path:
+            return "/login"
+        target = referer.path + (f"?{referer.query}" if referer.query else "")
+    return f"/login?next={quote(target)}"
+
+
 def html_error(
     request: Request[Any, Any, Any],
     status: int,
@@ -193,10 +207,7 @@ def html_error(
 ) -> Response[Any]:
     """The HTML side of the one error handler in app/errors.py."""
     if code == "login_required":
-        target = request.url.path
-        if request.url.query:
-            target += "?" + request.url.query
-        return Redirect(f"/login?next={quote(target)}", status_code=303)
+        return Redirect(_login_url(request), status_code=303)
     if status == 403 and "csrf" in detail.lower():
         detail = "The form expired or was sent from another site. Reload the page and try again."
     return Template(

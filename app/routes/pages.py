@@ -12,6 +12,8 @@ from typing import Any
 from litestar import Request, Response, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.response import Redirect, Template
+from piccolo.columns import Varchar
+from piccolo.columns.combination import WhereRaw
 
 from app import analyses, audit
 from app.analyses import RISK_HEX, Upload
@@ -229,6 +231,14 @@ async def delete_analysis(
     return Redirect("/history", status_code=303)
 
 
+def _contains_ignoring_case(column: Varchar, text: str) -> WhereRaw:
+    """``column`` contains ``text`` literally: `%` and `_` in a patient ID are not wildcards."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    # SQLite's LIKE is case-insensitive (ASCII) already; PostgreSQL's needs ILIKE.
+    like = "LIKE" if column._meta.engine_type == "sqlite" else "ILIKE"
+    return WhereRaw(f"{column._meta.name} {like} {{}} ESCAPE '\\'", f"%{escaped}%")
+
+
 @get("/history", name="history", dependencies=USER)
 async def history(
     request: Request[Any, Any, State],
@@ -239,13 +249,10 @@ async def history(
     page: int = 1,
 ) -> Template:
     where: Any = Analysis.owner == user.id  # Piccolo's Where/And types do not unify
+    patient = form_text(patient, "patient filter")
+    batch = form_text(batch, "batch filter")
     if patient:
-        pattern = f"%{patient.strip()}%"
-        # SQLite's LIKE is already case-insensitive (ASCII) and Piccolo warns on ILIKE there.
-        if Analysis._meta.db.engine_type == "sqlite":
-            where &= Analysis.patient.like(pattern)
-        else:
-            where &= Analysis.patient.ilike(pattern)
+        where &= _contains_ignoring_case(Analysis.patient, patient)
     if dx in HAM10000_LABELS:
         where &= Analysis.predicted_class == dx
     if batch:

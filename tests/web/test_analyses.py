@@ -215,6 +215,20 @@ def test_analysis_pages_need_login(client: TestClient[Litestar]) -> None:
     for path in ("/dashboard", "/history", "/analyses/new", "/tokens", "/audit"):
         r = client.get(path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == f"/login?next={path}", path
+    # A form posted after the session expired: back to the form's page, never to the
+    # POST-only URL (which answered 405 after logging in).
+    token = csrf(client)
+    delete = f"/analyses/{'0' * 8}-0000-0000-0000-{'0' * 12}/delete"
+    for referer, expected in (
+        ("http://testserver.local/history?page=2", "/login?next=/history%3Fpage%3D2"),
+        ("https://elsewhere.example/history", "/login"),
+        (None, "/login"),
+    ):
+        headers = {"referer": referer} if referer else {}
+        r = client.post(
+            delete, data={"_csrf_token": token}, headers=headers, follow_redirects=False
+        )
+        assert r.status_code == 303 and r.headers["location"] == expected, referer
 
 
 def test_analysis_dashboard_and_admin_audit(
@@ -392,4 +406,40 @@ def test_nul_characters_in_form_fields_are_refused_not_a_server_error(
             f"/api/v1/analyses/{analysis_id}", headers={"Authorization": f"Bearer {token}"}
         ).json()
         assert row["original_filename"] == "lesion.jpg"
+        for query in ({"patient": "Jane\x00"}, {"batch": "\x00"}):  # the history filters
+            r = client.get("/history", params=query)
+            assert r.status_code == 400 and "NUL" in r.text, query
+        # A text field that is not UTF-8: the form parser's error is the client's, a 400.
+        latin1 = body.replace(b"Jane Doe", "Jos\u00e9".encode("latin-1"))
+        r = client.post(
+            "/analyses",
+            content=latin1,
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert r.status_code == 400 and "UTF-8" in r.text
         assert client.get("/health/live").status_code == 200
+
+
+def test_history_patient_search_is_literal_and_ignores_case(
+    db_settings: Settings, jpeg: bytes
+) -> None:
+    # `%` and `_` are LIKE wildcards; a patient ID such as "AB_12" must not match "ABX12".
+    with make_client(db_settings) as client:
+        register(client, "alice")
+        for patient in ("Anna 50% off", "AB_12", "ABX12", "back\\slash"):
+            upload(client, patient, [("a.jpg", jpeg)])
+
+        def found(query: str) -> set[str]:
+            page = client.get("/history", params={"patient": query}).text
+            return set(re.findall(r"<td>([^<]*)</td>", page)) & {
+                "Anna 50% off",
+                "AB_12",
+                "ABX12",
+                "back\\slash",
+            }
+
+        assert found("%") == {"Anna 50% off"}
+        assert found("AB_1") == {"AB_12"}
+        assert found("ab") == {"AB_12", "ABX12"}  # case-insensitive on both databases
+        assert found("k\\s") == {"back\\slash"}
+        assert found("anna 50") == {"Anna 50% off"}

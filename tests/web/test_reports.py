@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -57,6 +58,47 @@ def test_report_contains_everything(fixture_images: list[tuple[Path, str]]) -> N
     assert "threshold 0.310" in text and "dr-who" in text
     assert "second opinion, not a diagnosis" in text
     assert len(PdfReader(io.BytesIO(pdf)).pages[0].images) == 1  # the thumbnail
+
+
+def test_report_fits_one_page_with_the_longest_names(
+    fixture_images: list[tuple[Path, str]],
+) -> None:
+    # The longest fields the forms allow, with no spaces: borb cannot wrap inside a word and
+    # failed the whole report (a 500 on every view); and one extra line pushed the disclaimer
+    # alone onto a second page.
+    image = fixture_images[0][0].read_bytes()
+    not_flagged_bcc = {"predicted_class": "bcc", "melanoma_flag": False}  # its own advice line
+    for patient, change in (("P" * 128, {}), ("Ж" * 128, {}), ("Ж" * 128, not_flagged_bcc)):
+        # "Ж": the name cannot be printed, which adds a line that says so.
+        data = dataclasses.replace(
+            _data(image),
+            patient=patient,
+            clinician="W" * 64,
+            **change,  # type: ignore[arg-type]
+        )
+        pages = PdfReader(io.BytesIO(build_report(data))).pages
+        assert len(pages) == 1, patient
+        text = "".join(pages[0].extract_text().split())
+        assert data.image_sha256 in text  # the last line
+        assert "secondopinion,notadiagnosis" in text
+        advice = "advisesseeingadermatologistpromptly" if change else "YES:seeadermatologist"
+        assert advice in text
+    assert "P" * 128 not in text and "?" * 128 in text
+    assert "W" * 64 in text  # split over lines, nothing dropped
+
+
+def test_report_says_when_a_name_cannot_be_printed(
+    fixture_images: list[tuple[Path, str]],
+) -> None:
+    image = fixture_images[0][0].read_bytes()
+    data = _data(image, patient="Иван Петров")
+    text = " ".join(PdfReader(io.BytesIO(build_report(data))).pages[0].extract_text().split())
+    assert "Patient: ???? ??????" in text
+    assert "cannot be printed and show as '?'" in text
+    latin = " ".join(
+        PdfReader(io.BytesIO(build_report(_data(image)))).pages[0].extract_text().split()
+    )
+    assert "cannot be printed" not in latin
 
 
 def test_report_of_a_damaged_image_says_so(fixture_images: list[tuple[Path, str]]) -> None:

@@ -218,8 +218,15 @@ def html_error(
     )
 
 
+def session_data(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The cookie session's contents; ``{}`` also after ``clear_session()`` in this request,
+    which leaves Litestar's ``Empty`` marker (truthy) in the scope, not a dict."""
+    session = request.scope.get("session")
+    return cast(dict[str, Any], session) if isinstance(session, dict) else {}
+
+
 def flash(request: Request[Any, Any, Any], message: str, category: str = "info") -> None:
-    session: dict[str, Any] = dict(cast(dict[str, Any], request.scope.get("session") or {}))
+    session = dict(session_data(request))
     if not session:  # anonymous visitors get no session just for a message
         return
     session["flash"] = [*session.get("flash", []), [category, message]]
@@ -227,7 +234,7 @@ def flash(request: Request[Any, Any, Any], message: str, category: str = "info")
 
 
 def pop_flashes(request: Request[Any, Any, Any]) -> Sequence[tuple[str, str]]:
-    session = cast(dict[str, Any], request.scope.get("session") or {})
+    session = session_data(request)
     messages = session.get("flash") or []
     if messages:
         request.set_session({k: v for k, v in session.items() if k != "flash"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
@@ -13,6 +13,7 @@ from litestar.di import Provide
 
 from app.db.tables import User
 from app.errors import AppError
+from app.web import session_data
 
 
 class LoginRequiredError(AppError):
@@ -38,39 +39,46 @@ class CurrentUser:
         return self.role == "admin"
 
 
-def hash_fingerprint(password_hash: str) -> str:
-    # A new password (or rehash) ends older sessions without a server-side session store.
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+def session_fingerprint(user: dict[str, Any]) -> str:
+    """What a session must still match: a new password (or rehash) or a logout, which bumps
+    ``session_epoch``, ends the sessions signed before it without a server-side session store.
+    A copied cookie (a shared kiosk) therefore stops working once its user logs out."""
+    material = f"{user['password_hash']}|{user['session_epoch']}"
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def start_session(request: Request[Any, Any, Any], user: dict[str, Any]) -> None:
+    """``user``: the row's id, password_hash and session_epoch."""
     request.clear_session()  # a fresh session on login: nothing carried over from before
     request.set_session(
-        {
-            "uid": user["id"],
-            "fp": hash_fingerprint(user["password_hash"]),
-            "seen": int(time.time()),
-        }
+        {"uid": user["id"], "fp": session_fingerprint(user), "seen": int(time.time())}
     )
+
+
+async def end_sessions(user_id: int) -> None:
+    """Log out: every cookie session of this account stops working, on all devices."""
+    await User.update({User.session_epoch: User.session_epoch + 1}).where(User.id == user_id).run()
 
 
 async def optional_user(request: Request[Any, Any, State]) -> CurrentUser | None:
     """The session's user, or None when absent, idle too long, deactivated or re-passworded."""
     if "current_user" in request.scope.get("state", {}):
         return request.scope["state"]["current_user"]  # type: ignore[no-any-return]
-    session = cast(dict[str, Any], request.scope.get("session") or {})
+    session = session_data(request)
     user: CurrentUser | None = None
     uid, seen = session.get("uid"), session.get("seen")
     idle_s = request.app.state["settings"].session_idle_minutes * 60
     now = int(time.time())
     if uid and isinstance(seen, int) and now - seen <= idle_s:
         row = (
-            await User.select(User.id, User.username, User.role, User.password_hash)
+            await User.select(
+                User.id, User.username, User.role, User.password_hash, User.session_epoch
+            )
             .where((User.id == uid) & (User.active.eq(True)))
             .first()
             .run()
         )
-        if row is not None and hash_fingerprint(row["password_hash"]) == session.get("fp"):
+        if row is not None and session_fingerprint(row) == session.get("fp"):
             user = CurrentUser(row["id"], row["username"], row["role"])
             if now - seen >= 30:  # slide the idle window; not on every request
                 request.set_session({**session, "seen": now})

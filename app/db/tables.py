@@ -34,6 +34,9 @@ class User(Table, tablename="app_user"):  # `user` is reserved in PostgreSQL
     role = Varchar(length=16, default="clinician")
     active = Boolean(default=True)
     created_at = Timestamptz(default=TimestamptzNow())
+    # Bumped on logout: the cookie sessions signed before it stop working (cookies cannot be
+    # revoked one by one without a server-side session store).
+    session_epoch = Integer(default=0)
 
 
 class Analysis(Table):

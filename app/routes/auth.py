@@ -14,7 +14,7 @@ from litestar.response import Redirect, Template
 
 from app import audit
 from app.auth.passwords import hash_password, password_problem, verify_password
-from app.auth.session import USER, CurrentUser, optional_user, start_session
+from app.auth.session import USER, CurrentUser, end_sessions, optional_user, start_session
 from app.auth.tokens import create_token
 from app.db.tables import ApiToken, User
 from app.web import flash, form_text, render
@@ -65,7 +65,9 @@ async def login(request: Request[Any, Any, State], state: State, data: Form) -> 
             error=f"Too many failed attempts. Try again in {wait // 60 + 1} minutes.",
         )
     row = (
-        await User.select(User.id, User.username, User.password_hash, User.active)
+        await User.select(
+            User.id, User.username, User.password_hash, User.active, User.session_epoch
+        )
         .where(User.username_key == username.casefold())
         .first()
         .run()
@@ -136,7 +138,7 @@ async def register(request: Request[Any, Any, State], state: State, data: Form) 
     await audit.record(
         "register", actor_id=user.id, actor_name=username, address=client_address(request)
     )
-    start_session(request, {"id": user.id, "password_hash": password_hash})
+    start_session(request, {"id": user.id, "password_hash": password_hash, "session_epoch": 0})
     flash(request, f"Welcome, {username}. Your account is ready.", "success")
     return Redirect("/dashboard", status_code=303)
 
@@ -145,6 +147,7 @@ async def register(request: Request[Any, Any, State], state: State, data: Form) 
 async def logout(request: Request[Any, Any, State]) -> Redirect:
     user = await optional_user(request)
     if user is not None:
+        await end_sessions(user.id)
         await audit.record(
             "logout", actor_id=user.id, actor_name=user.username, address=client_address(request)
         )

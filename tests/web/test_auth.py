@@ -32,6 +32,30 @@ def test_auth_register_login_logout(client: TestClient[Litestar]) -> None:
     assert "Alice" in client.get("/dashboard").text
 
 
+def test_auth_logout_ends_copies_of_the_session_cookie(client: TestClient[Litestar]) -> None:
+    # A session cookie copied before logout (a shared kiosk, a stolen cookie) must not outlive
+    # it: cookies are client-side, so logout bumps the account's session epoch.
+    register(client, "alice")
+    other_device = TestClient(app=client.app)  # shares the running app, has its own cookies
+    login(other_device, "alice")
+    assert other_device.get("/dashboard", follow_redirects=False).status_code == 200
+    copied = dict(client.cookies)
+    token = csrf(client, "/dashboard")
+    assert client.post("/logout", data={"_csrf_token": token}).status_code == 200
+    client.cookies.clear()
+    client.cookies.update(copied)
+    r = client.get("/dashboard", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    # A page that renders after the stale session was cleared in the same request (it read
+    # Litestar's `Empty` marker as a dict: a 500).
+    client.cookies.update(copied)
+    assert client.get("/login").status_code == 200
+    # It ends the account's other sessions too: one epoch per account, not per cookie.
+    assert other_device.get("/dashboard", follow_redirects=False).status_code == 303
+    assert login(client, "alice") == 303
+    assert client.get("/dashboard").status_code == 200  # and a new login works
+
+
 def test_auth_session_cookie_flags(client: TestClient[Litestar]) -> None:
     token = csrf(client, "/register")
     r = client.post(

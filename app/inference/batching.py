@@ -168,9 +168,15 @@ class MicroBatcher:
         try:
             return list(await asyncio.gather(*(i.future for i in items)))
         except asyncio.CancelledError:
-            # The client went away: its queued items are skipped by the collector.
+            # The caller went away: drop its queued items, which would otherwise hold places
+            # in the bound (refusing live requests) and in the depth gauge until collected.
+            gone = {id(item) for item in items}
             for item in items:
                 item.future.cancel()
+            kept = [item for item in self._pending if id(item) not in gone]
+            self._pending.clear()
+            self._pending.extend(kept)
+            self._report_depth()
             raise
 
     def _report_depth(self) -> None:

@@ -95,7 +95,9 @@ def _reduced_flag(info: ImageInfo, target: tuple[int, int]) -> int:
     # image still covers the model input, so INTER_AREA keeps averaging real pixels.
     if info.format != "jpeg":
         return cv2.IMREAD_COLOR
-    ratio = min(info.width / target[0], info.height / target[1])
+    # The header gives the stored size; an EXIF rotation (orientations 5-8) swaps it after
+    # decoding, so the reduced image must cover the input either way round.
+    ratio = min(info.width, info.height) / max(target)
     if ratio >= 4:
         return cv2.IMREAD_REDUCED_COLOR_4
     if ratio >= 2:

@@ -177,3 +177,36 @@ async def test_worker_threads_run_as_batch_work_and_the_event_loop_does_not(
     assert policies == [os.SCHED_BATCH]
     assert decode_policy == os.SCHED_BATCH
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+async def test_batcher_frees_the_places_of_cancelled_requests(tensors: list[np.ndarray]) -> None:
+    # Requests cancelled while queued (a closed WebSocket, shutdown) must not keep counting
+    # against the queue bound: live requests were refused "queue is full" behind them.
+    release = threading.Event()
+
+    def slow_run(batch: np.ndarray) -> np.ndarray:
+        release.wait(10)
+        return np.zeros((len(batch), 7), np.float32)
+
+    batcher = MicroBatcher(slow_run, max_batch=1, max_wait_ms=0, queue_max=2, concurrency=1)
+    await batcher.start()
+    try:
+        running = asyncio.ensure_future(batcher.submit(tensors[0]))
+        await asyncio.sleep(0.01)
+        while batcher.depth:  # the first item is running, not queued
+            await asyncio.sleep(0.001)
+        queued = asyncio.ensure_future(batcher.submit_many(tensors[1:3]))
+        await asyncio.sleep(0.01)
+        assert batcher.depth == 2
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert batcher.depth == 0
+        live = asyncio.ensure_future(batcher.submit_many(tensors[1:3]))  # was OverloadedError
+        await asyncio.sleep(0.01)
+        release.set()
+        assert len(await live) == 2
+        await running
+    finally:
+        release.set()
+        await batcher.stop()

@@ -148,6 +148,19 @@ def test_reduced_decode_only_when_the_image_still_covers_the_input() -> None:
     assert _reduced_flag(ImageInfo("png", 600, 450), (28, 28)) == cv2.IMREAD_COLOR
 
 
+@pytest.mark.parametrize("orientation", [None, 6])
+def test_reduced_decode_covers_the_input_after_an_exif_rotation(
+    upright: Image.Image, orientation: int | None
+) -> None:
+    # A 300x800 portrait stored as 800x300 with orientation 6 decoded at 1/2 to 150x400:
+    # narrower than a 160x120 input, so it was upscaled.
+    portrait = upright.resize((300, 800))
+    stored = portrait.transpose(STORE_FOR_ORIENTATION[6]) if orientation else portrait
+    decoded = decode_image(encode(stored, "JPEG", orientation), target=(160, 120))
+    height, width = decoded.shape[:2]
+    assert (width, height) == (300, 800)  # upright, and not reduced below the input
+
+
 def test_center_crop_keeps_the_middle_at_the_target_aspect() -> None:
     img = np.zeros((450, 600, 3), np.uint8)
     img[:, 75:525] = 255  # the central 450x450 square

@@ -181,12 +181,21 @@ async def create_analysis(
             patient=patient,
             batch_max=settings.batch_max,
         )
-    for error in errors:
-        flash(request, f"Skipped {error}", "warning")
+    if errors:
+        flash(request, _skipped_summary(errors), "warning")
     if len(saved) == 1:
         return Redirect(f"/analyses/{saved[0]}", status_code=303)
     flash(request, f"{len(saved)} images analysed for {patient}.", "success")
     return Redirect(f"/history?batch={batch}", status_code=303)
+
+
+def _skipped_summary(errors: list[str], shown: int = 3, width: int = 120) -> str:
+    """One short message for the files a batch skipped. Flash messages live in the session
+    cookie: one per file made 24 KB of cookies for a 32-file batch with long names, over a
+    browser's 4 KB per cookie and a proxy's 8 KB header limit."""
+    listed = [e if len(e) <= width else e[: width - 1] + "…" for e in errors[:shown]]
+    more = f"; and {len(errors) - shown} more" if len(errors) > shown else ""
+    return f"Skipped {len(errors)} file(s): " + "; ".join(listed) + more
 
 
 @get("/analyses/{analysis_id:str}", name="analysis", dependencies=USER)

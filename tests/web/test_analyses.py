@@ -443,3 +443,14 @@ def test_history_patient_search_is_literal_and_ignores_case(
         assert found("ab") == {"AB_12", "ABX12"}  # case-insensitive on both databases
         assert found("k\\s") == {"back\\slash"}
         assert found("anna 50") == {"Anna 50% off"}
+
+
+def test_batch_skips_are_one_short_message(client: TestClient[Litestar], jpeg: bytes) -> None:
+    # Flash messages ride in the session cookie: one per skipped file made 24 KB of cookies
+    # for a 32-file batch with long names (browsers keep 4 KB per cookie). This app: 8 a batch.
+    register(client, "alice")
+    bad = [(f"{i:02d}{'é' * 200}.jpg", b"not an image at all") for i in range(7)]
+    location = upload(client, "Pat", [("a.jpg", jpeg), *bad])
+    assert sum(len(value) for value in client.cookies.values()) < 4096
+    page = client.get(location).text
+    assert "Skipped 7 file(s): 00" in page and "; and 4 more" in page

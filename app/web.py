@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from litestar import Litestar, Request, Response
@@ -222,7 +222,7 @@ def session_data(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The cookie session's contents; ``{}`` also after ``clear_session()`` in this request,
     which leaves Litestar's ``Empty`` marker (truthy) in the scope, not a dict."""
     session = request.scope.get("session")
-    return cast(dict[str, Any], session) if isinstance(session, dict) else {}
+    return session if isinstance(session, dict) else {}
 
 
 def flash(request: Request[Any, Any, Any], message: str, category: str = "info") -> None:

@@ -21,6 +21,12 @@ from app.config import Settings
 from app.errors import OverloadedError
 from app.inference.batching import InferenceObserver, MicroBatcher, use_sched_batch
 from app.inference.classifier import Classifier, Prediction
+from app.inference.explain import (
+    Explainer,
+    Explanation,
+    ExplanationUnavailableError,
+    cam_model_path,
+)
 from app.inference.preprocess import ImageError, ImageTooLargeError, preprocess
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,9 @@ class InferenceService:
             workers, thread_name_prefix="decode", initializer=use_sched_batch
         )
         self._decoding = 0  # images admitted to the decode stage and not yet decoded
+        self._cam_path = cam_model_path(settings.model_path, self.spec)
+        self._explainer: Explainer | None = None
+        self._explainer_loading = asyncio.Lock()
         # intra_op=1 per session.run and `workers` runs in flight beat one run with intra_op=N
         # on 2 cores (PITFALLS.md); the classifier is created with threads=1 for this reason.
         self.batcher = MicroBatcher(
@@ -124,6 +133,39 @@ class InferenceService:
             result.queue_ms,
             result.batch_size,
         )
+
+    async def explain(self, data: bytes, label: str) -> Explanation:
+        """Grad-CAM heat map of ``label`` for an image; 501 without a CAM model.
+
+        Runs on the decode pool under the same admission bound: decode, one model run, and
+        drawing the overlay.
+        """
+        explainer = await self._load_explainer()
+        with self._admitted(1):
+            if len(data) > self.max_upload_bytes:
+                raise ImageTooLargeError(
+                    f"image is {len(data)} bytes; the limit is {self.max_upload_bytes}"
+                )
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._decode_pool, explainer.explain, data, label, self.max_pixels
+            )
+
+    @property
+    def explanations_available(self) -> bool:
+        return self._explainer is not None or self._cam_path.is_file()
+
+    async def _load_explainer(self) -> Explainer:
+        async with self._explainer_loading:  # one load, however many ask at once
+            if self._explainer is None:
+                if not self._cam_path.is_file():
+                    raise ExplanationUnavailableError(
+                        f"explanations are not available: no {self._cam_path.name} beside the "
+                        "served model (build it with `python -m conversion cam`)"
+                    )
+                self._explainer = await asyncio.to_thread(Explainer, self._cam_path, self.spec)
+                log.info("loaded the explanation model %s", self._cam_path)
+            return self._explainer
 
     async def analyse_many(self, images: Sequence[bytes]) -> list[Analysis | ImageError]:
         """Classify several images in order; a bad one yields its ImageError, not a failure.

@@ -21,7 +21,9 @@ from app.auth.session import ADMIN, USER, CurrentUser, optional_user
 from app.charts import column_svg, hbar_svg
 from app.db.tables import Analysis, AuditEvent
 from app.errors import AppError
+from app.inference.explain import CAVEAT, ExplanationUnavailableError
 from app.inference.preprocess import ImageError
+from app.inference.service import InferenceService
 from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES, RISK_GROUPS
 from app.routes.auth import client_address
 from app.web import flash, form_text, render
@@ -211,7 +213,18 @@ async def analysis_page(
         max_value=1.0,
         title="Probability of each class",
     )
-    return render(request, "result.html", a=row, chart=chart)
+    service: InferenceService | None = request.app.state.get("inference")
+    return render(
+        request,
+        "result.html",
+        a=row,
+        chart=chart,
+        explanations=service is not None and service.explanations_available,
+        explanation_caveat=CAVEAT,
+        # The heat map is drawn by today's model; say so when another one made this result.
+        explained_by_other_model=service is not None
+        and row["model_sha256"] != service.classifier.sha256,
+    )
 
 
 @get("/analyses/{analysis_id:str}/image", dependencies=USER)
@@ -221,6 +234,23 @@ async def analysis_image(user: CurrentUser, state: State, analysis_id: str) -> R
     media = "image/png" if row["image_path"].endswith(".png") else "image/jpeg"
     # Decrypted for its owner only: never cached by shared caches.
     return Response(data, media_type=media, headers={"Cache-Control": "private, no-store"})
+
+
+@get("/analyses/{analysis_id:str}/explanation.png", dependencies=USER)
+async def analysis_explanation(
+    request: Request[Any, Any, State], user: CurrentUser, state: State, analysis_id: str
+) -> Response[bytes]:
+    """Grad-CAM heat map of the stored result's class over the stored image (501 without a
+    CAM model); computed on request, nothing is stored."""
+    row = await analyses.get_owned(analysis_id, user.id)
+    data = await asyncio.to_thread(state["store"].get, row["image_path"])
+    service: InferenceService | None = state.get("inference")
+    if service is None:
+        raise ExplanationUnavailableError("the model is not loaded yet")
+    explanation = await service.explain(data, row["predicted_class"])
+    return Response(
+        explanation.png, media_type="image/png", headers={"Cache-Control": "private, no-store"}
+    )
 
 
 @post("/analyses/{analysis_id:str}/delete", dependencies=USER, status_code=303)
@@ -324,6 +354,7 @@ handlers: list[Any] = [
     create_analysis,
     analysis_page,
     analysis_image,
+    analysis_explanation,
     delete_analysis,
     history,
     audit_log,

@@ -66,9 +66,26 @@ def build_tiny_model(path: Path) -> Path:
     return path
 
 
+def build_tiny_cam_model(model_path: Path) -> Path:
+    """Its CAM model, where the served model's explanations look for it (conversion/cam.py)."""
+    import onnx
+
+    from app.inference.explain import cam_model_path
+    from app.inference.spec import ModelSpec
+    from conversion.cam import add_class_maps
+
+    model = onnx.load(str(model_path))
+    spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
+    cam_path = cam_model_path(model_path, spec)
+    onnx.save(add_class_maps(model)[0], str(cam_path))
+    return cam_path
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+    model = build_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+    build_tiny_cam_model(model)
+    return model
 
 
 @pytest.fixture

@@ -1,0 +1,106 @@
+"""Grad-CAM explanations: where in the image the model found evidence for a class.
+
+The maps come from ``<model name>_cam.onnx`` beside the served model, which
+``python -m conversion cam`` writes: the FP32 model plus an output of class activation maps
+(for our GAP -> Dense head these are exactly Grad-CAM's maps, see conversion/cam.py). It is
+loaded on the first explanation, so serving without one costs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from app.errors import AppError
+from app.inference.classifier import ModelLoadError
+from app.inference.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    center_crop_to_aspect,
+    decode_image,
+    preprocess,
+)
+from app.inference.spec import ModelSpec, ModelSpecError
+
+CLASS_MAPS = "class_maps"  # the output conversion/cam.py adds
+DISPLAY_WIDTH = 320  # the overlay's width; its height follows the model's aspect
+HEAT_ALPHA = 0.45
+
+
+class ExplanationUnavailableError(AppError):
+    """This deployment has no CAM model: explanations are off, predictions are not."""
+
+    status = 501
+    code = "explanation_unavailable"
+
+
+# What a person must read beside the heat map.
+CAVEAT = (
+    "The heat map shows where the model found evidence for this class (Grad-CAM on the model's "
+    "last, coarse feature grid, smoothed for display). It is not an outline of the lesion and "
+    "does not show that the result is right; strong evidence outside the lesion suggests the "
+    "result may be unreliable."
+)
+
+
+def cam_model_path(model_path: Path, spec: ModelSpec) -> Path:
+    """Where the CAM model of a served model lives: FP32 and INT8 exports share one."""
+    return model_path.with_name(f"{spec.name}_cam.onnx")
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    label: str
+    grid: tuple[int, int]  # (rows, columns) of the class map before smoothing
+    evidence: bool  # False when no region raised the class's score (the map is empty)
+    png: bytes  # the model's view of the image with the heat map over it, RGB PNG
+
+
+class Explainer:
+    """One onnxruntime session of the CAM model; thread-safe like any session."""
+
+    def __init__(self, path: Path, served: ModelSpec) -> None:
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.spec = ModelSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+        except (OSError, RuntimeError, ModelSpecError) as exc:  # ort raises RuntimeError kinds
+            raise ModelLoadError(f"cannot load the explanation model {path}: {exc}") from exc
+        outputs = [o.name for o in self.session.get_outputs()]
+        if CLASS_MAPS not in outputs:
+            raise ModelLoadError(f"{path} has no {CLASS_MAPS!r} output: not a CAM model")
+        same = (self.spec.labels, self.spec.input_size, self.spec.layout) == (
+            served.labels,
+            served.input_size,
+            served.layout,
+        )
+        if not same:
+            raise ModelLoadError(f"{path} was built for another model than the one served")
+        self._input = self.session.get_inputs()[0].name
+        self._maps = outputs.index(CLASS_MAPS)
+
+    def class_map(self, tensor: np.ndarray, label: str) -> np.ndarray:
+        """The class's evidence, (rows, columns), ReLU'd and scaled to [0, 1] (all 0: none)."""
+        outputs = self.session.run(None, {self._input: tensor[np.newaxis]})
+        cam: np.ndarray = np.maximum(outputs[self._maps][0, self.spec.labels.index(label)], 0)
+        peak = float(cam.max())
+        return (cam / peak if peak > 0 else cam).astype(np.float32)
+
+    def explain(self, data: bytes, label: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Explanation:
+        """Heat map of ``label`` over the region the model sees (blocking: run off the loop)."""
+        cam = self.class_map(preprocess(data, self.spec, max_pixels), label)
+        width, height = self.spec.input_size
+        shown = center_crop_to_aspect(decode_image(data, None, max_pixels), width / height)
+        size = (DISPLAY_WIDTH, round(DISPLAY_WIDTH * height / width))
+        shown = cv2.resize(shown, size, interpolation=cv2.INTER_AREA)
+        heat = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
+        heat_u8 = (np.clip(heat, 0, 1) * 255).astype(np.uint8)
+        colours = cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET)
+        overlay = cv2.addWeighted(shown, 1 - HEAT_ALPHA, colours[..., ::-1], HEAT_ALPHA, 0)
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(overlay[..., ::-1]))  # BGR out
+        if not ok:
+            raise RuntimeError("PNG encoding failed")
+        rows, columns = cam.shape
+        return Explanation(label, (rows, columns), bool(cam.max() > 0), png.tobytes())

@@ -1,0 +1,173 @@
+"""``cam``: the FP32 model plus an output of class activation maps, for Grad-CAM explanations.
+
+For a head of global average pooling -> Dense(logits) (ours: GAP -> dropout -> Dense), Grad-CAM
+on the last convolutional map *is* the class activation map: the gradient of logit c with
+respect to the map A is the constant w_c / (h*w), so Grad-CAM's weights are the Dense kernel.
+The added output ``class_maps`` is A projected through that kernel, [N, classes, h, w], computed
+in the same run as the probabilities; the serving install then needs no gradients and no `onnx`.
+
+The gate is an identity, not a tolerance tuned to pass: averaging each class map over h*w and
+adding the Dense bias must give back the logits, so softmax of it must equal the model's own
+probabilities, on real images.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from conversion.errors import ConversionError, GateError
+from conversion.files import save_onnx
+
+log = logging.getLogger(__name__)
+
+CLASS_MAPS = "class_maps"
+CAM_MAX_PROB_DIFF = 1e-5  # float32 rounding of a sum reordered; a wrong head is off by >1e-2
+_PASS_THROUGH = {"Squeeze", "Flatten", "Reshape", "Identity", "Dropout"}
+
+
+@dataclass(frozen=True, slots=True)
+class CamHead:
+    """Where the pooled feature map meets the Dense layer in an ONNX graph."""
+
+    feature_map: str  # tensor name of the map before pooling
+    channels_last: bool  # NHWC (ReduceMean over axes 1, 2) or NCHW (GlobalAveragePool)
+    kernel: np.ndarray  # [channels, classes]
+    bias: np.ndarray  # [classes], zeros when the head has none
+
+
+def find_head(model: onnx.ModelProto) -> CamHead:
+    """The GAP -> Dense head that feeds the model's probabilities, or a ConversionError."""
+    graph = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+
+    for pool in graph.node:
+        channels_last = _spatial_mean_layout(pool, weights)
+        if channels_last is None:
+            continue
+        tensor = pool.output[0]
+        while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in _PASS_THROUGH:
+            tensor = consumers[tensor][0].output[0]
+        dense = [n for n in consumers.get(tensor, []) if n.op_type in ("MatMul", "Gemm")]
+        if len(dense) != 1 or dense[0].input[1] not in weights:
+            continue
+        node = dense[0]
+        kernel = weights[node.input[1]].astype(np.float32)
+        if node.op_type == "Gemm":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("transB"):
+                kernel = kernel.T
+            kernel = kernel * float(attrs.get("alpha", 1.0))
+            bias = weights[node.input[2]] if len(node.input) > 2 else np.zeros(kernel.shape[1])
+        else:
+            bias = _following_bias(node.output[0], consumers, weights, kernel.shape[1])
+        return CamHead(pool.input[0], channels_last, kernel, bias.astype(np.float32).ravel())
+    raise ConversionError(
+        "no global-average-pooling -> Dense head found: class activation maps need one "
+        "(a Flatten -> Dense head, like the upstream 28x28 model's, has no spatial map to show)"
+    )
+
+
+def _spatial_mean_layout(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> bool | None:
+    """True for a mean over NHWC's H and W, False for GlobalAveragePool (NCHW), else None."""
+    if node.op_type == "GlobalAveragePool":
+        return False
+    if node.op_type != "ReduceMean":
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axes = attrs.get("axes")  # opset < 18 keeps axes as an attribute, later as an input
+    if axes is None and len(node.input) > 1 and node.input[1] in weights:
+        axes = weights[node.input[1]].tolist()
+    return True if sorted(axes or []) == [1, 2] else None
+
+
+def _following_bias(
+    tensor: str,
+    consumers: dict[str, list[onnx.NodeProto]],
+    weights: dict[str, np.ndarray],
+    classes: int,
+) -> np.ndarray:
+    after = consumers.get(tensor, [])
+    if len(after) == 1 and after[0].op_type == "Add":
+        other = [name for name in after[0].input if name != tensor]
+        if other and other[0] in weights:
+            return np.broadcast_to(weights[other[0]], (classes,)).copy()
+    return np.zeros(classes, np.float32)
+
+
+def add_class_maps(model: onnx.ModelProto) -> tuple[onnx.ModelProto, CamHead]:
+    """A copy of ``model`` with a second output, ``class_maps`` [N, classes, h, w]."""
+    head = find_head(model)
+    cam = onnx.ModelProto()
+    cam.CopyFrom(model)
+    graph = cam.graph
+    kernel = numpy_helper.from_array(head.kernel, "cam_kernel")
+    graph.initializer.append(kernel)
+    nodes = []
+    source = head.feature_map
+    if not head.channels_last:
+        nodes.append(helper.make_node("Transpose", [source], ["cam_nhwc"], perm=[0, 2, 3, 1]))
+        source = "cam_nhwc"
+    nodes += [
+        helper.make_node("MatMul", [source, "cam_kernel"], ["cam_nhwk"]),
+        helper.make_node("Transpose", ["cam_nhwk"], [CLASS_MAPS], perm=[0, 3, 1, 2]),
+    ]
+    graph.node.extend(nodes)
+    classes = head.kernel.shape[1]
+    graph.output.append(
+        helper.make_tensor_value_info(CLASS_MAPS, onnx.TensorProto.FLOAT, ["N", classes, "h", "w"])
+    )
+    onnx.checker.check_model(cam)
+    return cam, head
+
+
+def check_class_maps(
+    probabilities: np.ndarray, class_maps: np.ndarray, bias: np.ndarray
+) -> float:
+    """Largest |softmax(mean_hw(class_maps) + bias) - probabilities|; raises GateError."""
+    logits = class_maps.mean(axis=(2, 3)) + bias
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    rebuilt = shifted / shifted.sum(axis=1, keepdims=True)
+    diff = float(np.abs(rebuilt - probabilities).max())
+    if not diff <= CAM_MAX_PROB_DIFF:
+        raise GateError(
+            f"class maps do not rebuild the probabilities: max |diff| {diff:.2e} > "
+            f"{CAM_MAX_PROB_DIFF:.0e}; the head found is not the one the model uses"
+        )
+    return diff
+
+
+def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float:
+    """Write the CAM model for ``fp32_path`` after checking it on ``batch`` (model inputs).
+
+    Returns the largest probability difference of the identity gate (see the module doc).
+    """
+    import onnxruntime as ort
+
+    cam, head = add_class_maps(onnx.load(str(fp32_path)))
+    session = ort.InferenceSession(cam.SerializeToString(), providers=["CPUExecutionProvider"])
+    base = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
+    input_name = base.get_inputs()[0].name
+    (expected,) = base.run(None, {input_name: batch})
+    probabilities, class_maps = session.run(None, {input_name: batch})
+    if not np.array_equal(probabilities, expected):
+        raise GateError("the CAM model's probabilities differ from the model it was built from")
+    diff = check_class_maps(probabilities, class_maps, head.bias)
+    save_onnx(cam, out_path)
+    log.info(
+        "wrote %s: class maps %s, identity gate max |diff| %.1e on %d images",
+        out_path,
+        "x".join(str(d) for d in class_maps.shape[2:]),
+        diff,
+        len(batch),
+    )
+    return diff

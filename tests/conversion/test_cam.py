@@ -1,0 +1,49 @@
+"""The CAM model: the shipped model plus class activation maps, checked by an identity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conversion.cam import CLASS_MAPS, build_cam_model, check_class_maps, find_head
+from conversion.convert import read_spec
+from conversion.errors import ConversionError, GateError
+from conversion.images import preprocess_paths
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "models" / "skin_lesion.onnx"
+UPSTREAM = REPO / "models" / "upstream" / "upstream_skin.onnx"
+
+
+@pytest.fixture(scope="module")
+def batch(fixture_images: list[tuple[Path, str]]) -> np.ndarray:
+    return preprocess_paths([p for p, _ in fixture_images], read_spec(SHIPPED))
+
+
+def test_cam_model_keeps_the_probabilities_and_rebuilds_them(
+    tmp_path: Path, batch: np.ndarray
+) -> None:
+    out = tmp_path / "skin_lesion_cam.onnx"
+    diff = build_cam_model(SHIPPED, out, batch)
+    assert diff <= 1e-5
+    cam = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in cam.get_outputs()] == ["probabilities", CLASS_MAPS]
+    probabilities, maps = cam.run(None, {"input": batch})
+    assert maps.shape[:2] == (len(batch), 7) and maps.shape[2] >= 3 and maps.shape[3] >= 3
+    assert np.abs(maps).max() > 0
+    # The model's metadata (labels, input spec) travels with it: the server checks it.
+    assert read_spec(out).labels == read_spec(SHIPPED).labels
+    # The gate can fail: the same maps with another head's bias do not rebuild them.
+    head = find_head(onnx.load(str(SHIPPED)))
+    with pytest.raises(GateError, match="do not rebuild"):
+        check_class_maps(probabilities, maps, head.bias + np.arange(7, dtype=np.float32))
+
+
+def test_cam_needs_a_pooled_head(tmp_path: Path) -> None:
+    # The upstream 28x28 model ends Flatten -> Dense: no spatial map to show.
+    with pytest.raises(ConversionError, match="global-average-pooling"):
+        find_head(onnx.load(str(UPSTREAM)))

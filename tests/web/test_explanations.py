@@ -1,0 +1,92 @@
+"""Grad-CAM explanations on the result page: the heat map, its caveat, ownership, and where
+the evidence lies (the tiny model's class maps are known: a linear map of each pixel's colour)."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+from litestar import Litestar
+from litestar.testing import TestClient
+from onnx import numpy_helper
+from PIL import Image
+
+from app.config import Settings
+from app.inference.explain import Explainer, cam_model_path
+from app.inference.preprocess import preprocess
+from app.inference.spec import ModelSpec
+
+from .conftest import make_client, register, upload
+
+ANALYSIS = re.compile(r"/analyses/([0-9a-f-]{36})$")
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_explanation_shown_with_its_caveat_to_the_owner_only(
+    client: TestClient[Litestar], fixture_images: list[tuple[Path, str]]
+) -> None:
+    register(client, "alice")
+    location = upload(client, "Pat", [("a.jpg", fixture_images[0][0].read_bytes())])
+    match = ANALYSIS.search(location)
+    assert match
+    page = client.get(location).text
+    assert 'id="explanation"' in page and "not an outline of the lesion" in page
+    assert "Drawn by the model in service now" not in page  # the same model made the result
+    r = client.get(f"/analyses/{match.group(1)}/explanation.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert "no-store" in r.headers["cache-control"]
+    overlay = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape == (320, 320, 3)  # the tiny model's square view, 320 wide
+    bob = TestClient(app=client.app)  # shares the running app, has its own cookies
+    register(bob, "bob")
+    assert bob.get(f"/analyses/{match.group(1)}/explanation.png").status_code == 404
+
+
+def test_explanation_unavailable_without_a_cam_model(
+    sqlite_settings: Settings, tmp_path: Path, fixture_images: list[tuple[Path, str]]
+) -> None:
+    alone = tmp_path / "alone" / "tiny.onnx"
+    alone.parent.mkdir()
+    shutil.copy(sqlite_settings.model_path, alone)
+    with make_client(replace(sqlite_settings, model_path=alone)) as client:
+        register(client, "alice")
+        location = upload(client, "Pat", [("a.jpg", fixture_images[0][0].read_bytes())])
+        assert client.get(location).status_code == 200
+        assert 'id="explanation"' not in client.get(location).text  # predictions still work
+        r = client.get(f"{location}/explanation.png")
+        assert r.status_code == 501 and "python -m conversion cam" in r.text
+
+
+def test_explanation_puts_the_evidence_where_the_colour_is(tiny_model: Path) -> None:
+    # The tiny model's class map at a pixel is its colour times the class's weights. A red
+    # square top left on black (PNG: no JPEG ringing): the class that red raises most has its
+    # evidence there and none on black, so the map is not transposed, flipped or shifted.
+    model = onnx.load(str(tiny_model))
+    weights = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w"))
+    spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
+    explainer = Explainer(cam_model_path(tiny_model, spec), spec)
+    image = np.zeros((320, 320, 3), np.uint8)
+    image[:96, :96] = (255, 0, 0)
+    data = _png(image)
+    raised = spec.labels[int(np.argmax(weights[0]))]
+    cam = explainer.class_map(preprocess(data, spec), raised)
+    rows, columns = cam.shape
+    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    assert peak[0] < rows * 0.3 and peak[1] < columns * 0.3
+    assert cam[rows // 2 :, :].max() == 0 and cam[:, columns // 2 :].max() == 0
+    explanation = explainer.explain(data, raised)
+    assert explanation.evidence and explanation.grid == (rows, columns)
+    lowered = int(np.argmin(weights[0]))
+    assert weights[0, lowered] < 0  # red lowers this class's score: no evidence anywhere
+    assert not explainer.explain(data, spec.labels[lowered]).evidence

@@ -9,6 +9,25 @@ from typing import Any
 
 from app.config import ConfigError, Settings
 
+# A live frame a little over the image limit still reaches the handler, which answers a JSON
+# error; uvicorn closes the socket (1009) only on frames far beyond it, before buffering them.
+WS_FRAME_MARGIN = 1024 * 1024
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` derived from the settings."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        # uvicorn's default (16 MiB) ignores APP_MAX_UPLOAD_MB.
+        "ws_max_size": settings.max_upload_bytes + WS_FRAME_MARGIN,
+    }
+
 
 def serve(settings: Settings) -> int:
     """Run the server with uvicorn + uvloop + httptools.
@@ -31,15 +50,7 @@ def serve(settings: Settings) -> int:
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    options: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "lifespan": "on",
-        "log_level": settings.log_level.lower(),
-        "access_log": False,
-    }
+    options = uvicorn_options(settings)
     print(
         f"Serving on http://{settings.host}:{settings.port}  (model {settings.model_path})",
         flush=True,

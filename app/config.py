@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,11 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 _MODEL_DIRS = (PACKAGE_DIR.parent / "models", PACKAGE_DIR / "models")
 
 Providers = Literal["auto", "cpu", "cuda"]
+# Names both ``logging.basicConfig`` and uvicorn accept (uvicorn has no WARN, FATAL or NOTSET).
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+_MIB = 1024 * 1024
+
+Number = TypeVar("Number", int, float)
 
 
 class ConfigError(RuntimeError):
@@ -68,7 +74,7 @@ class Settings:
     ort_threads: int = field(default_factory=usable_cpus)
     dev: bool = False
     batch_max: int = 32
-    max_upload_bytes: int = 16 * 1024 * 1024
+    max_upload_bytes: int = 16 * _MIB
     max_pixels: int = 40_000_000
     microbatch_max: int = 8
     # 0: batch what queued during the previous run, never wait for more. Measured on 2 CPU
@@ -90,38 +96,60 @@ class Settings:
             value = env.get(f"APP_{name}")
             return value if value not in (None, "") else None
 
-        def integer(name: str, default: int) -> int:
+        def number(
+            name: str, default: Number, kind: type[Number], low: Number, high: Number | None = None
+        ) -> Number:
+            """``APP_<name>`` as a finite ``kind`` in ``low..high``, or a ConfigError naming it."""
             raw = get(name)
+            if raw is None:
+                return default
+            bounds = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
+            refusal = ConfigError(
+                f"APP_{name} must be {'an integer' if kind is int else 'a number'} {bounds}, "
+                f"got {raw!r}"
+            )
             try:
-                return default if raw is None else int(raw)
-            except ValueError as exc:
-                raise ConfigError(f"APP_{name} must be an integer, got {raw!r}") from exc
+                value = kind(raw)
+            except ValueError:
+                raise refusal from None
+            # NaN passes every comparison, so finiteness is checked on its own.
+            if not math.isfinite(value) or value < low or (high is not None and value > high):
+                raise refusal
+            return value
 
         providers = (get("PROVIDERS") or base.providers).lower()
         if providers not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"APP_PROVIDERS must be auto, cpu or cuda, got {providers!r}")
+        raw_level = get("LOG_LEVEL") or base.log_level
+        log_level = raw_level.strip().upper()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"APP_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {raw_level!r}"
+            )
         model = get("MODEL_PATH")
         return cls(
             host=get("HOST") or base.host,
-            port=integer("PORT", base.port),
-            workers=integer("WORKERS", base.workers),
+            port=number("PORT", base.port, int, 1, 65535),
+            workers=number("WORKERS", base.workers, int, 1),
             data_dir=Path(get("DATA_DIR") or base.data_dir),
             database_url=get("DATABASE_URL"),
             secret_key=get("SECRET_KEY"),
             storage_key=get("STORAGE_KEY"),
             model_path=Path(model) if model else base.model_path,
             providers=providers,  # type: ignore[arg-type]
-            ort_threads=integer("ORT_THREADS", base.ort_threads),
+            ort_threads=number("ORT_THREADS", base.ort_threads, int, 1),
             dev=_truthy(get("DEV")),
-            batch_max=integer("BATCH_MAX", base.batch_max),
-            max_upload_bytes=integer("MAX_UPLOAD_MB", 16) * 1024 * 1024,
-            max_pixels=integer("MAX_PIXELS", base.max_pixels),
-            microbatch_max=integer("MICROBATCH_MAX", base.microbatch_max),
-            microbatch_wait_ms=float(get("MICROBATCH_WAIT_MS") or base.microbatch_wait_ms),
-            queue_max=integer("QUEUE_MAX", base.queue_max),
-            session_idle_minutes=integer("SESSION_IDLE_MINUTES", base.session_idle_minutes),
+            batch_max=number("BATCH_MAX", base.batch_max, int, 1),
+            max_upload_bytes=number("MAX_UPLOAD_MB", base.max_upload_bytes // _MIB, int, 1) * _MIB,
+            max_pixels=number("MAX_PIXELS", base.max_pixels, int, 1),
+            microbatch_max=number("MICROBATCH_MAX", base.microbatch_max, int, 1),
+            microbatch_wait_ms=number(
+                "MICROBATCH_WAIT_MS", base.microbatch_wait_ms, float, 0.0, 1000.0
+            ),
+            queue_max=number("QUEUE_MAX", base.queue_max, int, 1),
+            session_idle_minutes=number("SESSION_IDLE_MINUTES", base.session_idle_minutes, int, 1),
             api_auth=(get("API_AUTH") or "1").strip().lower() not in {"0", "false", "no", "off"},
-            log_level=(get("LOG_LEVEL") or base.log_level).upper(),
+            log_level=log_level,
         )
 
     @property

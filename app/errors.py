@@ -43,6 +43,22 @@ class NotReadyError(AppError):
     code = "not_ready"
 
 
+class ClientDisconnectedError(AppError):
+    """The client hung up before its request body arrived: its doing, so no 5xx is counted."""
+
+    status = 499  # nginx's "client closed request"
+    code = "client_disconnected"
+
+
+# What Litestar's request.stream() raises (as a 500) on an http.disconnect mid-body.
+_LITESTAR_DISCONNECT = "client disconnected prematurely"
+
+
+def is_client_disconnect(exc: Exception) -> bool:
+    """Whether ``exc`` is Litestar reporting that the client left while its body was read."""
+    return isinstance(exc, HTTPException) and exc.detail == _LITESTAR_DISCONNECT
+
+
 def error_body(code: str, detail: str) -> dict[str, str]:
     """The one JSON error shape: ``{"error": code, "detail": text}``."""
     return {"error": code, "detail": detail}
@@ -66,6 +82,11 @@ def _code_for_status(status: int) -> str:
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Map any exception to the JSON error shape (HTML for page routes); never leak a trace."""
     headers: dict[str, str] | None = None
+    if is_client_disconnect(exc):
+        # Also a form read by Litestar itself (CSRF middleware, page routes), not only the API's.
+        exc = ClientDisconnectedError("the client disconnected before sending the whole body")
+    if isinstance(exc, ClientDisconnectedError):
+        log.info("client disconnected during %s %s", request.method, request.url.path)
     if isinstance(exc, AppError | ImageError):
         status, code, detail = exc.status, exc.code, str(exc)
         headers = getattr(exc, "headers", None)

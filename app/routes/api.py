@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from litestar import Request, Router, WebSocket, post, websocket
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import WebSocketDisconnect
+from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
@@ -26,7 +26,7 @@ from litestar.types import Guard
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
 from app.config import Settings
-from app.errors import AppError, NotReadyError
+from app.errors import AppError, ClientDisconnectedError, NotReadyError, is_client_disconnect
 from app.inference.classifier import DISCLAIMER, Classifier
 from app.inference.preprocess import ImageError
 from app.inference.service import Analysis, InferenceService
@@ -147,6 +147,17 @@ class Upload:
     data: bytes
 
 
+async def body_chunks(request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:
+    """``request.stream()``, with a client that hangs up mid-body raised as a 499, not a 500."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except HTTPException as exc:
+        if not is_client_disconnect(exc):
+            raise
+        raise ClientDisconnectedError("the client disconnected during the upload") from exc
+
+
 async def read_uploads(
     request: Request[Any, Any, Any], field_name: str, max_files: int, max_file_bytes: int
 ) -> list[Upload]:
@@ -158,7 +169,7 @@ async def read_uploads(
     """
     media_type, options = request.content_type
     if media_type != "multipart/form-data":
-        stream = request.stream()
+        stream = body_chunks(request)
         first = await anext(stream, b"")
         if not first:
             raise MissingImageError(
@@ -179,7 +190,7 @@ async def read_uploads(
         with PushMultipartParser(
             boundary.encode(), max_segment_size=max_file_bytes, max_segment_count=max_files + 16
         ) as parser:
-            async for chunk in request.stream():
+            async for chunk in body_chunks(request):
                 saw_body = saw_body or bool(chunk)
                 for event in parser.parse(chunk):
                     if isinstance(event, MultipartSegment):

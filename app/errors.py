@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import MediaType, Request, Response
@@ -79,32 +80,47 @@ def _code_for_status(status: int) -> str:
     }.get(status, "error")
 
 
-def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Map any exception to the JSON error shape (HTML for page routes); never leak a trace."""
+@dataclass(frozen=True, slots=True)
+class ErrorAnswer:
+    status: int
+    code: str
+    detail: str
     headers: dict[str, str] | None = None
+
+
+def answer_for(exc: Exception) -> ErrorAnswer:
+    """What a client is told for ``exc``: the one mapping, shared by the handler and metrics."""
     if is_client_disconnect(exc):
         # Also a form read by Litestar itself (CSRF middleware, page routes), not only the API's.
         exc = ClientDisconnectedError("the client disconnected before sending the whole body")
-    if isinstance(exc, ClientDisconnectedError):
-        log.info("client disconnected during %s %s", request.method, request.url.path)
     if isinstance(exc, AppError | ImageError):
-        status, code, detail = exc.status, exc.code, str(exc)
-        headers = getattr(exc, "headers", None)
-    elif isinstance(exc, UnicodeDecodeError):
+        return ErrorAnswer(exc.status, exc.code, str(exc), getattr(exc, "headers", None))
+    if isinstance(exc, UnicodeDecodeError):
         # Litestar's form parser (run by the CSRF middleware, before any handler) decodes text
         # fields as UTF-8: a client's bad bytes, not a server fault.
-        status, code, detail = 400, "bad_request", "a form field is not valid UTF-8 text"
-    elif isinstance(exc, HTTPException):
-        status, detail = exc.status_code, str(exc.detail)
-        code = _code_for_status(status)
-        headers = dict(exc.headers or {}) or None
-    else:
+        return ErrorAnswer(400, "bad_request", "a form field is not valid UTF-8 text")
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        return ErrorAnswer(
+            status, _code_for_status(status), str(exc.detail), dict(exc.headers or {}) or None
+        )
+    return ErrorAnswer(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+
+
+def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Map any exception to the JSON error shape (HTML for page routes); never leak a trace."""
+    answer = answer_for(exc)
+    if answer.code == ClientDisconnectedError.code:
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+    elif answer.status == HTTP_500_INTERNAL_SERVER_ERROR:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        status, code, detail = HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error"
     from app.web import html_error, wants_html  # lazy: app.web imports this module
 
     if wants_html(request):
-        return html_error(request, status, code, detail, headers)
+        return html_error(request, answer.status, answer.code, answer.detail, answer.headers)
     return Response(
-        error_body(code, detail), status_code=status, media_type=MediaType.JSON, headers=headers
+        error_body(answer.code, answer.detail),
+        status_code=answer.status,
+        media_type=MediaType.JSON,
+        headers=answer.headers,
     )

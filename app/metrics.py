@@ -18,6 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from app.errors import answer_for
+
 # The *_created series double the exposition for no use on a scrape-based dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -142,6 +144,11 @@ class Metrics:
 
             try:
                 await app(scope, receive, send_wrapper)
+            except Exception as exc:
+                # Raised past this middleware (Litestar's CSRF check sits inside it): count the
+                # status the exception handler outside will answer, not a 500.
+                status = answer_for(exc).status
+                raise
             finally:
                 self.requests.labels(route, method, str(status)).inc()
                 self.latency.labels(route, method).observe(time.perf_counter() - start)

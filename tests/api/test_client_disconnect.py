@@ -126,3 +126,7 @@ async def test_page_form_client_disconnect_is_499(api_settings: Settings, tmp_pa
             sent = await post_then_hang_up(app, "/login", "application/x-www-form-urlencoded", body)
     assert sent[0]["status"] == 499
     assert_logged_at_info_only(logs)
+    # Counted as answered, though raised past the metrics middleware (the CSRF check is inside).
+    counted = app.state.metrics.render().decode()
+    assert re.search(r'http_requests_total\{[^}]*status="499"\} 1\.0', counted)
+    assert not re.search(r'http_requests_total\{[^}]*status="5\d\d"', counted)

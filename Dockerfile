@@ -24,8 +24,9 @@ RUN groupadd --system --gid 10001 app \
     && mkdir -p /data && chown app:app /data
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv
-COPY --chown=app:app app ./app
-COPY --chown=app:app models/manifest.json models/*.onnx ./models/
+# Code and models stay root-owned (read-only to the app user); only /data is writable.
+COPY app ./app
+COPY models/manifest.json models/*.onnx ./models/
 USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8000

@@ -238,7 +238,9 @@ def parser() -> argparse.ArgumentParser:
     add_quant_flags(q)
     q.set_defaults(func=cmd_quantize)
 
-    v = sub.add_parser("verify", help="parity gates; exit 1 on failure")
+    v = sub.add_parser(
+        "verify", help="parity gates (needs --int8 and/or --keras); exit 1 on failure"
+    )
     v.add_argument("fp32", type=Path)
     v.add_argument("--int8", type=Path)
     v.add_argument("--keras", type=Path, help="the source HDF5, for the Keras-vs-FP32 gate")

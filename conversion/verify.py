@@ -59,7 +59,8 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
+        # no gate evaluated is no evidence: all([]) would call it a pass
+        return bool(self.gates) and all(g.passed for g in self.gates)
 
     def failed(self, prefix: str = "") -> list[Gate]:
         return [g for g in self.gates if not g.passed and g.name.startswith(prefix)]
@@ -122,6 +123,7 @@ def verify(
     part: str | None = "test",
     debug_model: Path | None = None,
     samples: list[Sample] | None = None,
+    diagnose: bool = True,
 ) -> VerifyReport:
     """Run every given model on the same real images and evaluate the gates.
 
@@ -130,7 +132,13 @@ def verify(
         debug_model: the FP32 graph INT8 was quantised from (``quant_pre_process`` output);
             used to name divergent tensors when an INT8 gate fails. Defaults to ``fp32``.
         samples: labelled images to use instead of reading ``labels_csv``.
+        diagnose: on an INT8 gate failure, name the most divergent tensors (slow).
     """
+    if int8 is None and keras_h5 is None:
+        raise ConversionError(
+            "nothing to compare: give --int8 INT8.onnx and/or --keras SOURCE.h5 "
+            "(the FP32 model alone has no gates)"
+        )
     if samples is None:
         if images_dir is None or labels_csv is None:
             raise ConversionError("verify needs --images and --labels (or samples)")
@@ -174,7 +182,7 @@ def verify(
             report.metrics["int8"],
             report.parity["fp32_int8"]["top1_agreement"],
         )
-        if report.failed("fp32_int8"):
+        if diagnose and report.failed("fp32_int8"):
             report.divergent = divergent_tensors(debug_model or fp32, int8, x[:64])
     return report
 

@@ -25,6 +25,60 @@ NAMES = {
 }
 
 
+BITS = {"uint8": 8, "int8": 8, "uint16": 16, "int16": 16}
+
+
+def _quantised(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """What the "int8" file really is: its integer types, read from the manifest, and its gates."""
+    q = manifest.get("quantization", {})
+    act, weight = q.get("activation_type", "?"), q.get("weight_type", "?")
+    scheme = f"A{BITS.get(act, '?')}W{BITS.get(weight, '?')}: {act} activations, {weight} weights"
+    gates = (
+        "accuracy gates passed" if entry.get("gates_passed") else "accuracy gates **not passed**"
+    )
+    return f"quantised, {scheme}; {gates}"
+
+
+def _int8_gate_note(manifest: dict[str, Any]) -> str:
+    """A card bullet naming the failed FP32-vs-quantised gates; empty when they passed."""
+    entry = manifest.get("files", {}).get("int8")
+    if not entry or entry.get("gates_passed"):
+        return ""
+    failed = [
+        g
+        for g in manifest.get("gates", [])
+        if g["name"].startswith("fp32_int8") and not g["passed"]
+    ]
+    listed = "; ".join(
+        f"{g['name'].removeprefix('fp32_int8.')} {g['value']:.3f}, limit "
+        f"{'>=' if g['kind'] == 'min' else '<='} {g['limit']:g}"
+        for g in failed
+    )
+    split = manifest.get("parity", {}).get("split", "test")
+    return (
+        f"- `{entry['path']}` **did not pass** its accuracy gates against FP32 on the {split} "
+        f"split{f' ({listed})' if listed else ''}, so it is not the preferred file.\n"
+    )
+
+
+def _int8_selection_note(manifest: dict[str, Any]) -> str:
+    """A card bullet saying on which split the quantised file was chosen among attempts."""
+    entry = manifest.get("files", {}).get("int8")
+    if not entry:
+        return ""
+    if manifest.get("quantization", {}).get("selection", {}).get("split") == "val":
+        return (
+            f"\n- `{entry['path']}` was chosen among its quantisation attempts on the val split; "
+            "test measured only the file kept, once."
+        )
+    return (
+        f"\n- Exception: the shipped quantised file `{entry['path']}` was selected by an earlier "
+        "build that scored its quantisation attempts (which nodes stay FP32, the fallback to "
+        "16-bit activations) on the **test** split. The next `python -m conversion build` scores "
+        "attempts on the val split and evaluates only the file it keeps on test."
+    )
+
+
 def _met(key: str, value: float) -> str:
     if key not in TARGETS:
         return "-"
@@ -56,7 +110,8 @@ def render(
         for r in comparison
     )
     files = "\n".join(
-        f"| `{entry['path']}` ({kind}) | {entry['size'] / 1e6:.2f} MB | `{entry['sha256']}` |"
+        f"| `{entry['path']}` ({_quantised(entry, manifest) if kind == 'int8' else kind}) | "
+        f"{entry['size'] / 1e6:.2f} MB | `{entry['sha256']}` |"
         for kind, entry in manifest.get("files", {}).items()
     )
     source = manifest.get("source", {})
@@ -92,7 +147,7 @@ def render(
 |---|---|---|
 {files}
 
-- Licence of the weights: trained on HAM10000 (CC BY-NC-SA 4.0), so **non-commercial use only**,
+{_int8_gate_note(manifest)}- Licence of the weights: trained on HAM10000 (CC BY-NC-SA 4.0), so **non-commercial use only**,
   share-alike, with attribution. Backbone weights: Apache-2.0.
 
 ## Intended use
@@ -118,7 +173,7 @@ size, layout, colour order, scaling, labels, temperature and melanoma threshold.
   train / val / test (~70/15/15 of lesions, stratified by class, seed fixed), committed as
   `training/split.csv`; a test proves that no lesion is in two parts.
 - Evaluation data: the test split, {metrics["n"]} images of {metrics["n_lesions"]} lesions, never
-  used for training, model selection, calibration or the threshold.
+  used for training, model selection, calibration or the threshold.{_int8_selection_note(manifest)}
 
 ## Metrics (test split)
 95% intervals are percentile bootstrap intervals over **lesions** (1,000 rounds), because
@@ -204,7 +259,7 @@ MobileNet-0.25 was chosen: the best validation BMA and the fastest ONNX model of
 python -m training train --arch {cfg["arch"]} --size {cfg["size"][0]}x{cfg["size"][1]} --epochs {cfg["epochs"]} -o models/skin_lesion.h5
 python -m conversion build models/skin_lesion.h5 -o models --triton models/triton
 python -m training card models/{manifest.get("preferred", "skin_lesion.onnx")} --out models/card --write-card
-python -m benchmarks accuracy models/{manifest.get("preferred", "skin_lesion.onnx")} --images ../shared/data/ham10000/images --labels test.csv
+python -m benchmarks accuracy models/{manifest.get("preferred", "skin_lesion.onnx")} --images ../shared/data/ham10000/images --labels training/split.csv --split test
 ```
 Training log and per-epoch validation figures: `models/skin_lesion.training.json`.
 """

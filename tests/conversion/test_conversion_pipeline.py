@@ -228,7 +228,7 @@ def test_build_writes_manifest_and_triton_repo(
         w = csv.writer(fh)
         w.writerow(["image_id", "dx", "split"])
         for i, (p, dx) in enumerate(fixture_images):
-            w.writerow([p.stem, dx, "test" if i % 2 else "train"])
+            w.writerow([p.stem, dx, ("train", "val", "test")[i % 3]])
     out, triton = work / "models", work / "models" / "triton"
     manifest = build(
         tiny_h5,
@@ -249,6 +249,12 @@ def test_build_writes_manifest_and_triton_repo(
         path = out / entry["path"]
         assert entry["sha256"] == sha256_file(path) and entry["size"] == path.stat().st_size
     assert on_disk["parity"]["keras_fp32"]["max_abs_prob_diff"] <= 1e-4
+    assert on_disk["parity"]["split"] == "test" and on_disk["parity"]["images"] == 4
+    assert on_disk["quantization"]["selection"] == {
+        "split": "val",
+        "images": 5,
+        "chosen_attempt": 0,
+    }
     assert set(on_disk["latency_ms_1thread"]["int8"]) == {"batch1", "batch8"}
     assert {"tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"} <= on_disk["versions"].keys()
     if not on_disk["files"]["int8"]["gates_passed"]:

@@ -63,6 +63,20 @@ def test_dockerfile_is_multistage_nonroot_with_healthcheck(name: str) -> None:
         assert any(w == "ENV" and "APP_PROVIDERS=auto" in a for w, a in ins)
 
 
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_code_and_models_are_root_owned(name: str) -> None:
+    """Only /data is the runtime user's: code and models it could rewrite would persist an
+    intrusion (or a corrupted model) across restarts."""
+    ins = _instructions(REPO / name)
+    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM") :]
+    copies = [a for w, a in final if w == "COPY"]
+    shipped = [a for a in copies if a.split()[-1].rstrip("/") in {"./app", "./models"}]
+    assert len(shipped) == 2, copies
+    for args in shipped:
+        assert "--chown" not in args and "--chmod" not in args, args
+    assert any(w == "RUN" and "chown app:app /data" in a for w, a in final)
+
+
 def test_compose_has_app_and_postgres_with_healthchecks_and_volumes() -> None:
     compose = yaml.safe_load((REPO / "compose.yaml").read_text())
     services = compose["services"]

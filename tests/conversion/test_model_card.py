@@ -1,0 +1,90 @@
+"""The model card says what the shipped files are, and its reproduce commands run."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from training.card import render
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "models"
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _render(manifest: dict[str, Any] | None = None) -> str:
+    return render(
+        _json(MODELS / "card" / "metrics.json"),
+        _json(MODELS / "skin_lesion.training.json"),
+        _json(REPO / "training" / "comparison.json"),
+        manifest if manifest is not None else _json(MODELS / "manifest.json"),
+    )
+
+
+def _row(card: str, path: str) -> str:
+    (row,) = [line for line in card.splitlines() if line.startswith(f"| `{path}` (")]
+    return row
+
+
+@pytest.fixture(autouse=True)
+def _at_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # the card reads the .h5 size relative to the repository root
+
+
+def test_card_matches_its_generator() -> None:
+    assert (MODELS / "MODEL_CARD.md").read_text() == _render()
+
+
+def test_card_int8_row_gives_real_types_and_failed_gates() -> None:
+    manifest = _json(MODELS / "manifest.json")
+    entry, q = manifest["files"]["int8"], manifest["quantization"]
+    row = _row(_render(manifest), entry["path"])
+    assert f"{q['activation_type']} activations, {q['weight_type']} weights" in row
+    assert "(int8)" not in row
+    assert ("gates **not passed**" in row) == (not entry["gates_passed"])
+
+
+def test_card_names_failed_gates_and_test_scored_selection() -> None:
+    manifest = _json(MODELS / "manifest.json")
+    manifest["files"]["int8"]["gates_passed"] = False
+    manifest["quantization"].pop("selection", None)  # as written by the build that shipped
+    card = _render(manifest)
+    assert "A16W8: uint16 activations" in _row(card, "skin_lesion_int8.onnx")
+    failed = [g["name"] for g in manifest["gates"] if not g["passed"]]
+    assert failed and all(name.removeprefix("fp32_int8.") in card for name in failed)
+    assert "**did not pass** its accuracy gates" in card
+    assert "scored its quantisation attempts" in card and "on the **test** split" in card
+
+
+def test_card_after_a_val_selected_build_that_passed() -> None:
+    manifest = copy.deepcopy(_json(MODELS / "manifest.json"))
+    manifest["files"]["int8"]["gates_passed"] = True
+    manifest["quantization"] |= {"activation_type": "uint8", "weight_type": "int8"}
+    manifest["quantization"]["selection"] = {"split": "val", "images": 1500, "chosen_attempt": 0}
+    card = _render(manifest)
+    row = _row(card, "skin_lesion_int8.onnx")
+    assert "A8W8: uint8 activations, int8 weights; accuracy gates passed" in row
+    assert "did not pass" not in card and "on the **test** split" not in card
+    assert "chosen among its quantisation attempts on the val split" in card
+
+
+def test_card_reproduce_accuracy_command_parses_and_names_real_files() -> None:
+    from benchmarks.__main__ import parser
+
+    (line,) = [
+        line for line in _render().splitlines() if line.startswith("python -m benchmarks accuracy ")
+    ]
+    args = parser().parse_args(shlex.split(line)[3:])
+    assert (REPO / args.model).is_file()
+    assert (REPO / args.labels).is_file(), f"{args.labels} does not exist"
+    with (REPO / args.labels).open(newline="") as fh:
+        assert any(r.get("split") == args.split for r in csv.DictReader(fh))

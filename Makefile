@@ -53,6 +53,7 @@ convert: $(VENV)/.test-installed ## Keras HDF5 -> ONNX -> INT8 ONNX, verify, man
 	  --training-data "HAM10000 (upstream Flask app; trained with test leakage)" \
 	  --license "MIT (model); HAM10000 images CC BY-NC-SA 4.0"
 	$(PY) -m conversion build models/skin_lesion.h5 -o models --triton models/triton
+	$(PY) -m conversion cam models/skin_lesion.onnx
 
 bench: $(VENV)/.test-installed ## all benchmark suites; writes benchmarks/results/ and RESULTS.md
 	$(PY) -m benchmarks run

@@ -213,6 +213,32 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cam(args: argparse.Namespace) -> int:
+    from app.inference.explain import cam_model_path
+    from conversion.cam import CAM_MAX_PROB_DIFF, build_cam_model, record_in_manifest
+    from conversion.convert import read_spec
+    from conversion.images import balanced_subset, preprocess_paths, read_labels
+
+    spec = read_spec(args.fp32)
+    output = args.output or cam_model_path(args.fp32, spec)
+    split = None if args.split == "all" else args.split
+    samples = balanced_subset(read_labels(args.labels_csv, args.images, split), args.count)
+    batch = preprocess_paths([s.path for s in samples], spec, desc="class-map check")
+    diff = build_cam_model(args.fp32, output, batch)
+    print(f"wrote {output}: identity gate max |diff| {diff:.1e} on {len(batch)} images")
+    manifest = args.manifest or args.fp32.parent / "manifest.json"
+    if manifest.is_file():
+        gate = {
+            "max_prob_diff": diff,
+            "limit": CAM_MAX_PROB_DIFF,
+            "images": len(batch),
+            "split": args.split,
+        }
+        record_in_manifest(manifest, output, gate)
+        print(f"recorded it in {manifest}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m conversion", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -277,6 +303,16 @@ def parser() -> argparse.ArgumentParser:
     add_quant_flags(b)
     add_data_flags(b, calibration=True)
     b.set_defaults(func=cmd_build)
+
+    m = sub.add_parser(
+        "cam", help="FP32 ONNX -> the same model with class activation maps (Grad-CAM)"
+    )
+    m.add_argument("fp32", type=Path)
+    m.add_argument("-o", "--output", type=Path, help="default: <model name>_cam.onnx beside it")
+    m.add_argument("--manifest", type=Path, help="default: manifest.json beside the model")
+    m.add_argument("--count", type=int, default=140, help="images for the identity gate")
+    add_data_flags(m)
+    m.set_defaults(func=cmd_cam, split="val")
     return p
 
 

@@ -130,9 +130,7 @@ def add_class_maps(model: onnx.ModelProto) -> tuple[onnx.ModelProto, CamHead]:
     return cam, head
 
 
-def check_class_maps(
-    probabilities: np.ndarray, class_maps: np.ndarray, bias: np.ndarray
-) -> float:
+def check_class_maps(probabilities: np.ndarray, class_maps: np.ndarray, bias: np.ndarray) -> float:
     """Largest |softmax(mean_hw(class_maps) + bias) - probabilities|; raises GateError."""
     logits = class_maps.mean(axis=(2, 3)) + bias
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -171,3 +169,22 @@ def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float
         len(batch),
     )
     return diff
+
+
+def record_in_manifest(manifest_path: Path, cam_path: Path, gate: dict[str, object]) -> None:
+    """Add the CAM model to ``manifest.json`` (files.cam), beside the models it explains."""
+    import json
+
+    from app.inference.classifier import file_sha256
+    from conversion.files import write_text
+
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["cam"] = {
+        "path": cam_path.relative_to(manifest_path.parent).as_posix(),
+        "sha256": file_sha256(cam_path),
+        "size": cam_path.stat().st_size,
+        "precision": "fp32",
+        "purpose": "Grad-CAM explanations (class_maps output); not used to classify",
+        "identity_gate": gate,
+    }
+    write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")

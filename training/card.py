@@ -109,8 +109,16 @@ def render(
         f"{r['onnx_fp32_ms_batch8'] / 8:.2f} | {r['onnx_bytes'] / 1e6:.2f} | {r['train_minutes']} |"
         for r in comparison
     )
+
+    def described(kind: str, entry: dict[str, Any]) -> str:
+        if kind == "int8":
+            return _quantised(entry, manifest)
+        if kind == "cam":
+            return "fp32 + class maps, for Grad-CAM explanations only"
+        return kind
+
     files = "\n".join(
-        f"| `{entry['path']}` ({_quantised(entry, manifest) if kind == 'int8' else kind}) | "
+        f"| `{entry['path']}` ({described(kind, entry)}) | "
         f"{entry['size'] / 1e6:.2f} MB | `{entry['sha256']}` |"
         for kind, entry in manifest.get("files", {}).items()
     )

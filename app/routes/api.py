@@ -9,6 +9,7 @@ CSRF (``API_PREFIX``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMul
 from app.config import Settings
 from app.errors import AppError, ClientDisconnectedError, NotReadyError, is_client_disconnect
 from app.inference.classifier import DISCLAIMER, Classifier
+from app.inference.explain import CAVEAT
 from app.inference.preprocess import ImageError
 from app.inference.service import Analysis, InferenceService
 from app.metrics import Metrics
@@ -95,6 +97,23 @@ class PredictResponse:
     melanoma_threshold: float | None
     model: ModelInfo
     timing: Timing
+    disclaimer: str = DISCLAIMER
+
+
+@dataclass(frozen=True, slots=True)
+class ExplanationBody:
+    label: str  # the class whose evidence is shown
+    method: str
+    grid: list[int]  # [rows, columns] of the class map before smoothing
+    evidence: bool  # False: nothing in the image raised this class's score
+    image_png_base64: str  # the model's view of the image with the heat map over it
+    caveat: str = CAVEAT
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainResponse:
+    prediction: PredictResponse
+    explanation: ExplanationBody
     disclaimer: str = DISCLAIMER
 
 
@@ -322,6 +341,37 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
         failed = sum(1 for item in items if item.error)
         return BatchResponse(count=len(items), failed=failed, results=items)
 
+    @post(
+        "/explain",
+        status_code=200,
+        summary="Classify one image and show where the model found its evidence (Grad-CAM)",
+        request_max_body_size=max_bytes + _MULTIPART_OVERHEAD,
+        operation_class=_multipart_operation(IMAGE_FIELD, many=False),
+        responses={
+            **_ERRORS,
+            501: ResponseSpec(ErrorBody, description="No CAM model deployed beside the model"),
+        },
+    )
+    async def explain(
+        request: Request[Any, Any, Any], service: InferenceService, label: str | None = None
+    ) -> ExplainResponse:
+        """Multipart field ``image``; ``?label=`` explains another class than the top one."""
+        if label is not None and label not in service.spec.labels:
+            raise AppError(f"label must be one of {', '.join(service.spec.labels)}")
+        uploads = await read_uploads(request, IMAGE_FIELD, 1, max_bytes)
+        analysis = await service.analyse(uploads[0].data)
+        shown = await service.explain(uploads[0].data, label or analysis.prediction.label)
+        return ExplainResponse(
+            prediction=to_response(analysis, model_info(service.classifier)),
+            explanation=ExplanationBody(
+                label=shown.label,
+                method="Grad-CAM (class activation map of the last convolutional layer)",
+                grid=list(shown.grid),
+                evidence=shown.evidence,
+                image_png_base64=base64.b64encode(shown.png).decode("ascii"),
+            ),
+        )
+
     @websocket("/live")
     async def live(socket: WebSocket[Any, Any, Any]) -> None:
         """Binary JPEG/PNG frames in, one JSON prediction per processed frame out.
@@ -340,7 +390,7 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
 
     return Router(
         path=API_PREFIX,
-        route_handlers=[predict, predict_batch, live],
+        route_handlers=[predict, predict_batch, explain, live],
         guards=list(guards),
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         tags=["api"],

@@ -47,3 +47,23 @@ def test_cam_needs_a_pooled_head(tmp_path: Path) -> None:
     # The upstream 28x28 model ends Flatten -> Dense: no spatial map to show.
     with pytest.raises(ConversionError, match="global-average-pooling"):
         find_head(onnx.load(str(UPSTREAM)))
+
+
+def test_cam_cli_writes_the_model_and_records_it(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from app.inference.classifier import file_sha256
+    from conversion.__main__ import main
+
+    shutil.copy(SHIPPED, tmp_path / SHIPPED.name)
+    shutil.copy(SHIPPED.parent / "manifest.json", tmp_path / "manifest.json")
+    images = REPO / "tests" / "fixtures" / "images"
+    argv = ["cam", str(tmp_path / SHIPPED.name), "--images", str(images)]
+    argv += ["--labels-csv", str(images / "labels.csv"), "--split", "all"]
+    assert main(argv) == 0
+    cam = tmp_path / "skin_lesion_cam.onnx"  # named after the model, beside it
+    entry = json.loads((tmp_path / "manifest.json").read_text())["files"]["cam"]
+    assert entry["path"] == cam.name and entry["sha256"] == file_sha256(cam)
+    assert entry["identity_gate"]["max_prob_diff"] <= entry["identity_gate"]["limit"]
+    assert entry["identity_gate"]["images"] == 14

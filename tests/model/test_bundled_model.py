@@ -78,3 +78,30 @@ def test_describe_refuses_non_finite_probabilities(classifier: Classifier) -> No
         probs[3] = bad
         with pytest.raises(ModelOutputError, match="non-finite"):
             classifier.describe(probs)
+
+
+def test_bundled_files_match_the_manifest() -> None:
+    # A model file replaced without re-running the conversion would serve unrecorded weights.
+    from app.inference.classifier import file_sha256
+
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())
+    assert {"fp32", "int8", "cam"} <= manifest["files"].keys()
+    for kind, entry in manifest["files"].items():
+        path = REPO / "models" / entry["path"]
+        assert file_sha256(path) == entry["sha256"] and path.stat().st_size == entry["size"], kind
+
+
+def test_bundled_cam_model_explains_the_served_predictions(
+    classifier: Classifier, fixture_images: list[tuple[Path, str]]
+) -> None:
+    from app.inference.explain import Explainer, cam_model_path
+
+    explainer = Explainer(cam_model_path(classifier.path, classifier.spec), classifier.spec)
+    data = fixture_images[0][0].read_bytes()
+    tensor = preprocess(data, classifier.spec)
+    probabilities = classifier.run(tensor[None])[0]
+    label = classifier.spec.labels[int(np.argmax(probabilities))]
+    explanation = explainer.explain(data, label)
+    assert explanation.evidence  # the top class has evidence somewhere
+    cam = explainer.class_map(tensor, label)
+    assert cam.max() == 1.0 and cam.min() >= 0

@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
+import numpy as np
 from litestar.datastructures import State
 
 from app.db.tables import Analysis, User
 from app.errors import NotFoundError
 from app.inference.classifier import Classifier, Prediction
+from app.inference.dicom import decode_dicom
 from app.inference.preprocess import ImageError, preprocess, sniff_format
 from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
 from app.reports.data import ReportData
@@ -32,6 +35,14 @@ RISK_HEX = {"malignant": "#dc3545", "pre-cancerous": "#fd7e14", "benign": "#1987
 class Upload:
     filename: str
     data: bytes
+
+
+def dicom_as_png(data: bytes) -> bytes:
+    """A stored DICOM upload's one colour frame as PNG, for pages (blocking: run off-loop)."""
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(decode_dicom(data)[..., ::-1]))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return png.tobytes()
 
 
 def classifier_of(state: State) -> Classifier:

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from app.inference.dicom import decode_dicom, dicom_size, is_dicom
 from app.inference.spec import ModelSpec
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -42,25 +43,31 @@ class ImageTooLargeError(ImageError):
 
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
-    format: str  # "jpeg" | "png"
+    format: str  # "jpeg" | "png" | "dicom"
     width: int
     height: int
 
 
 def sniff_format(data: bytes) -> str:
-    """Identify JPEG or PNG by magic bytes; the file name is never trusted."""
+    """Identify JPEG, PNG or DICOM by magic bytes; the file name is never trusted."""
     if data.startswith(JPEG_MAGIC):
         return "jpeg"
     if data.startswith(PNG_MAGIC):
         return "png"
+    if is_dicom(data):
+        return "dicom"
     if not data:
         raise ImageError("empty upload")
-    raise UnsupportedImageError("only JPEG and PNG images are accepted")
+    raise UnsupportedImageError("only JPEG, PNG and DICOM images are accepted")
 
 
 def read_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Read format and size from the header alone, refusing decompression bombs before decode."""
     fmt = sniff_format(data)
+    if fmt == "dicom":
+        width, height = dicom_size(data)
+        _check_budget(fmt, width, height, max_pixels)
+        return ImageInfo(fmt, width, height)
     if fmt == "png":
         # IHDR is always the first chunk: its size is at fixed offsets, no parser needed.
         if len(data) < 24 or data[12:16] != b"IHDR":
@@ -121,12 +128,14 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     reduced: bool = True,
 ) -> np.ndarray:
-    """Decode JPEG/PNG bytes in memory to an RGB uint8 array (H, W, 3), EXIF-upright.
+    """Decode JPEG/PNG/DICOM bytes in memory to an RGB uint8 array (H, W, 3), EXIF-upright.
 
     Args:
         target: (width, height) the image will be resized to; lets large JPEGs decode reduced.
     """
     info = read_header(data, max_pixels)
+    if info.format == "dicom":
+        return decode_dicom(data)  # no EXIF; DICOM has no reduced decode
     flag = _reduced_flag(info, target) if (target and reduced) else cv2.IMREAD_COLOR
     # IMREAD_COLOR(_RGB) and the REDUCED variants apply the EXIF orientation tag, for JPEG and
     # PNG (seen with OpenCV 5.0; tests/unit/test_preprocess.py checks all 8 against PIL).

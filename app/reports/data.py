@@ -12,7 +12,7 @@ class ReportData:
     patient: str
     clinician: str
     created_at: dt.datetime
-    image: bytes  # decrypted original JPEG/PNG
+    image: bytes  # decrypted original JPEG/PNG/DICOM
     image_sha256: str
     predicted_class: str
     predicted_name: str

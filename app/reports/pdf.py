@@ -29,6 +29,7 @@ from borb.pdf import (  # noqa: E402  (opt out before anything else of borb runs
 )
 from PIL import Image as PILImage  # noqa: E402
 
+from app.inference.dicom import decode_dicom, is_dicom  # noqa: E402
 from app.reports.data import ReportData  # noqa: E402
 
 APP_NAME = "Skin Lesion Second Opinion"
@@ -46,8 +47,11 @@ def _thumbnail(data: bytes, box: tuple[int, int] = (160, 120)) -> PILImage.Image
     OpenCV repairs some damaged JPEG data silently (and so classifies it); PIL refuses it.
     """
     try:
-        img = PILImage.open(io.BytesIO(data)).convert("RGB")
-    except (OSError, SyntaxError, ValueError):
+        if is_dicom(data):
+            img = PILImage.fromarray(decode_dicom(data))
+        else:
+            img = PILImage.open(io.BytesIO(data)).convert("RGB")
+    except (OSError, SyntaxError, ValueError):  # ImageError is a ValueError
         return None
     img.thumbnail(box)
     return img

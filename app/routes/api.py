@@ -259,7 +259,7 @@ def _multipart_operation(field_name: str, many: bool) -> type[Operation]:
                 )
             )
         },
-        description="JPEG or PNG, recognised by content (the file name is ignored).",
+        description="JPEG, PNG or DICOM, recognised by content (the file name is ignored).",
     )
 
     @dataclass
@@ -273,7 +273,9 @@ def _multipart_operation(field_name: str, many: bool) -> type[Operation]:
 _ERRORS = {
     400: ResponseSpec(ErrorBody, description="Missing or unreadable image"),
     413: ResponseSpec(ErrorBody, description="Upload or image over the size/pixel budget"),
-    415: ResponseSpec(ErrorBody, description="Not JPEG/PNG, or not multipart/form-data"),
+    415: ResponseSpec(
+        ErrorBody, description="Not JPEG/PNG/colour DICOM, or not multipart/form-data"
+    ),
     503: ResponseSpec(
         ErrorBody, description="Not ready, or the inference queue is full (Retry-After)"
     ),

@@ -142,7 +142,7 @@ async def create_analysis(
     if not patient:
         errors.append("Enter the patient's name or identifier.")
     if not uploads:
-        errors.append("Choose at least one image (JPEG or PNG).")
+        errors.append("Choose at least one image (JPEG, PNG or DICOM).")
     if len(uploads) > settings.batch_max:
         errors.append(f"At most {settings.batch_max} images at once.")
     if errors:
@@ -232,6 +232,8 @@ async def analysis_image(user: CurrentUser, state: State, analysis_id: str) -> R
     row = await analyses.get_owned(analysis_id, user.id)
     data = await asyncio.to_thread(state["store"].get, row["image_path"])
     media = "image/png" if row["image_path"].endswith(".png") else "image/jpeg"
+    if row["image_path"].endswith(".dicom"):  # browsers cannot show DICOM: its pixels as PNG
+        data, media = await asyncio.to_thread(analyses.dicom_as_png, data), "image/png"
     # Decrypted for its owner only: never cached by shared caches.
     return Response(data, media_type=media, headers={"Cache-Control": "private, no-store"})
 

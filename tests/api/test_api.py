@@ -326,3 +326,24 @@ def test_api_guard_hook_protects_api_routes_only(
         assert set(r.json()) == {"error", "detail"}
         assert client.get("/health/ready").status_code == 200
         assert client.get("/metrics").status_code == 200
+
+
+def test_predict_accepts_a_dicom_colour_image(
+    client: TestClient[Litestar], lesion_jpeg: bytes, make_dicom: Any
+) -> None:
+    # The same HAM10000 JPEG, as a DICOM file's encapsulated pixel data: the same answer, up
+    # to the JPEG path's reduced DCT decode.
+    as_jpeg = client.post("/api/v1/predict", files={"image": ("a.jpg", lesion_jpeg, "image/jpeg")})
+    for compressed in (True, False):
+        data = make_dicom(lesion_jpeg, jpeg=compressed)
+        r = client.post("/api/v1/predict", files={"image": ("a.dcm", data, "application/dicom")})
+        assert r.status_code == 200, r.text
+        assert r.json()["label"] == as_jpeg.json()["label"]
+        diffs = [
+            abs(r.json()["probabilities"][k] - v)
+            for k, v in as_jpeg.json()["probabilities"].items()
+        ]
+        assert max(diffs) < 0.05
+    grey = make_dicom(lesion_jpeg, jpeg=False, grey=True)
+    r = client.post("/api/v1/predict", files={"image": ("g.dcm", grey, "application/dicom")})
+    assert r.status_code == 415 and "colour dermoscopic" in r.json()["detail"]

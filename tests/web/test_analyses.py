@@ -6,6 +6,7 @@ import io
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -202,7 +203,7 @@ def test_analysis_upload_validation(client: TestClient[Litestar], jpeg: bytes) -
         data={"patient": "P", "_csrf_token": token},
         files=[("images", ("x.gif", b"GIF89a....", "image/gif"))],
     )
-    assert r.status_code == 400 and "only JPEG and PNG" in r.text
+    assert r.status_code == 400 and "only JPEG, PNG and DICOM" in r.text
     r = client.post(
         "/analyses",
         data={"patient": "", "_csrf_token": token},
@@ -454,3 +455,19 @@ def test_batch_skips_are_one_short_message(client: TestClient[Litestar], jpeg: b
     assert sum(len(value) for value in client.cookies.values()) < 4096
     page = client.get(location).text
     assert "Skipped 7 file(s): 00" in page and "; and 4 more" in page
+
+
+def test_dicom_upload_is_analysed_shown_and_reported(
+    client: TestClient[Litestar], jpeg: bytes, make_dicom: Any
+) -> None:
+    register(client, "alice")
+    location = upload(client, "Dicom Patient", [("lesion.dcm", make_dicom(jpeg))])
+    assert "Dicom Patient" in client.get(location).text
+    analysis_id = _analysis_id(location)
+    shown = client.get(f"/analyses/{analysis_id}/image")  # browsers cannot show DICOM
+    assert shown.status_code == 200 and shown.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(shown.content)).size == (600, 450)
+    assert client.get(f"/analyses/{analysis_id}/explanation.png").status_code == 200
+    pdf = PdfReader(io.BytesIO(client.get(f"/analyses/{analysis_id}/report.pdf").content))
+    assert len(pdf.pages[0].images) == 1  # the thumbnail, not the "damaged image" note
+    assert "damaged" not in pdf.pages[0].extract_text()

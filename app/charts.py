@@ -20,6 +20,10 @@ def hbar_svg(
     """Horizontal bars: ``rows`` is (label, value, colour); accessible via <title>/<desc>."""
     top = max_value if max_value is not None else max((v for _, v, _ in rows), default=0.0)
     top = top or 1.0
+    # Room for the longest label at 13 px (about 7.2 px a character in the default sans font):
+    # "Benign keratosis-like lesion (bkl)" was clipped at the fixed 190.
+    longest = max((len(label) for label, _, _ in rows), default=0)
+    label_width = max(label_width, round(longest * 7.2) + 10)
     bar_space = width - label_width - 70
     height = row_height * max(1, len(rows)) + 4
     parts = [

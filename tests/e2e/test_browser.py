@@ -112,8 +112,19 @@ def test_browser_full_flow(
     assert "Risk group:" in page.inner_text("#risk-group")
     assert "second opinion, not a diagnosis" in page.inner_text("#disclaimer").lower()
     assert page.locator("#prob-chart svg rect").count() == 7
+    # No class name is cut off at the chart's left edge ("Benign keratosis-like lesion").
+    left = "Math.min(...[...document.querySelectorAll('#prob-chart text')].map(t => t.getBBox().x))"
+    assert page.evaluate(left) >= 0
     assert page.locator("img[alt='Uploaded lesion image']").evaluate("i => i.naturalWidth") > 0
     page.screenshot(path=str(ARTIFACTS / "03-result.png"), full_page=True)
+    # The Grad-CAM heat map opens under the result, with its caveat.
+    page.click("#explanation summary")
+    heat_map = page.locator("#explanation img")
+    heat_map.scroll_into_view_if_needed()
+    page.wait_for_function("document.querySelector('#explanation img').complete")
+    assert heat_map.evaluate("i => i.naturalWidth") == 320
+    assert "not an outline of the lesion" in page.inner_text("#explanation-caveat")
+    page.screenshot(path=str(ARTIFACTS / "03b-explanation.png"), full_page=True)
 
     with page.expect_download() as info:
         page.click("#download-report")

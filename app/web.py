@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 
 from litestar import Litestar, Request, Response
 from litestar.config.csrf import CSRFConfig
+from litestar.connection import ASGIConnection
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.enums import ScopeType
 from litestar.middleware.session.client_side import CookieBackendConfig
@@ -98,7 +99,7 @@ class WebParts:
 
 def web_parts(settings: Settings) -> WebParts:
     """Everything the web pages add to the app; ``settings`` must carry both secrets."""
-    from app.routes import auth, pages, records, reports
+    from app.routes import auth, live, pages, records, reports
 
     if not settings.secret_key or not settings.storage_key:
         raise ConfigError("APP_SECRET_KEY and APP_STORAGE_KEY must be set outside dev mode")
@@ -151,6 +152,7 @@ def web_parts(settings: Settings) -> WebParts:
             static,
             *auth.handlers,
             *pages.handlers,
+            *live.handlers,
             *reports.handlers,
             *records.handlers,
         ],
@@ -218,7 +220,7 @@ def html_error(
     )
 
 
-def session_data(request: Request[Any, Any, Any]) -> dict[str, Any]:
+def session_data(request: ASGIConnection[Any, Any, Any, Any]) -> dict[str, Any]:
     """The cookie session's contents; ``{}`` also after ``clear_session()`` in this request,
     which leaves Litestar's ``Empty`` marker (truthy) in the scope, not a dict."""
     session = request.scope.get("session")

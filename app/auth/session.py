@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import Provide
 
@@ -60,7 +61,7 @@ async def end_sessions(user_id: int) -> None:
     await User.update({User.session_epoch: User.session_epoch + 1}).where(User.id == user_id).run()
 
 
-async def optional_user(request: Request[Any, Any, State]) -> CurrentUser | None:
+async def optional_user(request: ASGIConnection[Any, Any, Any, State]) -> CurrentUser | None:
     """The session's user, or None when absent, idle too long, deactivated or re-passworded."""
     if "current_user" in request.scope.get("state", {}):
         return request.scope["state"]["current_user"]  # type: ignore[no-any-return]

@@ -28,11 +28,26 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 PASSWORD = "a long enough password"
 
 
+def _camera_video(image: Path, out: Path, frames: int = 10) -> Path:
+    """A Y4M clip of a HAM10000 image, for Chromium's fake camera (the live camera flow)."""
+    import cv2
+
+    bgr = cv2.imread(str(image))
+    height, width = bgr.shape[:2]
+    i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).tobytes()  # Y, then U, then V planes
+    header = f"YUV4MPEG2 W{width} H{height} F5:1 Ip A1:1 C420jpeg\n".encode()
+    out.write_bytes(header + (b"FRAME\n" + i420) * frames)
+    return out
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser(
+    fixture_images: list[tuple[Path, str]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    camera = _camera_video(fixture_images[0][0], tmp_path_factory.mktemp("camera") / "lesion.y4m")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -44,6 +59,10 @@ def browser() -> Iterator[object]:
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                # A camera that films a lesion image, allowed without a permission prompt.
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-video-capture={camera}",
             ],
         )
         yield browser
@@ -157,4 +176,40 @@ def test_browser_full_flow(
     assert "/login?next=" in page.url  # the session is gone
     page.screenshot(path=str(ARTIFACTS / "07-logged-out.png"), full_page=True)
     assert external == [], f"pages fetched off-site resources: {external}"  # offline kiosks
+    context.close()
+
+
+def test_browser_live_camera_predicts_and_saves_a_frame(browser: object, server: str) -> None:
+    # Chromium's fake camera films a HAM10000 image; the page streams it over the WebSocket,
+    # shows live predictions, and saves the frame on screen as an ordinary analysis.
+    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.goto(server + "/register")
+    page.fill("#username", "dr.kiosk")
+    page.fill("#password", PASSWORD)
+    page.fill("#confirm", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard")
+    page.click("text=Live camera")
+    page.wait_for_url("**/analyses/live")
+    assert "dermatoscope" in page.inner_text("#disclaimer")
+    page.click("#start")
+    page.wait_for_function(
+        "document.getElementById('live-label').textContent.startsWith('Most likely')",
+        timeout=30_000,
+    )
+    assert "Risk group:" in page.inner_text("#live-risk")
+    assert page.inner_text("#live-confidence").endswith("%")
+    # The fake camera films one image, so every frame gets the same answer: no race here.
+    flagged = page.inner_text("#live-flag") == "raised"
+    urgent = flagged or "malignant" in page.inner_text("#live-risk")
+    assert ("dermatologist promptly" in page.inner_text("#live-advice")) == urgent
+    assert "second opinion" in page.inner_text("#live-status")
+    page.screenshot(path=str(ARTIFACTS / "08-live-camera.png"), full_page=True)
+    page.fill("#patient", "Kiosk Patient 7")
+    page.click("#save")
+    page.wait_for_url("**/analyses/*-*")  # the new analysis's result page
+    assert "Kiosk Patient 7" in page.inner_text("#patient")
+    assert page.locator("img[alt='Uploaded lesion image']").evaluate("i => i.naturalWidth") > 0
+    assert "camera-frame.jpg" in page.content()
     context.close()

@@ -1,0 +1,53 @@
+"""The camera page's WebSocket: the web session authenticates it, and only this site's pages
+may open it (a handshake carries the cookie from any site and no CSRF token)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from litestar import Litestar
+from litestar.exceptions import WebSocketDisconnect
+from litestar.testing import TestClient
+
+from .conftest import register
+
+SAME_SITE = {"origin": "http://testserver.local"}
+
+
+def test_live_camera_page_warns_and_streams_predictions(
+    client: TestClient[Litestar], fixture_images: list[tuple[Path, str]]
+) -> None:
+    register(client, "alice")
+    page = client.get("/analyses/live")
+    assert page.status_code == 200
+    assert "second opinion, not a diagnosis" in page.text and "dermatoscope" in page.text
+    with client.websocket_connect("/analyses/live/ws", headers=SAME_SITE) as ws:
+        ws.send_bytes(fixture_images[0][0].read_bytes())
+        reply = ws.receive_json()
+        assert reply["frame"] == 1 and len(reply["probabilities"]) == 7
+        assert reply["label"] in reply["probabilities"] and "second opinion" in reply["disclaimer"]
+        ws.send_bytes(b"not an image")
+        assert ws.receive_json()["error"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize(
+    ("logged_in", "headers", "reason"),
+    [
+        (True, {"origin": "https://evil.example"}, "cross-site"),
+        (True, {}, "cross-site"),  # no Origin: not a browser page of this site
+        (False, SAME_SITE, "log in first"),
+    ],
+)
+def test_live_camera_socket_refuses_strangers(
+    client: TestClient[Litestar], logged_in: bool, headers: dict[str, str], reason: str
+) -> None:
+    if logged_in:
+        register(client, "alice")
+    with (
+        pytest.raises(WebSocketDisconnect) as info,
+        client.websocket_connect("/analyses/live/ws", headers=headers) as ws,
+    ):
+        ws.send_bytes(b"a frame")  # an accepted socket would answer it (a JSON error)
+        ws.receive_json()
+    assert info.value.code == 1008 and reason in str(info.value.detail)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,7 +78,11 @@ async def test_batcher_answers_a_lone_request_without_waiting_for_company(
     assert result.batch_size == 1
 
 
-async def test_batcher_refuses_work_beyond_its_queue_bound(tensors: list[np.ndarray]) -> None:
+@contextlib.asynccontextmanager
+async def one_running(
+    tensors: list[np.ndarray],
+) -> AsyncIterator[tuple[MicroBatcher, threading.Event, asyncio.Future[Any]]]:
+    """A batcher (queue bound 2, one run at a time) whose first item runs until released."""
     release = threading.Event()
 
     def slow_run(batch: np.ndarray) -> np.ndarray:
@@ -86,9 +93,17 @@ async def test_batcher_refuses_work_beyond_its_queue_bound(tensors: list[np.ndar
     await batcher.start()
     try:
         running = asyncio.ensure_future(batcher.submit(tensors[0]))
+        await asyncio.sleep(0.01)
         while batcher.depth:  # wait until the first item is running, not queued
             await asyncio.sleep(0.001)
-        await asyncio.sleep(0.01)
+        yield batcher, release, running
+    finally:
+        release.set()
+        await batcher.stop()
+
+
+async def test_batcher_refuses_work_beyond_its_queue_bound(tensors: list[np.ndarray]) -> None:
+    async with one_running(tensors) as (batcher, release, running):
         queued = [asyncio.ensure_future(batcher.submit(t)) for t in tensors[1:3]]
         await asyncio.sleep(0.01)
         assert batcher.depth == 2
@@ -98,9 +113,6 @@ async def test_batcher_refuses_work_beyond_its_queue_bound(tensors: list[np.ndar
             await batcher.submit_many(tensors[3:5])
         release.set()
         await asyncio.gather(running, *queued)
-    finally:
-        release.set()
-        await batcher.stop()
     request = RequestFactory().post("/api/v1/predict")
     response = exception_to_response(request, info.value)
     assert response.status_code == 503
@@ -182,19 +194,7 @@ async def test_worker_threads_run_as_batch_work_and_the_event_loop_does_not(
 async def test_batcher_frees_the_places_of_cancelled_requests(tensors: list[np.ndarray]) -> None:
     # Requests cancelled while queued (a closed WebSocket, shutdown) must not keep counting
     # against the queue bound: live requests were refused "queue is full" behind them.
-    release = threading.Event()
-
-    def slow_run(batch: np.ndarray) -> np.ndarray:
-        release.wait(10)
-        return np.zeros((len(batch), 7), np.float32)
-
-    batcher = MicroBatcher(slow_run, max_batch=1, max_wait_ms=0, queue_max=2, concurrency=1)
-    await batcher.start()
-    try:
-        running = asyncio.ensure_future(batcher.submit(tensors[0]))
-        await asyncio.sleep(0.01)
-        while batcher.depth:  # the first item is running, not queued
-            await asyncio.sleep(0.001)
+    async with one_running(tensors) as (batcher, release, running):
         queued = asyncio.ensure_future(batcher.submit_many(tensors[1:3]))
         await asyncio.sleep(0.01)
         assert batcher.depth == 2
@@ -207,6 +207,3 @@ async def test_batcher_frees_the_places_of_cancelled_requests(tensors: list[np.n
         release.set()
         assert len(await live) == 2
         await running
-    finally:
-        release.set()
-        await batcher.stop()

@@ -5,7 +5,6 @@ TensorFlow-heavy work is done once per module (module-scoped fixtures) to keep t
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -219,16 +218,11 @@ def test_convert_eight_classes_with_labels(tmp_path: Path) -> None:
 
 
 def test_build_writes_manifest_and_triton_repo(
-    work: Path, tiny_h5: Path, fixture_images: list[tuple[Path, str]]
+    work: Path, tiny_h5: Path, fixture_images: list[tuple[Path, str]], split_csv: Path
 ) -> None:
     from conversion.build import build
 
-    split = work / "split.csv"
-    with split.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image_id", "dx", "split"])
-        for i, (p, dx) in enumerate(fixture_images):
-            w.writerow([p.stem, dx, ("train", "val", "test")[i % 3]])
+    split = split_csv
     out, triton = work / "models", work / "models" / "triton"
     manifest = build(
         tiny_h5,

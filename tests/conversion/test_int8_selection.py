@@ -32,17 +32,6 @@ def test_best_attempt_keeps_first_passing_else_best_agreeing() -> None:
         best_attempt([])
 
 
-@pytest.fixture
-def split_csv(tmp_path: Path, fixture_images: list[tuple[Path, str]]) -> Path:
-    path = tmp_path / "split.csv"
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image_id", "dx", "split"])
-        for i, (p, dx) in enumerate(fixture_images):
-            w.writerow([p.stem, dx, ("train", "val", "test")[i % 3]])
-    return path
-
-
 def test_build_selects_int8_on_val_and_evaluates_only_the_choice_on_test(
     tmp_path: Path,
     split_csv: Path,

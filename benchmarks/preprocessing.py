@@ -91,7 +91,46 @@ def preprocess_suite(
                 Figure.value(ratio(med["upstream_keras"], med["opencv_reduced"]), "x"),
             )
         _fidelity(suite, group, paths, images, spec)
+    _explanation_cost(suite, models, uploads, runs, cap)
     return suite
+
+
+def _explanation_cost(
+    suite: SuiteResult, models: ModelSet, uploads: list[Sample], runs: int, cap: float
+) -> None:
+    """A Grad-CAM explanation against a prediction of the same upload, interleaved: both
+    decode, preprocess and run the model once; the explanation also decodes at full size for
+    display and draws the overlay. Measured in process, one thread, as the server runs them."""
+    from app.inference.classifier import Classifier
+    from app.inference.explain import Explainer, cam_model_path
+
+    def skip(reason: str) -> None:
+        for name in ("predict", "explain"):
+            suite.skip(f"600x450/{name}", reason)
+
+    serving = models.serving or models.fp32
+    if serving is None:
+        skip("no ONNX model to serve")
+        return
+    classifier = Classifier(serving, "cpu", threads=1)
+    cam = cam_model_path(serving, classifier.spec)
+    if not cam.is_file():
+        skip(f"no CAM model at {cam} (python -m conversion cam)")
+        return
+    explainer = Explainer(cam, classifier.spec)
+    spec = classifier.spec
+    label = spec.labels[0]
+    paths: dict[str, Path_] = {
+        "predict": lambda data: classifier.run(preprocess(data, spec)[None]),
+        "explain": lambda data: np.frombuffer(explainer.explain(data, label).png, np.uint8),
+    }
+    samples = _interleaved(paths, uploads, runs, "explain vs predict 600x450", cap)
+    for name, values in samples.items():
+        suite.add_samples(f"600x450/{name}/latency", values, "ms")
+    med = {name: float(np.median(v)) for name, v in samples.items()}
+    suite.add(
+        "600x450/explain_cost_vs_predict", Figure.value(ratio(med["explain"], med["predict"]), "x")
+    )
 
 
 def _interleaved(

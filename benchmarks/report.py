@@ -137,6 +137,23 @@ def _preprocess_section(run: dict[str, Any]) -> list[str]:
                     "0 (reference)" if path == "opencv_full" else _f(diff),
                 ]
             )
+    explain_rows = [
+        [f"`{path}`", _f(lat["median"]), _f(lat["p95"]), str(lat["n"])]
+        for path in ("predict", "explain")
+        if (lat := figs.get(f"600x450/{path}/latency"))
+    ]
+    cost = figs.get("600x450/explain_cost_vs_predict", {}).get("median")
+    explain_part = (
+        [
+            "Grad-CAM explanation against a prediction of the same 600x450 upload (decode, "
+            "preprocess, one model run each; the explanation also decodes at full size for "
+            f"display and draws the overlay), interleaved: **{_f(cost)}×** the cost.",
+            "",
+            *_table(["request", "p50 ms", "p95 ms", "n"], explain_rows),
+        ]
+        if explain_rows
+        else []
+    )
     ratios = [
         [k.replace("/", " "), _f(v["median"])] for k, v in sorted(figs.items()) if "speedup" in k
     ]
@@ -157,6 +174,7 @@ def _preprocess_section(run: dict[str, Any]) -> list[str]:
             rows,
         ),
         *_table(["ratio", "×"], ratios),
+        *explain_part,
     ]
 
 

@@ -104,7 +104,8 @@ def test_quick_run_has_the_key_figures_of_each_suite(
             f"{g}/{p}/latency"
             for g in ("600x450", "12mp")
             for p in ("opencv_reduced", "opencv_full", "upstream_keras")
-        ],
+        ]
+        + ["600x450/predict/latency", "600x450/explain/latency"],
     )
     measures = ("latency", "throughput", "server_cpu_per_request", "client_cpu_per_request")
     service = [f"service/c{c}/{m}" for c in (1, 4, 8, 16) for m in measures]

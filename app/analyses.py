@@ -20,7 +20,7 @@ from app.db.tables import Analysis, User
 from app.errors import NotFoundError
 from app.inference.classifier import Classifier, Prediction
 from app.inference.dicom import decode_dicom
-from app.inference.preprocess import ImageError, preprocess, sniff_format
+from app.inference.preprocess import DEFAULT_MAX_PIXELS, ImageError, preprocess, sniff_format
 from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
 from app.reports.data import ReportData
 from app.storage import EncryptedStore
@@ -39,7 +39,8 @@ class Upload:
 
 def dicom_as_png(data: bytes) -> bytes:
     """A stored DICOM upload's one colour frame as PNG, for pages (blocking: run off-loop)."""
-    ok, png = cv2.imencode(".png", np.ascontiguousarray(decode_dicom(data)[..., ::-1]))
+    rgb = decode_dicom(data, DEFAULT_MAX_PIXELS)  # checked against the configured budget at upload
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return png.tobytes()

@@ -4,6 +4,10 @@ Read with pydicom, whose pixel decoders (numpy for uncompressed data, Pillow for
 JPEG 2000) return RGB for YBR-encoded colour. Only what the model was trained on is accepted:
 single-frame colour images. Greyscale (radiology) and multi-frame (video) objects are refused
 with a reason, never classified: the model has seen neither.
+
+Uploads are untrusted: every header field is read defensively (a 400, never a 500), the header
+before the pixel data is capped (pydicom parses it in Python, about 2 µs an element), and a
+compressed frame's own size is checked against the pixel budget before it is decoded.
 """
 
 from __future__ import annotations
@@ -14,66 +18,121 @@ from typing import Any
 import numpy as np
 
 DICOM_MAGIC = b"DICM"  # after the 128-byte preamble (PS3.10 section 7.1)
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+# Header bytes before the pixel data: room for an ICC profile and private tags; a file of
+# millions of tiny elements took 3 s to parse at 15 MB.
+MAX_HEADER_BYTES = 1 << 20
 
 
 def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == DICOM_MAGIC
 
 
-def _read(data: bytes, pixels: bool) -> Any:
-    # Imported here: a JPEG/PNG-only deployment never loads pydicom.
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
+def _errors() -> tuple[type[Exception], type[Exception]]:
     from app.inference.preprocess import ImageError, UnsupportedImageError
 
+    return ImageError, UnsupportedImageError
+
+
+def _read(data: bytes, pixels: bool) -> Any:
+    """The dataset, checked to be one colour frame; raises ImageError (4xx) for anything else."""
+    # Imported here: a JPEG/PNG-only deployment never loads pydicom.
+    import pydicom
+
+    image_error, unsupported = _errors()
+    header_end = data.find(PIXEL_DATA_TAG, 132)
+    if header_end == -1:
+        raise image_error("the DICOM file has no image (no Pixel Data)")
+    if header_end > MAX_HEADER_BYTES:
+        raise image_error(f"the DICOM header is over {MAX_HEADER_BYTES >> 20} MB")
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError) as exc:
-        raise ImageError(f"unreadable DICOM file: {exc}") from exc
-    if "PixelData" not in dataset and pixels:
-        raise ImageError("the DICOM file has no image (no Pixel Data)")
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 0) or 0)
+        kind = str(dataset.get("PhotometricInterpretation", "unknown"))
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        width, height = int(dataset.Columns), int(dataset.Rows)
+    except (Exception, RecursionError) as exc:  # malformed values surface as many types
+        raise image_error(f"unreadable DICOM header: {type(exc).__name__}") from exc
     if frames != 1:
-        raise UnsupportedImageError(
-            f"multi-frame DICOM ({frames} frames) is not supported: send one frame"
-        )
-    samples = dataset.get("SamplesPerPixel")
+        raise unsupported(f"multi-frame DICOM ({frames} frames) is not supported: send one frame")
     if samples != 3:
-        kind = dataset.get("PhotometricInterpretation", "unknown")
-        raise UnsupportedImageError(
+        raise unsupported(
             f"this DICOM image is not colour ({kind}, {samples} sample(s) per pixel): the model "
             "was trained on colour dermoscopic images only"
         )
+    if width <= 0 or height <= 0:
+        raise image_error("the DICOM header gives an empty image")
     return dataset
 
 
 def dicom_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the header alone, before any pixel is decoded."""
-    from app.inference.preprocess import ImageError
-
     dataset = _read(data, pixels=False)
+    return int(dataset.Columns), int(dataset.Rows)
+
+
+def _check_compressed_frame(dataset: Any, max_pixels: int) -> None:
+    """A compressed frame must be what the header says: pydicom decodes the whole embedded
+    image before comparing, so a 600x450 header could carry a 169 MP JPEG (850 MB decoded)."""
+    from PIL import Image
+    from pydicom.encaps import generate_frames
+
+    image_error, unsupported = _errors()
+    width, height = int(dataset.Columns), int(dataset.Rows)
+    if width * height > max_pixels:
+        raise image_error("the DICOM image is over the pixel budget")
     try:
-        return int(dataset.Columns), int(dataset.Rows)
-    except AttributeError as exc:
-        raise ImageError("the DICOM header has no Rows/Columns") from exc
+        frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    except Exception as exc:
+        raise image_error(f"corrupt DICOM pixel data: {type(exc).__name__}") from exc
+    try:
+        with Image.open(io.BytesIO(frame)) as img:  # the header only
+            size = img.size
+    except Exception as exc:  # a codec Pillow cannot read is one this service cannot decode
+        syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
+        name = getattr(syntax, "name", str(syntax))
+        raise unsupported(f"DICOM compression {name} cannot be decoded here") from exc
+    if size != (width, height):
+        raise image_error(f"the DICOM frame is {size[0]}x{size[1]}, its header {width}x{height}")
 
 
-def decode_dicom(data: bytes) -> np.ndarray:
-    """RGB uint8 (H, W, 3) of the file's one colour frame."""
-    from app.inference.preprocess import ImageError, UnsupportedImageError
+def _check_decoder(syntax: Any) -> None:
+    """415 for a compression no installed plugin decodes (JPEG-LS, lossless JPEG, HTJ2K...)."""
+    from pydicom.pixels import get_decoder
 
+    _, unsupported = _errors()
+    try:
+        available = get_decoder(syntax).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        name = getattr(syntax, "name", str(syntax))
+        raise unsupported(f"DICOM compression {name} cannot be decoded here")
+
+
+def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of the file's one colour frame, within ``max_pixels``."""
+    image_error, unsupported = _errors()
     dataset = _read(data, pixels=True)
+    if int(dataset.Columns) * int(dataset.Rows) > max_pixels:
+        from app.inference.preprocess import ImageTooLargeError
+
+        raise ImageTooLargeError(
+            f"DICOM image is {dataset.Columns}x{dataset.Rows}; the limit is "
+            f"{max_pixels / 1e6:.0f} MP"
+        )
+    syntax = dataset.file_meta.TransferSyntaxUID
+    if syntax.is_compressed:
+        _check_decoder(syntax)
+        _check_compressed_frame(dataset, max_pixels)
     try:
         pixels = dataset.pixel_array  # YBR is converted to RGB by pydicom's decoders
     except NotImplementedError as exc:  # no decoder for this transfer syntax here
-        syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
-        name = getattr(syntax, "name", str(syntax))
-        raise UnsupportedImageError(f"DICOM compression {name} cannot be decoded here") from exc
-    except (ValueError, RuntimeError, OSError, AttributeError) as exc:
-        raise ImageError(f"corrupt DICOM pixel data: {exc}") from exc
+        raise unsupported("this DICOM compression cannot be decoded here") from exc
+    except (Exception, RecursionError) as exc:
+        raise image_error(f"corrupt DICOM pixel data: {type(exc).__name__}") from exc
     if pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ImageError(f"unexpected DICOM pixel layout {pixels.shape}")
+        raise image_error(f"unexpected DICOM pixel layout {pixels.shape}")
     if pixels.dtype != np.uint8:
         # 12/16-bit colour: scale the stored range to 8 bits, as the training images were.
         top = float(2 ** int(dataset.get("BitsStored", 16)) - 1)

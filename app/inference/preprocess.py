@@ -133,9 +133,9 @@ def decode_image(
     Args:
         target: (width, height) the image will be resized to; lets large JPEGs decode reduced.
     """
+    if is_dicom(data):  # parsed once, header and pixels; no EXIF, no reduced decode
+        return decode_dicom(data, max_pixels)
     info = read_header(data, max_pixels)
-    if info.format == "dicom":
-        return decode_dicom(data)  # no EXIF; DICOM has no reduced decode
     flag = _reduced_flag(info, target) if (target and reduced) else cv2.IMREAD_COLOR
     # IMREAD_COLOR(_RGB) and the REDUCED variants apply the EXIF orientation tag, for JPEG and
     # PNG (seen with OpenCV 5.0; tests/unit/test_preprocess.py checks all 8 against PIL).

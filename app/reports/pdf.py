@@ -30,6 +30,7 @@ from borb.pdf import (  # noqa: E402  (opt out before anything else of borb runs
 from PIL import Image as PILImage  # noqa: E402
 
 from app.inference.dicom import decode_dicom, is_dicom  # noqa: E402
+from app.inference.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from app.reports.data import ReportData  # noqa: E402
 
 APP_NAME = "Skin Lesion Second Opinion"
@@ -48,7 +49,7 @@ def _thumbnail(data: bytes, box: tuple[int, int] = (160, 120)) -> PILImage.Image
     """
     try:
         if is_dicom(data):
-            img = PILImage.fromarray(decode_dicom(data))
+            img = PILImage.fromarray(decode_dicom(data, DEFAULT_MAX_PIXELS))
         else:
             img = PILImage.open(io.BytesIO(data)).convert("RGB")
     except (OSError, SyntaxError, ValueError):  # ImageError is a ValueError

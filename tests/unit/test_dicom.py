@@ -59,3 +59,58 @@ def test_dicom_broken_or_too_large_is_a_client_error(
         decode_image(data[: len(data) // 2])  # cut off inside the pixel data
     with pytest.raises(ImageError):
         decode_image(data[:140])  # cut off inside the header
+
+
+def _edited(data: bytes, **changes: object) -> bytes:
+    """The DICOM file with header fields replaced (raw values, as a malicious file may hold)."""
+    import io
+
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in changes.items():
+        if keyword == "TransferSyntaxUID":
+            dataset.file_meta.TransferSyntaxUID = value
+        else:
+            dataset[keyword].value = value  # type: ignore[index]
+    out = io.BytesIO()
+    dataset.save_as(out)
+    return out.getvalue()
+
+
+def test_dicom_malformed_header_is_a_400_not_a_crash(
+    make_dicom: Callable[..., bytes], jpeg: bytes
+) -> None:
+    # An empty Rows gave a TypeError (a 500) once the header was parsed.
+    with pytest.raises(ImageError, match="unreadable DICOM header"):
+        decode_image(_edited(make_dicom(jpeg), Rows=None))
+    with pytest.raises(ImageError):
+        decode_image(make_dicom(jpeg)[:300] + b"\xe0\x7f\x10\x00")  # garbage, then pixel tag
+
+
+def test_dicom_frame_larger_than_its_header_is_refused_before_decoding(
+    make_dicom: Callable[..., bytes], jpeg: bytes
+) -> None:
+    # A 600x450 header around a bigger JPEG: pydicom would decode it all before comparing.
+    big = cv2.imencode(".jpg", np.zeros((1800, 2400, 3), np.uint8))[1].tobytes()
+    data = make_dicom(jpeg)
+    import io
+
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.PixelData = encapsulate([big])
+    buf = io.BytesIO()
+    dataset.save_as(buf)
+    with pytest.raises(ImageError, match="frame is 2400x1800, its header 600x450"):
+        decode_image(buf.getvalue())
+
+
+def test_dicom_compression_without_a_decoder_is_415(
+    make_dicom: Callable[..., bytes], jpeg: bytes
+) -> None:
+    from pydicom.uid import JPEGLSLossless
+
+    with pytest.raises(UnsupportedImageError, match="cannot be decoded here"):
+        decode_image(_edited(make_dicom(jpeg), TransferSyntaxUID=JPEGLSLossless))

@@ -98,7 +98,7 @@ def _check_compressed_frame(dataset: Any, max_pixels: int) -> None:
 
 def _check_decoder(syntax: Any) -> None:
     """415 for a compression no installed plugin decodes (JPEG-LS, lossless JPEG, HTJ2K...)."""
-    from pydicom.pixels import get_decoder
+    from pydicom.pixels.decoders.base import get_decoder
 
     _, unsupported = _errors()
     try:

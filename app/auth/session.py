@@ -61,6 +61,20 @@ async def end_sessions(user_id: int) -> None:
     await User.update({User.session_epoch: User.session_epoch + 1}).where(User.id == user_id).run()
 
 
+async def session_still_valid(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether the session a long-lived connection opened with still stands: the account is
+    active and has not logged out or changed its password since. (Its idle clock does not run
+    while the connection is in use.)"""
+    session = session_data(connection)
+    row = (
+        await User.select(User.password_hash, User.session_epoch)
+        .where((User.id == session.get("uid")) & (User.active.eq(True)))
+        .first()
+        .run()
+    )
+    return row is not None and session_fingerprint(row) == session.get("fp")
+
+
 async def optional_user(request: ASGIConnection[Any, Any, Any, State]) -> CurrentUser | None:
     """The session's user, or None when absent, idle too long, deactivated or re-passworded."""
     if "current_user" in request.scope.get("state", {}):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from litestar.exceptions import HTTPException, WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
-from litestar.status_codes import WS_1013_TRY_AGAIN_LATER
+from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER
 from litestar.types import Guard
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
@@ -399,13 +400,24 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
     )
 
 
+RECHECK_S = 10.0
+
+
 class LiveSession:
     """One kiosk connection: a receiver keeps the newest frame, a worker classifies it."""
 
     def __init__(
-        self, socket: WebSocket[Any, Any, Any], service: InferenceService, metrics: Metrics | None
+        self,
+        socket: WebSocket[Any, Any, Any],
+        service: InferenceService,
+        metrics: Metrics | None,
+        still_allowed: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.socket = socket
+        # Asked before a reply at most every RECHECK_S: a logout or password change elsewhere
+        # ends the socket too, not only the next HTTP request.
+        self.still_allowed = still_allowed
+        self.checked_at = time.monotonic()
         self.service = service
         self.metrics = metrics
         self.model = model_info(service.classifier)
@@ -464,6 +476,12 @@ class LiveSession:
                     continue
                 seq, data = self.latest
                 self.latest = None
+                if self.still_allowed and time.monotonic() - self.checked_at >= RECHECK_S:
+                    self.checked_at = time.monotonic()
+                    if not await self.still_allowed():
+                        reason = "the session has ended: log in again"
+                        await self.socket.close(code=WS_1008_POLICY_VIOLATION, reason=reason)
+                        break
                 reply = await self._reply(seq, data)
                 if self.closed:
                     break

@@ -16,7 +16,7 @@ from litestar.datastructures import State
 from litestar.response import Template
 from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER
 
-from app.auth.session import USER, CurrentUser, optional_user
+from app.auth.session import USER, CurrentUser, optional_user, session_still_valid
 from app.routes.api import LiveSession
 from app.web import render
 
@@ -26,13 +26,37 @@ async def live_page(request: Request[Any, Any, State], user: CurrentUser) -> Tem
     return render(request, "live.html")
 
 
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _host(netloc: str, scheme: str) -> str:
+    """``host[:port]`` lower-cased, without the scheme's default port."""
+    host = netloc.strip().lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    return host.removesuffix(f":{default}") if default else host
+
+
+def _same_site(origin: str, headers: Any) -> bool:
+    """The page's Origin names this host: as the client asked for it (Host) or, behind a
+    reverse proxy that rewrites Host, as the proxy says (X-Forwarded-Host; a browser cannot set
+    that header on a WebSocket)."""
+    parts = urlsplit(origin)
+    if parts.scheme not in _DEFAULT_PORTS or not parts.netloc:
+        return False
+    mine = _host(parts.netloc, parts.scheme)
+    for name in ("host", "x-forwarded-host"):
+        for value in (headers.get(name) or "").split(","):
+            if value.strip() and _host(value, parts.scheme) == mine:
+                return True
+    return False
+
+
 @websocket("/analyses/live/ws")
 async def live_frames(socket: WebSocket[Any, Any, Any]) -> None:
     """Binary JPEG/PNG frames in, one JSON prediction each out, for a logged-in user."""
     # A WebSocket handshake carries the session cookie from any site and has no CSRF token:
     # only this site's own pages may open one (cross-site WebSocket hijacking).
-    origin = urlsplit(socket.headers.get("origin", ""))
-    if origin.netloc != socket.headers.get("host"):
+    if not _same_site(socket.headers.get("origin", ""), socket.headers):
         await socket.close(code=WS_1008_POLICY_VIOLATION, reason="cross-site connection refused")
         return
     if await optional_user(socket) is None:
@@ -44,7 +68,11 @@ async def live_frames(socket: WebSocket[Any, Any, Any]) -> None:
         await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="model is loading")
         return
     await socket.accept()
-    await LiveSession(socket, service, state.get("metrics")).run()
+
+    async def still_allowed() -> bool:
+        return await session_still_valid(socket)
+
+    await LiveSession(socket, service, state.get("metrics"), still_allowed).run()
 
 
 handlers: list[Any] = [live_page, live_frames]

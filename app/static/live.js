@@ -15,6 +15,7 @@
   let stream = null;
   let lastFrame = null; // the JPEG of the frame whose prediction is on screen
   let pending = null;
+  let keepAlive = null;
 
   function say(text) { status.textContent = text; }
 
@@ -25,10 +26,21 @@
     return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.92));
   }
 
+  // Sends one frame; until the camera has a picture (or a frame fails to encode) it tries again
+  // shortly, so the loop never stops waiting for a reply that was never asked for.
   async function sendFrame() {
-    if (!socket || socket.readyState !== WebSocket.OPEN || !video.videoWidth) return;
-    pending = await grab();
-    socket.send(await pending.arrayBuffer());
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    try {
+      const blob = video.videoWidth ? await grab() : null;
+      if (blob) {
+        pending = blob;
+        socket.send(await blob.arrayBuffer());
+        return;
+      }
+    } catch (err) {
+      say("A frame could not be captured: " + err.message);
+    }
+    setTimeout(sendFrame, PAUSE_MS);
   }
 
   function show(reply) {
@@ -64,15 +76,24 @@
     socket.binaryType = "arraybuffer";
     socket.onopen = () => { say("Connected."); sendFrame(); };
     socket.onmessage = (event) => { show(JSON.parse(event.data)); setTimeout(sendFrame, PAUSE_MS); };
-    socket.onclose = (event) => { say("Live view stopped" + (event.reason ? ": " + event.reason : ".")); };
+    socket.onclose = (event) => {
+      stop();
+      say("Live view stopped" + (event.reason ? ": " + event.reason : "."));
+    };
+    // Streaming makes no HTTP requests: keep the web session's idle clock from running out,
+    // or "Save this frame" would meet the login page.
+    keepAlive = setInterval(() => fetch("/analyses/live", {cache: "no-store"}), 5 * 60 * 1000);
     startButton.disabled = true;
     stopButton.disabled = false;
   }
 
   function stop() {
-    if (socket) socket.close();
+    const open = socket;
+    socket = null;
+    if (open) open.close();
     if (stream) stream.getTracks().forEach((t) => t.stop());
-    socket = stream = null;
+    stream = null;
+    clearInterval(keepAlive);
     startButton.disabled = false;
     stopButton.disabled = true;
   }
@@ -84,12 +105,15 @@
     data.append("images", new File([lastFrame], "camera-frame.jpg", {type: "image/jpeg"}));
     saveButton.disabled = true;
     const response = await fetch(form.action, {method: "POST", body: data});
-    if (response.ok && response.redirected) {
+    const landed = new URL(response.url).pathname;
+    if (response.ok && /^\/analyses\/[0-9a-f-]{36}$/.test(landed)) {
       stop();
       location.assign(response.url); // the new analysis's result page
       return;
     }
-    saveError.textContent = "Not saved (" + response.status + "). Check the patient field and try again.";
+    saveError.textContent = landed === "/login"
+      ? "Not saved: the session has ended. Log in again in another tab, then save again."
+      : "Not saved (" + response.status + "). Check the patient field and try again.";
     saveButton.disabled = false;
   });
   startButton.addEventListener("click", start);

@@ -92,8 +92,10 @@ class Explainer:
         """Heat map of ``label`` over the region the model sees (blocking: run off the loop)."""
         cam = self.class_map(preprocess(data, self.spec, max_pixels), label)
         width, height = self.spec.input_size
-        shown = center_crop_to_aspect(decode_image(data, None, max_pixels), width / height)
         size = (DISPLAY_WIDTH, round(DISPLAY_WIDTH * height / width))
+        # Decoded only as large as the overlay needs (JPEG DCT scaling): a 39 MP photo decoded
+        # in full cost 380 ms and 114 MB for a 320-pixel picture.
+        shown = center_crop_to_aspect(decode_image(data, size, max_pixels), width / height)
         shown = cv2.resize(shown, size, interpolation=cv2.INTER_AREA)
         heat = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
         heat_u8 = (np.clip(heat, 0, 1) * 255).astype(np.uint8)

@@ -12,14 +12,14 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from litestar import Request, Router, WebSocket, post, websocket
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, WebSocketDisconnect
+from litestar.exceptions import WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
@@ -28,7 +28,7 @@ from litestar.types import Guard
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
 from app.config import Settings
-from app.errors import AppError, ClientDisconnectedError, NotReadyError, is_client_disconnect
+from app.errors import AppError, NotReadyError
 from app.inference.classifier import DISCLAIMER, Classifier
 from app.inference.explain import CAVEAT
 from app.inference.preprocess import ImageError
@@ -167,17 +167,6 @@ class Upload:
     data: bytes
 
 
-async def body_chunks(request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:
-    """``request.stream()``, with a client that hangs up mid-body raised as a 499, not a 500."""
-    try:
-        async for chunk in request.stream():
-            yield chunk
-    except HTTPException as exc:
-        if not is_client_disconnect(exc):
-            raise
-        raise ClientDisconnectedError("the client disconnected during the upload") from exc
-
-
 async def read_uploads(
     request: Request[Any, Any, Any], field_name: str, max_files: int, max_file_bytes: int
 ) -> list[Upload]:
@@ -189,7 +178,7 @@ async def read_uploads(
     """
     media_type, options = request.content_type
     if media_type != "multipart/form-data":
-        stream = body_chunks(request)
+        stream = request.stream()
         first = await anext(stream, b"")
         if not first:
             raise MissingImageError(
@@ -210,7 +199,7 @@ async def read_uploads(
         with PushMultipartParser(
             boundary.encode(), max_segment_size=max_file_bytes, max_segment_count=max_files + 16
         ) as parser:
-            async for chunk in body_chunks(request):
+            async for chunk in request.stream():
                 saw_body = saw_body or bool(chunk)
                 for event in parser.parse(chunk):
                     if isinstance(event, MultipartSegment):

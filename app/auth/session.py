@@ -61,18 +61,22 @@ async def end_sessions(user_id: int) -> None:
     await User.update({User.session_epoch: User.session_epoch + 1}).where(User.id == user_id).run()
 
 
-async def session_still_valid(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
-    """Whether the session a long-lived connection opened with still stands: the account is
-    active and has not logged out or changed its password since. (Its idle clock does not run
-    while the connection is in use.)"""
-    session = session_data(connection)
+async def _session_account(session: dict[str, Any]) -> dict[str, Any] | None:
+    """The session's account row while it stands: active, and no logout or new password since
+    the session was signed."""
     row = (
-        await User.select(User.password_hash, User.session_epoch)
+        await User.select(User.id, User.username, User.role, User.password_hash, User.session_epoch)
         .where((User.id == session.get("uid")) & (User.active.eq(True)))
         .first()
         .run()
     )
-    return row is not None and session_fingerprint(row) == session.get("fp")
+    return row if row is not None and session_fingerprint(row) == session.get("fp") else None
+
+
+async def session_still_valid(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether the session a long-lived connection opened with still stands. (Its idle clock
+    does not run while the connection is in use.)"""
+    return await _session_account(session_data(connection)) is not None
 
 
 async def optional_user(request: ASGIConnection[Any, Any, Any, State]) -> CurrentUser | None:
@@ -85,15 +89,8 @@ async def optional_user(request: ASGIConnection[Any, Any, Any, State]) -> Curren
     idle_s = request.app.state["settings"].session_idle_minutes * 60
     now = int(time.time())
     if uid and isinstance(seen, int) and now - seen <= idle_s:
-        row = (
-            await User.select(
-                User.id, User.username, User.role, User.password_hash, User.session_epoch
-            )
-            .where((User.id == uid) & (User.active.eq(True)))
-            .first()
-            .run()
-        )
-        if row is not None and session_fingerprint(row) == session.get("fp"):
+        row = await _session_account(session)
+        if row is not None:
             user = CurrentUser(row["id"], row["username"], row["role"])
             if now - seen >= 30:  # slide the idle window; not on every request
                 request.set_session({**session, "seen": now})

@@ -8,6 +8,7 @@ saved analysis is stored, reported and audited like any other. The socket is the
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,9 +70,7 @@ async def live_frames(socket: WebSocket[Any, Any, Any]) -> None:
         return
     await socket.accept()
 
-    async def still_allowed() -> bool:
-        return await session_still_valid(socket)
-
+    still_allowed = functools.partial(session_still_valid, socket)
     await LiveSession(socket, service, state.get("metrics"), still_allowed).run()
 
 

@@ -12,15 +12,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
-import numpy as np
 from litestar.datastructures import State
 
 from app.db.tables import Analysis, User
 from app.errors import NotFoundError
 from app.inference.classifier import Classifier, Prediction
 from app.inference.dicom import decode_dicom
-from app.inference.preprocess import DEFAULT_MAX_PIXELS, ImageError, preprocess, sniff_format
+from app.inference.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    encode_png,
+    preprocess,
+    sniff_format,
+)
 from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
 from app.reports.data import ReportData
 from app.storage import EncryptedStore
@@ -39,11 +43,8 @@ class Upload:
 
 def dicom_as_png(data: bytes) -> bytes:
     """A stored DICOM upload's one colour frame as PNG, for pages (blocking: run off-loop)."""
-    rgb = decode_dicom(data, DEFAULT_MAX_PIXELS)  # checked against the configured budget at upload
-    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return png.tobytes()
+    # Checked against the configured budget at upload.
+    return encode_png(decode_dicom(data, DEFAULT_MAX_PIXELS))
 
 
 def classifier_of(state: State) -> Classifier:

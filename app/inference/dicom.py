@@ -34,7 +34,7 @@ def _errors() -> tuple[type[Exception], type[Exception]]:
     return ImageError, UnsupportedImageError
 
 
-def _read(data: bytes, pixels: bool) -> Any:
+def _read(data: bytes, pixels: bool) -> tuple[Any, int, int]:
     """The dataset, checked to be one colour frame; raises ImageError (4xx) for anything else."""
     # Imported here: a JPEG/PNG-only deployment never loads pydicom.
     import pydicom
@@ -60,27 +60,22 @@ def _read(data: bytes, pixels: bool) -> Any:
             f"this DICOM image is not colour ({kind}, {samples} sample(s) per pixel): the model "
             "was trained on colour dermoscopic images only"
         )
-    if width <= 0 or height <= 0:
-        raise image_error("the DICOM header gives an empty image")
-    return dataset
+    return dataset, width, height
 
 
 def dicom_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the header alone, before any pixel is decoded."""
-    dataset = _read(data, pixels=False)
-    return int(dataset.Columns), int(dataset.Rows)
+    _, width, height = _read(data, pixels=False)
+    return width, height
 
 
-def _check_compressed_frame(dataset: Any, max_pixels: int) -> None:
+def _check_compressed_frame(dataset: Any, width: int, height: int) -> None:
     """A compressed frame must be what the header says: pydicom decodes the whole embedded
     image before comparing, so a 600x450 header could carry a 169 MP JPEG (850 MB decoded)."""
     from PIL import Image
     from pydicom.encaps import generate_frames
 
     image_error, unsupported = _errors()
-    width, height = int(dataset.Columns), int(dataset.Rows)
-    if width * height > max_pixels:
-        raise image_error("the DICOM image is over the pixel budget")
     try:
         frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
     except Exception as exc:
@@ -112,19 +107,15 @@ def _check_decoder(syntax: Any) -> None:
 
 def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
     """RGB uint8 (H, W, 3) of the file's one colour frame, within ``max_pixels``."""
-    image_error, unsupported = _errors()
-    dataset = _read(data, pixels=True)
-    if int(dataset.Columns) * int(dataset.Rows) > max_pixels:
-        from app.inference.preprocess import ImageTooLargeError
+    from app.inference.preprocess import check_budget
 
-        raise ImageTooLargeError(
-            f"DICOM image is {dataset.Columns}x{dataset.Rows}; the limit is "
-            f"{max_pixels / 1e6:.0f} MP"
-        )
+    image_error, unsupported = _errors()
+    dataset, width, height = _read(data, pixels=True)
+    check_budget("dicom", width, height, max_pixels)
     syntax = dataset.file_meta.TransferSyntaxUID
     if syntax.is_compressed:
         _check_decoder(syntax)
-        _check_compressed_frame(dataset, max_pixels)
+        _check_compressed_frame(dataset, width, height)
     try:
         pixels = dataset.pixel_array  # YBR is converted to RGB by pydicom's decoders
     except NotImplementedError as exc:  # no decoder for this transfer syntax here

@@ -21,6 +21,7 @@ from app.inference.preprocess import (
     DEFAULT_MAX_PIXELS,
     center_crop_to_aspect,
     decode_image,
+    encode_png,
     preprocess,
 )
 from app.inference.spec import ModelSpec, ModelSpecError
@@ -90,6 +91,8 @@ class Explainer:
 
     def explain(self, data: bytes, label: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Explanation:
         """Heat map of ``label`` over the region the model sees (blocking: run off the loop)."""
+        # Decoded twice on purpose: the map must come from exactly the tensor a prediction
+        # sees (`preprocess`), the picture from a decode at the size it is shown.
         cam = self.class_map(preprocess(data, self.spec, max_pixels), label)
         width, height = self.spec.input_size
         size = (DISPLAY_WIDTH, round(DISPLAY_WIDTH * height / width))
@@ -101,8 +104,5 @@ class Explainer:
         heat_u8 = (np.clip(heat, 0, 1) * 255).astype(np.uint8)
         colours = cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET)
         overlay = cv2.addWeighted(shown, 1 - HEAT_ALPHA, colours[..., ::-1], HEAT_ALPHA, 0)
-        ok, png = cv2.imencode(".png", np.ascontiguousarray(overlay[..., ::-1]))  # BGR out
-        if not ok:
-            raise RuntimeError("PNG encoding failed")
         rows, columns = cam.shape
-        return Explanation(label, (rows, columns), bool(cam.max() > 0), png.tobytes())
+        return Explanation(label, (rows, columns), bool(cam.max() > 0), encode_png(overlay))

@@ -66,14 +66,14 @@ def read_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     fmt = sniff_format(data)
     if fmt == "dicom":
         width, height = dicom_size(data)
-        _check_budget(fmt, width, height, max_pixels)
+        check_budget(fmt, width, height, max_pixels)
         return ImageInfo(fmt, width, height)
     if fmt == "png":
         # IHDR is always the first chunk: its size is at fixed offsets, no parser needed.
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise ImageError("unreadable png header")
         width, height = struct.unpack(">II", data[16:24])
-        _check_budget(fmt, width, height, max_pixels)
+        check_budget(fmt, width, height, max_pixels)
         return ImageInfo(fmt, width, height)
     try:
         with Image.open(io.BytesIO(data)) as img:  # lazy: parses the header only
@@ -83,11 +83,12 @@ def read_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
         raise ImageTooLargeError(f"{fmt} image is far over the pixel budget") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ImageError(f"unreadable {fmt} header") from exc
-    _check_budget(fmt, width, height, max_pixels)
+    check_budget(fmt, width, height, max_pixels)
     return ImageInfo(fmt, width, height)
 
 
-def _check_budget(fmt: str, width: int, height: int, max_pixels: int) -> None:
+def check_budget(fmt: str, width: int, height: int, max_pixels: int) -> None:
+    """400 for an empty image, 413 above the pixel budget: before any pixel is decoded."""
     if width <= 0 or height <= 0:
         raise ImageError(f"{fmt} header gives an empty image")
     if width * height > max_pixels:
@@ -143,6 +144,14 @@ def decode_image(
     if rgb is None:
         raise ImageError(f"corrupt or truncated {info.format} image")
     return rgb
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """RGB uint8 (H, W, 3) -> PNG bytes, for pictures the pages show (OpenCV writes BGR)."""
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return bytes(png.tobytes())
 
 
 def center_crop_to_aspect(rgb: np.ndarray, aspect: float) -> np.ndarray:

@@ -111,11 +111,14 @@ class InferenceService:
         with self._admitted(1):
             return await self._decode_admitted(data)
 
-    async def _decode_admitted(self, data: bytes) -> tuple[np.ndarray, float]:
+    def _refuse_oversized(self, data: bytes) -> None:
         if len(data) > self.max_upload_bytes:
             raise ImageTooLargeError(
                 f"image is {len(data)} bytes; the limit is {self.max_upload_bytes}"
             )
+
+    async def _decode_admitted(self, data: bytes) -> tuple[np.ndarray, float]:
+        self._refuse_oversized(data)
         loop = asyncio.get_running_loop()
         tensor, ms = await loop.run_in_executor(self._decode_pool, self._decode, data)
         if self._observer is not None:
@@ -142,10 +145,7 @@ class InferenceService:
         """
         explainer = await self._load_explainer()
         with self._admitted(1):
-            if len(data) > self.max_upload_bytes:
-                raise ImageTooLargeError(
-                    f"image is {len(data)} bytes; the limit is {self.max_upload_bytes}"
-                )
+            self._refuse_oversized(data)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
                 self._decode_pool, explainer.explain, data, label, self.max_pixels

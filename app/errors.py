@@ -55,7 +55,7 @@ class ClientDisconnectedError(AppError):
 _LITESTAR_DISCONNECT = "client disconnected prematurely"
 
 
-def is_client_disconnect(exc: Exception) -> bool:
+def _is_client_disconnect(exc: Exception) -> bool:
     """Whether ``exc`` is Litestar reporting that the client left while its body was read."""
     return isinstance(exc, HTTPException) and exc.detail == _LITESTAR_DISCONNECT
 
@@ -90,7 +90,7 @@ class ErrorAnswer:
 
 def answer_for(exc: Exception) -> ErrorAnswer:
     """What a client is told for ``exc``: the one mapping, shared by the handler and metrics."""
-    if is_client_disconnect(exc):
+    if _is_client_disconnect(exc):
         # Also a form read by Litestar itself (CSRF middleware, page routes), not only the API's.
         exc = ClientDisconnectedError("the client disconnected before sending the whole body")
     if isinstance(exc, AppError | ImageError):

@@ -57,19 +57,13 @@ def find_head(model: onnx.ModelProto) -> CamHead:
         tensor = pool.output[0]
         while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in _PASS_THROUGH:
             tensor = consumers[tensor][0].output[0]
-        dense = [n for n in consumers.get(tensor, []) if n.op_type in ("MatMul", "Gemm")]
+        # tf2onnx writes Dense as MatMul (+ Add for the bias); an exporter's Gemm is not found
+        # and gets the ConversionError below rather than an untested path.
+        dense = [n for n in consumers.get(tensor, []) if n.op_type == "MatMul"]
         if len(dense) != 1 or dense[0].input[1] not in weights:
             continue
-        node = dense[0]
-        kernel = weights[node.input[1]].astype(np.float32)
-        if node.op_type == "Gemm":
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            if attrs.get("transB"):
-                kernel = kernel.T
-            kernel = kernel * float(attrs.get("alpha", 1.0))
-            bias = weights[node.input[2]] if len(node.input) > 2 else np.zeros(kernel.shape[1])
-        else:
-            bias = _following_bias(node.output[0], consumers, weights, kernel.shape[1])
+        kernel = weights[dense[0].input[1]].astype(np.float32)
+        bias = _following_bias(dense[0].output[0], consumers, weights, kernel.shape[1])
         return CamHead(pool.input[0], channels_last, kernel, bias.astype(np.float32).ravel())
     raise ConversionError(
         "no global-average-pooling -> Dense head found: class activation maps need one "

@@ -21,12 +21,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from app.inference.explain import CLASS_MAPS  # the output name the server looks for
 from conversion.errors import ConversionError, GateError
 from conversion.files import save_onnx
 
 log = logging.getLogger(__name__)
 
-CLASS_MAPS = "class_maps"
 CAM_MAX_PROB_DIFF = 1e-5  # float32 rounding of a sum reordered; a wrong head is off by >1e-2
 _PASS_THROUGH = {"Squeeze", "Flatten", "Reshape", "Identity", "Dropout"}
 

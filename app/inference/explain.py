@@ -26,7 +26,7 @@ from app.inference.preprocess import (
 )
 from app.inference.spec import ModelSpec, ModelSpecError
 
-CLASS_MAPS = "class_maps"  # the output conversion/cam.py adds
+CLASS_MAPS = "class_maps"  # the output conversion/cam.py adds (it imports this name)
 DISPLAY_WIDTH = 320  # the overlay's width; its height follows the model's aspect
 HEAT_ALPHA = 0.45
 

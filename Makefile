@@ -23,15 +23,22 @@ $(VENV)/.serve-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -e .
 	@touch $@
 
+# dev (pytest, linters), conversion (TensorFlow, tf2onnx) and bench (harness, baseline): the
+# tests exercise all three.
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.serve-installed
-	$(PIP) install -e '.[dev,conversion]'
+	$(PIP) install -e '.[dev,conversion,bench]'
+	@touch $@
+
+# What the benchmarks need, without the test tools.
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.serve-installed
+	$(PIP) install -e '.[bench]'
 	@touch $@
 
 run: $(VENV)/.serve-installed ## install serving deps, migrate, serve the bundled model on http://127.0.0.1:8000
 	$(PY) -m app migrate
 	$(PY) -m app serve
 
-test: $(VENV)/.test-installed ## install dev + conversion extras and run the whole test suite
+test: $(VENV)/.test-installed ## install dev + conversion + bench extras and run the whole test suite
 	$(PY) -m pytest
 
 test-fast: $(VENV)/.test-installed ## the suite without slow, browser and TensorFlow tests
@@ -55,10 +62,10 @@ convert: $(VENV)/.test-installed ## Keras HDF5 -> ONNX -> INT8 ONNX, verify, man
 	$(PY) -m conversion build models/skin_lesion.h5 -o models --triton models/triton
 	$(PY) -m conversion cam models/skin_lesion.onnx
 
-bench: $(VENV)/.test-installed ## all benchmark suites; writes benchmarks/results/ and RESULTS.md
+bench: $(VENV)/.bench-installed ## all benchmark suites; writes benchmarks/results/ and RESULTS.md
 	$(PY) -m benchmarks run
 
-bench-quick: $(VENV)/.test-installed ## tiny versions of every suite (< 3 minutes)
+bench-quick: $(VENV)/.bench-installed ## tiny versions of every suite (< 3 minutes)
 	$(PY) -m benchmarks run --quick
 
 docker: ## build the CPU and CUDA images (needs a Docker engine)

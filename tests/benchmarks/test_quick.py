@@ -143,14 +143,16 @@ def test_quick_run_service_answered_every_request(quick_run: tuple[dict[str, Any
 
 
 def test_quick_run_accounts_the_servers_cpu(quick_run: tuple[dict[str, Any], Path]) -> None:
-    # Decoding one 600x450 JPEG alone costs over a millisecond of CPU, so a server that is
-    # charged (almost) nothing per request was not the process that answered.
+    # The server decodes every upload, so a server charged less than a fraction of one decode
+    # (timed by the preprocess suite in the same run, on this machine) was not the process that
+    # answered. A fixed number of milliseconds would hold on one CPU only.
     run, _ = quick_run
     figures = run["suites"]["service"]["figures"]
+    decode = run["suites"]["preprocess"]["figures"]["600x450/opencv_reduced/latency"]["median"]
     for c in (1, 4, 8, 16):
         server = figures[f"service/c{c}/server_cpu_per_request"]["median"]
         client = figures[f"service/c{c}/client_cpu_per_request"]["median"]
-        assert server > 1.0, c
+        assert server > decode / 4, (c, server, decode)
         # The server runs as the benchmark's child: its CPU must not land on the client's side
         # (sending a prepared body and reading a small JSON answer costs far less than decoding).
         assert 0.0 <= client < server / 2, (c, client, server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import shutil
@@ -15,7 +16,34 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = ("Dockerfile", "Dockerfile.cuda")
-INSTALL_BOUND_MB = 450  # serving venv; TensorFlow alone would be ~1.5 GB
+# The serving venv measured 466 MB on 2026-12-04 on two machines of this kind
+# (opencv-python-headless 5.1: 180 MB, onnxruntime 1.32: 76 MB, numpy 2.4: 57 MB). Wheels grow
+# and shrink with every release the `>=` bounds admit, so the bound is that figure plus a stated
+# 30 % margin, not one machine's number. What the test guards against is far larger:
+# tensorflow-cpu with its closure is 1457 MB.
+INSTALL_REFERENCE_MB = 466
+INSTALL_MARGIN = 0.30
+INSTALL_BOUND_MB = INSTALL_REFERENCE_MB * (1 + INSTALL_MARGIN)
+# The native libraries serving is built on; any other distribution over this size is a new heavy
+# dependency (Pillow is 20 MB, cryptography 15 MB, on the reference day).
+HEAVY_NATIVE = {"opencv-python-headless", "onnxruntime", "numpy"}
+OTHER_DIST_BOUND_MB = 40
+# Training, conversion, test and benchmark-only packages never belong in the serving install.
+NOT_FOR_SERVING = {
+    "tensorflow",
+    "tensorflow-cpu",
+    "keras",
+    "tf2onnx",
+    "onnx",
+    "scikit-learn",
+    "scipy",
+    "matplotlib",
+    "flask",
+    "pytest",
+    "playwright",
+    "aiohttp",
+    "psutil",
+}
 
 
 def _instructions(path: Path) -> list[tuple[str, str]]:
@@ -144,6 +172,34 @@ def test_serving_install_has_no_tensorflow_and_runs(tmp_path: Path) -> None:
     )
     assert help_run.returncode == 0, help_run.stderr
     assert "serve" in help_run.stdout
+    sizes = _distribution_sizes_mb(venv)
+    assert not NOT_FOR_SERVING & set(sizes), sorted(NOT_FOR_SERVING & set(sizes))
     size_mb = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file()) / 1e6
-    print(f"serving venv: {size_mb:.0f} MB (bound {INSTALL_BOUND_MB} MB)")
-    assert size_mb < INSTALL_BOUND_MB
+    largest = ", ".join(
+        f"{n} {mb:.0f}" for n, mb in sorted(sizes.items(), key=lambda kv: -kv[1])[:8]
+    )
+    print(
+        f"serving venv: {size_mb:.0f} MB in {len(sizes)} distributions (bound "
+        f"{INSTALL_BOUND_MB:.0f} MB = {INSTALL_REFERENCE_MB} MB + {INSTALL_MARGIN:.0%}); "
+        f"largest MB: {largest}"
+    )
+    heavy_others = {
+        n: mb for n, mb in sizes.items() if n not in HEAVY_NATIVE and mb > OTHER_DIST_BOUND_MB
+    }
+    assert not heavy_others, f"new heavy serving dependencies: {heavy_others}"
+    assert size_mb < INSTALL_BOUND_MB, f"{size_mb:.0f} MB; largest: {largest}"
+
+
+def _distribution_sizes_mb(venv: Path) -> dict[str, float]:
+    """Installed size of each distribution in ``venv``, by canonical name, from its RECORD."""
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    sizes: dict[str, float] = {}
+    for dist in importlib.metadata.distributions(path=[str(site)]):
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+        total = 0
+        for file in dist.files or []:
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                total += path.stat().st_size
+        sizes[name] = total / 1e6
+    return sizes

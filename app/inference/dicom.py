@@ -34,6 +34,32 @@ def _errors() -> tuple[type[Exception], type[Exception]]:
     return ImageError, UnsupportedImageError
 
 
+def _transfer_syntax(dataset: Any) -> Any:
+    """The file's Transfer Syntax UID, checked to be one; ImageError (4xx) with the reason.
+
+    pydicom raises AttributeError or ValueError for a missing, empty or bogus one (a SOP Class
+    UID in its place, an unknown UID) only when the pixels are reached, outside any mapping.
+    """
+    from pydicom.uid import UID
+
+    image_error, unsupported = _errors()
+    meta = getattr(dataset, "file_meta", None)
+    raw = meta.get("TransferSyntaxUID") if meta is not None else None
+    text = str(raw or "").strip().rstrip("\x00")
+    if not text:
+        raise image_error("the DICOM file has no Transfer Syntax UID (0002,0010)")
+    syntax = UID(text)
+    if not syntax.is_valid:
+        raise image_error(f"the DICOM Transfer Syntax UID {text[:64]!r} is not a valid UID")
+    if not syntax.is_transfer_syntax:
+        if syntax.name != text:  # a registered UID of another kind, a SOP Class say
+            raise image_error(
+                f"the DICOM Transfer Syntax UID is {syntax.name} ({text}), not a transfer syntax"
+            )
+        raise unsupported(f"the DICOM Transfer Syntax UID {text} is unknown here")
+    return syntax
+
+
 def _read(data: bytes, pixels: bool) -> tuple[Any, int, int]:
     """The dataset, checked to be one colour frame; raises ImageError (4xx) for anything else."""
     # Imported here: a JPEG/PNG-only deployment never loads pydicom.
@@ -53,6 +79,7 @@ def _read(data: bytes, pixels: bool) -> tuple[Any, int, int]:
         width, height = int(dataset.Columns), int(dataset.Rows)
     except (Exception, RecursionError) as exc:  # malformed values surface as many types
         raise image_error(f"unreadable DICOM header: {type(exc).__name__}") from exc
+    _transfer_syntax(dataset)
     if frames != 1:
         raise unsupported(f"multi-frame DICOM ({frames} frames) is not supported: send one frame")
     if samples != 3:
@@ -63,10 +90,18 @@ def _read(data: bytes, pixels: bool) -> tuple[Any, int, int]:
     return dataset, width, height
 
 
-def dicom_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the header alone, before any pixel is decoded."""
-    _, width, height = _read(data, pixels=False)
-    return width, height
+def _bytes_per_sample(dataset: Any) -> int:
+    try:
+        bits = int(dataset.get("BitsAllocated", 8) or 8)
+    except (TypeError, ValueError):
+        bits = 8
+    return max(1, (bits + 7) // 8)
+
+
+def dicom_size(data: bytes) -> tuple[int, int, int]:
+    """(width, height, bytes per sample) from the header alone, before any pixel is decoded."""
+    dataset, width, height = _read(data, pixels=False)
+    return width, height, _bytes_per_sample(dataset)
 
 
 def _check_compressed_frame(dataset: Any, width: int, height: int) -> None:
@@ -75,11 +110,15 @@ def _check_compressed_frame(dataset: Any, width: int, height: int) -> None:
     from PIL import Image
     from pydicom.encaps import generate_frames
 
+    from app.inference.preprocess import JPEG_MAGIC, inspect_jpeg
+
     image_error, unsupported = _errors()
     try:
         frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
     except Exception as exc:
         raise image_error(f"corrupt DICOM pixel data: {type(exc).__name__}") from exc
+    if frame.startswith(JPEG_MAGIC):
+        inspect_jpeg(frame)  # the same scan limits as a JPEG upload: Pillow decodes it alike
     try:
         with Image.open(io.BytesIO(frame)) as img:  # the header only
             size = img.size
@@ -111,8 +150,8 @@ def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
 
     image_error, unsupported = _errors()
     dataset, width, height = _read(data, pixels=True)
-    check_budget("dicom", width, height, max_pixels)
-    syntax = dataset.file_meta.TransferSyntaxUID
+    check_budget("dicom", width, height, max_pixels, 3, _bytes_per_sample(dataset))
+    syntax = _transfer_syntax(dataset)
     if syntax.is_compressed:
         _check_decoder(syntax)
         _check_compressed_frame(dataset, width, height)

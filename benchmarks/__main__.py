@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported (issue 16)
 # Before anything imports TensorFlow (the Keras engines, the upstream preprocessing path).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -25,7 +26,7 @@ from benchmarks.results import (
 
 log = logging.getLogger("benchmarks")
 
-SUITES = ("model", "preprocess", "service", "startup", "accuracy", "footprint")
+SUITES = ("model", "preprocess", "service", "startup", "accuracy", "footprint", "peers")
 
 
 def _suite_runner(name: str, args: argparse.Namespace) -> Callable[[ModelSet], SuiteResult]:
@@ -61,6 +62,16 @@ def _suite_runner(name: str, args: argparse.Namespace) -> Callable[[ModelSet], S
 
         return footprint_suite(m, quick, args.install)
 
+    def peers(m: ModelSet) -> SuiteResult:
+        from benchmarks.peers.suite import peers_suite
+
+        return peers_suite(m, quick, args.rounds, args.requests, args.build)
+
+    def edge(m: ModelSet) -> SuiteResult:
+        from benchmarks.edge import edge_suite
+
+        return edge_suite(m, quick, args.requests, args.memory_mb)
+
     runners: dict[str, Callable[[ModelSet], SuiteResult]] = {
         "model": model,
         "preprocess": preprocess,
@@ -68,6 +79,8 @@ def _suite_runner(name: str, args: argparse.Namespace) -> Callable[[ModelSet], S
         "startup": startup,
         "accuracy": accuracy,
         "footprint": footprint,
+        "peers": peers,
+        "edge": edge,
     }
     return runners[name]
 
@@ -162,6 +175,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--requests", type=int, help="requests per level (service, startup suites)")
     p.add_argument("--starts", type=int, help="cold starts to take the median of (startup)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (peers; default 6, quick 1)")
+    p.add_argument(
+        "--build",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="peers: build a missing peer venv from its pins (default: full runs only)",
+    )
+    p.add_argument(
+        "--memory-mb",
+        type=int,
+        default=512,
+        help="edge: the address-space ceiling (prlimit --as) and the RSS budget, MB",
+    )
     p.add_argument(
         "--install",
         action=argparse.BooleanOptionalAction,
@@ -189,6 +215,8 @@ def parser() -> argparse.ArgumentParser:
         "service": "HTTP load at concurrency 1-16, the baseline, the in-process ceiling",
         "startup": "cold start to ready and RSS, service and baseline",
         "footprint": "disk size of the serving install vs flask + tensorflow-cpu + pillow",
+        "peers": "the service vs BentoML, PyTriton and a bare ASGI floor, interleaved rounds",
+        "edge": "one core (taskset), APP_ORT_THREADS=1, a memory ceiling (prlimit --as)",
     }
     for name, text in helps.items():
         _common(sub.add_parser(name, help=text))

@@ -94,8 +94,9 @@ async def _drive(
     warmup: int,
     timeout_s: float,
     server: psutil.Process | None,
+    headers: list[dict[str, str]] | None,
 ) -> LoadResult:
-    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    multipart = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     result = LoadResult(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -112,8 +113,9 @@ async def _drive(
                 next_index += 1
                 start = time.perf_counter()
                 try:
+                    k = i % len(bodies)
                     async with client.post(
-                        url, data=bodies[i % len(bodies)], headers=headers
+                        url, data=bodies[k], headers=headers[k] if headers else multipart
                     ) as response:
                         await response.read()
                         status = str(response.status)
@@ -154,11 +156,13 @@ def run_load(
     warmup: int | None = None,
     timeout_s: float = 30.0,
     server_pid: int | None = None,
+    headers: list[dict[str, str]] | None = None,
 ) -> LoadResult:
     """Send ``requests`` POSTs (fewer if ``time_cap_s`` runs out) with ``concurrency`` in flight.
 
     With ``server_pid``, the server's CPU time is read around the recorded requests too, so a
-    level says where the machine's two cores went: server, client, or idle.
+    level says where the machine's two cores went: server, client, or idle. ``headers``, one
+    per body, replace the multipart content type (the peers speak other protocols).
     """
     if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         raise ValueError(f"load only goes to the loopback interface, not {url}")
@@ -168,7 +172,9 @@ def run_load(
     server = psutil.Process(server_pid) if server_pid is not None else None
     return asyncio.run(
         asyncio.wait_for(
-            _drive(url, bodies, concurrency, requests, time_cap_s, warm, timeout_s, server),
+            _drive(
+                url, bodies, concurrency, requests, time_cap_s, warm, timeout_s, server, headers
+            ),
             outer,
         )
     )

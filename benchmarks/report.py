@@ -446,6 +446,130 @@ def _footprint_section(run: dict[str, Any]) -> list[str]:
     return lines
 
 
+PEER_ORDER = ("service", "floor", "bentoml", "pytriton")
+
+
+def _borrowed(run: dict[str, Any], suite: str) -> list[str]:
+    """A note when a section's suite comes from an earlier result file than the report's."""
+    entry = run.get("suites", {}).get(suite, {})
+    source = entry.get("_from")
+    if not source:
+        return []
+    cpu = entry.get("_cpu") or "CPU not recorded"
+    return [
+        f"_This suite was not part of the run above; its figures come from `{source}` "
+        f"({entry.get('started_utc')}, {cpu})._",
+        "",
+    ]
+
+
+def _peers_section(run: dict[str, Any]) -> list[str]:
+    suite = run.get("suites", {}).get("peers", {})
+    figs = suite.get("figures", {})
+    if not figs:
+        reasons = "; ".join(f"{k}: {v}" for k, v in suite.get("skipped", {}).items())
+        return [f"_Peers suite not run{': ' + reasons if reasons else ''}._", ""]
+    params = suite.get("params", {})
+    servers = params.get("servers", {})
+    rows = []
+    for name in PEER_ORDER:
+        if f"{name}/rps_c8" not in figs:
+            continue
+        parity = figs.get(f"{name}/parity_top_class", {})
+        rows.append(
+            [
+                servers.get(name, name),
+                _f(_median(figs, f"{name}/p50_c1")),
+                _f(_median(figs, f"{name}/p99_c1")),
+                _f(_median(figs, f"{name}/rps_c8"), 1),
+                _f(_median(figs, f"{name}/rss_after_load"), 0),
+                _f(_median(figs, f"{name}/ready_s")),
+                _f(_median(figs, f"{name}/venv_mb"), 0),
+                _f(_median(figs, f"{name}/server_cpu_ms_c8")),
+                f"{parity.get('median', 0):.0f}/{parity.get('n', 0)}" if parity else "—",
+            ]
+        )
+    ratios = []
+    for name in PEER_ORDER[1:]:
+        p50 = figs.get(f"ratio/service_vs_{name}/p50_c1")
+        rps = figs.get(f"ratio/service_vs_{name}/rps_c8")
+        if p50 and rps:
+            ratios.append(
+                [
+                    name,
+                    f"{p50['median']:.2f} ({p50['min']:.2f}–{p50['max']:.2f})",
+                    f"{rps['median']:.2f} ({rps['min']:.2f}–{rps['max']:.2f})",
+                    str(rps["n"]),
+                ]
+            )
+    skipped = suite.get("skipped", {})
+    return [
+        f"Same model, same {params.get('images')}, same decode and OpenCV preprocessing "
+        "(the peers import `app.inference` from this checkout), each peer from its own venv "
+        "built from the pins in `benchmarks/peers/*.txt`. "
+        f"{params.get('rounds')} interleaved rounds ({params.get('order')}); per round "
+        f"{params.get('requests_c1')} requests at c=1 and {params.get('requests_c8')} at c=8 "
+        f"after a warm-up; client: {params.get('client')}. Figures are medians over rounds; "
+        "other engineers' work shares these 2 cores, so compare the per-round ratios below, "
+        "not absolute times across runs.",
+        "",
+        *_table(
+            [
+                "server",
+                "p50 c=1 ms",
+                "p99 c=1 ms",
+                "req/s c=8",
+                "RSS MB",
+                "cold start s",
+                "venv MB",
+                "server CPU ms/req c=8",
+                "same top class",
+            ],
+            rows,
+        ),
+        f"RSS: {params.get('rss')}. venv MB: {params.get('venv_method')}. Same top class: "
+        "images (of those sent) on which the server's top class equals the service's.",
+        "",
+        "Median per-round ratios, this service over the peer (range over rounds): "
+        "p50 below 1 and req/s above 1 mean the service is ahead.",
+        "",
+        *_table(["peer", "service / peer, p50 c=1", "service / peer, req/s c=8", "rounds"], ratios),
+        *(
+            ["Not measured: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ".", ""]
+            if skipped
+            else []
+        ),
+    ]
+
+
+def _edge_section(run: dict[str, Any]) -> list[str]:
+    suite = run.get("suites", {}).get("edge", {})
+    figs = suite.get("figures", {})
+    if not figs:
+        reasons = "; ".join(f"{k}: {v}" for k, v in suite.get("skipped", {}).items())
+        return [f"_Edge suite not run{': ' + reasons if reasons else ''}._", ""]
+    params = suite.get("params", {})
+    budget = params.get("memory_budget_mb")
+    rows = [
+        ["p50 at c=1", f"{_f(_median(figs, 'c1/latency'))} ms"],
+        ["p99 at c=1", f"{_f(figs.get('c1/latency', {}).get('p99'))} ms"],
+        ["req/s at c=4", _f(_median(figs, "c4/throughput"), 1)],
+        ["p50 at c=4", f"{_f(_median(figs, 'c4/latency'))} ms"],
+        ["cold start to ready (median)", f"{_f(_median(figs, 'ready_s'))} s"],
+        ["peak RSS (VmHWM)", f"{_f(_median(figs, 'rss_peak'), 0)} MB of {budget} MB"],
+        ["RSS after the load", f"{_f(_median(figs, 'rss_after_load'), 0)} MB"],
+        ["server CPU per request at c=4", f"{_f(_median(figs, 'c4/server_cpu_per_request'))} ms"],
+    ]
+    return [
+        f"Settings: {params.get('settings')}. Memory ceiling: {params.get('memory_ceiling')}. "
+        f"Images: {params.get('images')}; {params.get('requests')} requests per level; "
+        f"{params.get('starts')} cold starts. The load generator runs on the other core "
+        f"({params.get('client')}).",
+        "",
+        *_table(["figure", "value"], rows),
+    ]
+
+
 def _sizes(largest: Any) -> str:
     if not isinstance(largest, dict):
         return "—"
@@ -529,15 +653,17 @@ def render(run: dict[str, Any], plots: list[str]) -> str:
             )
     lines += [f"- manifest: `{models.get('manifest')}`", ""]
     sections = (
-        ("Model: Keras vs ONNX Runtime FP32 and INT8", _model_section),
-        ("Preprocessing: OpenCV vs the upstream PIL path", _preprocess_section),
-        ("Service under HTTP load", _service_section),
-        ("Start-up and memory", _startup_section),
-        ("Accuracy on the test split", _accuracy_section),
-        ("Footprint on disk", _footprint_section),
+        ("model", "Model: Keras vs ONNX Runtime FP32 and INT8", _model_section),
+        ("preprocess", "Preprocessing: OpenCV vs the upstream PIL path", _preprocess_section),
+        ("service", "Service under HTTP load", _service_section),
+        ("startup", "Start-up and memory", _startup_section),
+        ("accuracy", "Accuracy on the test split", _accuracy_section),
+        ("footprint", "Footprint on disk", _footprint_section),
+        ("peers", "Peers", _peers_section),
+        ("edge", "Edge profile: one core, little memory", _edge_section),
     )
-    for title, fn in sections:
-        lines += [f"## {title}", "", *fn(run)]
+    for suite, title, fn in sections:
+        lines += [f"## {title}", "", *_borrowed(run, suite), *fn(run)]
     notes = [
         (name, s) for name, s in run.get("suites", {}).items() if s.get("notes") or s.get("skipped")
     ]
@@ -557,7 +683,7 @@ def render(run: dict[str, Any], plots: list[str]) -> str:
         "```sh",
         "python -m benchmarks run                 # every suite (5 to 16 minutes, by machine)",
         "python -m benchmarks run --quick         # tiny versions, < 3 min, into benchmarks/.work/",
-        "python -m benchmarks model|preprocess|service|startup|footprint [--quick]",
+        "python -m benchmarks model|preprocess|service|startup|footprint|peers|edge [--quick]",
         "python -m benchmarks accuracy MODEL --images DIR --labels CSV [--json OUT]",
         "python -m benchmarks report              # rebuild this file and the plots",
         "```",
@@ -673,12 +799,32 @@ def plot(run: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> list
     return [str(p) for p in written]
 
 
+def with_latest_suites(run: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``run``, with each suite it lacks taken from the newest earlier run of the same kind
+    (quick or full) that has it, marked with that file: one suite run on its own (``python -m
+    benchmarks peers``) then adds its section without hiding the others."""
+    merged = dict(run)
+    suites = dict(run.get("suites", {}))
+    for other in reversed(runs):
+        if other is run or bool(other.get("quick")) != bool(run.get("quick")):
+            continue
+        if str(other.get("created_utc", "")) > str(run.get("created_utc", "")):
+            continue
+        for name, suite in other.get("suites", {}).items():
+            if name not in suites:
+                cpu = other.get("machine", {}).get("cpu", {}).get("model")
+                suites[name] = {**suite, "_from": other.get("_file"), "_cpu": cpu}
+    merged["suites"] = suites
+    return merged
+
+
 def regenerate(results_dir: Path, result_file: Path | None = None) -> Path:
     """Write RESULTS.md and plots/ beside ``results_dir`` from ``result_file`` (or the newest)."""
     runs = load_runs(results_dir)
     if not runs:
         raise FileNotFoundError(f"no result files in {results_dir}")
     run = next((r for r in runs if result_file and r["_file"] == result_file.name), runs[-1])
+    run = with_latest_suites(run, runs)
     root = results_dir.parent
     pngs = plot(run, runs, root / "plots")
     rel = [str(Path(p).relative_to(root)) for p in pngs]

@@ -44,6 +44,7 @@ class Target:
     form_field: str
     description: str
     workdir: Path = REPO
+    ready_path: str = "/health/ready"  # answers 200 once the server can serve
 
     @property
     def base_url(self) -> str:
@@ -160,7 +161,7 @@ class RunningServer:
     def wait_ready(self) -> float:
         """Poll /health/ready until it answers 200; return seconds since the process started."""
         deadline = self.started + self.ready_timeout_s
-        url = f"{self.target.base_url}/health/ready"
+        url = f"{self.target.base_url}{self.target.ready_path}"
         with httpx.Client(timeout=2.0) as client:
             while time.perf_counter() < deadline:
                 if self.proc.poll() is not None:

@@ -1,5 +1,5 @@
-"""The performance targets from the service (issue 5) and conversion (issue 4) issues,
-checked against a result file. A target that cannot be measured says so; it is never met."""
+"""The performance targets from the service (issue 5), conversion (issue 4) and peers (issue 13)
+issues, checked against a result file. A target that cannot be measured says so; it is never met."""
 
 from __future__ import annotations
 
@@ -136,6 +136,53 @@ def evaluate_targets(run: dict[str, Any]) -> list[Verdict]:
             )
         )
     out.append(_accuracy_gates(run))
+    out += _peer_targets(run)
+    return out
+
+
+# Issue 13: ahead of what users would pick instead, and close to the bare floor. Each is the
+# median of the per-round ratios (service / peer), so drift falls on both sides alike.
+PEER_TARGETS = (
+    ("bentoml", "rps_c8", "BentoML", "req/s at c=8", 1.5, True),
+    ("bentoml", "p50_c1", "BentoML", "p50 at c=1", 0.7, False),
+    ("pytriton", "rps_c8", "PyTriton", "req/s at c=8", 1.5, True),
+    ("pytriton", "p50_c1", "PyTriton", "p50 at c=1", 0.7, False),
+    ("floor", "p50_c1", "the bare ASGI floor", "p50 at c=1", 1.05, False),
+    ("floor", "rps_c8", "the bare ASGI floor", "req/s at c=8", 0.95, True),
+)
+
+
+def _peer_targets(run: dict[str, Any]) -> list[Verdict]:
+    out = []
+    for peer, measure, who, what, bound, at_least in PEER_TARGETS:
+        key = f"ratio/service_vs_{peer}/{measure}"
+        value = _fig(run, "peers", key)
+        low, high = _fig(run, "peers", key, "min"), _fig(run, "peers", key, "max")
+        n = run.get("suites", {}).get("peers", {}).get("figures", {}).get(key, {}).get("n")
+        ok = value is not None and (value >= bound if at_least else value <= bound)
+        spread = f" (rounds: {n}, {low:.2f}–{high:.2f}×)" if low is not None and high else ""
+        out.append(
+            _check(
+                f"{what} vs {who}",
+                "peers #13",
+                f"{'≥' if at_least else '≤'} {bound}×",
+                value,
+                ok,
+                "{:.2f}×" + spread,
+            )
+        )
+    peak = _fig(run, "edge", "rss_peak")
+    budget = run.get("suites", {}).get("edge", {}).get("params", {}).get("memory_budget_mb", 512)
+    out.append(
+        _check(
+            "Edge profile: peak RSS on one core",
+            "edge #13",
+            f"≤ {budget} MB",
+            peak,
+            peak is not None and peak <= budget,
+            "{:.0f} MB",
+        )
+    )
     return out
 
 

@@ -1,0 +1,78 @@
+"""The bare floor: a raw ASGI callable on uvicorn + uvloop + httptools, one process, the
+service's own decode, preprocessing and ORT session on a pool of two threads.
+
+No framework, no middleware, no micro-batcher, no validation beyond finding the file part: the
+least any Python HTTP server can spend on this work. Runs in its own venv (floor.txt) with the
+repository on PYTHONPATH, so ``app.inference`` is the same code the service runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from app.inference.classifier import Classifier
+from app.inference.preprocess import preprocess
+
+cv2.setNumThreads(1)  # as the service: two cores serve two requests
+CLASSIFIER = Classifier(Path(os.environ["PEER_MODEL"]), "cpu", threads=1)
+CLASSIFIER.warm_up()
+LABELS = CLASSIFIER.spec.labels
+POOL = ThreadPoolExecutor(int(os.environ.get("PEER_THREADS", "2")))
+JSON = [(b"content-type", b"application/json")]
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def classify(data: bytes) -> bytes:
+    probs = CLASSIFIER.run(preprocess(data, CLASSIFIER.spec)[None])[0].tolist()
+    top = max(range(len(probs)), key=probs.__getitem__)
+    return json.dumps(
+        {"label": LABELS[top], "probabilities": dict(zip(LABELS, probs, strict=True))}
+    ).encode()
+
+
+def file_part(body: bytes, content_type: bytes) -> bytes:
+    """The first part's content of a single-file multipart body."""
+    boundary = content_type.split(b"boundary=", 1)[1].strip(b'"')
+    start = body.index(b"\r\n\r\n") + 4
+    return body[start : body.rindex(b"\r\n--" + boundary)]
+
+
+async def respond(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": JSON})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["path"] != "/predict" or scope["method"] != "POST":
+        await respond(send, 200 if scope["path"] == "/health/ready" else 404, b"{}")
+        return
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    content_type = dict(scope["headers"]).get(b"content-type", b"")
+    try:
+        data = file_part(b"".join(chunks), content_type)
+    except (IndexError, ValueError):
+        await respond(send, 400, b'{"error": "no file part"}')
+        return
+    loop = asyncio.get_running_loop()
+    await respond(send, 200, await loop.run_in_executor(POOL, classify, data))

@@ -1,0 +1,429 @@
+"""Peers suite: the service, a bare ASGI floor, BentoML and PyTriton serving the same model with
+the same OpenCV preprocessing, measured in interleaved rounds on the same cores.
+
+Each peer runs from its own venv under ``benchmarks/.work/peers/<name>/``, built from the pinned
+requirement file ``benchmarks/peers/<name>.txt`` (``<name>.in`` holds the loose intent the pins
+were frozen from). A full run builds a missing venv; ``--quick`` builds nothing and skips a peer
+whose venv is missing, saying so. The peers import ``app.inference`` from this checkout
+(PYTHONPATH), so decode, preprocessing and the ORT session are the service's own code.
+
+Every round starts each server cold (its cold start is one sample), sends every image once for
+the parity check in the first round, then measures latency at concurrency 1 and throughput at
+concurrency 8, and stops it. Rounds run A…D then D…A, so the VM's drift and the other
+engineers' load on these two cores fall on every server alike; ratios are taken within a round
+and their median over rounds is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks.artifacts import ModelSet
+from benchmarks.footprint import (
+    app_bytes,
+    closure,
+    dist_bytes,
+    empty_venv_bytes,
+    serving_requirements,
+    tree_bytes,
+)
+from benchmarks.images import Sample, upload_images
+from benchmarks.load import multipart_body, run_load
+from benchmarks.results import SuiteResult
+from benchmarks.server import (
+    HOST,
+    REPO,
+    RunningServer,
+    ServerError,
+    Target,
+    free_port,
+    service_target,
+)
+from benchmarks.stats import Figure
+
+log = logging.getLogger(__name__)
+
+PEERS_DIR = Path(__file__).resolve().parent
+WORK = REPO / "benchmarks" / ".work" / "peers"
+MB = 1e6
+# The order of a round (reversed every other round). The service first: it is the reference.
+NAMES = ("service", "floor", "bentoml", "pytriton")
+LABELS = {
+    "service": "this service (Litestar + uvicorn, micro-batcher)",
+    "floor": "bare ASGI + ORT, 1 process × 2 threads (floor)",
+    "bentoml": "BentoML, 1 worker × 2 threads",
+    "pytriton": "PyTriton (bundled Triton), 2 instances, dynamic batching",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """How to send one upload to a server and read its top class back."""
+
+    target: Target
+    encode: Callable[[Sample], tuple[bytes, dict[str, str]]]
+    top_class: Callable[[bytes], str]
+    venv: Path | None  # None: the service, from this venv
+
+
+def venv_python(name: str) -> Path:
+    return WORK / name / "bin" / "python"
+
+
+def ensure_venv(name: str, build: bool) -> Path | None:
+    """The peer's venv, built from its pinned requirements when missing and ``build`` is set.
+
+    A venv is rebuilt when its pins changed (the stamp holds the requirement file's text).
+    """
+    pins = PEERS_DIR / f"{name}.txt"
+    root = WORK / name
+    stamp = root / ".pins"
+    if stamp.is_file() and stamp.read_text() == pins.read_text():
+        return root
+    if not build:
+        return None
+    log.info("building the %s venv from %s (a few minutes, once)", name, pins.name)
+    shutil.rmtree(root, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=300)
+    subprocess.run(
+        [
+            str(root / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",  # the file pins the whole closure
+            "-r",
+            str(pins),
+        ],
+        check=True,
+        timeout=1800,
+    )
+    stamp.write_text(pins.read_text())
+    return root
+
+
+def _json_label(body: bytes) -> str:
+    return str(json.loads(body)["label"])
+
+
+def _multipart(field_name: str) -> Callable[[Sample], tuple[bytes, dict[str, str]]]:
+    from benchmarks.load import BOUNDARY
+
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    return lambda sample: (multipart_body(field_name, sample), headers)
+
+
+def triton_body(sample: Sample) -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 request with the JPEG as one BYTES element, in Triton's binary extension."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(sample.data) + 4},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
+        }
+    ).encode()
+    body = header + struct.pack("<I", len(sample.data)) + sample.data
+    return body, {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+
+
+def triton_label(labels: list[str]) -> Callable[[bytes], str]:
+    def parse(body: bytes) -> str:
+        probs = json.loads(body)["outputs"][0]["data"]
+        return labels[int(np.argmax(probs))]
+
+    return parse
+
+
+def peer_env(model: Path, name: str) -> dict[str, str]:
+    python = venv_python(name)
+    libdir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return {
+        "PEER_MODEL": str(model),
+        "PEER_THREADS": "2",
+        "PYTHONPATH": str(REPO),
+        "VIRTUAL_ENV": str(WORK / name),
+        "PATH": f"{WORK / name / 'bin'}:{os.environ.get('PATH', '')}",
+        # PyTriton's bundled Python backend stub links libpython dynamically.
+        "LD_LIBRARY_PATH": f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_HOME": str(WORK / "bentoml-home"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def make_peer(name: str, models: ModelSet, data_dir: Path, labels: list[str]) -> Peer:
+    assert models.serving is not None
+    if name == "service":
+        return Peer(service_target(models, data_dir), _multipart("image"), _json_label, None)
+    python, port = str(venv_python(name)), free_port()
+    env = peer_env(models.serving, name)
+    if name == "floor":
+        argv: tuple[str, ...] = (
+            python, "-m", "uvicorn", "floor_app:app", "--app-dir", str(PEERS_DIR),
+            "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--log-level", "warning",
+        )  # fmt: skip
+        target = Target(name, argv, env, port, "/predict", "image", LABELS[name], PEERS_DIR)
+        return Peer(target, _multipart("image"), _json_label, WORK / name)
+    if name == "bentoml":
+        argv = (
+            python, "-m", "bentoml", "serve", "bentoml_service:SkinLesion",
+            "--host", HOST, "--port", str(port),
+        )  # fmt: skip
+        target = Target(
+            name, argv, env, port, "/predict", "image", LABELS[name], PEERS_DIR, "/readyz"
+        )
+        return Peer(target, _multipart("image"), _json_label, WORK / name)
+    argv = (
+        python, str(PEERS_DIR / "pytriton_server.py"), "--http-port", str(port),
+        "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+    )  # fmt: skip
+    target = Target(
+        name, argv, env, port, "/v2/models/skin/infer", "image", LABELS[name], PEERS_DIR,
+        "/v2/models/skin/ready",
+    )  # fmt: skip
+    return Peer(target, triton_body, triton_label(labels), WORK / name)
+
+
+def top_classes(peer: Peer, samples: list[Sample]) -> list[str]:
+    """Each image once, in order: the server's top class."""
+    url = peer.target.base_url + peer.target.predict_path
+    out = []
+    with httpx.Client(timeout=30.0) as client:
+        for sample in samples:
+            body, headers = peer.encode(sample)
+            response = client.post(url, content=body, headers=headers)
+            if response.status_code != 200:
+                raise ServerError(
+                    f"{peer.target.name}: {response.status_code} {response.text[:200]}"
+                )
+            out.append(peer.top_class(response.content))
+    return out
+
+
+@dataclass
+class Rounds:
+    """What each server measured, round by round."""
+
+    p50: dict[str, list[float]] = field(default_factory=dict)
+    p99: dict[str, list[float]] = field(default_factory=dict)
+    rps: dict[str, list[float]] = field(default_factory=dict)
+    ready: dict[str, list[float]] = field(default_factory=dict)
+    rss: dict[str, list[float]] = field(default_factory=dict)
+    peak: dict[str, list[float]] = field(default_factory=dict)
+    server_cpu: dict[str, list[float]] = field(default_factory=dict)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, what: str, value: float) -> None:
+        getattr(self, what).setdefault(name, []).append(value)
+
+
+def measure(
+    peer: Peer,
+    samples: list[Sample],
+    sizes: tuple[int, int],
+    cap: float,
+    rounds: Rounds,
+    parity: dict[str, list[str]] | None,
+) -> None:
+    """One cold start of ``peer``: parity (if asked), c=1 latency, c=8 throughput, memory."""
+    encoded = [peer.encode(s) for s in samples]
+    bodies = [b for b, _ in encoded]
+    per_body = [h for _, h in encoded]  # Triton's header length varies per body
+    url = peer.target.base_url + peer.target.predict_path
+    name = peer.target.name
+    with RunningServer(peer.target, ready_timeout_s=180) as server:
+        rounds.add(name, "ready", server.wait_ready())
+        if parity is not None:
+            parity[name] = top_classes(peer, samples)
+        one = run_load(url, bodies, 1, sizes[0], cap, headers=per_body)
+        eight = run_load(
+            url, bodies, 8, sizes[1], cap, server_pid=server.proc.pid, headers=per_body
+        )
+        rss, peak = server.rss_bytes()
+    for result in (one, eight):
+        if result.errors:
+            rounds.errors[name] = rounds.errors.get(name, 0) + result.errors
+            log.warning("%s: non-2xx answers %s", name, dict(result.statuses))
+    if not one.ok_latencies_ms or not eight.ok:
+        raise ServerError(f"{name}: no request answered ({dict(one.statuses)})")
+    rounds.add(name, "p50", float(np.percentile(one.ok_latencies_ms, 50)))
+    rounds.add(name, "p99", float(np.percentile(one.ok_latencies_ms, 99)))
+    rounds.add(name, "rps", eight.rps)
+    rounds.add(name, "rss", rss / MB)
+    rounds.add(name, "peak", peak / MB)
+    ms = eight.cpu_ms_per_request("server")
+    if ms is not None:
+        rounds.add(name, "server_cpu", ms)
+    rounds.latencies.setdefault(name, []).extend(one.ok_latencies_ms)
+
+
+def service_install_mb(workdir: Path) -> float:
+    """The serving install as ``pip install .`` makes it: empty venv + dependency closure + app
+    (the footprint suite's closure method; this venv also holds the test tools)."""
+    dists, _ = closure(serving_requirements())
+    return (
+        empty_venv_bytes(workdir) + sum(dist_bytes(d) for d in dists.values()) + app_bytes()
+    ) / MB
+
+
+def peers_suite(
+    models: ModelSet,
+    quick: bool = False,
+    rounds: int | None = None,
+    requests: int | None = None,
+    build: bool | None = None,
+    only: tuple[str, ...] = NAMES,
+) -> SuiteResult:
+    """The service against the floor, BentoML and PyTriton; see the module docstring."""
+    suite = SuiteResult("peers", quick)
+    n_rounds = rounds or (1 if quick else 6)
+    c1 = requests or (30 if quick else 300)
+    c8 = 2 * c1 if quick else 4 * c1
+    cap = 20.0 if quick else 60.0
+    build = (not quick) if build is None else build
+    samples, source = upload_images()
+    suite.params = {
+        "images": f"{len(samples)} JPEGs 600x450 from {source}",
+        "rounds": n_rounds,
+        "requests_c1": c1,
+        "requests_c8": c8,
+        "order": "A…D then D…A, alternating; each server started cold in every round",
+        "client": "aiohttp.ClientSession, keep-alive, in the same machine (one process)",
+        "servers": {},
+        "pins": {},
+    }
+    if models.serving is None:
+        suite.skip("all", "no model to serve")
+        return suite
+    labels = _labels(models.serving)
+    names = []
+    for name in only:
+        if name == "service":
+            names.append(name)
+            continue
+        try:
+            venv = ensure_venv(name, build)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            suite.skip(name, f"building its venv failed: {exc}")
+            continue
+        if venv is None:
+            suite.skip(
+                name,
+                f"no venv at {venv_python(name).parent.parent.relative_to(REPO)} and --quick "
+                "builds nothing (a full run builds it)",
+            )
+            continue
+        names.append(name)
+        suite.params["pins"][name] = (PEERS_DIR / f"{name}.txt").read_text().splitlines()
+    measured = Rounds()
+    parity: dict[str, list[str]] = {}
+    failed: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+        peers = {n: make_peer(n, models, Path(tmp) / "data", labels) for n in names}
+        for name, peer in peers.items():
+            suite.params["servers"][name] = peer.target.description
+        for r in tqdm(range(n_rounds), desc="peer rounds", unit="round"):
+            order = names if r % 2 == 0 else names[::-1]
+            for name in order:
+                if name in failed:
+                    continue
+                try:
+                    measure(
+                        peers[name], samples, (c1, c8), cap, measured, parity if r == 0 else None
+                    )
+                except (ServerError, httpx.HTTPError, TimeoutError) as exc:
+                    failed.add(name)
+                    suite.skip(name, f"round {r + 1}: {str(exc).splitlines()[0]}")
+        sizes = {"service": service_install_mb(Path(tmp))}
+    for name in names:
+        if name != "service" and name not in failed:
+            sizes[name] = tree_bytes(WORK / name) / MB
+    _record(suite, measured, parity, sizes, names, failed)
+    return suite
+
+
+def _labels(model: Path) -> list[str]:
+    from app.inference.classifier import Classifier
+
+    return list(Classifier(model, "cpu", 1).spec.labels)
+
+
+def _record(
+    suite: SuiteResult,
+    m: Rounds,
+    parity: dict[str, list[str]],
+    sizes: dict[str, float],
+    names: list[str],
+    failed: set[str],
+) -> None:
+    ok = [n for n in names if n not in failed and m.rps.get(n)]
+    for name in ok:
+        suite.add(f"{name}/p50_c1", Figure.of(m.p50[name], "ms"))
+        suite.add(f"{name}/p99_c1", Figure.of(m.p99[name], "ms"))
+        suite.add(f"{name}/rps_c8", Figure.of(m.rps[name], "req/s"))
+        suite.add(f"{name}/ready_s", Figure.of(m.ready[name], "s"))
+        suite.add(f"{name}/rss_after_load", Figure.of(m.rss[name], "MB"))
+        suite.add(f"{name}/rss_peak", Figure.of(m.peak[name], "MB"))
+        if m.server_cpu.get(name):
+            suite.add(f"{name}/server_cpu_ms_c8", Figure.of(m.server_cpu[name], "ms CPU"))
+        if name in sizes:
+            suite.add(f"{name}/venv_mb", Figure.value(sizes[name], "MB"))
+        suite.distributions[f"{name}/c1/latency"] = [
+            round(float(v), 4) for v in np.percentile(m.latencies[name], np.linspace(0, 100, 101))
+        ]
+        if name in parity and "service" in parity:
+            same = sum(a == b for a, b in zip(parity[name], parity["service"], strict=True))
+            suite.add(f"{name}/parity_top_class", Figure.value(same, "images", len(parity[name])))
+    if "service" not in ok:
+        return
+    for name in ok:
+        if name == "service":
+            continue
+        pairs = zip(m.p50["service"], m.p50[name], strict=False)
+        suite.add(f"ratio/service_vs_{name}/p50_c1", Figure.of([s / p for s, p in pairs], "x"))
+        pairs = zip(m.rps["service"], m.rps[name], strict=False)
+        suite.add(f"ratio/service_vs_{name}/rps_c8", Figure.of([s / p for s, p in pairs], "x"))
+    suite.params["errors"] = m.errors
+    suite.params["per_round"] = {
+        "p50_c1_ms": m.p50,
+        "p99_c1_ms": m.p99,
+        "rps_c8": m.rps,
+        "ready_s": m.ready,
+    }
+    suite.params["venv_method"] = (
+        "peers: directory walk of their venv (pip install --no-deps -r the pins); the service: "
+        "the footprint suite's closure (empty venv + serving dependency closure + app/)"
+    )
+    suite.params["rss"] = "after the c=8 load, summed over the server and its child processes"

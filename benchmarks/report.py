@@ -446,7 +446,7 @@ def _footprint_section(run: dict[str, Any]) -> list[str]:
     return lines
 
 
-PEER_ORDER = ("service", "floor", "bentoml", "pytriton")
+PEER_ORDER = ("service", "service_noauth", "floor", "bentoml", "pytriton")
 
 
 def _borrowed(run: dict[str, Any], suite: str) -> list[str]:
@@ -490,13 +490,13 @@ def _peers_section(run: dict[str, Any]) -> list[str]:
             ]
         )
     ratios = []
-    for name in PEER_ORDER[1:]:
-        p50 = figs.get(f"ratio/service_vs_{name}/p50_c1")
-        rps = figs.get(f"ratio/service_vs_{name}/rps_c8")
+    for subject, name in [(s, n) for s in PEER_ORDER[:2] for n in PEER_ORDER[1:]]:
+        p50 = figs.get(f"ratio/{subject}_vs_{name}/p50_c1")
+        rps = figs.get(f"ratio/{subject}_vs_{name}/rps_c8")
         if p50 and rps:
             ratios.append(
                 [
-                    name,
+                    f"{subject} / {name}",
                     f"{p50['median']:.2f} ({p50['min']:.2f}–{p50['max']:.2f})",
                     f"{rps['median']:.2f} ({rps['min']:.2f}–{rps['max']:.2f})",
                     str(rps["n"]),
@@ -530,10 +530,10 @@ def _peers_section(run: dict[str, Any]) -> list[str]:
         f"RSS: {params.get('rss')}. venv MB: {params.get('venv_method')}. Same top class: "
         "images (of those sent) on which the server's top class equals the service's.",
         "",
-        "Median per-round ratios, this service over the peer (range over rounds): "
-        "p50 below 1 and req/s above 1 mean the service is ahead.",
+        "Median per-round ratios, the service (with API auth, and without it) over each other "
+        "server (range over rounds): p50 below 1 and req/s above 1 mean the service is ahead.",
         "",
-        *_table(["peer", "service / peer, p50 c=1", "service / peer, req/s c=8", "rounds"], ratios),
+        *_table(["ratio", "p50 c=1", "req/s c=8", "rounds"], ratios),
         *(
             ["Not measured: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ".", ""]
             if skipped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -77,6 +78,48 @@ def service_target(models: ModelSet, data_dir: Path, port: int | None = None) ->
         "image",
         f"python -m app (Litestar + uvicorn, ORT, {_name(models.serving)})",
     )
+
+
+TOKEN_SCRIPT = """
+import asyncio
+from app.auth.admin import create_api_token
+from app.config import Settings
+from app.db import engine as db_engine
+from app.db.tables import User
+settings = Settings.from_env()
+async def add_user():
+    engine = db_engine.make_engine(settings)
+    db_engine.bind(engine)
+    await db_engine.start(engine)
+    try:
+        await User.insert(User(username="bench", username_key="bench", password_hash="!")).run()
+    finally:
+        await db_engine.stop(engine)
+asyncio.run(add_user())
+print(create_api_token(settings, "bench", "benchmark"))
+"""
+
+
+def with_api_auth(target: Target) -> tuple[Target, str]:
+    """The service target with API authentication on, and a bearer token for it.
+
+    Migrates the target's data directory, adds a user that cannot log in (no password hash
+    matches ``!``) and creates an API token for it, as ``python -m app create-token`` does.
+    """
+    env = {**os.environ, **target.env}
+    subprocess.run(
+        [sys.executable, "-m", "app", "migrate"], env=env, check=True, capture_output=True
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", TOKEN_SCRIPT], env=env, check=True, capture_output=True, text=True
+    )
+    token = out.stdout.strip().splitlines()[-1]
+    authed = dataclasses.replace(
+        target,
+        env={**target.env, "APP_API_AUTH": "1"},
+        description=target.description.replace("(Litestar", "(API token auth on, Litestar"),
+    )
+    return authed, token
 
 
 def baseline_target(models: ModelSet, upload_dir: Path, port: int | None = None) -> Target | None:

@@ -11,7 +11,10 @@ RUN /opt/venv/bin/pip install --no-compile . \
     && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is not None)"
 
 FROM python:3.11-slim
+# ORT_DISABLE_TELEMETRY: onnxruntime's native library otherwise looks up a Microsoft telemetry
+# host by DNS while the server is idle (issue 16); app/__init__.py sets it too.
 ENV PATH=/opt/venv/bin:$PATH \
+    ORT_DISABLE_TELEMETRY=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     APP_HOST=0.0.0.0 \

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports onnxruntime: its native library sends telemetry otherwise (issue 16).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 import argparse
 import json
 import logging

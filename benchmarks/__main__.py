@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported (issue 16)
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported (issue 16)
 # Before anything imports TensorFlow (the Keras engines, the upstream preprocessing path).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,11 @@ class NotReadyError(AppError):
     code = "not_ready"
 
 
+class DatabaseUnavailableError(AppError):
+    status = 503
+    code = "database_unavailable"
+
+
 class ClientDisconnectedError(AppError):
     """The client hung up before its request body arrived: its doing, so no 5xx is counted."""
 
@@ -58,6 +64,42 @@ _LITESTAR_DISCONNECT = "client disconnected prematurely"
 def _is_client_disconnect(exc: Exception) -> bool:
     """Whether ``exc`` is Litestar reporting that the client left while its body was read."""
     return isinstance(exc, HTTPException) and exc.detail == _LITESTAR_DISCONNECT
+
+
+# asyncpg exception classes (by name: a SQLite process never imports asyncpg) that mean the
+# server is down, unreachable, shutting down, out of connections or cancelled our statement
+# (statement_timeout), not that a query is wrong.
+_PG_OUTAGES = {
+    "PostgresConnectionError",  # ConnectionDoesNotExistError, ConnectionFailureError...
+    "OperatorInterventionError",  # CannotConnectNowError, AdminShutdownError, QueryCanceledError
+    "InsufficientResourcesError",  # TooManyConnectionsError
+}
+_SQLITE_OUTAGES = ("database is locked", "unable to open database file", "disk I/O error")
+_DATABASE_MODULES = ("asyncpg", "piccolo", "aiosqlite", "sqlite3")
+
+
+def _raised_by_the_database(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside the database stack (driver, pool, ORM)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.split(".")[0] in _DATABASE_MODULES:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _is_database_outage(exc: BaseException) -> bool:
+    """The database cannot answer now (down, frozen, locked, unreachable): a 503, not a 500."""
+    pg = {t.__name__ for t in type(exc).__mro__ if t.__module__.startswith("asyncpg")}
+    if pg & _PG_OUTAGES:
+        return True
+    if "InterfaceError" in pg and "closed" in str(exc):  # a pooled connection that dropped
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(reason in str(exc) for reason in _SQLITE_OUTAGES)
+    # Connection refused or reset, a connect or pool-acquire timeout: only from the database.
+    return isinstance(exc, OSError | TimeoutError) and _raised_by_the_database(exc)
 
 
 def error_body(code: str, detail: str) -> dict[str, str]:
@@ -95,6 +137,14 @@ def answer_for(exc: Exception) -> ErrorAnswer:
         exc = ClientDisconnectedError("the client disconnected before sending the whole body")
     if isinstance(exc, AppError | ImageError):
         return ErrorAnswer(exc.status, exc.code, str(exc), getattr(exc, "headers", None))
+    if _is_database_outage(exc):
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        return ErrorAnswer(
+            DatabaseUnavailableError.status,
+            DatabaseUnavailableError.code,
+            "the database is not answering; try again shortly",
+            {"Retry-After": "5"},
+        )
     if isinstance(exc, UnicodeDecodeError):
         # Litestar's form parser (run by the CSRF middleware, before any handler) decodes text
         # fields as UTF-8: a client's bad bytes, not a server fault.

@@ -124,6 +124,13 @@ def test_quick_run_has_the_key_figures_of_each_suite(
         startup += ["baseline/ready_s", "baseline/rss_after_requests"]
     _expect(run, "startup", startup)
     _expect(run, "accuracy", ["fp32/bma", "fp32/accuracy"])
+    # A peer whose venv is missing is skipped by name (the quick run builds nothing), which
+    # covers its figures and its ratios.
+    peers = [f"{s}/{m}" for s in ("service", "service_noauth") for m in ("p50_c1", "rps_c8")]
+    for peer in ("floor", "bentoml", "pytriton"):
+        peers += [f"{peer}/p50_c1", f"{peer}/rps_c8", f"{peer}/parity_top_class"]
+        peers += [f"ratio/service_vs_{peer}/p50_c1", f"ratio/service_vs_{peer}/rps_c8"]
+    _expect(run, "peers", peers)
     _expect(
         run,
         "footprint",

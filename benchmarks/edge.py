@@ -1,0 +1,154 @@
+"""Edge suite: the service as a screening station with one weak core and little memory runs it.
+
+The server is pinned to one core with ``taskset``, runs ``APP_ORT_THREADS=1`` and one worker,
+and starts under an address-space ceiling set with ``prlimit --as`` (no cgroup is created: the
+machines this runs on do not delegate one). ``MALLOC_ARENA_MAX=2`` keeps glibc from reserving
+an arena per thread, which counts against that ceiling without ever being touched. API token
+auth is on, as deployed. The load generator is pinned to the other cores, so the figures are the
+one core's, not the client's. Figures: p50/p99 at concurrency 1, req/s at concurrency 4, cold
+start to ready (median of several starts under the same limits), and peak RSS (the kernel's
+VmHWM) against the memory budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks.artifacts import ModelSet
+from benchmarks.images import upload_images
+from benchmarks.load import BOUNDARY, multipart_body, run_load
+from benchmarks.results import SuiteResult
+from benchmarks.server import RunningServer, ServerError, Target, service_target, with_api_auth
+from benchmarks.stats import Figure
+
+log = logging.getLogger(__name__)
+
+MB = 1e6
+MIB = 1 << 20
+
+
+def edge_target(models: ModelSet, data_dir: Path, core: int, memory_mb: int) -> tuple[Target, str]:
+    """The service, API auth on, behind ``taskset -c CORE prlimit --as=BYTES``."""
+    target, token = with_api_auth(service_target(models, data_dir))
+    argv = (
+        "taskset",
+        "-c",
+        str(core),
+        "prlimit",
+        f"--as={memory_mb * MIB}",
+        "--",
+        *target.argv,
+    )
+    env = {
+        **target.env,
+        "APP_ORT_THREADS": "1",
+        "APP_WORKERS": "1",
+        "MALLOC_ARENA_MAX": "2",
+    }
+    described = (
+        f"python -m app pinned to core {core} (taskset), APP_ORT_THREADS=1, APP_WORKERS=1, "
+        f"MALLOC_ARENA_MAX=2, API token auth on"
+    )
+    return dataclasses.replace(
+        target, name="edge", argv=argv, env=env, description=described
+    ), token
+
+
+def edge_suite(
+    models: ModelSet,
+    quick: bool = False,
+    requests: int | None = None,
+    memory_mb: int = 512,
+    starts: int | None = None,
+) -> SuiteResult:
+    """One core, one ORT thread, an address-space ceiling: latency, throughput, start, memory."""
+    suite = SuiteResult("edge", quick)
+    n = requests or (30 if quick else 300)
+    n4 = 2 * n if not quick else n
+    starts = starts or (2 if quick else 5)
+    cap = 30.0 if quick else 120.0
+    samples, source = upload_images()
+    suite.params = {
+        "images": f"{len(samples)} JPEGs 600x450 from {source}",
+        "requests": n,
+        "requests_c4": n4,
+        "starts": starts,
+        "memory_budget_mb": memory_mb,
+        "memory_ceiling": f"prlimit --as={memory_mb} MiB (address space: virtual memory, "
+        "stricter than RSS); peak RSS is the kernel's VmHWM",
+    }
+    if models.serving is None:
+        suite.skip("all", "no model to serve")
+        return suite
+    missing = [tool for tool in ("taskset", "prlimit") if shutil.which(tool) is None]
+    if missing:
+        suite.skip("all", f"{', '.join(missing)} not installed (util-linux)")
+        return suite
+    cores = sorted(os.sched_getaffinity(0))
+    core, others = cores[-1], cores[:-1]
+    suite.params["client"] = (
+        f"aiohttp, pinned to core(s) {others}" if others else "aiohttp, on the same core"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-edge-") as tmp:
+        target, token = edge_target(models, Path(tmp) / "data", core, memory_mb)
+        suite.params["settings"] = target.description
+        headers = {
+            "content-type": f"multipart/form-data; boundary={BOUNDARY}",
+            "authorization": f"Bearer {token}",
+        }
+        bodies = [multipart_body(target.form_field, s) for s in samples]
+        per_body = [headers] * len(bodies)
+        url = target.base_url + target.predict_path
+        ready: list[float] = []
+        if others:
+            os.sched_setaffinity(0, others)
+        try:
+            for _ in tqdm(range(starts - 1), desc="edge cold starts", unit="start"):
+                with RunningServer(target) as server:
+                    ready.append(server.wait_ready())
+            with RunningServer(target) as server:
+                ready.append(server.wait_ready())
+                run_load(url, bodies, 1, 20, cap, warmup=0, headers=per_body)
+                one = run_load(url, bodies, 1, n, cap, headers=per_body)
+                four = run_load(
+                    url, bodies, 4, n4, cap, server_pid=server.proc.pid, headers=per_body
+                )
+                rss, peak = server.rss_bytes()
+                alive = server.proc.poll() is None
+                tail = server.log_tail(5)
+        except ServerError as exc:
+            suite.skip("all", f"the service did not start under these limits: {exc}")
+            return suite
+        finally:
+            os.sched_setaffinity(0, cores)
+    for name, result in (("c1", one), ("c4", four)):
+        if result.errors:
+            suite.notes.append(f"{name}: non-2xx answers {dict(result.statuses)}")
+        if result.ok_latencies_ms:
+            suite.add_samples(f"{name}/latency", result.ok_latencies_ms, "ms")
+        suite.add(f"{name}/throughput", Figure.value(result.rps, "req/s", result.ok))
+    ms = four.cpu_ms_per_request("server")
+    if ms is not None:
+        suite.add("c4/server_cpu_per_request", Figure.value(ms, "ms CPU", four.ok))
+    suite.add_samples("ready_s", ready, "s")
+    suite.add("rss_after_load", Figure.value(rss / MB, "MB", max(1, four.ok)))
+    suite.add("rss_peak", Figure.value(peak / MB, "MB", max(1, four.ok)))
+    suite.add("rss_peak_share_of_budget", Figure.value(peak / (memory_mb * MIB), "x"))
+    if not alive:
+        suite.notes.append(f"the server exited during the load: {tail}")
+    log.info(
+        "edge: p50 %.2f ms, %.1f req/s at c=4, ready %.2f s, peak RSS %.0f MB",
+        float(np.median(one.ok_latencies_ms or [np.nan])),
+        four.rps,
+        float(np.median(ready)),
+        peak / MB,
+    )
+    return suite

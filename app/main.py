@@ -15,6 +15,7 @@ from litestar.plugins.core import MsgspecDIPlugin
 
 from app.auth.tokens import api_token_guard
 from app.config import Settings
+from app.db.engine import DatabaseProbe
 from app.errors import exception_to_response
 from app.inference.classifier import Classifier
 from app.inference.service import load_service
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
                 "classifier": None,
                 "inference": None,
                 "metrics": metrics,
+                # /health/ready's database check (SELECT 1 within 1 s, one at a time).
+                "database_probe": DatabaseProbe(web.state["db_engine"]),
                 **web.state,
             }
         ),

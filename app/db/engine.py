@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,56 @@ log = logging.getLogger(__name__)
 
 PICCOLO_CONF = "app.db.piccolo_conf"
 SQLITE_BUSY_TIMEOUT_S = 10.0
+# PostgreSQL bounds, so an outage answers 503 instead of holding requests (a SIGSTOPped server
+# held them with no end). Queries here take milliseconds; a page makes a handful.
+PG_CONNECT_TIMEOUT_S = 5.0  # opening a connection (asyncpg's default is 60 s)
+PG_ACQUIRE_TIMEOUT_S = 5.0  # waiting for a pooled connection (Piccolo passes none: forever)
+PG_STATEMENT_TIMEOUT_MS = 10_000  # server side: a slow or blocked statement is cancelled
+PG_COMMAND_TIMEOUT_S = 12.0  # client side: a server that stopped answering (after the above)
+
+
+class _BoundedPool:
+    """An asyncpg pool whose ``acquire`` waits at most ``timeout`` seconds by default.
+
+    Piccolo calls ``pool.acquire()`` with no timeout (queries and transactions); the same
+    timeout also bounds resetting the connection on release (asyncpg's rule).
+    """
+
+    def __init__(self, pool: Any, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return self._pool.acquire(timeout=self._timeout if timeout is None else timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+class BoundedPostgresEngine(PostgresEngine):
+    """Piccolo's PostgresEngine with a bounded pool acquire (see ``_BoundedPool``)."""
+
+    async def start_connection_pool(self, **kwargs: Any) -> None:
+        await super().start_connection_pool(**kwargs)
+        if self.pool is not None and not isinstance(self.pool, _BoundedPool):
+            self.pool = _BoundedPool(self.pool, PG_ACQUIRE_TIMEOUT_S)
+
+
+def postgres_config(url: str) -> dict[str, Any]:
+    """asyncpg connection arguments: the DSN plus the timeouts that end outage hangs."""
+    return {
+        "dsn": url,
+        "timeout": PG_CONNECT_TIMEOUT_S,
+        "command_timeout": PG_COMMAND_TIMEOUT_S,
+        "server_settings": {"statement_timeout": str(PG_STATEMENT_TIMEOUT_MS)},
+    }
 
 
 def make_engine(settings: Settings) -> Engine[Any]:
     """Build (not connect) the engine the settings select."""
     url = settings.database_url
     if url and is_postgres(url):
-        return PostgresEngine(config={"dsn": url})
+        return BoundedPostgresEngine(config=postgres_config(url))
     if url and not url.startswith("sqlite:///"):
         raise ConfigError(
             f"APP_DATABASE_URL must be postgresql://… or sqlite:///path, got {url.split(':')[0]}:…"
@@ -73,3 +119,51 @@ async def start(engine: Engine[Any]) -> None:
 async def stop(engine: Engine[Any]) -> None:
     if isinstance(engine, PostgresEngine):
         await engine.close_connection_pool()
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One database check: whether it answered, how fast, and why not."""
+
+    ok: bool
+    ms: float
+    detail: str = ""
+
+
+class DatabaseProbe:
+    """``SELECT 1`` within ``timeout`` seconds, shared by concurrent readiness probes.
+
+    One check runs at a time and every probe that arrives meanwhile shares its answer, so a
+    flood of probes against a frozen database holds one connection, not the whole pool.
+    ``max_age`` (seconds) reuses an answer for longer; 0 reports an outage at once.
+    """
+
+    def __init__(self, engine: Engine[Any], timeout: float = 1.0, max_age: float = 0.0) -> None:
+        self.engine = engine
+        self.timeout = timeout
+        self.max_age = max_age
+        self._last: tuple[float, Probe] | None = None
+        self._running: asyncio.Task[Probe] | None = None
+
+    async def check(self) -> Probe:
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < self.max_age:
+            return self._last[1]
+        if self._running is None or self._running.done():
+            self._running = asyncio.get_running_loop().create_task(self._ping())
+        # shield: one caller's cancellation (a client hanging up) leaves the check running.
+        probe = await asyncio.shield(self._running)
+        self._last = (time.monotonic(), probe)
+        return probe
+
+    async def _ping(self) -> Probe:
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.engine.run_ddl("SELECT 1"), self.timeout)
+        except TimeoutError:
+            detail = f"no answer within {self.timeout:g} s"
+        except Exception as exc:  # any failure to answer is "down", with its reason
+            detail = f"{type(exc).__name__}: {exc}"[:200]
+        else:
+            return Probe(True, (time.perf_counter() - t0) * 1000)
+        return Probe(False, (time.perf_counter() - t0) * 1000, detail)

@@ -8,6 +8,8 @@ from litestar import Response, get
 from litestar.datastructures import State
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
+from app.db.engine import DatabaseProbe
+
 
 @get("/health/live", sync_to_thread=False, tags=["health"])
 def live() -> dict[str, str]:
@@ -15,9 +17,22 @@ def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/health/ready", sync_to_thread=False, tags=["health"])
-def ready(state: State) -> Response[dict[str, Any]]:
-    """200 once the model is loaded and warmed up, 503 before."""
+async def dependency_checks(state: State) -> dict[str, dict[str, Any]]:
+    """Each dependency a request needs: ``{"ok": bool, "ms": float, "detail"?: str}``."""
+    checks: dict[str, dict[str, Any]] = {}
+    probe: DatabaseProbe | None = state.get("database_probe")
+    if probe is not None:
+        result = await probe.check()  # SELECT 1 within 1 s, shared by concurrent probes
+        checks["database"] = {"ok": result.ok, "ms": round(result.ms, 1)}
+        if result.detail:
+            checks["database"]["detail"] = result.detail
+    return checks
+
+
+@get("/health/ready", tags=["health"])
+async def ready(state: State) -> Response[dict[str, Any]]:
+    """200 once the model is loaded and warmed up and the database answers; 503 naming what
+    is not (``down``), with each check under ``checks``."""
     service = state.get("inference")
     if not state.get("ready") or service is None:
         return Response(
@@ -25,17 +40,22 @@ def ready(state: State) -> Response[dict[str, Any]]:
             status_code=HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
         )
+    checks = await dependency_checks(state)
+    down = [name for name, check in checks.items() if not check["ok"]]
     classifier = service.classifier
     return Response(
         {
-            "status": "ready",
+            "status": "unavailable" if down else "ready",
+            "down": down,
+            "checks": checks,
             "model": classifier.spec.name,
             "version": classifier.spec.version,
             "sha256": classifier.sha256,
             "providers": classifier.providers,
             "queue_depth": service.batcher.depth,
         },
-        status_code=HTTP_200_OK,
+        status_code=HTTP_503_SERVICE_UNAVAILABLE if down else HTTP_200_OK,
+        headers={"Retry-After": "5"} if down else None,
     )
 
 

@@ -15,16 +15,18 @@ from typing import Any
 from litestar.datastructures import State
 
 from app.db.tables import Analysis, User
-from app.errors import NotFoundError
+from app.errors import NotFoundError, NotReadyError
 from app.inference.classifier import Classifier, Prediction
 from app.inference.dicom import decode_dicom
+from app.inference.gate import GateResult, Reason, describe
 from app.inference.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     encode_png,
-    preprocess,
     sniff_format,
 )
+from app.inference.service import Analysis as ServiceAnalysis
+from app.inference.service import InferenceService
 from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
 from app.reports.data import ReportData
 from app.storage import EncryptedStore
@@ -47,31 +49,25 @@ def dicom_as_png(data: bytes) -> bytes:
     return encode_png(decode_dicom(data, DEFAULT_MAX_PIXELS))
 
 
-def classifier_of(state: State) -> Classifier:
-    service = state.get("inference")
-    classifier = getattr(service, "classifier", None) or state.get("classifier")
-    if classifier is None:
-        raise RuntimeError("the model is not loaded yet")
-    return classifier  # type: ignore[no-any-return]
+async def predict(
+    state: State, images: Sequence[bytes], override: bool = False
+) -> list[ServiceAnalysis | ImageError]:
+    """Classify through the service's shared path (gate, micro-batcher, queue bound).
+
+    Args:
+        override: the clinician chose "analyse anyway": the gate still measures and its
+            reasons are kept with the result, but it does not refuse.
+    """
+    service: InferenceService | None = state.get("inference")
+    if service is None or not state.get("ready"):
+        raise NotReadyError("the model is still loading", headers={"Retry-After": "1"})
+    return await service.analyse_many(list(images), override)
 
 
-async def predict(state: State, images: Sequence[bytes]) -> list[Prediction | ImageError]:
-    """Classify through the service's shared micro-batcher when present, else off-loop directly."""
-    service = state.get("inference")
-    if service is not None and hasattr(service, "analyse_many"):
-        results = await service.analyse_many(list(images))
-        return [r if isinstance(r, ImageError) else r.prediction for r in results]
-    classifier = classifier_of(state)
-    max_pixels = state["settings"].max_pixels
-
-    def run_one(data: bytes) -> Prediction | ImageError:
-        try:
-            tensor = preprocess(data, classifier.spec, max_pixels)
-        except ImageError as exc:
-            return exc
-        return classifier.describe(classifier.run(tensor[None])[0])
-
-    return list(await asyncio.gather(*(asyncio.to_thread(run_one, d) for d in images)))
+def gate_summary(gate: dict[str, Any]) -> str:
+    """The failed checks of a stored gate result in plain words, '' when it passed."""
+    reasons = [Reason(r["check"], r["value"], r["threshold"]) for r in gate.get("reasons", [])]
+    return describe(reasons) if reasons else ""
 
 
 def parse_id(raw: str) -> uuid.UUID:
@@ -95,6 +91,7 @@ async def save(
     upload: Upload,
     prediction: Prediction,
     batch: str | None = None,
+    gate: GateResult | None = None,
 ) -> uuid.UUID:
     """Encrypt and store the image, then insert the row; never a row without its file."""
     fmt = sniff_format(upload.data)  # validated (pixel budget included) before analysis
@@ -114,6 +111,7 @@ async def save(
         model_name=classifier.spec.name[:128],
         model_version=str(classifier.spec.version)[:64],
         model_sha256=classifier.sha256,
+        gate=json.dumps(gate.as_dict()) if gate is not None else "",
     )
     try:
         await row.save().run()
@@ -130,6 +128,8 @@ def decorate(row: dict[str, Any]) -> dict[str, Any]:
         probs = json.loads(probs)
     label = row["predicted_class"]
     risk = RISK_GROUPS.get(label, "unknown")
+    raw_gate = row.get("gate") or ""
+    gate = json.loads(raw_gate) if isinstance(raw_gate, str) and raw_gate else {}
     return {
         **row,
         "id": str(row["id"]),
@@ -139,6 +139,10 @@ def decorate(row: dict[str, Any]) -> dict[str, Any]:
         "risk_style": RISK_STYLE.get(risk, "secondary"),
         "risk_hex": RISK_HEX.get(risk, "#6c757d"),
         "urgent": risk == "malignant" or bool(row.get("melanoma_flag")),
+        "gate": gate,
+        # analysed although the intended-use gate refused it ("analyse anyway")
+        "outside_intended_use": bool(gate.get("outside_intended_use")),
+        "gate_summary": gate_summary(gate),
     }
 
 
@@ -206,6 +210,7 @@ async def report_pdf(store: EncryptedStore, row: dict[str, Any]) -> bytes:
         model_name=row["model_name"],
         model_version=row["model_version"],
         model_sha256=row["model_sha256"],
+        outside_intended_use=row["gate_summary"] if row["outside_intended_use"] else None,
     )
     pdf = await asyncio.to_thread(_render_report, data)
     new_name = await asyncio.to_thread(store.put, pdf, ".pdf")

@@ -11,6 +11,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from app.inference.gate import ImageRejectedError
 from app.inference.preprocess import ImageError
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,29 @@ def _is_database_outage(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError) and _raised_by_the_database(exc)
 
 
+# Litestar answers any multipart parser limit as 400 "Request Entity Too Large" (its FIXME for
+# 3.0), which reads as a size problem; the parser's own message, kept as the context, says
+# which limit it was.
+_MULTIPART_LIMITS = {
+    "Maximum segment count exceeded": "the form has too many parts (files and fields)",
+    "Maximum segment header length exceeded": (
+        "a form part's header is over 4 KB: is a file name that long?"
+    ),
+    "Maximum segment header count exceeded": "a form part has too many headers",
+}
+
+
+def _multipart_limit(exc: Exception) -> str | None:
+    """What a multipart limit that Litestar reported as "Request Entity Too Large" was."""
+    if not (isinstance(exc, HTTPException) and exc.detail == "Request Entity Too Large"):
+        return None
+    context = exc.__context__
+    if type(context).__name__ != "ParserLimitReached":
+        return None
+    reason = str(context)
+    return _MULTIPART_LIMITS.get(reason, f"the form is over a multipart limit ({reason})")
+
+
 def error_body(code: str, detail: str) -> dict[str, str]:
     """The one JSON error shape: ``{"error": code, "detail": text}``."""
     return {"error": code, "detail": detail}
@@ -128,6 +152,7 @@ class ErrorAnswer:
     code: str
     detail: str
     headers: dict[str, str] | None = None
+    extra: dict[str, Any] | None = None  # more fields for the JSON body (a gate's reasons)
 
 
 def answer_for(exc: Exception) -> ErrorAnswer:
@@ -136,7 +161,8 @@ def answer_for(exc: Exception) -> ErrorAnswer:
         # Also a form read by Litestar itself (CSRF middleware, page routes), not only the API's.
         exc = ClientDisconnectedError("the client disconnected before sending the whole body")
     if isinstance(exc, AppError | ImageError):
-        return ErrorAnswer(exc.status, exc.code, str(exc), getattr(exc, "headers", None))
+        extra = {"reasons": exc.reasons} if isinstance(exc, ImageRejectedError) else None
+        return ErrorAnswer(exc.status, exc.code, str(exc), getattr(exc, "headers", None), extra)
     if _is_database_outage(exc):
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         return ErrorAnswer(
@@ -149,6 +175,9 @@ def answer_for(exc: Exception) -> ErrorAnswer:
         # Litestar's form parser (run by the CSRF middleware, before any handler) decodes text
         # fields as UTF-8: a client's bad bytes, not a server fault.
         return ErrorAnswer(400, "bad_request", "a form field is not valid UTF-8 text")
+    limit = _multipart_limit(exc)
+    if limit is not None:
+        return ErrorAnswer(400, "bad_request", limit)
     if isinstance(exc, HTTPException):
         status = exc.status_code
         return ErrorAnswer(
@@ -169,7 +198,7 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
     if wants_html(request):
         return html_error(request, answer.status, answer.code, answer.detail, answer.headers)
     return Response(
-        error_body(answer.code, answer.detail),
+        {**error_body(answer.code, answer.detail), **(answer.extra or {})},
         status_code=answer.status,
         media_type=MediaType.JSON,
         headers=answer.headers,

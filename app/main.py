@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import PluginProtocol
 from litestar.plugins.core import MsgspecDIPlugin
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth.tokens import api_token_guard
 from app.config import Settings
@@ -41,6 +43,42 @@ class _Litestar(Litestar):
         return [*plugins, MsgspecDIPlugin()]
 
 
+# A year; no includeSubDomains: a clinic's other hosts on the same domain may not have TLS.
+HSTS = b"max-age=31536000"
+
+
+class PrivateResponses:
+    """``Cache-Control: no-store`` on every response but static files, and HSTS over HTTPS.
+
+    Pages, stored images, explanations, reports and API results all carry patient data, and a
+    kiosk's browser is shared: nothing of it may stay in a cache. A response that sets its own
+    Cache-Control keeps it. ``scheme`` is https behind a proxy that uvicorn trusts
+    (``--forwarded-allow-ips``), as for the Secure cookie flag.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        cacheable = scope["path"].startswith("/static/")
+        https = scope.get("scheme") == "https"
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not cacheable and not any(n.lower() == b"cache-control" for n, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                if https:
+                    headers.append((b"strict-transport-security", HSTS))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
 def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> Litestar:
     """Build the app; ``classifier`` lets ``python -m app`` hand over the model it checked."""
     # Outside dev mode a missing APP_SECRET_KEY/APP_STORAGE_KEY stops start-up here (ConfigError).
@@ -52,7 +90,9 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     async def model_lifespan(app: Litestar) -> AsyncIterator[None]:
         # Loaded and warmed once per process, before readiness; inference never waits for it.
         app.state.ready = False
-        service = await asyncio.to_thread(load_service, settings, metrics, classifier)
+        service = await asyncio.to_thread(
+            load_service, settings, metrics, classifier, metrics.observe_rejection
+        )
         metrics.set_model(service.classifier)
         await service.start()
         app.state.inference = service  # pages predict through this too: state.inference.analyse
@@ -72,7 +112,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             build_api_router(settings, guards=(api_token_guard,) if settings.api_auth else ()),
             *web.route_handlers,
         ],
-        middleware=[metrics.middleware, *web.middleware],
+        middleware=[metrics.middleware, PrivateResponses, *web.middleware],
         lifespan=[web.lifespan, model_lifespan],
         state=State(
             {

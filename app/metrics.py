@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from litestar import Response, get
@@ -92,6 +93,12 @@ class Metrics:
             "WebSocket frames dropped because a newer one arrived",
             registry=r,
         )
+        self.gate_rejections = Counter(
+            "gate_rejections",
+            "Images refused by the intended-use gate, by failed check (one image may fail several)",
+            ["check"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "model_info",
             "The loaded model (value is always 1)",
@@ -109,6 +116,10 @@ class Metrics:
 
     def observe_decode(self, seconds: float) -> None:
         self.decode_seconds.observe(seconds)
+
+    def observe_rejection(self, checks: Sequence[str]) -> None:
+        for check in checks:
+            self.gate_rejections.labels(check=check).inc()
 
     def set_model(self, classifier: Classifier) -> None:
         spec = classifier.spec

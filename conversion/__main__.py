@@ -244,6 +244,18 @@ def cmd_cam(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gate(args: argparse.Namespace) -> int:
+    from conversion.gate import fit_gate, record_in_manifest
+
+    doc = fit_gate(args.model, args.images, args.labels_csv, args.fullres)
+    print(json.dumps({"quality": doc["quality"]["thresholds"], **doc["figures"]}, indent=2))
+    manifest = args.manifest or args.model.parent / "manifest.json"
+    if manifest.is_file():
+        record_in_manifest(manifest, args.model, doc)
+        print(f"recorded it in {manifest}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m conversion", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -318,6 +330,21 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--count", type=int, default=140, help="images for the identity gate")
     add_data_flags(m)
     m.set_defaults(func=cmd_cam, split="val")
+
+    g = sub.add_parser(
+        "gate",
+        help="add the features output and fit the intended-use gate (<model name>_gate.json)",
+    )
+    g.add_argument("model", type=Path, help="the served ONNX model (changed in place)")
+    g.add_argument("--manifest", type=Path, help="default: manifest.json beside the model")
+    g.add_argument(
+        "--fullres",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fullres",
+        help="also count false rejects on these originals, if the folder exists",
+    )
+    add_data_flags(g, calibration=True)
+    g.set_defaults(func=cmd_gate)
     return p
 
 

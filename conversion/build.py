@@ -22,6 +22,7 @@ from app.inference.spec import ModelSpec
 from conversion.convert import DEFAULT_OPSET, Layout, convert
 from conversion.errors import GateError
 from conversion.files import atomic_path, write_text
+from conversion.gate import ensure_features, fit_gate, record_in_manifest
 from conversion.images import read_labels
 from conversion.quantize import QuantConfig, calibration_paths, quantize
 from conversion.runtime import measure_latency
@@ -84,6 +85,8 @@ def relocate_manifest(manifest: dict[str, Any], src_dir: Path, dst_dir: Path) ->
     out["preferred"] = fix(out["preferred"])
     for entry in out["files"].values():
         entry["path"] = fix(entry["path"])
+        if "arrays" in entry:  # the gate's statistics beside its thresholds
+            entry["arrays"]["path"] = fix(entry["arrays"]["path"])
     if out.get("triton"):
         out["triton"]["path"] = fix(out["triton"]["path"])
     return out
@@ -134,6 +137,8 @@ def build(
     manifest_path = out_dir / "manifest.json"
 
     fp32_spec = convert(source, fp32_path, dataclasses.replace(overrides, name=name), layout, opset)
+    # Before quantising, so every file of this model has the features the gate reads.
+    ensure_features(fp32_path)
     # attempts are scored on val; test only measures the file finally kept, once
     val_samples = read_labels(split_csv, images_dir, "val")
     test_samples = read_labels(split_csv, images_dir, "test")
@@ -269,6 +274,10 @@ def build(
         manifest["triton"] = {"path": os.path.relpath(target, out_dir), "model": preferred.name}
     text = json.dumps(manifest, indent=2)
     write_text(manifest_path, text + "\n")
+    # The gate is refitted with every build, so a retrained model never keeps an old one.
+    gate_doc = fit_gate(fp32_path, images_dir, split_csv)
+    record_in_manifest(manifest_path, fp32_path, gate_doc)
+    manifest = json.loads(manifest_path.read_text())
     for extra in extra_manifests:
         moved = relocate_manifest(manifest, out_dir, extra.parent)
         write_text(extra, json.dumps(moved, indent=2) + "\n")

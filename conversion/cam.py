@@ -39,6 +39,7 @@ class CamHead:
     channels_last: bool  # NHWC (ReduceMean over axes 1, 2) or NCHW (GlobalAveragePool)
     kernel: np.ndarray  # [channels, classes]
     bias: np.ndarray  # [classes], zeros when the head has none
+    pooled: str = ""  # tensor name of the pooled features [N, channels] the Dense layer reads
 
 
 def find_head(model: onnx.ModelProto) -> CamHead:
@@ -64,7 +65,9 @@ def find_head(model: onnx.ModelProto) -> CamHead:
             continue
         kernel = weights[dense[0].input[1]].astype(np.float32)
         bias = _following_bias(dense[0].output[0], consumers, weights, kernel.shape[1])
-        return CamHead(pool.input[0], channels_last, kernel, bias.astype(np.float32).ravel())
+        return CamHead(
+            pool.input[0], channels_last, kernel, bias.astype(np.float32).ravel(), dense[0].input[0]
+        )
     raise ConversionError(
         "no global-average-pooling -> Dense head found: class activation maps need one "
         "(a Flatten -> Dense head, like the upstream 28x28 model's, has no spatial map to show)"
@@ -149,8 +152,10 @@ def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float
     session = ort.InferenceSession(cam.SerializeToString(), providers=["CPUExecutionProvider"])
     base = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
     input_name = base.get_inputs()[0].name
-    (expected,) = base.run(None, {input_name: batch})
-    probabilities, class_maps = session.run(None, {input_name: batch})
+    # By name: a model with the gate's features output has more than one output already.
+    probs_name = base.get_outputs()[0].name
+    (expected,) = base.run([probs_name], {input_name: batch})
+    probabilities, class_maps = session.run([probs_name, CLASS_MAPS], {input_name: batch})
     if not np.array_equal(probabilities, expected):
         raise GateError("the CAM model's probabilities differ from the model it was built from")
     diff = check_class_maps(probabilities, class_maps, head.bias)

@@ -87,6 +87,61 @@ def _met(key: str, value: float) -> str:
     return f"{op} {bound:.2f}: **{'met' if ok else 'MISSED'}**"
 
 
+def _gate_section(manifest: dict[str, Any]) -> str:
+    """The intended-use gate's thresholds and measured rates, from the gate file beside it."""
+    entry = manifest.get("files", {}).get("gate")
+    path = Path("models") / entry["path"] if entry else None
+    if path is None or not path.is_file():
+        return "\n**No intended-use gate file is recorded for this model.**\n"
+    doc = json.loads(path.read_text())
+    figures = doc.get("figures", {})
+    fr = figures.get("false_rejects", {})
+    thresholds = ", ".join(f"`{k}` {v:g}" for k, v in doc["quality"]["thresholds"].items())
+    dist = doc.get("distribution")
+    groups = "\n".join(
+        f"| {g} | {v['images']} | {v['rejected'] * 100:.1f}% | {v['by_quality_checks'] * 100:.1f}% |"
+        for g, v in figures.get("rejection_by_group", {}).items()
+    )
+    auroc = figures.get("auroc_test_vs_non_dermoscopic", {})
+    full = (
+        f"; {fr['fullres']} of the {fr['fullres_images']} full-resolution originals"
+        if "fullres" in fr
+        else ""
+    )
+    distribution = (
+        f"- **Distribution check:** {dist['method']}: Mahalanobis distance to the nearest class "
+        f"mean (shared covariance, Ledoit-Wolf) on pooled features of {len(dist['blocks'])} depths "
+        "of the backbone (Lee et al., 2018), standardised per depth and summed; statistics from "
+        f"the train split, threshold {dist['threshold']:g} at val's 99th percentile. AUROC "
+        f"against the dev set's non-dermoscopic images: Mahalanobis {auroc.get('mahalanobis')}, "
+        f"energy score on the logits {auroc.get('energy')} (measured, not used).\n"
+        if dist
+        else "- **Distribution check:** none (the model has no features output): quality "
+        "checks only.\n"
+    )
+    return f"""
+### The intended-use gate
+Every entry point refuses (422 `image_rejected`, with the reasons in plain words) what the model
+cannot judge. Thresholds live in `{entry["path"]}`, refitted by `python -m conversion build`.
+- **Quality checks** on a fixed 160x120 view of the decoded image: {thresholds}. Each sits halfway
+  from the train split's 0.1 % tail to the end of its scale; `too_small` is the model's input.
+{distribution}- **False rejects:** {fr.get("test", 0) * 100:.2f}% of the {fr.get("test_images")} test images,
+  {fr.get("val", 0) * 100:.2f}% of val{full}.
+- **Dev set** (`conversion/devset.py`: packaged sample photos, LFW faces, rendered documents and
+  screens, synthetic frames, and HAM10000 test images degraded):
+
+| group | images | refused | by quality checks alone |
+|---|---|---|---|
+{groups}
+
+**Limits.** The gate is not a guarantee: a real lesion photographed badly may be refused, and an
+out-of-scope lesion (or a lesion-like texture) photographed well may pass. It learnt "dermoscopy"
+from one dataset (HAM10000): other dermatoscopes may be refused more often than these figures say.
+A clinician may choose "analyse anyway" on the web form; the result is then marked *outside
+intended use* on the page and the PDF, and the choice is audited.
+"""
+
+
 def render(
     metrics: dict[str, Any],
     training: dict[str, Any],
@@ -115,6 +170,8 @@ def render(
             return _quantised(entry, manifest)
         if kind == "cam":
             return "fp32 + class maps, for Grad-CAM explanations only"
+        if kind == "gate":
+            return f"intended-use gate thresholds, {entry.get('mode', '')}"
         return kind
 
     files = "\n".join(
@@ -162,7 +219,7 @@ def render(
 - **Primary use:** a second opinion for clinicians looking at dermoscopic images of skin lesions.
 - **Out of scope:** diagnosis; clinical (non-dermoscopic) photos; phone photos (not validated);
   lesions outside the 7 classes; children; non-pigmented lesions; screening without a clinician.
-
+{_gate_section(manifest)}
 ## Factors
 HAM10000 comes from two sites (Vienna, Queensland) and is **mostly light skin**. Performance on
 darker skin types, other dermatoscopes and other sites is unknown. df and vasc have fewer than

@@ -59,6 +59,9 @@ class Analysis(Table):
     model_sha256 = Varchar(length=64)
     created_at = Timestamptz(default=TimestamptzNow(), index=True)
     report_path = Varchar(length=255, null=True, default=None)
+    # The intended-use gate's result as JSON ("" before the gate existed); its reasons are
+    # kept when a clinician chose "analyse anyway", so pages and the PDF can say so.
+    gate = Text(default="")
 
 
 class AuditEvent(Table):

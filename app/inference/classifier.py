@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from app.inference.gate import FEATURES, Distribution
 from app.inference.spec import RISK_GROUPS, ModelSpec, ModelSpecError
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,11 @@ class Classifier:
         self.sha256 = file_sha256(model_path)
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.has_features = FEATURES in self.output_names
+        # Set by load_service from the gate file: with it, ``run`` adds one column per image,
+        # the distance from the training images (the gate's distribution score).
+        self.distribution: Distribution | None = None
         self._check_shapes()
         log.info(
             "loaded %s (%s, sha256 %s…) on %s with %d intra-op threads",
@@ -142,8 +148,12 @@ class Classifier:
 
     def _check_shapes(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelLoadError(f"expected 1 input and 1 output, got {len(inputs)}/{len(outputs)}")
+        extra = [o.name for o in outputs[1:]]
+        if len(inputs) != 1 or not outputs or extra not in ([], [FEATURES]):
+            raise ModelLoadError(
+                f"expected 1 input and the outputs [probabilities] or [probabilities, {FEATURES}],"
+                f" got {len(inputs)} inputs and outputs {[o.name for o in outputs]}"
+            )
         shape = inputs[0].shape
         w, h = self.spec.input_size
         want = [3, h, w] if self.spec.layout == "NCHW" else [h, w, 3]
@@ -166,9 +176,24 @@ class Classifier:
             self.run(np.zeros((batch, *self.input_shape), np.float32))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 batch in the model's layout -> probabilities (N, classes)."""
-        probs = self.session.run(None, {self.input_name: batch})[0]
-        return np.asarray(probs, dtype=np.float32)
+        """float32 batch in the model's layout -> rows of (N, classes [+ 1]).
+
+        Each row is the class probabilities, then, when the gate has a distribution check,
+        the image's distribution score: one array, so the micro-batcher hands out rows
+        without knowing about the gate.
+        """
+        feeds = {self.input_name: batch}
+        if self.distribution is None or not self.has_features:
+            probs = self.session.run(self.output_names[:1], feeds)[0]
+            return np.asarray(probs, dtype=np.float32)
+        probs, features = self.session.run([self.output_names[0], FEATURES], feeds)
+        scores = self.distribution.scores(np.asarray(features, np.float32))
+        return np.column_stack([probs, scores]).astype(np.float32)
+
+    def distribution_score(self, row: np.ndarray) -> float | None:
+        """The gate's distribution score in one row of ``run``, if it has one."""
+        classes = len(self.spec.labels)
+        return float(row[classes]) if len(row) > classes else None
 
     def describe(self, probs: np.ndarray) -> Prediction:
         """Turn one probability vector into a Prediction, with the melanoma flag applied."""
@@ -176,7 +201,7 @@ class Classifier:
         # Plain Python on 7 floats: this runs on the event loop, and numpy's argmax releases
         # and retakes the GIL, which costs the loop a wait behind the decode threads (measured
         # +1.5 % throughput at concurrency 8 without it).
-        values: list[float] = probs.tolist()
+        values: list[float] = probs[: len(labels)].tolist()
         if not all(math.isfinite(v) for v in values):
             # A NaN would otherwise pick a class by its position: never show such a result.
             raise ModelOutputError(f"the model returned non-finite probabilities {values}")

@@ -10,24 +10,42 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
 from app.config import Settings
 from app.errors import OverloadedError
-from app.inference.batching import InferenceObserver, MicroBatcher, use_sched_batch
-from app.inference.classifier import Classifier, Prediction
+from app.inference.batching import BatchResult, InferenceObserver, MicroBatcher, use_sched_batch
+from app.inference.classifier import Classifier, ModelLoadError, Prediction
+from app.inference.dicom import is_dicom
 from app.inference.explain import (
     Explainer,
     Explanation,
     ExplanationUnavailableError,
     cam_model_path,
 )
-from app.inference.preprocess import ImageError, ImageTooLargeError, preprocess
+from app.inference.gate import (
+    FEATURES,
+    Gate,
+    GateFileError,
+    GateResult,
+    ImageRejectedError,
+    decode_size,
+    gate_path,
+)
+from app.inference.preprocess import (
+    ImageError,
+    ImageTooLargeError,
+    decode_image,
+    read_header,
+    resize_rgb,
+    to_model_input,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +59,26 @@ class Analysis:
     inference_ms: float
     queue_ms: float
     batch_size: int
+    gate: GateResult
+
+
+RejectionObserver = Callable[[Sequence[str]], None]  # the names of the failed checks
 
 
 class InferenceService:
     """Owns the classifier, the decode pool and the micro-batcher for one process."""
 
     def __init__(
-        self, classifier: Classifier, settings: Settings, observer: InferenceObserver | None = None
+        self,
+        classifier: Classifier,
+        settings: Settings,
+        observer: InferenceObserver | None = None,
+        gate: Gate | None = None,
+        on_rejected: RejectionObserver | None = None,
     ) -> None:
         self.classifier = classifier
+        self.gate = gate or load_gate(settings, classifier)
+        self._on_rejected = on_rejected
         self.spec = classifier.spec
         self.max_pixels = settings.max_pixels
         self.max_upload_bytes = settings.max_upload_bytes
@@ -83,10 +112,29 @@ class InferenceService:
         await self.batcher.stop()
         self._decode_pool.shutdown(wait=True)
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, float]:
+    def _decode(self, data: bytes, override: bool) -> tuple[np.ndarray, float, GateResult]:
+        """Decode, run the gate's quality checks, resize: the serving ``preprocess`` with the
+        gate between decode and resize (raises ImageRejectedError unless ``override``)."""
         t0 = time.perf_counter()
-        tensor = preprocess(data, self.spec, self.max_pixels)
-        return tensor, (time.perf_counter() - t0) * 1000
+        spec = self.spec
+        rgb = decode_image(data, decode_size(spec), self.max_pixels)
+        if is_dicom(data):  # decoded whole: its array is the stored size
+            size = (rgb.shape[1], rgb.shape[0])
+        else:  # a JPEG may decode reduced; the header has the size as sent
+            info = read_header(data, self.max_pixels)
+            size = (info.width, info.height)
+        gate = self.gate.check_quality(rgb, size, override)
+        tensor = to_model_input(resize_rgb(rgb, spec.input_size, spec.resample_via), spec)
+        return tensor, (time.perf_counter() - t0) * 1000, gate
+
+    def _gated(self, decode: Callable[[], Any]) -> Any:
+        """Count a rejection by its checks, then let it propagate."""
+        try:
+            return decode()
+        except ImageRejectedError as exc:
+            if self._on_rejected is not None:
+                self._on_rejected([r.check for r in exc.result.reasons])
+            raise
 
     @contextlib.contextmanager
     def _admitted(self, images: int) -> Iterator[None]:
@@ -106,10 +154,12 @@ class InferenceService:
         finally:
             self._decoding -= images
 
-    async def decode(self, data: bytes) -> tuple[np.ndarray, float]:
-        """Validate, decode and resize off the event loop; raises ImageError (4xx)."""
+    async def decode(
+        self, data: bytes, override: bool = False
+    ) -> tuple[np.ndarray, float, GateResult]:
+        """Validate, decode, gate and resize off the event loop; raises ImageError (4xx)."""
         with self._admitted(1):
-            return await self._decode_admitted(data)
+            return await self._decode_admitted(data, override)
 
     def _refuse_oversized(self, data: bytes) -> None:
         if len(data) > self.max_upload_bytes:
@@ -117,25 +167,37 @@ class InferenceService:
                 f"image is {len(data)} bytes; the limit is {self.max_upload_bytes}"
             )
 
-    async def _decode_admitted(self, data: bytes) -> tuple[np.ndarray, float]:
+    async def _decode_admitted(
+        self, data: bytes, override: bool = False
+    ) -> tuple[np.ndarray, float, GateResult]:
         self._refuse_oversized(data)
         loop = asyncio.get_running_loop()
-        tensor, ms = await loop.run_in_executor(self._decode_pool, self._decode, data)
+        tensor, ms, gate = await loop.run_in_executor(
+            self._decode_pool, self._gated, lambda: self._decode(data, override)
+        )
         if self._observer is not None:
             self._observer.observe_decode(ms / 1000)
-        return tensor, ms
+        return tensor, ms, gate
 
-    async def analyse(self, data: bytes) -> Analysis:
-        """Classify one image; raises ImageError for bad input, OverloadedError when full."""
-        tensor, decode_ms = await self.decode(data)
-        result = await self.batcher.submit(tensor)
+    def _finish(self, result: BatchResult, decode_ms: float, gate: GateResult) -> Analysis:
+        """The prediction, after the gate's distribution check (ImageRejectedError)."""
+        score = self.classifier.distribution_score(result.probabilities)
+        gate = self._gated(lambda: self.gate.check_distribution(gate, score))
         return Analysis(
             self.classifier.describe(result.probabilities),
             decode_ms,
             result.inference_ms,
             result.queue_ms,
             result.batch_size,
+            gate,
         )
+
+    async def analyse(self, data: bytes, override: bool = False) -> Analysis:
+        """Classify one image; raises ImageError for bad input (ImageRejectedError when the
+        gate refuses it, unless ``override``) and OverloadedError when full."""
+        tensor, decode_ms, gate = await self.decode(data, override)
+        result = await self.batcher.submit(tensor)
+        return self._finish(result, decode_ms, gate)
 
     async def explain(self, data: bytes, label: str) -> Explanation:
         """Grad-CAM heat map of ``label`` for an image; 501 without a CAM model.
@@ -167,17 +229,20 @@ class InferenceService:
                 log.info("loaded the explanation model %s", self._cam_path)
             return self._explainer
 
-    async def analyse_many(self, images: Sequence[bytes]) -> list[Analysis | ImageError]:
+    async def analyse_many(
+        self, images: Sequence[bytes], override: bool = False
+    ) -> list[Analysis | ImageError]:
         """Classify several images in order; a bad one yields its ImageError, not a failure.
 
         Admission to the inference queue is all-or-nothing (OverloadedError for the lot).
         """
         with self._admitted(len(images)):  # all or none, like the inference queue
             decoded = await asyncio.gather(
-                *(self._decode_admitted(data) for data in images), return_exceptions=True
+                *(self._decode_admitted(data, override) for data in images),
+                return_exceptions=True,
             )
         out: list[Analysis | ImageError | None] = [None] * len(images)
-        good: list[tuple[int, np.ndarray, float]] = []
+        good: list[tuple[int, np.ndarray, float, GateResult]] = []
         for i, item in enumerate(decoded):
             if isinstance(item, ImageError):
                 out[i] = item
@@ -185,22 +250,42 @@ class InferenceService:
                 raise item
             else:
                 good.append((i, *item))
-        results = await self.batcher.submit_many([tensor for _, tensor, _ in good])
-        for (i, _, decode_ms), result in zip(good, results, strict=True):
-            out[i] = Analysis(
-                self.classifier.describe(result.probabilities),
-                decode_ms,
-                result.inference_ms,
-                result.queue_ms,
-                result.batch_size,
-            )
+        results = await self.batcher.submit_many([tensor for _, tensor, _, _ in good])
+        for (i, _, decode_ms, gate), result in zip(good, results, strict=True):
+            try:
+                out[i] = self._finish(result, decode_ms, gate)
+            except ImageRejectedError as exc:
+                out[i] = exc
         return [r for r in out if r is not None]
+
+
+def load_gate(settings: Settings, classifier: Classifier) -> Gate:
+    """The model's intended-use gate from its gate file; raises ModelLoadError without one."""
+    path = gate_path(settings.model_path, classifier.spec)
+    try:
+        gate = Gate.load(path)
+    except GateFileError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    if gate.distribution is not None and not classifier.has_features:
+        raise ModelLoadError(
+            f"{path.name} has a distribution check but {classifier.path.name} has no "
+            f"{FEATURES!r} output: rebuild them together with `python -m conversion gate`"
+        )
+    if gate.distribution is None:
+        log.warning(
+            "intended-use gate: quality checks only (%s has no distribution check)", path.name
+        )
+    else:
+        log.info("intended-use gate: quality checks and distribution check (%s)", path.name)
+    classifier.distribution = gate.distribution
+    return gate
 
 
 def load_service(
     settings: Settings,
     observer: InferenceObserver | None = None,
     classifier: Classifier | None = None,
+    on_rejected: RejectionObserver | None = None,
 ) -> InferenceService:
     """Load (unless given) and warm the model, then wrap it; raises ModelLoadError."""
     # Two cores are better spent on two requests than on one image's parallel resize.
@@ -210,5 +295,6 @@ def load_service(
     # Batches of 1 and 2, what a kiosk sees. Memory follows load: warming the largest
     # micro-batch too held 5 MB more RSS (measured, startup suite) for a one-off allocation
     # that the first busy batch of that size pays instead.
+    gate = load_gate(settings, classifier)
     classifier.warm_up()
-    return InferenceService(classifier, settings, observer)
+    return InferenceService(classifier, settings, observer, gate, on_rejected)

@@ -25,3 +25,5 @@ class ReportData:
     model_name: str
     model_version: str
     model_sha256: str
+    # The gate's reasons when a clinician analysed an image the gate refused, else None.
+    outside_intended_use: str | None = None

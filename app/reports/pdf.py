@@ -105,6 +105,18 @@ def build_report(data: ReportData) -> bytes:
             )
         )
 
+    if data.outside_intended_use:
+        layout.append_layout_element(
+            _p(
+                "OUTSIDE INTENDED USE: analysed at the clinician's request although the "
+                f"intended-use check refused the image. {data.outside_intended_use} "
+                "Treat this result as unreliable.",
+                10,
+                "#B02A37",
+                bold=True,
+            )
+        )
+
     thumb = _thumbnail(data.image)
     if thumb is None:
         layout.append_layout_element(

@@ -31,6 +31,7 @@ from app.config import Settings
 from app.errors import AppError, NotReadyError
 from app.inference.classifier import DISCLAIMER, Classifier
 from app.inference.explain import CAVEAT
+from app.inference.gate import GateResult, ImageRejectedError
 from app.inference.preprocess import ImageError
 from app.inference.service import Analysis, InferenceService
 from app.metrics import Metrics
@@ -88,6 +89,32 @@ class Timing:
 
 
 @dataclass(frozen=True, slots=True)
+class GateReason:
+    check: str  # e.g. "blurred", "out_of_distribution"
+    value: float
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class GateBody:
+    """The intended-use gate's measurements, for an integrator to log."""
+
+    passed: bool
+    outside_intended_use: bool  # analysed although it failed (web "analyse anyway" only)
+    distribution_checked: bool  # False: this model's gate runs its quality checks only
+    scores: dict[str, float]
+    thresholds: dict[str, float]
+    reasons: list[GateReason]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedBody:
+    error: str  # "image_rejected"
+    detail: str  # plain words: what is wrong and what to do
+    reasons: list[GateReason]
+
+
+@dataclass(frozen=True, slots=True)
 class PredictResponse:
     label: str  # HAM10000 class code, e.g. "mel"
     name: str  # plain-language name
@@ -98,6 +125,7 @@ class PredictResponse:
     melanoma_threshold: float | None
     model: ModelInfo
     timing: Timing
+    gate: GateBody
     disclaimer: str = DISCLAIMER
 
 
@@ -125,6 +153,7 @@ class BatchItem:
     result: PredictResponse | None = None
     error: str | None = None
     detail: str | None = None
+    reasons: list[GateReason] | None = None  # with error "image_rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +165,17 @@ class BatchResponse:
 
 def model_info(classifier: Classifier) -> ModelInfo:
     return ModelInfo(classifier.spec.name, classifier.spec.version, classifier.sha256)
+
+
+def gate_body(result: GateResult) -> GateBody:
+    return GateBody(
+        passed=result.passed,
+        outside_intended_use=result.overridden and not result.passed,
+        distribution_checked=result.distribution_checked,
+        scores=dict(result.scores),
+        thresholds=dict(result.thresholds),
+        reasons=[GateReason(r.check, r.value, r.threshold) for r in result.reasons],
+    )
 
 
 def to_response(analysis: Analysis, model: ModelInfo) -> PredictResponse:
@@ -155,6 +195,7 @@ def to_response(analysis: Analysis, model: ModelInfo) -> PredictResponse:
             round(analysis.queue_ms, 3),
             analysis.batch_size,
         ),
+        gate=gate_body(analysis.gate),
     )
 
 
@@ -266,6 +307,10 @@ _ERRORS = {
     415: ResponseSpec(
         ErrorBody, description="Not JPEG/PNG/colour DICOM, or not multipart/form-data"
     ),
+    422: ResponseSpec(
+        RejectedBody,
+        description="Outside the model's intended use (image_rejected): the failed checks",
+    ),
     503: ResponseSpec(
         ErrorBody, description="Not ready, or the inference queue is full (Retry-After)"
     ),
@@ -326,7 +371,14 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
         model = model_info(service.classifier)
         items: list[BatchItem] = []
         for i, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
-            if isinstance(outcome, ImageError):
+            if isinstance(outcome, ImageRejectedError):
+                reasons = gate_body(outcome.result).reasons
+                items.append(
+                    BatchItem(
+                        i, upload.filename, error=outcome.code, detail=str(outcome), reasons=reasons
+                    )
+                )
+            elif isinstance(outcome, ImageError):
                 items.append(BatchItem(i, upload.filename, error=outcome.code, detail=str(outcome)))
             else:
                 items.append(BatchItem(i, upload.filename, result=to_response(outcome, model)))
@@ -449,6 +501,14 @@ class LiveSession:
             return head | {"error": "bad_frame", "detail": "send each frame as a binary message"}
         try:
             analysis = await self.service.analyse(data)
+        except ImageRejectedError as exc:
+            # Guidance on screen for the person holding the dermatoscope, frame after frame.
+            return head | {
+                "error": exc.code,
+                "rejected": True,
+                "detail": str(exc),
+                "reasons": exc.reasons,
+            }
         except (ImageError, AppError) as exc:
             return head | {"error": exc.code, "detail": str(exc)}
         return head | asdict(to_response(analysis, self.model))

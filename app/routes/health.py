@@ -53,6 +53,8 @@ async def ready(state: State) -> Response[dict[str, Any]]:
             "sha256": classifier.sha256,
             "providers": classifier.providers,
             "queue_depth": service.batcher.depth,
+            # "quality only" when the model has no features output (the upstream model)
+            "gate": service.gate.mode,
         },
         status_code=HTTP_503_SERVICE_UNAVAILABLE if down else HTTP_200_OK,
         headers={"Retry-After": "5"} if down else None,

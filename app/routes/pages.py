@@ -22,6 +22,7 @@ from app.charts import column_svg, hbar_svg
 from app.db.tables import Analysis, AuditEvent
 from app.errors import AppError
 from app.inference.explain import CAVEAT, ExplanationUnavailableError
+from app.inference.gate import ImageRejectedError
 from app.inference.preprocess import ImageError
 from app.inference.service import InferenceService
 from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES, RISK_GROUPS
@@ -117,7 +118,9 @@ async def new_analysis(request: Request[Any, Any, State], user: CurrentUser) -> 
     return render(request, "new_analysis.html", batch_max=request.app.state["settings"].batch_max)
 
 
-async def _read_uploads(request: Request[Any, Any, State]) -> tuple[str, list[Upload]]:
+async def _read_uploads(
+    request: Request[Any, Any, State],
+) -> tuple[str, list[Upload], bool]:
     try:
         form = await request.form()
     except Exception as exc:  # Litestar 2.25 raises from deep in multipart parsing
@@ -129,7 +132,8 @@ async def _read_uploads(request: Request[Any, Any, State]) -> tuple[str, list[Up
         else []
     )
     uploads = [Upload(f.filename, await f.read()) for f in files]
-    return patient, [u for u in uploads if u.data]
+    analyse_anyway = form.get("analyse_anyway") == "yes"
+    return patient, [u for u in uploads if u.data], analyse_anyway
 
 
 @post("/analyses", dependencies=USER, status_code=303)
@@ -137,7 +141,7 @@ async def create_analysis(
     request: Request[Any, Any, State], state: State, user: CurrentUser
 ) -> Response[Any]:
     settings = state["settings"]
-    patient, uploads = await _read_uploads(request)
+    patient, uploads, analyse_anyway = await _read_uploads(request)
     errors: list[str] = []
     if not patient:
         errors.append("Enter the patient's name or identifier.")
@@ -154,32 +158,60 @@ async def create_analysis(
             patient=patient,
             batch_max=settings.batch_max,
         )
-    results = await analyses.predict(state, [u.data for u in uploads])
-    classifier = analyses.classifier_of(state)
+    results = await analyses.predict(state, [u.data for u in uploads], analyse_anyway)
+    classifier = state["inference"].classifier
     batch = secrets.token_hex(8) if len(uploads) > 1 else None
     saved: list[str] = []
+    rejected: list[str] = []
     for upload, result in zip(uploads, results, strict=True):
+        if isinstance(result, ImageRejectedError):
+            # No analysis, but the refusal is on record: which checks, never the image.
+            rejected.append(f"{upload.filename}: {result}")
+            await audit.record(
+                "analysis_refused",
+                actor_id=user.id,
+                actor_name=user.username,
+                address=client_address(request),
+                detail="intended-use gate: " + ", ".join(r.check for r in result.result.reasons),
+            )
+            continue
         if isinstance(result, ImageError):
             errors.append(f"{upload.filename}: {result}")
             continue
         analysis_id = await analyses.save(
-            state["store"], classifier, user.id, patient, upload, result, batch
+            state["store"],
+            classifier,
+            user.id,
+            patient,
+            upload,
+            result.prediction,
+            batch,
+            result.gate,
         )
         saved.append(str(analysis_id))
+        prediction = result.prediction
+        outside = not result.gate.passed
         await audit.record(
-            "analysis_created",
+            "analysis_outside_intended_use" if outside else "analysis_created",
             actor_id=user.id,
             actor_name=user.username,
             target=str(analysis_id),
             address=client_address(request),
-            detail=f"{result.label} {result.confidence:.3f}",
+            detail=f"{prediction.label} {prediction.confidence:.3f}"
+            + (
+                " (analyse anyway: " + ", ".join(r.check for r in result.gate.reasons) + ")"
+                if outside
+                else ""
+            ),
         )
+    errors = rejected + errors
     if not saved:
         return render(
             request,
             "new_analysis.html",
-            status_code=400,
+            status_code=422 if rejected else 400,
             errors=errors,
+            rejected=bool(rejected),
             patient=patient,
             batch_max=settings.batch_max,
         )

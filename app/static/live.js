@@ -46,8 +46,14 @@
   function show(reply) {
     const risk = document.getElementById("live-risk");
     if (reply.error) {
-      risk.textContent = "No prediction for this frame";
+      // A refused frame (intended-use gate) shows what to change, never a stale result.
+      risk.textContent = reply.rejected ? "Adjust and hold still: no result for this frame" : "No prediction for this frame";
+      risk.className = "card-header text-bg-secondary";
       document.getElementById("live-label").textContent = reply.detail;
+      document.getElementById("live-confidence").textContent = "";
+      document.getElementById("live-flag").textContent = "";
+      document.getElementById("live-advice").textContent = "";
+      if (reply.rejected) saveButton.disabled = true;
       return;
     }
     lastFrame = pending;

@@ -31,8 +31,10 @@ def test_cam_model_keeps_the_probabilities_and_rebuilds_them(
     diff = build_cam_model(SHIPPED, out, batch)
     assert diff <= 1e-5
     cam = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert [o.name for o in cam.get_outputs()] == ["probabilities", CLASS_MAPS]
-    probabilities, maps = cam.run(None, {"input": batch})
+    # the served model's outputs (probabilities, the gate's features), then the class maps
+    names = [o.name for o in cam.get_outputs()]
+    assert names[0] == "probabilities" and names[-1] == CLASS_MAPS
+    probabilities, maps = cam.run(["probabilities", CLASS_MAPS], {"input": batch})
     assert maps.shape[:2] == (len(batch), 7) and maps.shape[2] >= 3 and maps.shape[3] >= 3
     assert np.abs(maps).max() > 0
     # The model's metadata (labels, input spec) travels with it: the server checks it.

@@ -265,9 +265,10 @@ def test_build_writes_manifest_and_triton_repo(
     assert config["max_batch_size"][0] >= 8
     assert "dynamic_batching" in config and config["instance_group"][0]["kind"] == ["KIND_CPU"]
     for key, values in (("input", model.graph.input), ("output", model.graph.output)):
-        (entry,) = config[key]
-        (value,) = values
-        dims = [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
-        assert entry["name"] == [value.name] and entry["dims"] == dims
-        assert entry["data_type"] == ["TYPE_FP32"]
+        assert len(config[key]) == len(values)  # outputs: probabilities and the gate's features
+        for entry, value in zip(config[key], values, strict=True):
+            dims = [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
+            assert entry["name"] == [value.name] and entry["dims"] == dims
+            assert entry["data_type"] == ["TYPE_FP32"]
+    assert on_disk["files"]["gate"]["mode"] == "quality+distribution"
     assert (model_dir / "labels.txt").read_text().split() == list(HAM10000_LABELS)

@@ -87,6 +87,10 @@ def test_build_selects_int8_on_val_and_evaluates_only_the_choice_on_test(
     monkeypatch.setattr(build_module, "convert", fake_convert)
     monkeypatch.setattr(build_module, "quantize", fake_quantize)
     monkeypatch.setattr(build_module, "verify", fake_verify)
+    # the gate is fitted on real features (tests/conversion/test_conversion_pipeline.py)
+    monkeypatch.setattr(build_module, "ensure_features", lambda path: False)
+    monkeypatch.setattr(build_module, "fit_gate", lambda *args, **kwargs: {})
+    monkeypatch.setattr(build_module, "record_in_manifest", lambda *args, **kwargs: None)
     monkeypatch.setattr(
         build_module,
         "measure_latency",

@@ -81,10 +81,35 @@ def build_tiny_cam_model(model_path: Path) -> Path:
     return cam_path
 
 
+def write_quality_gate(model_path: Path) -> Path:
+    """A quality-only gate file for a test model, with the shipped model's thresholds."""
+    import json
+
+    import onnx
+
+    from app.config import default_model_path
+    from app.inference.gate import gate_path
+
+    model = onnx.load(str(model_path))
+    spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
+    shipped = default_model_path()
+    shipped_gate = json.loads(gate_path(shipped, ModelSpec(name="skin_lesion")).read_text())
+    doc = {
+        "schema": 1,
+        "model": spec.name,
+        "quality": shipped_gate["quality"],
+        "distribution": None,
+    }
+    target = gate_path(model_path, spec)
+    target.write_text(json.dumps(doc))
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
     build_tiny_cam_model(model)
+    write_quality_gate(model)
     return model
 
 

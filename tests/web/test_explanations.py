@@ -59,6 +59,8 @@ def test_explanation_unavailable_without_a_cam_model(
     alone = tmp_path / "alone" / "tiny.onnx"
     alone.parent.mkdir()
     shutil.copy(sqlite_settings.model_path, alone)
+    gate = sqlite_settings.model_path.with_name("tiny-test-model_gate.json")
+    shutil.copy(gate, alone.with_name(gate.name))  # the gate, but no CAM model beside it
     with make_client(replace(sqlite_settings, model_path=alone)) as client:
         register(client, "alice")
         location = upload(client, "Pat", [("a.jpg", fixture_images[0][0].read_bytes())])

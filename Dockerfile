@@ -24,7 +24,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     APP_PROVIDERS=cpu
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /srv --no-create-home app \
-    && mkdir -p /data && chown app:app /data
+    && mkdir -p /data && chown app:app /data && chmod 0700 /data
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv
 # Code and models stay root-owned (read-only to the app user); only /data is writable.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -18,8 +19,39 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from app.config import ConfigError
 from app.errors import NotFoundError
 
+log = logging.getLogger(__name__)
+
 MAGIC = b"SLE1"
 NONCE_BYTES = 12
+# Patient images and reports: readable by the service's user only, whatever the umask.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def private_dir(path: Path, tighten: bool = False) -> None:
+    """Create ``path`` and its missing parents as 0700 (``Path.mkdir(mode=...)`` sets the last
+    level only, through the umask). ``tighten``: also chmod an existing ``path`` to 0700, for a
+    directory that is ours alone, never a configured one that may be shared (``/tmp``).
+    """
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for level in reversed(missing):
+        level.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+        os.chmod(level, PRIVATE_DIR_MODE)
+    if tighten and path.stat().st_mode & 0o777 != PRIVATE_DIR_MODE:
+        try:
+            os.chmod(path, PRIVATE_DIR_MODE)
+        except PermissionError:  # someone else's directory: leave it, say so
+            log.warning("cannot make %s private (0700): not its owner", path)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty as 0600 if it is missing; tighten it if it exists with more."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != PRIVATE_FILE_MODE:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 class StorageError(RuntimeError):
@@ -50,6 +82,7 @@ class EncryptedStore:
     def __init__(self, root: Path, key: bytes) -> None:
         self.root = root
         self._aead = AESGCM(key)
+        self._private = False
 
     def _path(self, name: str) -> Path:
         # Names are ours (token_hex + suffix), but refuse anything path-like all the same.
@@ -59,14 +92,17 @@ class EncryptedStore:
 
     def put(self, data: bytes, suffix: str = ".bin") -> str:
         """Encrypt and store ``data``; returns the new random name. Durable once it returns."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        # images/ is the store's own, so an existing 0755 one is tightened (once) too.
+        private_dir(self.root, tighten=not self._private)
+        self._private = True
         name = secrets.token_hex(16) + suffix
         nonce = os.urandom(NONCE_BYTES)
         blob = MAGIC + nonce + self._aead.encrypt(nonce, data, name.encode())
         final = self._path(name)
         tmp = final.with_name(f".{name}.{secrets.token_hex(4)}.tmp")
         try:
-            with tmp.open("xb") as fh:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE)
+            with open(fd, "wb") as fh:
                 fh.write(blob)
                 fh.flush()
                 os.fsync(fh.fileno())

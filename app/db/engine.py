@@ -18,6 +18,7 @@ from piccolo.table import Table
 
 from app.config import ConfigError, Settings
 from app.db.drivers import is_postgres
+from app.storage import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,13 @@ async def start(engine: Engine[Any]) -> None:
     if isinstance(engine, PostgresEngine):
         await engine.start_connection_pool(min_size=1, max_size=10)
     elif isinstance(engine, SQLiteEngine):
-        Path(engine.path).parent.mkdir(parents=True, exist_ok=True)
+        # Patient records: the directory 0700 and the file 0600 under any umask. SQLite gives
+        # its -wal and -shm files the database file's mode.
+        path = Path(engine.path)
+        private_dir(path.parent)
+        for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if name == path or name.exists():
+                private_file(name)
 
 
 async def stop(engine: Engine[Any]) -> None:

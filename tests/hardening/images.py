@@ -14,19 +14,25 @@ SOS = b"\xff\xda"
 DHT = b"\xff\xc4"
 
 
-def progressive_jpeg(size: tuple[int, int], quality: int = 85, mode: str = "RGB") -> bytes:
-    """A camera-style progressive JPEG (libjpeg's standard scan script) of a smooth picture."""
+def progressive_jpeg(
+    size: tuple[int, int], quality: int = 85, mode: str = "RGB", source: bytes | None = None
+) -> bytes:
+    """A camera-style progressive JPEG (libjpeg's standard scan script, Huffman-optimised) of
+    ``source`` resized to ``size``, or of a smooth synthetic picture."""
     width, height = size
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    rgb = np.stack(
-        [
-            127 + 100 * np.sin(x / 97.0),
-            127 + 100 * np.cos(y / 61.0),
-            127 + 100 * np.sin((x + y) / 150.0),
-        ],
-        axis=-1,
-    ).astype(np.uint8)
-    image = Image.fromarray(rgb).convert(mode)
+    if source is not None:
+        image = Image.open(io.BytesIO(source)).convert("RGB").resize(size).convert(mode)
+    else:
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        rgb = np.stack(
+            [
+                127 + 100 * np.sin(x / 97.0),
+                127 + 100 * np.cos(y / 61.0),
+                127 + 100 * np.sin((x + y) / 150.0),
+            ],
+            axis=-1,
+        ).astype(np.uint8)
+        image = Image.fromarray(rgb).convert(mode)
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=quality, progressive=True, optimize=True)
     return buf.getvalue()

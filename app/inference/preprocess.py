@@ -80,10 +80,12 @@ class JpegStructure:
     most_scans_per_component: int
 
 
-# A marker is 0xFF (any number: fill bytes) then a code that is not 0x00 (a stuffed 0xFF inside
-# entropy-coded data), not RST0-7 (inside a scan) and not 0xFF. libjpeg reads markers the same
-# way, skipping stray bytes between segments, so this walk sees the segments the decoder sees.
-_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+# A marker is 0xFF then a code that is not 0x00 (a stuffed 0xFF inside entropy-coded data), not
+# RST0-7 (inside a scan) and not 0xFF (fill bytes before a marker: the last 0xFF is the one that
+# matches). libjpeg reads markers the same way, skipping stray bytes between segments, so this
+# walk sees the segments the decoder sees. Two bytes, never ``\xff+``: a search for that over a
+# long run of 0xFF backtracks quadratically (a 1 MB run would take hours).
+_JPEG_MARKER = re.compile(rb"\xff([^\x00\xd0-\xd7\xff])")
 _JPEG_STANDALONE = {0x01, 0xD8}  # TEM, SOI: no length field
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from app.inference.preprocess import (
     read_header,
 )
 from tests.hardening.images import progressive_jpeg, scan_bomb, zero_png
-from tests.hardening.server import Server
+from tests.hardening.server import REPO, Server
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +126,18 @@ def test_decoded_bytes_are_budgeted_not_only_pixels(server: Server) -> None:
     assert r.status_code == 413 and r.json()["error"] == "image_too_large", r.text
     # The same size in 8-bit grey is within both budgets.
     assert read_header(zero_png(5000, 4000, bit_depth=8, colour_type=0)).width == 5000
+
+
+def test_a_long_run_of_fill_bytes_is_walked_in_linear_time() -> None:
+    # A marker search written as `\xff+X` backtracks quadratically over a run of 0xFF bytes: a
+    # 2 MB run would hold a decode thread for hours. Run in a child so a regression cannot hang
+    # the suite.
+    code = (
+        "from app.inference.preprocess import ImageError, inspect_jpeg\n"
+        "data = b'\\xff\\xd8' + b'\\xff' * 2_000_000 + b'\\x00'\n"
+        "try:\n    inspect_jpeg(data)\nexcept ImageError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert "unreadable jpeg header" in done.stdout, done.stderr

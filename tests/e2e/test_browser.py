@@ -213,3 +213,35 @@ def test_browser_live_camera_predicts_and_saves_a_frame(browser: object, server:
     assert page.locator("img[alt='Uploaded lesion image']").evaluate("i => i.naturalWidth") > 0
     assert "camera-frame.jpg" in page.content()
     context.close()
+
+
+def test_browser_document_upload_shows_the_retake_message(
+    browser: object, server: str, tmp_path: Path
+) -> None:
+    """A printed page is refused in plain words, with a retake offer, and nothing is stored."""
+    import numpy as np
+
+    from conversion.devset import _text_page, jpeg
+
+    document = tmp_path / "referral-letter.jpg"
+    document.write_bytes(jpeg(_text_page(np.random.default_rng(11), 800, 600, (250, 250, 245))))
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(server + "/register")
+    page.fill("#username", "dr.gate")
+    page.fill("#password", PASSWORD)
+    page.fill("#confirm", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard")
+    page.click("text=New analysis")
+    page.fill("#patient", "Gate Patient 9")
+    page.set_input_files("#images", str(document))
+    page.click("#analyse")
+    page.wait_for_selector("#retake")
+    assert "Please retake the image" in page.inner_text("#retake")
+    assert "does not look like a dermoscopic image" in page.inner_text("main")
+    assert page.locator("#analyse_anyway").is_visible()
+    assert not page.locator("#analyse_anyway").is_checked()
+    page.screenshot(path=str(ARTIFACTS / "08-gate-retake.png"), full_page=True)
+    page.goto(server + "/history")
+    assert "Gate Patient 9" not in page.inner_text("main")
+    page.close()

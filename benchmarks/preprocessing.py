@@ -92,7 +92,53 @@ def preprocess_suite(
             )
         _fidelity(suite, group, paths, images, spec)
     _explanation_cost(suite, models, uploads, runs, cap)
+    _gate_cost(suite, models, uploads, runs, cap)
     return suite
+
+
+def _gate_cost(
+    suite: SuiteResult, models: ModelSet, uploads: list[Sample], runs: int, cap: float
+) -> None:
+    """A prediction through the intended-use gate against the same prediction without it,
+    interleaved, in process, one thread: the gated path decodes, measures the quality checks,
+    resizes, runs the model with its features output and scores them; the other decodes,
+    resizes and runs the model's probabilities only. Their difference is the gate's cost."""
+    from app.config import Settings
+    from app.inference.classifier import Classifier
+    from app.inference.service import InferenceService, load_gate
+
+    serving = models.serving or models.fp32
+    if serving is None:
+        suite.skip("600x450/predict_gated", "no ONNX model to serve")
+        return
+    plain = Classifier(serving, "cpu", threads=1)
+    gated = Classifier(serving, "cpu", threads=1)
+    settings = Settings(model_path=serving, ort_threads=1)
+    service = InferenceService(gated, settings, gate=load_gate(settings, gated))
+    spec = plain.spec
+
+    def with_gate(data: bytes) -> np.ndarray:
+        tensor, _, result = service.prepare(data, override=True)  # measure, never refuse
+        row = gated.run(tensor[None])[0]
+        service.gate.check_distribution(result, gated.distribution_score(row))
+        return row
+
+    paths: dict[str, Path_] = {
+        "predict_plain": lambda data: plain.run(preprocess(data, spec)[None]),
+        "predict_gated": with_gate,
+    }
+    samples = _interleaved(paths, uploads, runs, "gate vs no gate 600x450", cap)
+    for name, values in samples.items():
+        suite.add_samples(f"600x450/{name}/latency", values, "ms")
+    med = {name: float(np.median(v)) for name, v in samples.items()}
+    suite.add(
+        "600x450/gate_cost_ms", Figure.value(med["predict_gated"] - med["predict_plain"], "ms")
+    )
+    suite.add(
+        "600x450/gate_cost_vs_predict",
+        Figure.value(ratio(med["predict_gated"], med["predict_plain"]), "x"),
+    )
+    suite.params["gate"] = service.gate.mode
 
 
 def _explanation_cost(

@@ -44,7 +44,7 @@ from app.inference.gate import (
     gate_path,
     measure,
 )
-from app.inference.preprocess import decode_image, read_header, resize_rgb, to_model_input
+from app.inference.preprocess import decode_sized, resize_rgb, to_model_input
 from app.inference.spec import ModelSpec
 from conversion.cam import find_head
 from conversion.errors import ConversionError
@@ -175,10 +175,10 @@ class Scorer:
 
     def _prepare(self, data: bytes) -> tuple[dict[str, float], np.ndarray]:
         spec = self.spec
-        info = read_header(data)
-        rgb = decode_image(data, decode_size(spec))
-        tensor = to_model_input(resize_rgb(rgb, spec.input_size, spec.resample_via), spec)
-        return measure(rgb, (info.width, info.height)), tensor
+        rgb, size = decode_sized(data, decode_size(spec))
+        resized = resize_rgb(rgb, spec.input_size, spec.resample_via)
+        tensor = to_model_input(resized, spec)
+        return measure(rgb, size, resized), tensor
 
     def score(self, uploads: Iterable[bytes], total: int | None = None, desc: str = "") -> Scored:
         quality: dict[str, list[float]] = {}

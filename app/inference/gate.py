@@ -157,25 +157,40 @@ def gate_view(rgb: np.ndarray) -> np.ndarray:
     return cv2.resize(crop, VIEW_SIZE, interpolation=cv2.INTER_AREA)
 
 
+def quality_view(rgb: np.ndarray, resized: np.ndarray | None = None) -> np.ndarray:
+    """The checks' view: the model's own input picture when it is that size (no extra work),
+    else a fixed-size resize of the decoded image."""
+    if resized is not None and resized.shape[:2] == (VIEW_SIZE[1], VIEW_SIZE[0]):
+        return resized
+    return gate_view(rgb)
+
+
 def colourfulness(view: np.ndarray) -> float:
-    """Hasler & Suesstrunk's (2003) colourfulness: 0 for a grey picture, ~100 for a vivid one."""
-    rgb = view.astype(np.float32)
+    """Hasler & Suesstrunk's (2003) colourfulness: 0 for a grey picture, ~100 for a vivid one.
+
+    On every other pixel: a statistic of the whole frame, at a quarter of the cost.
+    """
+    rgb = view[::2, ::2].astype(np.float32)
     rg = rgb[..., 0] - rgb[..., 1]
     yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
     spread = math.hypot(float(rg.std()), float(yb.std()))
     return spread + 0.3 * math.hypot(float(rg.mean()), float(yb.mean()))
 
 
-def measure(rgb: np.ndarray, original_size: tuple[int, int]) -> dict[str, float]:
+def measure(
+    rgb: np.ndarray, original_size: tuple[int, int], resized: np.ndarray | None = None
+) -> dict[str, float]:
     """The quality scores of one decoded RGB image.
 
     Args:
-        original_size: (width, height) of the upload as stored, before any reduced decode.
+        original_size: (width, height) of the upload as sent, before any reduced decode.
+        resized: the model's input picture (uint8 RGB), reused as the view when it fits.
     """
-    view = gate_view(rgb)
+    view = quality_view(rgb, resized)
     grey = cv2.cvtColor(view, cv2.COLOR_RGB2GRAY)
     mean, std = cv2.meanStdDev(grey)
-    sharpness = cv2.Laplacian(grey, cv2.CV_32F).var()
+    _, edges = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F))
+    sharpness = float(edges[0, 0]) ** 2  # the variance of the Laplacian
     return {
         "too_small": float(min(original_size)),
         "too_dark": round(float(mean[0, 0]), 3),
@@ -261,10 +276,14 @@ class Gate:
         return "quality+distribution" if self.distribution is not None else "quality only"
 
     def check_quality(
-        self, rgb: np.ndarray, original_size: tuple[int, int], override: bool = False
+        self,
+        rgb: np.ndarray,
+        original_size: tuple[int, int],
+        override: bool = False,
+        resized: np.ndarray | None = None,
     ) -> GateResult:
         """Measure one decoded image; raises ImageRejectedError unless ``override``."""
-        scores = measure(rgb, original_size)
+        scores = measure(rgb, original_size, resized)
         reasons = tuple(
             Reason(name, scores[name], limit)
             for name, limit in self.quality.items()

@@ -261,8 +261,20 @@ def decode_image(
     Args:
         target: (width, height) the image will be resized to; lets large JPEGs decode reduced.
     """
+    return decode_sized(data, target, max_pixels, reduced)[0]
+
+
+def decode_sized(
+    data: bytes,
+    target: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    reduced: bool = True,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """``decode_image`` plus the (width, height) the upload was sent at: a JPEG decoded reduced
+    is smaller than that, and the header is parsed once."""
     if is_dicom(data):  # parsed once, header and pixels; no EXIF, no reduced decode
-        return decode_dicom(data, max_pixels)
+        frame = decode_dicom(data, max_pixels)
+        return frame, (frame.shape[1], frame.shape[0])
     info = read_header(data, max_pixels)
     flag = _reduced_flag(info, target) if (target and reduced) else cv2.IMREAD_COLOR
     # IMREAD_COLOR(_RGB) and the REDUCED variants apply the EXIF orientation tag, for JPEG and
@@ -270,7 +282,7 @@ def decode_image(
     rgb = cv2.imdecode(np.frombuffer(data, np.uint8), _as_rgb(flag))
     if rgb is None:
         raise ImageError(f"corrupt or truncated {info.format} image")
-    return rgb
+    return rgb, (info.width, info.height)
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

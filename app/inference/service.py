@@ -22,7 +22,6 @@ from app.config import Settings
 from app.errors import OverloadedError
 from app.inference.batching import BatchResult, InferenceObserver, MicroBatcher, use_sched_batch
 from app.inference.classifier import Classifier, ModelLoadError, Prediction
-from app.inference.dicom import is_dicom
 from app.inference.explain import (
     Explainer,
     Explanation,
@@ -41,8 +40,7 @@ from app.inference.gate import (
 from app.inference.preprocess import (
     ImageError,
     ImageTooLargeError,
-    decode_image,
-    read_header,
+    decode_sized,
     resize_rgb,
     to_model_input,
 )
@@ -112,19 +110,16 @@ class InferenceService:
         await self.batcher.stop()
         self._decode_pool.shutdown(wait=True)
 
-    def _decode(self, data: bytes, override: bool) -> tuple[np.ndarray, float, GateResult]:
+    def prepare(self, data: bytes, override: bool) -> tuple[np.ndarray, float, GateResult]:
         """Decode, run the gate's quality checks, resize: the serving ``preprocess`` with the
-        gate between decode and resize (raises ImageRejectedError unless ``override``)."""
+        gate between decode and resize (blocking; raises ImageRejectedError unless
+        ``override``). Returns the model input, the milliseconds it took and the gate so far."""
         t0 = time.perf_counter()
         spec = self.spec
-        rgb = decode_image(data, decode_size(spec), self.max_pixels)
-        if is_dicom(data):  # decoded whole: its array is the stored size
-            size = (rgb.shape[1], rgb.shape[0])
-        else:  # a JPEG may decode reduced; the header has the size as sent
-            info = read_header(data, self.max_pixels)
-            size = (info.width, info.height)
-        gate = self.gate.check_quality(rgb, size, override)
-        tensor = to_model_input(resize_rgb(rgb, spec.input_size, spec.resample_via), spec)
+        rgb, size = decode_sized(data, decode_size(spec), self.max_pixels)
+        resized = resize_rgb(rgb, spec.input_size, spec.resample_via)
+        gate = self.gate.check_quality(rgb, size, override, resized)
+        tensor = to_model_input(resized, spec)
         return tensor, (time.perf_counter() - t0) * 1000, gate
 
     def _gated(self, decode: Callable[[], Any]) -> Any:
@@ -173,7 +168,7 @@ class InferenceService:
         self._refuse_oversized(data)
         loop = asyncio.get_running_loop()
         tensor, ms, gate = await loop.run_in_executor(
-            self._decode_pool, self._gated, lambda: self._decode(data, override)
+            self._decode_pool, self._gated, lambda: self.prepare(data, override)
         )
         if self._observer is not None:
             self._observer.observe_decode(ms / 1000)

@@ -2,7 +2,7 @@ from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.columns.column_types import Text
 from piccolo.columns.indexes import IndexMethod
 
-ID = "2026-12-04T16:50:00:000000"
+ID = "2026-12-04T15:55:00:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "Analysis.gate: the intended-use gate's result, kept when a clinician overrides it"
 

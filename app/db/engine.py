@@ -83,12 +83,22 @@ def make_engine(settings: Settings) -> Engine[Any]:
     return SQLiteEngine(path=str(path), timeout=SQLITE_BUSY_TIMEOUT_S)
 
 
+def _tighten_sqlite_files(path: Path) -> None:
+    """The database file and its -wal/-shm files, where they exist, to 0600."""
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if name.exists():
+            private_file(name)
+
+
 def enable_wal(engine: Engine[Any]) -> None:
     """Switch a SQLite file to WAL (persistent in the file); readers then never block writers."""
     if not isinstance(engine, SQLiteEngine):
         return
     path = Path(engine.path)
     with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+        # connect() created a new file under the umask (0644): patient records are 0600, and
+        # SQLite gives the -wal and -shm files the database file's mode when it makes them.
+        _tighten_sqlite_files(path)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     if mode != "wal":
         log.warning("SQLite %s is in %s mode, not WAL", path, mode)
@@ -114,13 +124,9 @@ async def start(engine: Engine[Any]) -> None:
     if isinstance(engine, PostgresEngine):
         await engine.start_connection_pool(min_size=1, max_size=10)
     elif isinstance(engine, SQLiteEngine):
-        # Patient records: the directory 0700 and the file 0600 under any umask. SQLite gives
-        # its -wal and -shm files the database file's mode.
-        path = Path(engine.path)
-        private_dir(path.parent)
-        for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            if name == path or name.exists():
-                private_file(name)
+        # Not the file itself: nothing may touch it before the migration lock (enable_wal).
+        private_dir(Path(engine.path).parent)
+        _tighten_sqlite_files(Path(engine.path))
 
 
 async def stop(engine: Engine[Any]) -> None:

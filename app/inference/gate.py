@@ -170,11 +170,15 @@ def colourfulness(view: np.ndarray) -> float:
 
     On every other pixel: a statistic of the whole frame, at a quarter of the cost.
     """
-    rgb = view[::2, ::2].astype(np.float32)
-    rg = rgb[..., 0] - rgb[..., 1]
-    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
-    spread = math.hypot(float(rg.std()), float(yb.std()))
-    return spread + 0.3 * math.hypot(float(rg.mean()), float(yb.mean()))
+    red, green, blue = cv2.split(np.ascontiguousarray(view[::2, ::2]))
+    rg = cv2.subtract(red, green, dtype=cv2.CV_16S)
+    yb = cv2.subtract(
+        cv2.addWeighted(red, 0.5, green, 0.5, 0, dtype=cv2.CV_16S), blue, dtype=cv2.CV_16S
+    )
+    rg_mean, rg_std = cv2.meanStdDev(rg)
+    yb_mean, yb_std = cv2.meanStdDev(yb)
+    spread = math.hypot(float(rg_std[0, 0]), float(yb_std[0, 0]))
+    return spread + 0.3 * math.hypot(float(rg_mean[0, 0]), float(yb_mean[0, 0]))
 
 
 def measure(
@@ -215,8 +219,10 @@ class Block:
     def distances(self, features: np.ndarray) -> np.ndarray:
         """[N, F_all] -> [N] Mahalanobis distances to the nearest class mean."""
         white = features[:, self.start : self.stop] @ self.whitener
-        squared = ((white[:, None, :] - self.means[None]) ** 2).sum(axis=2)
-        distances: np.ndarray = np.sqrt(squared.min(axis=1))
+        # |w - m|^2 = |w|^2 - 2 w.m + |m|^2: one small matrix product instead of a 3-D array
+        squared = (white * white).sum(axis=1, keepdims=True) - 2 * white @ self.means.T
+        squared += (self.means * self.means).sum(axis=1)
+        distances: np.ndarray = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
         return distances
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -49,6 +50,18 @@ class NotReadyError(AppError):
 class DatabaseUnavailableError(AppError):
     status = 503
     code = "database_unavailable"
+
+
+class StorageFullError(AppError):
+    """The disk is full: nothing was saved (write-then-rename leaves no partial file)."""
+
+    status = 507
+    code = "storage_full"
+
+
+class StorageReadOnlyError(AppError):
+    status = 503
+    code = "storage_read_only"
 
 
 class ClientDisconnectedError(AppError):
@@ -126,6 +139,20 @@ def _multipart_limit(exc: Exception) -> str | None:
     return _MULTIPART_LIMITS.get(reason, f"the form is over a multipart limit ({reason})")
 
 
+def _storage_failure(exc: BaseException) -> AppError | None:
+    """A full or read-only disk (files or the SQLite database): the operator's to fix."""
+    full = "nothing was saved: the server's disk is full; tell the administrator"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(full)
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return StorageReadOnlyError(
+            "nothing was saved: the server's disk is read-only; tell the administrator"
+        )
+    if isinstance(exc, sqlite3.OperationalError) and "database or disk is full" in str(exc):
+        return StorageFullError(full)
+    return None
+
+
 def error_body(code: str, detail: str) -> dict[str, str]:
     """The one JSON error shape: ``{"error": code, "detail": text}``."""
     return {"error": code, "detail": detail}
@@ -163,6 +190,10 @@ def answer_for(exc: Exception) -> ErrorAnswer:
     if isinstance(exc, AppError | ImageError):
         extra = {"reasons": exc.reasons} if isinstance(exc, ImageRejectedError) else None
         return ErrorAnswer(exc.status, exc.code, str(exc), getattr(exc, "headers", None), extra)
+    storage = _storage_failure(exc)
+    if storage is not None:
+        log.error("storage failure: %s: %s", type(exc).__name__, exc)
+        return ErrorAnswer(storage.status, storage.code, storage.detail, {"Retry-After": "60"})
     if _is_database_outage(exc):
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         return ErrorAnswer(

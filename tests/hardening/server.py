@@ -39,6 +39,7 @@ def running_server(
     env: dict[str, str] | None = None,
     wrapper: Sequence[str] = (),
     ready_timeout_s: float = 60.0,
+    log_dir: Path | None = None,
 ) -> Iterator[Server]:
     """Start the service (dev mode, no API auth, CPU) and wait until /health/ready is 200."""
     port = free_port()
@@ -53,7 +54,7 @@ def running_server(
         "APP_LOG_LEVEL": "INFO",
         **(env or {}),
     }
-    log = data_dir.parent / f"server-{port}.log"
+    log = (log_dir or data_dir.parent) / f"server-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [*wrapper, sys.executable, "-m", "app", "serve"],

@@ -26,7 +26,7 @@ from benchmarks.results import (
 
 log = logging.getLogger("benchmarks")
 
-SUITES = ("model", "preprocess", "service", "startup", "accuracy", "footprint", "peers")
+SUITES = ("model", "preprocess", "service", "startup", "accuracy", "footprint", "peers", "edge")
 
 
 def _suite_runner(name: str, args: argparse.Namespace) -> Callable[[ModelSet], SuiteResult]:
@@ -70,7 +70,7 @@ def _suite_runner(name: str, args: argparse.Namespace) -> Callable[[ModelSet], S
     def edge(m: ModelSet) -> SuiteResult:
         from benchmarks.edge import edge_suite
 
-        return edge_suite(m, quick, args.requests, args.memory_mb)
+        return edge_suite(m, quick, args.requests, args.memory_mb, args.address_space_mib)
 
     runners: dict[str, Callable[[ModelSet], SuiteResult]] = {
         "model": model,
@@ -186,7 +186,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--memory-mb",
         type=int,
         default=512,
-        help="edge: the address-space ceiling (prlimit --as) and the RSS budget, MB",
+        help="edge: the peak-RSS budget, MB",
+    )
+    p.add_argument(
+        "--address-space-mib",
+        type=int,
+        default=768,
+        help="edge: the address-space ceiling the server starts under (prlimit --as), MiB",
     )
     p.add_argument(
         "--install",

@@ -142,8 +142,9 @@ def test_edge_target_pins_one_core_and_caps_the_address_space(tmp_path: Path) ->
     models = resolve_models()
     if models.serving is None:
         pytest.skip("no model in models/manifest.json")
-    target, token = edge_target(models, tmp_path / "data", core=1, memory_mb=512)
-    assert target.argv[:5] == ("taskset", "-c", "1", "prlimit", f"--as={512 << 20}")
+    target, token = edge_target(models, tmp_path / "data", core=1, address_space_mib=768)
+    limits = (f"--as={768 << 20}", f"--stack={2 << 20}")
+    assert target.argv[:6] == ("taskset", "-c", "1", "prlimit", *limits)
     assert target.env["APP_ORT_THREADS"] == "1" and target.env["APP_API_AUTH"] == "1"
     assert token.startswith("slk_")
     check = subprocess.run(

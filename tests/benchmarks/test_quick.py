@@ -131,6 +131,7 @@ def test_quick_run_has_the_key_figures_of_each_suite(
         peers += [f"{peer}/p50_c1", f"{peer}/rps_c8", f"{peer}/parity_top_class"]
         peers += [f"ratio/service_vs_{peer}/p50_c1", f"ratio/service_vs_{peer}/rps_c8"]
     _expect(run, "peers", peers)
+    _expect(run, "edge", ["c1/latency", "c4/throughput", "ready_s", "rss_peak"])
     _expect(
         run,
         "footprint",

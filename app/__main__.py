@@ -69,6 +69,38 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+def storage_check(settings: Settings, repair: bool, min_age_s: float) -> int:
+    """``python -m app storage check``: 0 when the store and the database agree, else 1."""
+    import asyncio
+
+    from app.db.drivers import hide_unused_postgres_driver
+
+    hide_unused_postgres_driver(settings.database_url)  # before Piccolo is imported
+    from app.db import engine as db_engine
+    from app.storage import check_storage
+
+    async def run() -> int:
+        engine = db_engine.make_engine(settings)
+        db_engine.bind(engine)
+        await db_engine.start(engine)
+        try:
+            check = await check_storage(settings.images_dir, repair, min_age_s)
+        finally:
+            await db_engine.stop(engine)
+        for name in check.orphans:
+            state = "removed" if name in check.removed else "kept"
+            print(f"orphan file {name} ({state})")
+        for name in check.temporaries:
+            state = "removed" if name in check.removed else "kept"
+            print(f"unfinished write {name} ({state})")
+        for analysis_id, name in check.missing:
+            print(f"analysis {analysis_id}: image {name} is missing")
+        print(check.summary())
+        return 0 if check.clean else 1
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="Skin lesion service")
     sub = parser.add_subparsers(dest="command")
@@ -80,6 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     role = sub.add_parser("set-role", help="make a user a clinician or an admin")
     role.add_argument("username")
     role.add_argument("role", choices=["clinician", "admin"])
+    store = sub.add_parser("storage", help="the encrypted file store")
+    store_sub = store.add_subparsers(dest="storage_command", required=True)
+    check = store_sub.add_parser(
+        "check", help="report orphan files and analyses whose image file is missing"
+    )
+    check.add_argument(
+        "--repair",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="remove orphan files and unfinished writes older than --min-age-minutes",
+    )
+    check.add_argument(
+        "--min-age-minutes",
+        type=float,
+        default=60.0,
+        help="younger files may be uploads in progress: never removed (default 60)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -94,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
         migrate(settings)
         return 0
+    if args.command == "storage":
+        return storage_check(settings, args.repair, args.min_age_minutes * 60)
     if args.command in ("create-token", "set-role"):
         from app.auth.admin import AdminError, create_api_token, set_role
 

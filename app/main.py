@@ -24,6 +24,7 @@ from app.inference.service import load_service
 from app.metrics import Metrics, metrics_endpoint
 from app.routes import health
 from app.routes.api import build_api_router
+from app.storage import check_storage
 from app.web import web_parts
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,17 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             app.state.ready = False
             await service.stop()
 
+    @asynccontextmanager
+    async def storage_lifespan(app: Litestar) -> AsyncIterator[None]:
+        # Files a crash left between write and row insert (kill -9 mid-upload) are patient
+        # images nothing could ever delete: remove those over an hour old, report the rest.
+        check = await check_storage(settings.images_dir, repair=True)
+        if check.removed or check.missing:
+            log.warning("storage check at start-up: %s", check.summary())
+            for analysis_id, name in check.missing:
+                log.warning("analysis %s: its image %s is missing", analysis_id, name)
+        yield
+
     return _Litestar(
         route_handlers=[
             *health.handlers,
@@ -113,7 +125,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             *web.route_handlers,
         ],
         middleware=[metrics.middleware, PrivateResponses, *web.middleware],
-        lifespan=[web.lifespan, model_lifespan],
+        lifespan=[web.lifespan, storage_lifespan, model_lifespan],
         state=State(
             {
                 "settings": settings,

@@ -10,7 +10,10 @@ import base64
 import binascii
 import logging
 import os
+import re
 import secrets
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -131,3 +134,91 @@ class EncryptedStore:
     def delete(self, name: str | None) -> None:
         if name:
             self._path(name).unlink(missing_ok=True)
+
+
+# Names the store writes: blobs ``<32 hex>.<suffix>`` and, while writing, ``.<blob>.<8 hex>.tmp``.
+_BLOB_NAME = re.compile(r"[0-9a-f]{32}\.[a-z0-9]{1,8}")
+_TMP_NAME = re.compile(r"\.([0-9a-f]{32}\.[a-z0-9]{1,8})\.[0-9a-f]{8}\.tmp")
+# Only files older than this are removed: a younger one may be an upload whose row is being
+# inserted right now by this or another worker process.
+ORPHAN_MIN_AGE_S = 3600.0
+
+
+@dataclass
+class StorageCheck:
+    """Files with no row (orphans), unfinished writes, and rows whose image file is missing."""
+
+    orphans: list[str] = field(default_factory=list)
+    temporaries: list[str] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (analysis id, file name)
+    too_young: list[str] = field(default_factory=list)  # orphans kept: may be mid-upload
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """Nothing left to act on (young files are not counted: they may yet get a row)."""
+        leftover = set(self.orphans) | set(self.temporaries)
+        return not self.missing and leftover <= set(self.removed)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.orphans)} orphan file(s), {len(self.temporaries)} unfinished write(s), "
+            f"{len(self.missing)} analysis row(s) missing their image, "
+            f"{len(self.removed)} file(s) removed, {len(self.too_young)} too recent to judge"
+        )
+
+
+def scan_store(
+    root: Path,
+    referenced: set[str],
+    rows: dict[str, str],
+    repair: bool,
+    min_age_s: float = ORPHAN_MIN_AGE_S,
+) -> StorageCheck:
+    """Compare the files under ``root`` with the names the database refers to.
+
+    Args:
+        referenced: every file name a row refers to (images and PDF reports).
+        rows: analysis id -> its image file name, to report rows whose image is missing.
+        repair: remove orphans and unfinished writes older than ``min_age_s`` seconds.
+    """
+    check = StorageCheck()
+    now = time.time()
+    present = set()
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        name = entry.name
+        if not entry.is_file():
+            continue
+        if _BLOB_NAME.fullmatch(name):
+            present.add(name)
+            if name in referenced:
+                continue
+            check.orphans.append(name)
+        elif _TMP_NAME.fullmatch(name):
+            check.temporaries.append(name)
+        else:
+            continue  # not ours: never touched
+        if now - entry.stat().st_mtime < min_age_s:
+            check.too_young.append(name)
+        elif repair:
+            entry.unlink(missing_ok=True)
+            check.removed.append(name)
+    check.missing = sorted((i, n) for i, n in rows.items() if n not in present)
+    return check
+
+
+async def check_storage(
+    root: Path, repair: bool, min_age_s: float = ORPHAN_MIN_AGE_S
+) -> StorageCheck:
+    """Scan the store at ``root`` against the database the tables are bound to
+    (``app.db.engine.bind``): at start-up, and by ``python -m app storage check``."""
+    import asyncio
+
+    from app.db.tables import Analysis
+
+    rows = await Analysis.select(Analysis.id, Analysis.image_path, Analysis.report_path).run()
+    referenced = {r["image_path"] for r in rows} | {
+        r["report_path"] for r in rows if r["report_path"]
+    }
+    images = {str(r["id"]): r["image_path"] for r in rows}
+    return await asyncio.to_thread(scan_store, root, referenced, images, repair, min_age_s)

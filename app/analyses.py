@@ -15,9 +15,10 @@ from typing import Any
 from litestar.datastructures import State
 
 from app.db.tables import Analysis, User
-from app.errors import NotFoundError, NotReadyError
+from app.errors import AppError, NotFoundError, NotReadyError
 from app.inference.classifier import Classifier, Prediction
 from app.inference.dicom import decode_dicom
+from app.inference.explain import CAVEAT
 from app.inference.gate import GateResult, Reason, describe
 from app.inference.preprocess import (
     DEFAULT_MAX_PIXELS,
@@ -180,8 +181,27 @@ def _render_report(data: ReportData) -> bytes:
     return build_report(data)
 
 
-async def report_pdf(store: EncryptedStore, row: dict[str, Any]) -> bytes:
-    """The stored (encrypted) PDF, rendered off the event loop and saved if missing."""
+async def _explanation_png(
+    service: InferenceService | None, image: bytes, label: str
+) -> bytes | None:
+    """The heat-map overlay for the report, or None where there is none to draw."""
+    if service is None or not service.explanations_available:
+        return None
+    try:
+        return (await service.explain(image, label)).png
+    except (ImageError, AppError) as exc:  # no CAM model, an image it cannot decode, overload
+        log.info("report without an explanation: %s", exc)
+        return None
+
+
+async def report_pdf(
+    store: EncryptedStore, row: dict[str, Any], service: InferenceService | None = None
+) -> bytes:
+    """The stored (encrypted) PDF, rendered off the event loop and saved if missing.
+
+    Args:
+        service: draws the explanation printed beside the image, when the model has one.
+    """
     name = row.get("report_path")
     if name and store.exists(name):
         return await asyncio.to_thread(store.get, name)
@@ -211,6 +231,8 @@ async def report_pdf(store: EncryptedStore, row: dict[str, Any]) -> bytes:
         model_version=row["model_version"],
         model_sha256=row["model_sha256"],
         outside_intended_use=row["gate_summary"] if row["outside_intended_use"] else None,
+        explanation_png=await _explanation_png(service, image, row["predicted_class"]),
+        explanation_caveat=CAVEAT,
     )
     pdf = await asyncio.to_thread(_render_report, data)
     new_name = await asyncio.to_thread(store.put, pdf, ".pdf")

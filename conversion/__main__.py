@@ -256,6 +256,18 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_localise(args: argparse.Namespace) -> int:
+    from conversion.files import write_text
+    from conversion.localise import measure_split
+
+    result = measure_split(args.cam, args.images, args.labels_csv, args.split, args.sheet)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        write_text(args.json, text + "\n")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m conversion", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -345,6 +357,15 @@ def parser() -> argparse.ArgumentParser:
     )
     add_data_flags(g, calibration=True)
     g.set_defaults(func=cmd_gate)
+
+    loc = sub.add_parser(
+        "localise", help="how well the CAM model's maps point at classical lesion references"
+    )
+    loc.add_argument("cam", type=Path, help="the CAM model (<model name>_cam.onnx)")
+    loc.add_argument("--json", type=Path, help="also write the figures here")
+    loc.add_argument("--sheet", type=Path, help="a PNG of the first 60 references, to check by eye")
+    add_data_flags(loc)
+    loc.set_defaults(func=cmd_localise)
     return p
 
 

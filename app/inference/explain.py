@@ -20,13 +20,14 @@ from app.inference.classifier import ModelLoadError
 from app.inference.preprocess import (
     DEFAULT_MAX_PIXELS,
     center_crop_to_aspect,
-    decode_image,
+    decode_sized,
     encode_png,
     preprocess,
 )
 from app.inference.spec import ModelSpec, ModelSpecError
 
-CLASS_MAPS = "class_maps"  # the output conversion/cam.py adds (it imports this name)
+CLASS_MAPS = "class_maps"  # the outputs conversion/cam.py adds (it imports these names)
+FINE_MAPS = "fine_maps"  # Grad-CAM on a finer block, when the model has one (conversion/gradcam.py)
 DISPLAY_WIDTH = 320  # the overlay's width; its height follows the model's aspect
 HEAT_ALPHA = 0.45
 
@@ -40,9 +41,10 @@ class ExplanationUnavailableError(AppError):
 
 # What a person must read beside the heat map.
 CAVEAT = (
-    "The heat map shows where the model found evidence for this class (Grad-CAM on the model's "
-    "last, coarse feature grid, smoothed for display). It is not an outline of the lesion and "
-    "does not show that the result is right; strong evidence outside the lesion suggests the "
+    "The heat map shows where the model found evidence for this class (Grad-CAM on a coarse "
+    "grid of the model's features, smoothed for display). It is not an outline of the lesion "
+    "and does not show that the result is right: on test images its hottest point fell on the "
+    "lesion only about two times in three. Strong evidence outside the lesion suggests the "
     "result may be unreliable."
 )
 
@@ -58,6 +60,20 @@ class Explanation:
     grid: tuple[int, int]  # (rows, columns) of the class map before smoothing
     evidence: bool  # False when no region raised the class's score (the map is empty)
     png: bytes  # the model's view of the image with the heat map over it, RGB PNG
+    values: np.ndarray  # the map itself, (rows, columns), >= 0, scaled to a maximum of 1
+    crop: tuple[int, int, int, int]  # (x, y, w, h) of the model's view in the upload's pixels
+    method: str
+
+
+def crop_box(width: int, height: int, aspect: float) -> tuple[int, int, int, int]:
+    """(x, y, w, h) that ``center_crop_to_aspect`` keeps of a width x height image."""
+    if abs(width / height - aspect) < 0.01:
+        return 0, 0, width, height
+    if width / height > aspect:
+        kept = round(height * aspect)
+        return (width - kept) // 2, 0, kept, height
+    kept = round(width / aspect)
+    return 0, (height - kept) // 2, width, kept
 
 
 class Explainer:
@@ -80,7 +96,14 @@ class Explainer:
         if not same:
             raise ModelLoadError(f"{path} was built for another model than the one served")
         self._input = self.session.get_inputs()[0].name
-        self._maps = outputs.index(CLASS_MAPS)
+        # The finer Grad-CAM maps when the model has them, else the last block's exact CAM.
+        self.fine = FINE_MAPS in outputs
+        self._maps = outputs.index(FINE_MAPS if self.fine else CLASS_MAPS)
+        self.method = (
+            "Grad-CAM on a finer block of the backbone"
+            if self.fine
+            else "Grad-CAM (class activation map of the last convolutional layer)"
+        )
 
     def class_map(self, tensor: np.ndarray, label: str) -> np.ndarray:
         """The class's evidence, (rows, columns), ReLU'd and scaled to [0, 1] (all 0: none)."""
@@ -98,11 +121,28 @@ class Explainer:
         size = (DISPLAY_WIDTH, round(DISPLAY_WIDTH * height / width))
         # Decoded only as large as the overlay needs (JPEG DCT scaling): a 39 MP photo decoded
         # in full cost 380 ms and 114 MB for a 320-pixel picture.
-        shown = center_crop_to_aspect(decode_image(data, size, max_pixels), width / height)
+        decoded, sent = decode_sized(data, size, max_pixels)
+        shown = center_crop_to_aspect(decoded, width / height)
         shown = cv2.resize(shown, size, interpolation=cv2.INTER_AREA)
         heat = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
         heat_u8 = (np.clip(heat, 0, 1) * 255).astype(np.uint8)
         colours = cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET)
         overlay = cv2.addWeighted(shown, 1 - HEAT_ALPHA, colours[..., ::-1], HEAT_ALPHA, 0)
         rows, columns = cam.shape
-        return Explanation(label, (rows, columns), bool(cam.max() > 0), encode_png(overlay))
+        return Explanation(
+            label,
+            (rows, columns),
+            bool(cam.max() > 0),
+            encode_png(overlay),
+            cam,
+            crop_box(*upright(sent, decoded), width / height),
+            self.method,
+        )
+
+
+def upright(sent: tuple[int, int], decoded: np.ndarray) -> tuple[int, int]:
+    """The upload's (width, height) as shown: an EXIF rotation of 90 degrees swaps the header's."""
+    width, height = sent
+    if width != height and (decoded.shape[1] > decoded.shape[0]) != (width > height):
+        return height, width
+    return width, height

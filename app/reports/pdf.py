@@ -128,8 +128,20 @@ def build_report(data: ReportData) -> bytes:
                 bold=True,
             )
         )
-    else:
+    elif data.explanation_png is None:
         layout.append_layout_element(Image(thumb, size=(thumb.width, thumb.height)))
+    else:
+        # The image and, beside it, where the model found its evidence, at the same size.
+        heat = PILImage.open(io.BytesIO(data.explanation_png)).convert("RGB")
+        heat.thumbnail((thumb.width, thumb.height))
+        pair = FixedColumnWidthTable(number_of_rows=2, number_of_columns=2)
+        pair.append_layout_element(Image(thumb, size=(thumb.width, thumb.height)))
+        pair.append_layout_element(Image(heat, size=(heat.width, heat.height)))
+        pair.append_layout_element(_p("The image", 8, "#495057"))
+        pair.append_layout_element(_p("Where the model looked (Grad-CAM)", 8, "#495057"))
+        pair.no_borders()
+        layout.append_layout_element(pair)
+        layout.append_layout_element(_p(data.explanation_caveat, 7, "#495057"))
 
     colour = RISK_COLOURS.get(data.risk_group, "#212529")
     layout.append_layout_element(

@@ -130,11 +130,27 @@ class PredictResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class HeatMap:
+    rows: int
+    cols: int
+    values: list[list[float]]  # >= 0, scaled to a maximum of 1 (all 0: no evidence)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    # [x, y, w, h] in the upload's pixels (EXIF-upright): the centre crop the model saw,
+    # which the map covers edge to edge
+    crop: list[int]
+
+
+@dataclass(frozen=True, slots=True)
 class ExplanationBody:
     label: str  # the class whose evidence is shown
     method: str
     grid: list[int]  # [rows, columns] of the class map before smoothing
     evidence: bool  # False: nothing in the image raised this class's score
+    map: HeatMap
+    view: View
     image_png_base64: str  # the model's view of the image with the heat map over it
     caveat: str = CAVEAT
 
@@ -409,9 +425,15 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
             prediction=to_response(analysis, model_info(service.classifier)),
             explanation=ExplanationBody(
                 label=shown.label,
-                method="Grad-CAM (class activation map of the last convolutional layer)",
+                method=shown.method,
                 grid=list(shown.grid),
                 evidence=shown.evidence,
+                map=HeatMap(
+                    rows=shown.grid[0],
+                    cols=shown.grid[1],
+                    values=[[round(float(v), 4) for v in row] for row in shown.values],
+                ),
+                view=View(crop=list(shown.crop)),
                 image_png_base64=base64.b64encode(shown.png).decode("ascii"),
             ),
         )

@@ -22,7 +22,7 @@ async def report(
     download: bool = False,
 ) -> Response[bytes]:
     row = await analyses.get_owned(analysis_id, user.id)
-    pdf = await analyses.report_pdf(state["store"], row)
+    pdf = await analyses.report_pdf(state["store"], row, state.get("inference"))
     await audit.record(
         "report_downloaded" if download else "report_viewed",
         actor_id=user.id,

@@ -32,8 +32,9 @@ def test_cam_model_keeps_the_probabilities_and_rebuilds_them(
     assert diff <= 1e-5
     cam = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     # the served model's outputs (probabilities, the gate's features), then the class maps
+    # and the finer Grad-CAM maps (tests/conversion/test_gradcam.py)
     names = [o.name for o in cam.get_outputs()]
-    assert names[0] == "probabilities" and names[-1] == CLASS_MAPS
+    assert names[0] == "probabilities" and names[-2:] == [CLASS_MAPS, "fine_maps"]
     probabilities, maps = cam.run(["probabilities", CLASS_MAPS], {"input": batch})
     assert maps.shape[:2] == (len(batch), 7) and maps.shape[2] >= 3 and maps.shape[3] >= 3
     assert np.abs(maps).max() > 0

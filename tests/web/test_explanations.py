@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 from onnx import numpy_helper
@@ -92,3 +93,63 @@ def test_explanation_puts_the_evidence_where_the_colour_is(tiny_model: Path) -> 
     lowered = int(np.argmin(weights[0]))
     assert weights[0, lowered] < 0  # red lowers this class's score: no evidence anywhere
     assert not explainer.explain(data, spec.labels[lowered]).evidence
+
+
+def test_the_map_and_its_crop_place_the_evidence_on_the_upload(tiny_model: Path) -> None:
+    # A 16:9 upload of a square model: the model sees the centre 450x450. A red "lesion" at a
+    # known place in the original: the map's peak, carried back through the crop, lands on it.
+    model = onnx.load(str(tiny_model))
+    weights = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w"))
+    spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
+    explainer = Explainer(cam_model_path(tiny_model, spec), spec)
+    image = np.zeros((450, 800, 3), np.uint8)
+    lesion_x, lesion_y = 420, 300  # centre of the lesion in the upload's pixels
+    image[lesion_y - 40 : lesion_y + 40, lesion_x - 40 : lesion_x + 40] = (255, 0, 0)
+    explanation = explainer.explain(_png(image), spec.labels[int(np.argmax(weights[0]))])
+    assert explanation.crop == (175, 0, 450, 450)  # (800 - 450) / 2
+    values = explanation.values
+    assert values.min() >= 0 and values.max() == pytest.approx(1.0)
+    rows, columns = values.shape
+    row, column = np.unravel_index(int(np.argmax(values)), values.shape)
+    x, y, w, h = explanation.crop
+    peak_x = x + (column + 0.5) * w / columns
+    peak_y = y + (row + 0.5) * h / rows
+    assert abs(peak_x - lesion_x) <= 40 and abs(peak_y - lesion_y) <= 40
+
+
+@pytest.mark.parametrize(
+    ("size", "aspect", "box"),
+    [
+        ((600, 450), 4 / 3, (0, 0, 600, 450)),
+        ((800, 450), 4 / 3, (100, 0, 600, 450)),
+        ((450, 600), 4 / 3, (0, 131, 450, 338)),
+        ((224, 224), 4 / 3, (0, 28, 224, 168)),
+    ],
+)
+def test_crop_box_is_the_crop_the_model_sees(
+    size: tuple[int, int], aspect: float, box: tuple[int, int, int, int]
+) -> None:
+    from app.inference.explain import crop_box
+    from app.inference.preprocess import center_crop_to_aspect
+
+    assert crop_box(*size, aspect) == box
+    width, height = size
+    marked = np.arange(width * height, dtype=np.int64).reshape(height, width)
+    kept = center_crop_to_aspect(marked[..., None], aspect)[..., 0]
+    x, y, w, h = box
+    assert np.array_equal(kept, marked[y : y + h, x : x + w])
+
+
+def test_the_report_prints_the_explanation_beside_the_image(
+    client: TestClient[Litestar], fixture_images: list[tuple[Path, str]]
+) -> None:
+    from pypdf import PdfReader
+
+    register(client, "alice")
+    location = upload(client, "Pat", [("a.jpg", fixture_images[0][0].read_bytes())])
+    pdf = PdfReader(io.BytesIO(client.get(f"{location}/report.pdf").content))
+    assert len(pdf.pages) == 1
+    page = pdf.pages[0]
+    assert len(page.images) == 2  # the image and the heat map
+    text = " ".join(page.extract_text().split())
+    assert "Where the model looked" in text and "not an outline of the lesion" in text

@@ -1,0 +1,303 @@
+"""Grad-CAM on an earlier, finer block, as one ONNX graph: no TensorFlow and no autograd at serving.
+
+The last block of MobileNet-0.25 at 160x120 is a 3x5 grid: one cell is a fifth of the image,
+too coarse to point at a lesion. Grad-CAM (Selvaraju et al., 2017) on an earlier block needs
+the gradient of each class's logit with respect to that block's activations. Between that block
+and the head this backbone is a plain chain of Pad, Conv, Mul/Add (folded batch norm) and Clip
+(ReLU6), so the backward pass is written here as ONNX nodes: a Conv's input gradient is a
+ConvTranspose with the same weights, a Clip's is a 0/1 mask of where it passed its input, a
+constant Mul scales, an Add and a Pad (cropped back) pass it on. The gradients of all classes
+are computed at once, as a batch of ``classes`` per image.
+
+The maps are ``ReLU(sum_k alpha_ck A_k)`` with ``alpha_ck`` the spatial mean of the gradient,
+as in Grad-CAM. A parity check compares the graph's ``alpha`` with central finite differences of
+the model's own logits on real images (``check_alphas``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from conversion.cam import CamHead, find_head
+from conversion.errors import ConversionError, GateError
+
+log = logging.getLogger(__name__)
+
+ALPHAS = "gradcam_alphas"  # [N, classes, channels]: exposed only in the copy that is checked
+ALPHA_MAX_REL_ERROR = 0.05  # measured 0.018; a wrong stride, pad or kernel gives O(1)
+EPS = 1e-3  # smaller: float32 noise; larger: steps cross ReLU6 kinks (measured)
+
+
+@dataclass(frozen=True, slots=True)
+class FineLayer:
+    tensor: str  # the activation the maps are drawn on
+    channels: int
+    height: int
+    width: int
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    inferred = shape_inference.infer_shapes(model)
+    out: dict[str, list[int]] = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        out[v.name] = [d.dim_value for d in v.type.tensor_type.shape.dim]
+    return out
+
+
+def candidate_layers(model: onnx.ModelProto) -> list[FineLayer]:
+    """ReLU/Clip activations (NCHW) with a finer grid than the head's, nearest the head first."""
+    head = find_head(model)
+    if head.channels_last:
+        raise ConversionError("fine Grad-CAM maps are built for NCHW models only")
+    shapes = _shapes(model)
+    last = shapes[head.feature_map]
+    out = []
+    for node in reversed(model.graph.node):
+        shape = shapes.get(node.output[0], [])
+        if node.op_type in ("Clip", "Relu") and len(shape) == 4 and shape[2] > last[2]:
+            out.append(FineLayer(node.output[0], shape[1], shape[2], shape[3]))
+    return out
+
+
+class _Builder:
+    """Appends the backward nodes to a copy of the model."""
+
+    def __init__(self, model: onnx.ModelProto, head: CamHead, prefix: str) -> None:
+        self.model = model
+        self.prefix = prefix  # names stay unique when several maps are added
+        self.graph = model.graph
+        self.head = head
+        self.shapes = _shapes(model)
+        self.weights = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
+        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.classes = int(head.kernel.shape[1])
+        self.count = 0
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{self.prefix}_{stem}_{self.count}"
+
+    def const(self, array: np.ndarray, stem: str = "c") -> str:
+        name = self.name(stem)
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], stem: str, **attrs: object) -> str:
+        out = self.name(stem)
+        self.graph.node.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def data_input(self, node: onnx.NodeProto) -> str:
+        """The one input of ``node`` that is not a weight."""
+        data = [i for i in node.input if i and i not in self.weights]
+        if len(data) != 1:
+            raise ConversionError(f"{node.op_type} {node.name}: not a single-input layer")
+        return data[0]
+
+    def chain(self, start: str) -> list[onnx.NodeProto]:
+        """The nodes from ``start`` to the head's feature map, in forward order."""
+        nodes, tensor = [], self.head.feature_map
+        while tensor != start:
+            node = self.producer.get(tensor)
+            if node is None:
+                raise ConversionError(f"{start} does not lead to the head in a single chain")
+            nodes.append(node)
+            tensor = self.data_input(node)
+        return nodes[::-1]
+
+    def to4d(self, grad: str, shape: list[int]) -> str:
+        return self.node("Reshape", [grad, self.const(np.array([-1, *shape[1:]], np.int64))], "r4")
+
+    def to5d(self, grad: str, shape: list[int]) -> str:
+        target = np.array([-1, self.classes, *shape[1:]], np.int64)
+        return self.node("Reshape", [grad, self.const(target)], "r5")
+
+    def backward(self, node: onnx.NodeProto, grad: str) -> str:
+        """Gradient w.r.t. the node's data input, given the gradient of its output (5-D)."""
+        x = self.data_input(node)
+        xs, ys = self.shapes[x], self.shapes[node.output[0]]
+        op = node.op_type
+        if op in ("Clip", "Relu"):
+            low = self.const(np.array(0.0, np.float32)) if op == "Relu" else node.input[1]
+            passed = self.node("Greater", [x, low], "gt")
+            if op == "Clip" and len(node.input) > 2 and node.input[2]:
+                below = self.node("Less", [x, node.input[2]], "lt")
+                passed = self.node("And", [passed, below], "and")
+            mask = self.node("Cast", [passed], "mask", to=onnx.TensorProto.FLOAT)
+            mask = self.node("Unsqueeze", [mask, self.const(np.array([1], np.int64))], "m5")
+            return self.node("Mul", [grad, mask], "gclip")
+        if op == "Add":
+            return grad  # a constant shift (folded batch norm)
+        if op == "Mul":
+            (scale,) = [self.weights[i] for i in node.input if i in self.weights]
+            return self.node("Mul", [grad, self.const(scale.astype(np.float32)[None])], "gmul")
+        if op == "Pad":
+            pads = self.weights[node.input[1]].astype(np.int64)  # [begin per axis, end per axis]
+            if np.any(pads[:2]) or np.any(pads[4:6]):
+                raise ConversionError("only spatial padding is supported")
+            starts = np.array([pads[2], pads[3]], np.int64)
+            ends = np.array([ys[2] - pads[6], ys[3] - pads[7]], np.int64)
+            axes = np.array([3, 4], np.int64)
+            return self.node(
+                "Slice", [grad, self.const(starts), self.const(ends), self.const(axes)], "gpad"
+            )
+        if op == "Conv":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                raise ConversionError(f"Conv {node.name}: auto_pad is not supported")
+            if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+                raise ConversionError(f"Conv {node.name}: dilation is not supported")
+            weight = node.input[1]
+            kernel = attrs.get("kernel_shape") or list(self.weights[weight].shape[2:])
+            strides = attrs.get("strides", [1, 1])
+            pads = attrs.get("pads", [0, 0, 0, 0])
+            extra = [
+                xs[2 + i] - (strides[i] * (ys[2 + i] - 1) + kernel[i] - pads[i] - pads[i + 2])
+                for i in range(2)
+            ]
+            g4 = self.to4d(grad, ys)
+            back = self.node(
+                "ConvTranspose",
+                [g4, weight],
+                "gconv",
+                group=int(attrs.get("group", 1)),
+                strides=strides,
+                pads=pads,
+                kernel_shape=kernel,
+                output_padding=extra,
+            )
+            return self.to5d(back, xs)
+        raise ConversionError(f"no backward rule for {op} ({node.name})")
+
+    def build(self, layer: FineLayer, expose_alphas: bool = False) -> str:
+        """Append the maps for ``layer``; returns the maps' tensor name."""
+        head, fmap = self.head, self.head.feature_map
+        shape = self.shapes[fmap]
+        # d logit_c / d A_last = kernel[:, c] / (h*w) everywhere (the mean pool + Dense head)
+        seed = (head.kernel.T / (shape[2] * shape[3])).astype(np.float32)[:, :, None, None]
+        zeros = self.node("Mul", [fmap, self.const(np.array(0.0, np.float32))], "zero")
+        zeros = self.node("Unsqueeze", [zeros, self.const(np.array([1], np.int64))], "z5")
+        grad = self.node("Add", [zeros, self.const(seed, "seed")], "seed5")  # [N, K, C, h, w]
+        for node in reversed(self.chain(layer.tensor)):
+            grad = self.backward(node, grad)
+        alphas = self.node("ReduceMean", [grad], "alpha", axes=[3, 4], keepdims=0)  # opset 17
+        alphas = self.node(
+            "Reshape",
+            [alphas, self.const(np.array([-1, self.classes, layer.channels], np.int64))],
+            "alpha3",
+        )
+        flat = self.node(
+            "Reshape",
+            [
+                layer.tensor,
+                self.const(np.array([-1, layer.channels, layer.height * layer.width], np.int64)),
+            ],
+            "aflat",
+        )
+        maps = self.node("MatMul", [alphas, flat], "mm")
+        target = np.array([-1, self.classes, layer.height, layer.width], np.int64)
+        maps = self.node("Reshape", [maps, self.const(target)], "maps")
+        if expose_alphas:
+            self.graph.node.append(helper.make_node("Identity", [alphas], [ALPHAS]))
+            self.graph.output.append(
+                helper.make_tensor_value_info(
+                    ALPHAS, onnx.TensorProto.FLOAT, ["N", self.classes, layer.channels]
+                )
+            )
+        return maps
+
+
+def add_fine_maps(
+    model: onnx.ModelProto, layer: FineLayer, output: str, expose_alphas: bool = False
+) -> onnx.ModelProto:
+    """A copy of ``model`` with ``output`` [N, classes, h, w]: Grad-CAM maps on ``layer``
+    before the ReLU (negative evidence kept; the server clips and scales)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    builder = _Builder(out, find_head(model), f"gradcam_{output}")
+    maps = builder.build(layer, expose_alphas)
+    out.graph.node.append(helper.make_node("Identity", [maps], [output]))
+    out.graph.output.append(
+        helper.make_tensor_value_info(
+            output, onnx.TensorProto.FLOAT, ["N", builder.classes, layer.height, layer.width]
+        )
+    )
+    onnx.checker.check_model(out)
+    return out
+
+
+def check_alphas(
+    model: onnx.ModelProto, layer: FineLayer, batch: np.ndarray, channels: int = 6
+) -> float:
+    """Largest relative error of the graph's Grad-CAM weights against central differences.
+
+    ``alpha_ck`` is the mean over the grid of d logit_c / d A_k: the directional derivative of
+    the logits along a uniform step on channel k. The tail of the network (``layer`` -> logits)
+    is cut out of the model and run on A +- eps on a few channels.
+    """
+    import onnxruntime as ort
+
+    head = find_head(model)
+    checked = add_fine_maps(model, layer, "gradcam_check_maps", expose_alphas=True)
+    session = ort.InferenceSession(checked.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits_name = _logits_tensor(model, head)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(
+        helper.make_tensor_value_info(layer.tensor, onnx.TensorProto.FLOAT, None)
+    )
+    probe.graph.output.append(
+        helper.make_tensor_value_info(logits_name, onnx.TensorProto.FLOAT, None)
+    )
+    probe_session = ort.InferenceSession(
+        probe.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    tail = onnx.utils.Extractor(probe).extract_model([layer.tensor], [logits_name])
+    tail_session = ort.InferenceSession(
+        tail.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    input_name = session.get_inputs()[0].name
+    worst = 0.0
+    rng = np.random.default_rng(0)
+    for x in batch:
+        (alphas,) = session.run([ALPHAS], {input_name: x[None]})
+        activation = probe_session.run([layer.tensor], {input_name: x[None]})[0]
+        eps = EPS
+        for k in rng.choice(layer.channels, size=min(channels, layer.channels), replace=False):
+            step = np.zeros_like(activation)
+            step[:, k] = eps
+            up = tail_session.run(None, {layer.tensor: activation + step})[0]
+            down = tail_session.run(None, {layer.tensor: activation - step})[0]
+            numeric = (up - down)[0] / (2 * eps) / (layer.height * layer.width)
+            exact = alphas[0, :, k]
+            scale = max(float(np.abs(exact).max()), 1e-6)
+            worst = max(worst, float(np.abs(numeric - exact).max()) / scale)
+    if not worst <= ALPHA_MAX_REL_ERROR:
+        raise GateError(
+            f"Grad-CAM weights disagree with finite differences: relative error {worst:.3f} > "
+            f"{ALPHA_MAX_REL_ERROR}"
+        )
+    return worst
+
+
+def _logits_tensor(model: onnx.ModelProto, head: CamHead) -> str:
+    """The Dense layer's output (+ bias): the logits before softmax."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    (dense,) = [n for n in consumers[head.pooled] if n.op_type == "MatMul"]
+    after = consumers.get(dense.output[0], [])
+    return after[0].output[0] if len(after) == 1 and after[0].op_type == "Add" else dense.output[0]
+
+
+def write(model_path: Path, out_path: Path, layer: FineLayer, output: str) -> None:
+    from conversion.files import save_onnx
+
+    save_onnx(add_fine_maps(onnx.load(str(model_path)), layer, output), out_path)

@@ -1,0 +1,187 @@
+"""Lesion references without hand labelling, and how well a heat map points at them.
+
+The reference is the classical dermoscopy segmentation: the colour distance of every pixel
+from the surrounding skin (the median colour of a border ring, vignette excluded), Otsu's
+threshold on it, morphological opening and closing, holes filled, and the connected component
+nearest the centre kept. It fails on some images (a lesion filling the frame, hair, pale
+lesions), and those are dropped when the component is implausible; `overlay_sheet` draws it over
+images to check by eye. It is a classical segmentation, not a dermatologist's outline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+MIN_AREA, MAX_AREA = 0.01, 0.85  # share of the frame: outside, the segmentation failed
+BORDER = 0.08  # the ring whose median colour is taken as skin
+
+
+def lesion_mask(rgb: np.ndarray) -> np.ndarray | None:
+    """[H, W] bool lesion mask of one dermoscopic image, or None where it plainly failed."""
+    h, w = rgb.shape[:2]
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    ring = np.ones((h, w), bool)
+    bh, bw = max(1, int(h * BORDER)), max(1, int(w * BORDER))
+    ring[bh:-bh, bw:-bw] = False
+    bright = lab[..., 0] > 40  # vignette corners are not skin
+    skin_pixels = lab[ring & bright]
+    if len(skin_pixels) < 20:
+        return None
+    skin = np.median(skin_pixels, axis=0)
+    # Lesions are darker than the skin around them, or differ in colour; lighter skin is not.
+    darker = np.maximum(skin[0] - lab[..., 0], 0)
+    chroma = np.linalg.norm(lab[..., 1:] - skin[1:], axis=2)
+    distance = darker + chroma
+    distance[lab[..., 0] < 25] = 0  # the black of a vignette is neither
+    distance = cv2.GaussianBlur(distance, (0, 0), 2)
+    scaled = cv2.normalize(distance, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    _, fg = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    fg[~bright & ring] = 0  # dark vignette at the border is not lesion
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel)
+    fg = cv2.morphologyEx(
+        fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11))
+    )
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(fg)
+    if count < 2:
+        return None
+    centre = np.array([w / 2, h / 2])
+    best = min(
+        range(1, count),
+        key=lambda i: np.linalg.norm(centroids[i] - centre) - 0.002 * stats[i, cv2.CC_STAT_AREA],
+    )
+    if np.linalg.norm((centroids[best] - centre) / centre) > 0.75:
+        return None  # only something at the edge stands out: no lesion found
+    mask = (labels == best).astype(np.uint8)
+    # fill holes: flood the background from the border
+    flood = mask.copy()
+    cv2.floodFill(flood, np.zeros((h + 2, w + 2), np.uint8), (0, 0), 1)
+    mask = mask | (1 - flood)
+    area = mask.mean()
+    if not MIN_AREA <= area <= MAX_AREA:
+        return None
+    return mask.astype(bool)
+
+
+@dataclass(frozen=True, slots=True)
+class Localisation:
+    pointing: float  # share of images whose map peak falls in the lesion
+    mass: float  # mean share of the positive map inside the lesion
+    images: int
+
+
+def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A [rows, cols] map to (width, height) pixels, bilinear between cell centres."""
+    return cv2.resize(np.maximum(cam, 0).astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+
+
+def score(maps: list[np.ndarray], masks: list[np.ndarray]) -> Localisation:
+    hits, mass = [], []
+    for cam, mask in zip(maps, masks, strict=True):
+        h, w = mask.shape
+        heat = upsample(cam, (w, h))
+        y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        hits.append(bool(mask[y, x]))
+        total = float(heat.sum())
+        mass.append(float(heat[mask].sum()) / total if total > 0 else 0.0)
+    return Localisation(float(np.mean(hits)), float(np.mean(mass)), len(masks))
+
+
+def baselines(masks: list[np.ndarray]) -> dict[str, Localisation]:
+    """The image centre as the pointer, and a uniform map's mass (the lesion's share)."""
+    point = [bool(m[m.shape[0] // 2, m.shape[1] // 2]) for m in masks]
+    uniform = [float(m.mean()) for m in masks]
+    return {
+        "centre": Localisation(float(np.mean(point)), float("nan"), len(masks)),
+        "uniform": Localisation(float("nan"), float(np.mean(uniform)), len(masks)),
+    }
+
+
+def overlay_sheet(
+    images: list[np.ndarray], masks: list[np.ndarray | None], columns: int = 10
+) -> np.ndarray:
+    """A contact sheet: each image with its reference outlined (green), or a red cross where
+    the segmentation was dropped."""
+    tiles = []
+    for rgb, mask in zip(images, masks, strict=True):
+        tile = rgb.copy()
+        if mask is None:
+            h, w = tile.shape[:2]
+            cv2.line(tile, (0, 0), (w - 1, h - 1), (255, 0, 0), 2)
+            cv2.line(tile, (w - 1, 0), (0, h - 1), (255, 0, 0), 2)
+        else:
+            contours, _ = cv2.findContours(
+                mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+            )
+            cv2.drawContours(tile, contours, -1, (0, 255, 0), 2)
+        tiles.append(tile)
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
+    return np.vstack(rows)
+
+
+def measure_split(
+    cam_path: Path, images_dir: Path, split_csv: Path, part: str = "test", sheet: Path | None = None
+) -> dict[str, Any]:
+    """Pointing game and mass in the lesion for the CAM model's maps of the predicted class,
+    on every image of ``part`` whose reference did not plainly fail, with the baselines."""
+    import onnxruntime as ort
+
+    from app.inference.explain import CLASS_MAPS, FINE_MAPS
+    from app.inference.preprocess import decode_image, resize_rgb, to_model_input
+    from app.inference.spec import ModelSpec
+    from conversion.images import read_labels
+
+    session = ort.InferenceSession(str(cam_path), providers=["CPUExecutionProvider"])
+    spec = ModelSpec.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
+    names = [o.name for o in session.get_outputs()]
+    wanted = [n for n in (CLASS_MAPS, FINE_MAPS) if n in names]
+    samples = read_labels(split_csv, images_dir, part)
+    maps: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
+    masks: list[np.ndarray] = []
+    shown: list[np.ndarray] = []
+    shown_masks: list[np.ndarray | None] = []
+    for sample in tqdm(samples, desc=f"lesion references ({part})", unit="img"):
+        rgb = decode_image(sample.path.read_bytes(), spec.resample_via or spec.input_size)
+        view = resize_rgb(rgb, spec.input_size, spec.resample_via)
+        mask = lesion_mask(view)
+        if len(shown) < 60:
+            shown.append(view)
+            shown_masks.append(mask)
+        if mask is None:
+            continue
+        outputs = dict(
+            zip(
+                names,
+                session.run(None, {session.get_inputs()[0].name: to_model_input(view, spec)[None]}),
+                strict=True,
+            )
+        )
+        label = int(np.argmax(outputs[names[0]][0]))
+        for n in wanted:
+            maps[n].append(outputs[n][0, label])
+        masks.append(mask)
+    if sheet is not None:
+        cv2.imwrite(str(sheet), overlay_sheet(shown, shown_masks)[..., ::-1])
+    base = baselines(masks)
+    return {
+        "split": part,
+        "images": len(samples),
+        "dropped": len(samples) - len(masks),
+        "reference": "classical segmentation (conversion/localise.py), not an outline by a "
+        "dermatologist",
+        "maps": {
+            n: {"grid": list(maps[n][0].shape), **asdict(score(maps[n], masks))} for n in wanted
+        },
+        "baselines": {
+            "centre_pointing": base["centre"].pointing,
+            "uniform_mass": base["uniform"].mass,
+        },
+    }

@@ -1,0 +1,49 @@
+"""Grad-CAM on a finer block: the ONNX backward pass agrees with finite differences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from app.inference.preprocess import preprocess
+from app.inference.spec import ModelSpec
+from conversion import gradcam
+from conversion.errors import GateError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "skin_lesion.onnx"
+
+
+@pytest.fixture(scope="module")
+def model() -> onnx.ModelProto:
+    return onnx.load(str(SHIPPED))
+
+
+@pytest.fixture(scope="module")
+def batch(model: onnx.ModelProto, fixture_images: list[tuple[Path, str]]) -> np.ndarray:
+    spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
+    return np.stack([preprocess(p.read_bytes(), spec) for p, _ in fixture_images[:2]])
+
+
+def test_the_finer_block_has_a_finer_grid_and_correct_weights(
+    model: onnx.ModelProto, batch: np.ndarray
+) -> None:
+    layer = gradcam.candidate_layers(model)[0]
+    assert (layer.height, layer.width) == (7, 10)  # against the head's 3x5
+    assert gradcam.check_alphas(model, layer, batch) <= gradcam.ALPHA_MAX_REL_ERROR
+
+
+def test_the_check_fails_on_a_wrong_backward_pass(
+    model: onnx.ModelProto, batch: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Forget the ReLU6 masks: the gradient flows where the forward pass was cut off.
+    original = gradcam._Builder.backward
+
+    def no_masks(self: gradcam._Builder, node: onnx.NodeProto, grad: str) -> str:
+        return grad if node.op_type == "Clip" else original(self, node, grad)
+
+    monkeypatch.setattr(gradcam._Builder, "backward", no_masks)
+    with pytest.raises(GateError, match="finite differences"):
+        gradcam.check_alphas(model, gradcam.candidate_layers(model)[0], batch)

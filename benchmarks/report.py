@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -570,6 +571,40 @@ def _edge_section(run: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ab_section(ab_runs: list[dict[str, Any]]) -> list[str]:
+    """The floor-gap candidates, each an A/B of two checkouts (``python -m benchmarks.ab``)."""
+    if not ab_runs:
+        return ["_No candidate measured yet (`python -m benchmarks.ab A B --label ...`)._", ""]
+    rows = []
+    for ab in ab_runs:
+        ratios = []
+        for key in ("p50_c1_ms", "rps_c8"):
+            a, b = ab[key]["A"], ab[key]["B"]
+            per_round = sorted(y / x for x, y in zip(a, b, strict=True))
+            mid = (
+                per_round[len(per_round) // 2]
+                if len(per_round) % 2
+                else ((per_round[len(per_round) // 2 - 1] + per_round[len(per_round) // 2]) / 2)
+            )
+            ratios.append(f"{mid:.2f} ({per_round[0]:.2f}–{per_round[-1]:.2f})")
+        rows.append(
+            [
+                ab["label"],
+                str(ab["created_utc"])[:10],
+                str(len(ab["rps_c8"]["A"])),
+                *ratios,
+                ab.get("decision", "—"),
+            ]
+        )
+    return [
+        "Each candidate is B against A, the same service from two checkouts, started cold in "
+        "every round, A-B then B-A, API auth off (the token check's database write would drown "
+        "a small change); the median of the per-round ratios B/A.",
+        "",
+        *_table(["candidate", "date", "rounds", "p50 c=1 B/A", "req/s c=8 B/A", "decision"], rows),
+    ]
+
+
 def _sizes(largest: Any) -> str:
     if not isinstance(largest, dict):
         return "—"
@@ -593,7 +628,9 @@ def _machine_section(run: dict[str, Any]) -> list[str]:
     ]
 
 
-def render(run: dict[str, Any], plots: list[str]) -> str:
+def render(
+    run: dict[str, Any], plots: list[str], ab_runs: list[dict[str, Any]] | None = None
+) -> str:
     """The whole RESULTS.md for one result file."""
     verdicts = evaluate_targets(run)
     missed = [v for v in verdicts if v.met is False]
@@ -664,6 +701,7 @@ def render(run: dict[str, Any], plots: list[str]) -> str:
     )
     for suite, title, fn in sections:
         lines += [f"## {title}", "", *_borrowed(run, suite), *fn(run)]
+    lines += ["## Floor gap: candidates", "", *_ab_section(ab_runs or [])]
     notes = [
         (name, s) for name, s in run.get("suites", {}).items() if s.get("notes") or s.get("skipped")
     ]
@@ -829,5 +867,6 @@ def regenerate(results_dir: Path, result_file: Path | None = None) -> Path:
     pngs = plot(run, runs, root / "plots")
     rel = [str(Path(p).relative_to(root)) for p in pngs]
     target = root / "RESULTS.md"
-    target.write_text(render(run, rel))
+    ab_runs = [json.loads(p.read_text()) for p in sorted((results_dir / "ab").glob("*.json"))]
+    target.write_text(render(run, rel, ab_runs))
     return target

@@ -1,0 +1,97 @@
+"""A/B of the service from two checkouts: ``python -m benchmarks.ab A_DIR B_DIR [--rounds N]``.
+
+Both run ``python -m app`` from their own working tree (API auth off, so the token check's
+database write does not drown a small change), cold in every round, A-B then B-A, with the
+peers suite's measurement (c=1 latency, c=8 throughput); prints the per-round ratios B/A and
+their medians. Used for the floor-gap candidates in RESULTS.md (git worktrees make the
+checkouts: ``git worktree add --detach benchmarks/.work/b HEAD``, then edit there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.artifacts import resolve_models
+from benchmarks.images import upload_images
+from benchmarks.peers.suite import Peer, Rounds, _json_label, _multipart, measure
+from benchmarks.server import REPO, service_target
+
+AB_DIR = REPO / "benchmarks" / "results" / "ab"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__)
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--requests", type=int, default=300, help="at c=1; 4x that at c=8")
+    p.add_argument("--label", help="what B changes; with it the result is recorded in results/ab/")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    models = resolve_models()
+    samples, _ = upload_images()
+    rounds = Rounds()
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
+        peers = []
+        for name, tree in (("A", args.a), ("B", args.b)):
+            target = service_target(models, Path(tmp) / name)
+            target = dataclasses.replace(target, name=name, workdir=tree.resolve())
+            peers.append(Peer(target, _multipart("image"), _json_label, None))
+        for r in range(args.rounds):
+            for peer in peers if r % 2 == 0 else peers[::-1]:
+                measure(
+                    peer,
+                    list(samples),
+                    (args.requests, 4 * args.requests),
+                    60.0,
+                    rounds,
+                    None,
+                    samples,
+                )
+            print(
+                f"round {r + 1}: p50 A {rounds.p50['A'][-1]:.2f} B {rounds.p50['B'][-1]:.2f} ms; "
+                f"req/s A {rounds.rps['A'][-1]:.1f} B {rounds.rps['B'][-1]:.1f}",
+                flush=True,
+            )
+    p50 = np.array(rounds.p50["B"]) / np.array(rounds.p50["A"])
+    rps = np.array(rounds.rps["B"]) / np.array(rounds.rps["A"])
+    print(f"B/A p50 c=1: median {np.median(p50):.3f} ({p50.min():.3f}–{p50.max():.3f})")
+    print(f"B/A req/s c=8: median {np.median(rps):.3f} ({rps.min():.3f}–{rps.max():.3f})")
+    if args.label:
+        path = record(args.label, rounds, args.requests)
+        print(f"recorded: {path}")
+    return 0
+
+
+def record(label: str, rounds: Rounds, requests: int) -> Path:
+    """Write one A/B result for RESULTS.md's floor-gap section."""
+    from benchmarks import machine
+
+    AB_DIR.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:40]
+    path = AB_DIR / f"{now:%Y-%m-%d}-{slug}.json"
+    data = {
+        "label": label,
+        "created_utc": now.isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.ab A B --label ...",
+        "requests": {"c1": requests, "c8": 4 * requests},
+        "machine": machine.describe(),
+        "p50_c1_ms": rounds.p50,
+        "rps_c8": rounds.rps,
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

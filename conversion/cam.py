@@ -167,7 +167,7 @@ def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float
     """
     import onnxruntime as ort
 
-    from conversion.gradcam import add_fine_maps, check_alphas  # it builds on this module
+    from conversion.gradcam import LABEL, add_fine_maps, check_alphas  # it builds on this module
 
     source = onnx.load(str(fp32_path))
     cam, head = add_class_maps(source)
@@ -190,7 +190,10 @@ def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float
     # By name: a model with the gate's features output has more than one output already.
     probs_name = base.get_outputs()[0].name
     (expected,) = base.run([probs_name], {input_name: batch})
-    probabilities, class_maps = session.run([probs_name, CLASS_MAPS], {input_name: batch})
+    feeds = {input_name: batch}
+    if LABEL in [i.name for i in session.get_inputs()]:  # the fine maps' class, unused here
+        feeds[LABEL] = np.array([0], np.int64)
+    probabilities, class_maps = session.run([probs_name, CLASS_MAPS], feeds)
     # Not bit-equal once the fine maps read intermediate tensors: onnxruntime then fuses fewer
     # layers, and float32 sums come out in another order.
     drift = float(np.abs(probabilities - expected).max())
@@ -221,8 +224,12 @@ def record_in_manifest(manifest_path: Path, cam_path: Path, gate: dict[str, obje
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(cam_path), providers=["CPUExecutionProvider"])
-    shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
-    outputs = session.run(None, {session.get_inputs()[0].name: np.zeros(shape, np.float32)})
+    first = session.get_inputs()[0]
+    feeds = {
+        first.name: np.zeros([d if isinstance(d, int) else 1 for d in first.shape], np.float32)
+    }
+    feeds |= {i.name: np.array([0], np.int64) for i in session.get_inputs()[1:]}  # the label
+    outputs = session.run(None, feeds)
     grids = {
         o.name: list(value.shape[2:])
         for o, value in zip(session.get_outputs(), outputs, strict=True)

@@ -134,7 +134,7 @@ def measure_split(
     on every image of ``part`` whose reference did not plainly fail, with the baselines."""
     import onnxruntime as ort
 
-    from app.inference.explain import CLASS_MAPS, FINE_MAPS
+    from app.inference.explain import CLASS_MAPS, FINE_MAPS, LABEL
     from app.inference.preprocess import decode_image, resize_rgb, to_model_input
     from app.inference.spec import ModelSpec
     from conversion.images import read_labels
@@ -157,16 +157,14 @@ def measure_split(
             shown_masks.append(mask)
         if mask is None:
             continue
-        outputs = dict(
-            zip(
-                names,
-                session.run(None, {session.get_inputs()[0].name: to_model_input(view, spec)[None]}),
-                strict=True,
-            )
-        )
-        label = int(np.argmax(outputs[names[0]][0]))
+        feeds = {session.get_inputs()[0].name: to_model_input(view, spec)[None]}
+        if LABEL in [i.name for i in session.get_inputs()]:
+            feeds[LABEL] = np.array([0], np.int64)
+        label = int(np.argmax(session.run([names[0]], feeds)[0][0]))  # the predicted class
+        feeds[LABEL] = np.array([label], np.int64)
+        outputs = dict(zip(wanted, session.run(wanted, feeds), strict=True))
         for n in wanted:
-            maps[n].append(outputs[n][0, label])
+            maps[n].append(outputs[n][0, 0 if n == FINE_MAPS else label])
         masks.append(mask)
     if sheet is not None:
         cv2.imwrite(str(sheet), overlay_sheet(shown, shown_masks)[..., ::-1])

@@ -28,6 +28,7 @@ from app.inference.spec import ModelSpec, ModelSpecError
 
 CLASS_MAPS = "class_maps"  # the outputs conversion/cam.py adds (it imports these names)
 FINE_MAPS = "fine_maps"  # Grad-CAM on a finer block, when the model has one (conversion/gradcam.py)
+LABEL = "label"  # the fine maps' second input: the index of the class to explain
 DISPLAY_WIDTH = 320  # the overlay's width; its height follows the model's aspect
 HEAT_ALPHA = 0.45
 
@@ -98,7 +99,6 @@ class Explainer:
         self._input = self.session.get_inputs()[0].name
         # The finer Grad-CAM maps when the model has them, else the last block's exact CAM.
         self.fine = FINE_MAPS in outputs
-        self._maps = outputs.index(FINE_MAPS if self.fine else CLASS_MAPS)
         self.method = (
             "Grad-CAM on a finer block of the backbone"
             if self.fine
@@ -107,8 +107,14 @@ class Explainer:
 
     def class_map(self, tensor: np.ndarray, label: str) -> np.ndarray:
         """The class's evidence, (rows, columns), ReLU'd and scaled to [0, 1] (all 0: none)."""
-        outputs = self.session.run(None, {self._input: tensor[np.newaxis]})
-        cam: np.ndarray = np.maximum(outputs[self._maps][0, self.spec.labels.index(label)], 0)
+        index = self.spec.labels.index(label)
+        feeds = {self._input: tensor[np.newaxis]}
+        if self.fine:  # the fine maps are computed for the one class asked for
+            feeds[LABEL] = np.array([index], np.int64)
+            cam: np.ndarray = np.maximum(self.session.run([FINE_MAPS], feeds)[0][0, 0], 0)
+        else:
+            outputs = self.session.run([CLASS_MAPS], feeds)
+            cam = np.maximum(outputs[0][0, index], 0)
         peak = float(cam.max())
         return (cam / peak if peak > 0 else cam).astype(np.float32)
 

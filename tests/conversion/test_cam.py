@@ -35,7 +35,8 @@ def test_cam_model_keeps_the_probabilities_and_rebuilds_them(
     # and the finer Grad-CAM maps (tests/conversion/test_gradcam.py)
     names = [o.name for o in cam.get_outputs()]
     assert names[0] == "probabilities" and names[-2:] == [CLASS_MAPS, "fine_maps"]
-    probabilities, maps = cam.run(["probabilities", CLASS_MAPS], {"input": batch})
+    label = np.array([0], np.int64)  # the class of the fine maps, which this test does not read
+    probabilities, maps = cam.run(["probabilities", CLASS_MAPS], {"input": batch, "label": label})
     assert maps.shape[:2] == (len(batch), 7) and maps.shape[2] >= 3 and maps.shape[3] >= 3
     assert np.abs(maps).max() > 0
     # The model's metadata (labels, input spec) travels with it: the server checks it.

@@ -82,7 +82,13 @@ class Explainer:
 
     def __init__(self, path: Path, served: ModelSpec) -> None:
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            # One thread, like the classifier: cores go to concurrent requests, not one map.
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
             self.spec = ModelSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map)
         except (OSError, RuntimeError, ModelSpecError) as exc:  # ort raises RuntimeError kinds
             raise ModelLoadError(f"cannot load the explanation model {path}: {exc}") from exc
@@ -139,7 +145,7 @@ class Explainer:
             label,
             (rows, columns),
             bool(cam.max() > 0),
-            encode_png(overlay),
+            encode_png(overlay, level=1),  # sent once, never stored: speed over bytes
             cam,
             crop_box(*upright(sent, decoded), width / height),
             self.method,

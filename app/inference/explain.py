@@ -22,7 +22,8 @@ from app.inference.preprocess import (
     center_crop_to_aspect,
     decode_sized,
     encode_png,
-    preprocess,
+    resize_rgb,
+    to_model_input,
 )
 from app.inference.spec import ModelSpec, ModelSpecError
 
@@ -126,14 +127,15 @@ class Explainer:
 
     def explain(self, data: bytes, label: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Explanation:
         """Heat map of ``label`` over the region the model sees (blocking: run off the loop)."""
-        # Decoded twice on purpose: the map must come from exactly the tensor a prediction
-        # sees (`preprocess`), the picture from a decode at the size it is shown.
-        cam = self.class_map(preprocess(data, self.spec, max_pixels), label)
-        width, height = self.spec.input_size
+        # Decoded once, exactly as `preprocess` does, so the map comes from the very tensor a
+        # prediction sees; the picture is drawn from the same decode (JPEG DCT scaling keeps a
+        # 39 MP photo's decode small; a reduced 600x450 upload is 300x225, shown at 320x240).
+        spec = self.spec
+        decoded, sent = decode_sized(data, spec.resample_via or spec.input_size, max_pixels)
+        resized = resize_rgb(decoded, spec.input_size, spec.resample_via)
+        cam = self.class_map(to_model_input(resized, spec), label)
+        width, height = spec.input_size
         size = (DISPLAY_WIDTH, round(DISPLAY_WIDTH * height / width))
-        # Decoded only as large as the overlay needs (JPEG DCT scaling): a 39 MP photo decoded
-        # in full cost 380 ms and 114 MB for a 320-pixel picture.
-        decoded, sent = decode_sized(data, size, max_pixels)
         shown = center_crop_to_aspect(decoded, width / height)
         shown = cv2.resize(shown, size, interpolation=cv2.INTER_AREA)
         heat = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
@@ -145,7 +147,7 @@ class Explainer:
             label,
             (rows, columns),
             bool(cam.max() > 0),
-            encode_png(overlay, level=1),  # sent once, never stored: speed over bytes
+            encode_png(overlay, fast=True),
             cam,
             crop_box(*upright(sent, decoded), width / height),
             self.method,

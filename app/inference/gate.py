@@ -49,8 +49,8 @@ MESSAGES: dict[str, str] = {
     "blurred": "the image is blurred; hold the dermatoscope still and refocus",
     "no_colour": "the image has almost no colour; the model only judges colour dermoscopy",
     "out_of_distribution": (
-        "no skin lesion in view: this does not look like a dermoscopic image of a skin lesion, "
-        "the only kind the model can judge"
+        "no skin lesion in view (this does not look like a dermoscopic image of a skin lesion, "
+        "the only kind the model can judge)"
     ),
 }
 # Which side of the threshold is refused, per check.

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pypdf import PdfReader
@@ -88,6 +89,16 @@ def server(tmp_path: Path) -> Iterator[str]:
         pool.submit(migrate, settings).result()
     with live_server(create_app(settings)) as url:
         yield url
+
+
+def _register(page: Any, server: str, username: str) -> None:
+    """Create an account through the form; the page lands on the dashboard."""
+    page.goto(server + "/register")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.fill("#confirm", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard")
 
 
 def test_browser_full_flow(
@@ -184,12 +195,7 @@ def test_browser_live_camera_predicts_and_saves_a_frame(browser: object, server:
     # shows live predictions, and saves the frame on screen as an ordinary analysis.
     context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     page = context.new_page()
-    page.goto(server + "/register")
-    page.fill("#username", "dr.kiosk")
-    page.fill("#password", PASSWORD)
-    page.fill("#confirm", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/dashboard")
+    _register(page, server, "dr.kiosk")
     page.click("text=Live camera")
     page.wait_for_url("**/analyses/live")
     assert "dermatoscope" in page.inner_text("#disclaimer")
@@ -226,12 +232,7 @@ def test_browser_document_upload_shows_the_retake_message(
     document = tmp_path / "referral-letter.jpg"
     document.write_bytes(jpeg(_text_page(np.random.default_rng(11), 800, 600, (250, 250, 245))))
     page = browser.new_page()  # type: ignore[attr-defined]
-    page.goto(server + "/register")
-    page.fill("#username", "dr.gate")
-    page.fill("#password", PASSWORD)
-    page.fill("#confirm", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/dashboard")
+    _register(page, server, "dr.gate")
     page.click("text=New analysis")
     page.fill("#patient", "Gate Patient 9")
     page.set_input_files("#images", str(document))

@@ -41,8 +41,11 @@ def progressive_jpeg(
 def scan_bomb(repeats: int = 20_000, size: tuple[int, int] = (8000, 5000)) -> bytes:
     """The red team's bomb: a progressive JPEG with one AC scan (and its Huffman table)
     repeated ``repeats`` times before EOI. Within the 40 MP budget; each repeat costs libjpeg
-    a pass over the luma coefficients."""
-    data = progressive_jpeg(size, quality=30)
+    a pass over the luma coefficients (about 3 ms at 40 MP), whatever the picture: a flat one
+    encodes in 0.5 s instead of 5."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, (180, 120, 110)).save(buf, "JPEG", quality=30, progressive=True)
+    data = buf.getvalue()
     sos = [m.start() for m in re.finditer(re.escape(SOS), data)]
     # Scan 1 is the interleaved DC scan; scan 2 is an AC scan of one component. Its table is the
     # last DHT before it, so each repeat decodes with the right code.

@@ -469,5 +469,6 @@ def test_dicom_upload_is_analysed_shown_and_reported(
     assert Image.open(io.BytesIO(shown.content)).size == (600, 450)
     assert client.get(f"/analyses/{analysis_id}/explanation.png").status_code == 200
     pdf = PdfReader(io.BytesIO(client.get(f"/analyses/{analysis_id}/report.pdf").content))
-    assert len(pdf.pages[0].images) == 1  # the thumbnail, not the "damaged image" note
+    # the thumbnail (not the "damaged image" note) and the explanation beside it
+    assert len(pdf.pages[0].images) == 2
     assert "damaged" not in pdf.pages[0].extract_text()

@@ -140,8 +140,8 @@ from one dataset (HAM10000): other dermatoscopes may be refused more often than 
 Measured on 300 test images altered as another device might show them: a random colour cast of up
 to 15 % per channel raised false rejects to 5.7 %, a black circular vignette to 3.0 %, a square
 224x224 crop to 2.3 %, a 90 degree turn to 1.7 %, a 1024x768 upscale to 1.3 % (unaltered: 1.0 %).
-Setting the threshold on such altered copies too would have let 26 % of the everyday photos
-through, so it was not done: a clinic with another dermatoscope should check its own false-reject
+Setting the threshold on such altered copies too would have let the distribution check pass 26 %
+of the everyday photos, so it was not done: a clinic with another dermatoscope should check its own false-reject
 rate before relying on the gate.
 A clinician may choose "analyse anyway" on the web form; the result is then marked *outside
 intended use* on the page and the PDF, and the choice is audited.

@@ -30,7 +30,7 @@ from borb.pdf import (  # noqa: E402  (opt out before anything else of borb runs
 from PIL import Image as PILImage  # noqa: E402
 
 from app.inference.dicom import decode_dicom, is_dicom  # noqa: E402
-from app.inference.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
+from app.inference.preprocess import DEFAULT_MAX_PIXELS, read_header  # noqa: E402
 from app.reports.data import ReportData  # noqa: E402
 
 APP_NAME = "Skin Lesion Second Opinion"
@@ -51,7 +51,12 @@ def _thumbnail(data: bytes, box: tuple[int, int] = (160, 120)) -> PILImage.Image
         if is_dicom(data):
             img = PILImage.fromarray(decode_dicom(data, DEFAULT_MAX_PIXELS))
         else:
-            img = PILImage.open(io.BytesIO(data)).convert("RGB")
+            # The same structural and pixel bounds as an upload (a JPEG scan bomb is refused
+            # from its markers), then a JPEG decoded at reduced size (DCT scaling).
+            read_header(data, DEFAULT_MAX_PIXELS)
+            img = PILImage.open(io.BytesIO(data))
+            img.draft("RGB", box)
+            img = img.convert("RGB")
     except (OSError, SyntaxError, ValueError):  # ImageError is a ValueError
         return None
     img.thumbnail(box)

@@ -158,3 +158,17 @@ def test_report_borb_no_network_and_signals_unchanged(
     assert result["outbound"] == []
     assert result["sigterm_unchanged"] and result["sigint_unchanged"]
     assert result["threads"] == ["MainThread"]
+
+
+def test_report_never_decodes_a_scan_bomb(fixture_images: list[tuple[Path, str]]) -> None:
+    # A stored file that would take PIL a minute (a progressive JPEG with one scan repeated
+    # thousands of times) is refused from its markers, as an upload is: a warning, at once.
+    import time
+
+    from tests.hardening.images import scan_bomb
+
+    started = time.perf_counter()
+    pdf = build_report(_data(scan_bomb()))
+    assert time.perf_counter() - started < 10  # a decode of it took 54 s in the red-team pass
+    text = " ".join(PdfReader(io.BytesIO(pdf)).pages[0].extract_text().split())
+    assert "stored image is damaged" in text

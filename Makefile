@@ -62,10 +62,10 @@ convert: $(VENV)/.test-installed ## Keras HDF5 -> ONNX -> INT8 ONNX, verify, man
 	$(PY) -m conversion build models/skin_lesion.h5 -o models --triton models/triton
 	$(PY) -m conversion cam models/skin_lesion.onnx
 
-bench: $(VENV)/.bench-installed ## all benchmark suites; writes benchmarks/results/ and RESULTS.md
+bench: $(VENV)/.bench-installed ## all benchmark suites (builds the peers' venvs once); writes benchmarks/results/ and RESULTS.md
 	$(PY) -m benchmarks run
 
-bench-quick: $(VENV)/.bench-installed ## tiny versions of every suite (< 3 minutes)
+bench-quick: $(VENV)/.bench-installed ## tiny versions of every suite (a few minutes; peers without a venv are skipped)
 	$(PY) -m benchmarks run --quick
 
 docker: ## build the CPU and CUDA images (needs a Docker engine)

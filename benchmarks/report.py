@@ -676,6 +676,14 @@ def render(
     lines += ["## Targets", ""]
     rows = [[v.target, v.source, v.threshold, v.measured, v.label] for v in verdicts]
     lines += _table(["target", "from", "threshold", "measured", "verdict"], rows)
+    borrowed = sorted({s["_from"] for s in run.get("suites", {}).values() if s.get("_from")})
+    if borrowed:
+        lines += [
+            "Suites this run did not include are read from the newest earlier result file "
+            f"that has them ({', '.join(f'`{b}`' for b in borrowed)}); each such section "
+            "names its file and CPU, and the machines differ.",
+            "",
+        ]
     if missed:
         lines += [
             "**Missed:** "
@@ -740,11 +748,12 @@ def render(
         "## Reproduce",
         "",
         "```sh",
-        "python -m benchmarks run                 # every suite (5 to 16 minutes, by machine)",
-        "python -m benchmarks run --quick         # tiny versions, < 3 min, into benchmarks/.work/",
+        "python -m benchmarks run                 # every suite (20 to 35 minutes, by machine)",
+        "python -m benchmarks run --quick         # a few minutes, into benchmarks/.work/",
         "python -m benchmarks model|preprocess|service|startup|footprint|peers|edge [--quick]",
         "python -m benchmarks accuracy MODEL --images DIR --labels CSV [--json OUT]",
         "python -m benchmarks report              # rebuild this file and the plots",
+        "python -m benchmarks.ab A_DIR B_DIR --label TEXT   # a floor-gap candidate, A/B",
         "```",
         "",
         f"This run: `{run.get('command', 'python -m benchmarks run')}`"

@@ -124,6 +124,26 @@ def test_serving_dependencies_exclude_tensorflow() -> None:
     assert any("onnxruntime-gpu" in d for d in project["optional-dependencies"]["gpu"])
 
 
+def test_extras_do_not_repeat_packages() -> None:
+    """Each package is listed once: in the serving dependencies or in one extra (an extra may
+    build on another by naming the project itself, as bench does with conversion)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower() for r in reqs}
+
+    groups = {"serving": names(project["dependencies"])}
+    for extra, reqs in project["optional-dependencies"].items():
+        groups[extra] = names(reqs) - {project["name"]}
+    seen: dict[str, str] = {}
+    for group, packages in groups.items():
+        for package in packages:
+            assert package not in seen, f"{package} in both {seen[package]} and {group}"
+            seen[package] = group
+    assert {"flask", "aiohttp", "psutil"} <= groups["bench"]
+    assert "tensorflow-cpu" in groups["conversion"]
+
+
 @pytest.mark.slow
 def test_serving_install_has_no_tensorflow_and_runs(tmp_path: Path) -> None:
     """The Dockerfile's install step, from local wheels into a fresh venv."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from litestar.datastructures import State
 
-from app.db.tables import Analysis, User
+from app.db.tables import Analysis, AuditEvent, User
 from app.errors import AppError, NotFoundError, NotReadyError
 from app.inference.classifier import Classifier, Prediction
 from app.inference.dicom import decode_dicom
@@ -160,16 +160,52 @@ async def get_owned(raw_id: str, owner_id: int) -> dict[str, Any]:
     return decorate(row)
 
 
-async def delete_owned(store: EncryptedStore, raw_id: str, owner_id: int) -> dict[str, Any]:
+class DeleteFailedError(AppError):
+    """A stored file could not be removed: the analysis is kept, whole, for a retry."""
+
+    status = 503
+    code = "delete_failed"
+
+
+async def delete_owned(
+    store: EncryptedStore, raw_id: str, owner_id: int, actor_name: str = "", address: str = ""
+) -> dict[str, Any]:
+    """Delete an analysis, its stored files and write its audit event, all or nothing.
+
+    The row's deletion and the audit event share one transaction, and the files are removed
+    inside it, the image last: when a file cannot be removed (a read-only or failing disk) the
+    transaction rolls back, the analysis stays as it was (a removed report is rebuilt on
+    demand), and DeleteFailedError tells the user to retry. The event names the analysis by
+    its id, never the patient.
+    """
     row = await get_owned(raw_id, owner_id)
-    await (
-        Analysis.delete()
-        .where((Analysis.id == parse_id(raw_id)) & (Analysis.owner == owner_id))
-        .run()
-    )
-    # Files after the row: a crash in between leaves an unreferenced file, never a dead link.
-    store.delete(row["image_path"])
-    store.delete(row.get("report_path"))
+    analysis_id = parse_id(raw_id)
+    try:
+        async with Analysis._meta.db.transaction():
+            await (
+                Analysis.delete()
+                .where((Analysis.id == analysis_id) & (Analysis.owner == owner_id))
+                .run()
+            )
+            await AuditEvent.insert(
+                AuditEvent(
+                    actor=owner_id,
+                    actor_name=actor_name[:64],
+                    action="analysis_deleted",
+                    target=row["id"],
+                    address=address[:64],
+                    detail="with its image and report",
+                )
+            ).run()
+            await asyncio.to_thread(store.delete, row.get("report_path"))
+            await asyncio.to_thread(store.delete, row["image_path"])
+    except OSError as exc:
+        log.error("analysis %s kept: a stored file could not be removed (%s)", row["id"], exc)
+        raise DeleteFailedError(
+            "the analysis was not deleted: its stored files could not be removed "
+            f"({exc.strerror or exc}); nothing was changed, try again later or tell the "
+            "administrator"
+        ) from exc
     return row
 
 

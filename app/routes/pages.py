@@ -291,14 +291,8 @@ async def analysis_explanation(
 async def delete_analysis(
     request: Request[Any, Any, State], state: State, user: CurrentUser, analysis_id: str
 ) -> Redirect:
-    row = await analyses.delete_owned(state["store"], analysis_id, user.id)
-    await audit.record(
-        "analysis_deleted",
-        actor_id=user.id,
-        actor_name=user.username,
-        target=row["id"],
-        address=client_address(request),
-        detail=row["patient"],
+    row = await analyses.delete_owned(
+        state["store"], analysis_id, user.id, user.username, client_address(request)
     )
     flash(request, f"Analysis for {row['patient']} deleted, with its image and report.", "info")
     return Redirect("/history", status_code=303)

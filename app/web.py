@@ -26,7 +26,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.auth.passwords import default_hasher
+from app.auth.passwords import VerificationSlots, default_hasher
 from app.auth.throttle import LoginThrottle
 from app.config import ConfigError, Settings
 from app.db import engine as db_engine
@@ -165,6 +165,7 @@ def web_parts(settings: Settings) -> WebParts:
             "db_engine": engine,
             "password_hasher": default_hasher(),
             "login_throttle": LoginThrottle(),
+            "verification_slots": VerificationSlots(),
         },
     )
 

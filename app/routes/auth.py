@@ -73,7 +73,20 @@ async def login(request: Request[Any, Any, State], state: State, data: Form) -> 
         .run()
     )
     stored = row["password_hash"] if row and row["active"] else None
-    result = await verify_password(state["password_hasher"], stored, password)
+    with state["verification_slots"].take() as slot:
+        if not slot:  # argon2 is bounded: a flood waits on nobody and costs no memory
+            request.scope.setdefault("state", {})["current_user"] = None
+            page = render(
+                request,
+                "login.html",
+                status_code=429,
+                next=target,
+                username=username,
+                error="Too many sign-ins at this moment. Try again in a few seconds.",
+            )
+            page.headers["Retry-After"] = "1"
+            return page
+        result = await verify_password(state["password_hasher"], stored, password)
     if not result.ok or row is None:
         throttle.failed(username, address)
         await audit.record("login_failed", actor_id=None, actor_name=username, address=address)

@@ -48,10 +48,18 @@ class _Litestar(Litestar):
 
 # A year; no includeSubDomains: a clinic's other hosts on the same domain may not have TLS.
 HSTS = b"max-age=31536000"
+# Pages load only this server's own files: no inline script (a stored XSS could not run), no
+# framing, forms post only here. The live page needs its WebSocket and the camera's stream.
+CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    b"media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; "
+    b"base-uri 'none'; form-action 'self'; object-src 'none'"
+)
 
 
 class PrivateResponses:
-    """``Cache-Control: no-store`` on every response but static files, and HSTS over HTTPS.
+    """``Cache-Control: no-store`` on every response but static files, HSTS over HTTPS, and a
+    Content-Security-Policy without inline script.
 
     Pages, stored images, explanations, reports and API results all carry patient data, and a
     kiosk's browser is shared: nothing of it may stay in a cache. A response that sets its own
@@ -76,6 +84,8 @@ class PrivateResponses:
                     headers.append((b"cache-control", b"no-store"))
                 if https:
                     headers.append((b"strict-transport-security", HSTS))
+                if not scope["path"].startswith("/schema"):  # Swagger UI loads a CDN's script
+                    headers.append((b"content-security-policy", CSP))
                 message["headers"] = headers
             await send(message)
 

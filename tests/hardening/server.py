@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,6 +63,9 @@ def running_server(
             env=full_env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            # Its own process group: a wrapper (strace) detaches on SIGTERM and would leave the
+            # server running; the group's signal reaches both.
+            start_new_session=True,
         )
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
@@ -79,9 +83,21 @@ def running_server(
             time.sleep(0.2)
         yield server
     finally:
-        process.terminate()
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it has not gone within 15 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            process.poll()
+            try:
+                os.killpg(process.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import sys
 from typing import Any
@@ -109,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     tok = sub.add_parser("create-token", help="create an API token for a user (printed once)")
     tok.add_argument("username")
     tok.add_argument("--name", default="cli", help="a label to tell tokens apart")
+    user = sub.add_parser(
+        "create-user", help="create an account (the password is read from standard input)"
+    )
+    user.add_argument("username")
+    user.add_argument("--role", choices=["clinician", "admin"], default="clinician")
     role = sub.add_parser("set-role", help="make a user a clinician or an admin")
     role.add_argument("username")
     role.add_argument("role", choices=["clinician", "admin"])
@@ -145,11 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "storage":
         return storage_check(settings, args.repair, args.min_age_minutes * 60)
-    if args.command in ("create-token", "set-role"):
-        from app.auth.admin import AdminError, create_api_token, set_role
+    if args.command in ("create-token", "set-role", "create-user"):
+        from app.auth.admin import AdminError, create_api_token, create_user, set_role
 
         try:
-            if args.command == "create-token":
+            if args.command == "create-user":
+                password = (
+                    getpass.getpass("Password: ") if sys.stdin.isatty() else sys.stdin.readline()
+                ).rstrip("\n")
+                create_user(settings, args.username, password, args.role)
+                print(f"created {args.username} ({args.role})")
+            elif args.command == "create-token":
                 print(create_api_token(settings, args.username, args.name))
             else:
                 set_role(settings, args.username, args.role)

@@ -60,6 +60,9 @@ def default_model_path() -> Path:
     return _MODEL_DIRS[0] / "skin_lesion.onnx"
 
 
+REGISTRATION_MODES = ("open", "invite", "closed")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -85,6 +88,13 @@ class Settings:
     session_idle_minutes: int = 30
     api_auth: bool = True
     log_level: str = "INFO"
+    # open: anyone may create an account; invite: only an administrator (`python -m app
+    # create-user`); closed: no new accounts. "" means invite, or open in dev mode.
+    registration: str = ""
+
+    @property
+    def registration_mode(self) -> str:
+        return self.registration or ("open" if self.dev else "invite")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +137,12 @@ class Settings:
                 f"APP_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {raw_level!r}"
             )
         model = get("MODEL_PATH")
+        registration = (get("REGISTRATION") or "").strip().lower()
+        if registration not in ("", *REGISTRATION_MODES):
+            raise ConfigError(
+                f"APP_REGISTRATION must be one of {', '.join(REGISTRATION_MODES)}, "
+                f"got {registration!r}"
+            )
         return cls(
             host=get("HOST") or base.host,
             port=number("PORT", base.port, int, 1, 65535),
@@ -150,6 +166,7 @@ class Settings:
             session_idle_minutes=number("SESSION_IDLE_MINUTES", base.session_idle_minutes, int, 1),
             api_auth=(get("API_AUTH") or "1").strip().lower() not in {"0", "false", "no", "off"},
             log_level=log_level,
+            registration=registration,
         )
 
     @property

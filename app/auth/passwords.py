@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-MIN_PASSWORD_LENGTH = 10
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{3,64}$")
+MIN_PASSWORD_LENGTH = 12
+MIN_PASSWORD_SCORE = 3  # zxcvbn's 0-4 scale: 3 is 'safely unguessable' online
 
 # Verified against when the username is unknown, so both failures cost the same time.
 _DUMMY_PASSWORD = "not-a-real-password-0000"
@@ -58,11 +61,22 @@ class VerificationSlots:
 
 
 def password_problem(username: str, password: str) -> str | None:
-    """Why a new password is refused, or None when it is acceptable."""
+    """Why a new password is refused, or None when it is acceptable.
+
+    At least 12 characters, and not guessable: zxcvbn (which ships its dictionaries) must
+    score it 3 of 4 or more, with the username among the words it tries, so "password12",
+    "1234567890" or the username plus a digit are refused.
+    """
+    from zxcvbn import zxcvbn  # ~0.1 s to import its dictionaries: only when someone registers
+
     if len(password) < MIN_PASSWORD_LENGTH:
         return f"The password must be at least {MIN_PASSWORD_LENGTH} characters long."
     if password.casefold() == username.casefold():
         return "The password must differ from the username."
+    verdict = zxcvbn(password[:100], user_inputs=[username])  # its cost grows with length
+    if verdict["score"] < MIN_PASSWORD_SCORE:
+        hint = verdict["feedback"]["warning"] or "it is too easy to guess"
+        return f"Choose a harder password: {hint.rstrip('.')}. A few unrelated words work well."
     return None
 
 

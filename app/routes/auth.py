@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Annotated, Any
 
 from litestar import Request, get, post
@@ -13,7 +12,7 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from app import audit
-from app.auth.passwords import hash_password, password_problem, verify_password
+from app.auth.passwords import USERNAME_RE, hash_password, password_problem, verify_password
 from app.auth.session import USER, CurrentUser, end_sessions, optional_user, start_session
 from app.auth.tokens import create_token
 from app.db.tables import ApiToken, User
@@ -21,7 +20,6 @@ from app.web import flash, form_text, render
 
 log = logging.getLogger(__name__)
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{3,64}$")
 # One message for an unknown user and a wrong password: no account enumeration.
 BAD_LOGIN = "Invalid username or password."
 
@@ -109,15 +107,25 @@ async def login(request: Request[Any, Any, State], state: State, data: Form) -> 
     return Redirect(target, status_code=303)
 
 
+NO_SELF_REGISTRATION = "Accounts are created by an administrator of this service. Ask them for one."
+
+
 @get("/register", name="register")
-async def register_page(request: Request[Any, Any, State]) -> Template:
+async def register_page(request: Request[Any, Any, State], state: State) -> Template:
     await optional_user(request)
-    return render(request, "register.html")
+    closed = state["settings"].registration_mode != "open"
+    return render(request, "register.html", closed=closed, notice=NO_SELF_REGISTRATION)
 
 
 @post("/register", status_code=303)
 async def register(request: Request[Any, Any, State], state: State, data: Form) -> Any:
     await optional_user(request)
+    if state["settings"].registration_mode != "open":
+        # The same answer whatever was sent: the form reveals nothing, taken names included.
+        page = render(
+            request, "register.html", status_code=403, closed=True, notice=NO_SELF_REGISTRATION
+        )
+        return page
     username = form_text(data.get("username"), "user name")
     password = data.get("password") or ""
     confirm = data.get("confirm") or ""

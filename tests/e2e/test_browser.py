@@ -83,6 +83,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         dev=False,
         secret_key="browser-test-secret-" + "k" * 24,
         storage_key="B" * 43 + "=",
+        registration="open",
     )
     # Playwright's sync API holds an event loop on this thread; migrate on another one.
     with ThreadPoolExecutor(1) as pool:

@@ -126,6 +126,7 @@ def web_settings(tmp_path: Path, tiny_model: Path) -> Settings:
         storage_key="A" * 43 + "=",
         api_auth=True,
         batch_max=8,
+        registration="open",  # production's default is invite; the tests register through it
     )
 
 

@@ -79,8 +79,13 @@ def test_auth_secure_cookie_over_https(sqlite_settings: Settings) -> None:
 @pytest.mark.parametrize(
     ("username", "password", "message"),
     [
-        ("carol", "short", "at least 10 characters"),
-        ("carolcarol1", "CAROLCAROL1", "differ from the username"),
+        ("carol", "short", "at least 12 characters"),
+        ("carolcarol12", "CAROLCAROL12", "differ from the username"),
+        # the red team's accepted passwords, and the username plus a digit
+        ("carol", "aaaaaaaaaaaa", "harder password"),
+        ("carol", "password1234", "harder password"),
+        ("carol", "123456789012", "harder password"),
+        ("carolinewest", "carolinewest1", "harder password"),
     ],
 )
 def test_auth_password_rules(
@@ -217,3 +222,48 @@ def test_auth_refuses_to_start_with_pending_migrations(web_settings: Settings) -
     assert any(isinstance(e, ConfigError) and "python -m app migrate" in str(e) for e in errors), (
         errors
     )
+
+
+@pytest.mark.parametrize("mode", ["invite", "closed"])
+def test_registration_outside_open_mode_reveals_nothing(
+    sqlite_settings: Settings, mode: str
+) -> None:
+    with make_client(replace(sqlite_settings, registration=mode)) as client:
+        page = client.get("/register")
+        assert page.status_code == 200 and 'id="register-closed"' in page.text
+        assert 'name="password"' not in page.text
+        answers = []
+        for username in ("admin", "surely-nobody-has-this-name"):
+            r = client.post(
+                "/register",
+                data={
+                    "username": username,
+                    "password": PASSWORD,
+                    "confirm": PASSWORD,
+                    "_csrf_token": csrf(client, "/login"),
+                },
+                follow_redirects=False,
+            )
+            answers.append((r.status_code, "administrator" in r.text, "taken" in r.text))
+        assert answers == [(403, True, False), (403, True, False)]
+
+
+def test_production_defaults_to_invite_and_dev_to_open() -> None:
+    assert Settings(dev=False).registration_mode == "invite"
+    assert Settings(dev=True).registration_mode == "open"
+    assert Settings.from_env({"APP_REGISTRATION": "closed"}).registration_mode == "closed"
+    with pytest.raises(ConfigError, match="APP_REGISTRATION"):
+        Settings.from_env({"APP_REGISTRATION": "everyone"})
+
+
+def test_create_user_from_the_command_line(sqlite_settings: Settings) -> None:
+    from app.auth.admin import AdminError, create_user
+
+    with pytest.raises(AdminError, match="harder password"):
+        create_user(sqlite_settings, "frank", "password1234")
+    create_user(sqlite_settings, "frank", PASSWORD, "admin")
+    with pytest.raises(AdminError, match="exists"):
+        create_user(sqlite_settings, "FRANK", PASSWORD)
+    with make_client(replace(sqlite_settings, registration="invite")) as client:
+        login(client, "frank")
+        assert client.get("/audit").status_code == 200  # an admin

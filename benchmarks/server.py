@@ -20,6 +20,8 @@ import httpx
 import psutil
 
 from benchmarks.artifacts import ModelSet
+from benchmarks.images import Sample
+from benchmarks.load import BOUNDARY
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,36 @@ def baseline_target(models: ModelSet, upload_dir: Path, port: int | None = None)
         "file",
         f"Flask (threaded werkzeug) + keras.utils.load_img + model.predict ({models.keras.name})",
     )
+
+
+def accepted_samples(
+    models: ModelSet, samples: list[Sample], workdir: Path
+) -> tuple[list[Sample], list[str]]:
+    """The samples the service answers with 2xx, and the names of those it refuses.
+
+    The service's input gate refuses (422) an image it does not take for a skin lesion, and a
+    few of the benchmark originals are refused. Load sets keep only the answered ones, so every
+    server does the same work and a refusal is not counted as an error.
+    """
+    from benchmarks.load import multipart_body
+
+    target = service_target(models, workdir / "screen-data")
+    with RunningServer(target) as server, httpx.Client(timeout=60.0) as client:
+        server.wait_ready()
+        url = target.base_url + target.predict_path
+        headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+        answers = [
+            client.post(url, content=multipart_body(target.form_field, s), headers=headers)
+            for s in samples
+        ]
+    for sample, answer in zip(samples, answers, strict=True):
+        if answer.is_error and answer.status_code != 422:
+            raise ServerError(f"screening {sample.name}: {answer.status_code} {answer.text[:200]}")
+    kept = [s for s, a in zip(samples, answers, strict=True) if not a.is_error]
+    refused = [s.name for s, a in zip(samples, answers, strict=True) if a.is_error]
+    if not kept:
+        raise ServerError("the service refused every benchmark image")
+    return kept, refused
 
 
 class ServerError(RuntimeError):

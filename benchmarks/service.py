@@ -24,7 +24,14 @@ from benchmarks.artifacts import ModelSet
 from benchmarks.images import Sample, upload_images
 from benchmarks.load import LoadResult, multipart_body, run_load
 from benchmarks.results import SuiteResult
-from benchmarks.server import RunningServer, ServerError, Target, baseline_target, service_target
+from benchmarks.server import (
+    RunningServer,
+    ServerError,
+    Target,
+    accepted_samples,
+    baseline_target,
+    service_target,
+)
 from benchmarks.stats import Figure, ratio
 
 log = logging.getLogger(__name__)
@@ -333,6 +340,13 @@ def service_suite(
         suite.skip("all", "no model to serve")
         return suite
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        samples, refused = accepted_samples(models, samples, Path(tmp))
+        if refused:
+            suite.params["refused_by_service"] = refused
+            suite.notes.append(
+                f"the service's input gate refused {len(refused)} image(s) ({', '.join(refused)}); "
+                f"every server and the ceiling used the other {len(samples)}"
+            )
         target = service_target(models, Path(tmp) / "data")
         suite.params["service"] = target.description
         ceiling = Ceiling(models.serving, samples)

@@ -11,10 +11,17 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.artifacts import ModelSet
-from benchmarks.images import upload_images
+from benchmarks.images import Sample, upload_images
 from benchmarks.load import multipart_body, run_load
 from benchmarks.results import SuiteResult
-from benchmarks.server import RunningServer, ServerError, Target, baseline_target, service_target
+from benchmarks.server import (
+    RunningServer,
+    ServerError,
+    Target,
+    accepted_samples,
+    baseline_target,
+    service_target,
+)
 from benchmarks.stats import Figure, ratio
 
 log = logging.getLogger(__name__)
@@ -24,6 +31,7 @@ MB = 1e6
 
 def _measure(
     target: Target,
+    samples: list[Sample],
     starts: int,
     warmup: int,
     requests: int,
@@ -31,7 +39,6 @@ def _measure(
     time_cap_s: float,
     suite: SuiteResult,
 ) -> dict[str, float]:
-    samples, _ = upload_images()
     bodies = [multipart_body(target.form_field, s) for s in samples]
     url = target.base_url + target.predict_path
     times: list[float] = []
@@ -88,8 +95,13 @@ def startup_suite(
         return suite
     figures: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        samples, refused = accepted_samples(models, upload_images()[0], Path(tmp))
+        if refused:
+            suite.params["refused_by_service"] = refused
         service = service_target(models, Path(tmp) / "data")
-        figures["service"] = _measure(service, starts, warmup, requests, concurrency, cap, suite)
+        figures["service"] = _measure(
+            service, samples, starts, warmup, requests, concurrency, cap, suite
+        )
         baseline = baseline_target(models, Path(tmp) / "uploads")
         if baseline is None:
             suite.skip("baseline", "no Keras model to serve upstream-style")
@@ -98,7 +110,7 @@ def startup_suite(
             try:
                 base_starts = 1 if quick else starts
                 figures["baseline"] = _measure(
-                    baseline, base_starts, warmup, base_requests, concurrency, cap, suite
+                    baseline, samples, base_starts, warmup, base_requests, concurrency, cap, suite
                 )
             except ServerError as exc:
                 suite.skip("baseline", str(exc).splitlines()[0])

@@ -18,7 +18,7 @@ from benchmarks.stats import FIGURE_FIELDS, is_valid_figure
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SUITES = ("model", "preprocess", "service", "startup", "accuracy", "footprint")
+SUITES = ("model", "preprocess", "service", "startup", "accuracy", "footprint", "peers", "edge")
 
 
 @pytest.fixture(scope="module")

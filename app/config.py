@@ -195,7 +195,9 @@ class Settings:
                 if not v
             ]
             raise ConfigError(f"{', '.join(missing)} must be set outside dev mode (APP_DEV=1)")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        from app.storage import private_dir  # created 0700: it will hold the secrets
+
+        private_dir(self.data_dir)
         path = self.data_dir / "secrets.json"
         if not path.is_file():
             fresh = {

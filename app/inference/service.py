@@ -63,6 +63,13 @@ class Analysis:
 RejectionObserver = Callable[[Sequence[str]], None]  # the names of the failed checks
 
 
+class ItemFailedError(ImageError):
+    """One image of a batch failed for a reason of the server's: the others still answer."""
+
+    status = 500
+    code = "internal_error"
+
+
 class InferenceService:
     """Owns the classifier, the decode pool and the micro-batcher for one process."""
 
@@ -241,7 +248,10 @@ class InferenceService:
         for i, item in enumerate(decoded):
             if isinstance(item, ImageError):
                 out[i] = item
-            elif isinstance(item, BaseException):
+            elif isinstance(item, Exception):  # a fault with one image is that item's error
+                log.error("image %d of a batch failed", i, exc_info=item)
+                out[i] = ItemFailedError("internal error while reading this image")
+            elif isinstance(item, BaseException):  # cancellation: the request is gone
                 raise item
             else:
                 good.append((i, *item))

@@ -533,6 +533,9 @@ class LiveSession:
             }
         except (ImageError, AppError) as exc:
             return head | {"error": exc.code, "detail": str(exc)}
+        except Exception:  # the camera keeps streaming: one frame's fault ends nothing
+            log.exception("live frame %d failed", seq)
+            return head | {"error": "internal_error", "detail": "internal error"}
         return head | asdict(to_response(analysis, self.model))
 
     async def run(self) -> None:

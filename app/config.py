@@ -91,6 +91,10 @@ class Settings:
     # open: anyone may create an account; invite: only an administrator (`python -m app
     # create-user`); closed: no new accounts. "" means invite, or open in dev mode.
     registration: str = ""
+    # A request body must keep arriving: at most body_idle_s between chunks and body_deadline_s
+    # in all (408 after), so slow or stalled clients cannot hold connections and upload slots.
+    body_idle_s: float = 10.0
+    body_deadline_s: float = 120.0
 
     @property
     def registration_mode(self) -> str:
@@ -167,6 +171,8 @@ class Settings:
             api_auth=(get("API_AUTH") or "1").strip().lower() not in {"0", "false", "no", "off"},
             log_level=log_level,
             registration=registration,
+            body_idle_s=number("BODY_IDLE_S", base.body_idle_s, float, 0.1, 3600.0),
+            body_deadline_s=number("BODY_DEADLINE_S", base.body_deadline_s, float, 0.1, 86400.0),
         )
 
     @property

@@ -11,11 +11,20 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import PluginProtocol
 from litestar.plugins.core import MsgspecDIPlugin
-from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    ReceiveMessage,
+    Scope,
+    Send,
+)
 
 from app.auth.tokens import api_token_guard
 from app.config import Settings
@@ -90,6 +99,48 @@ class PrivateResponses:
             await send(message)
 
         await self.app(scope, receive, wrapped)
+
+
+class BodyDeadline:
+    """A request body must keep arriving: 408 when a chunk is ``idle_s`` late or the whole
+    body takes longer than ``deadline_s``.
+
+    1,100 connections sending partial bodies were all still held after 20-40 s (issue 16):
+    each holds a socket, memory and, for uploads, a place in AdmissionControl. Once the body
+    is complete, later receives (a handler waiting for the client to hang up) are not timed.
+    """
+
+    def __init__(self, app: ASGIApp, idle_s: float, deadline_s: float) -> None:
+        self.app = app
+        self.idle_s = idle_s
+        self.deadline_s = deadline_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline_s
+        body_done = False
+
+        async def timed_receive() -> ReceiveMessage:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            wait = min(self.idle_s, deadline - loop.time())
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0.0))
+            except TimeoutError:
+                raise HTTPException(
+                    status_code=408,
+                    detail="the request body did not arrive in time",
+                    headers={"Connection": "close"},
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        await self.app(scope, timed_receive, send)
 
 
 class AdmissionControl:
@@ -188,6 +239,9 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         middleware=[
             metrics.middleware,  # outermost: refusals are counted too
             DefineMiddleware(AdmissionControl, limit=settings.queue_max),
+            DefineMiddleware(
+                BodyDeadline, idle_s=settings.body_idle_s, deadline_s=settings.body_deadline_s
+            ),
             PrivateResponses,
             *web.middleware,
         ],

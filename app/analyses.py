@@ -99,11 +99,13 @@ async def save(
     name = await asyncio.to_thread(store.put, upload.data, f".{fmt}")
     row = Analysis(
         owner=owner_id,
-        patient=patient[:128],
+        # sealed: the database alone names no patient (see the table's comment)
+        patient_sealed=store.seal_text(patient[:128]),
+        patient_index=store.blind_index(patient[:128]),
+        filename_sealed=store.seal_text(_display_name(upload.filename)),
         batch=batch,
         image_path=name,
         image_sha256=hashlib.sha256(upload.data).hexdigest(),
-        original_filename=_display_name(upload.filename),
         predicted_class=prediction.label,
         probabilities=json.dumps(prediction.probabilities),
         confidence=prediction.confidence,
@@ -122,8 +124,9 @@ async def save(
     return row.id
 
 
-def decorate(row: dict[str, Any]) -> dict[str, Any]:
-    """Add what templates and reports need: parsed probabilities, names and risk group."""
+def decorate(row: dict[str, Any], store: EncryptedStore) -> dict[str, Any]:
+    """Add what templates and reports need: the patient and file name unsealed, parsed
+    probabilities, names and risk group."""
     probs = row.get("probabilities")
     if isinstance(probs, str):
         probs = json.loads(probs)
@@ -133,6 +136,8 @@ def decorate(row: dict[str, Any]) -> dict[str, Any]:
     gate = json.loads(raw_gate) if isinstance(raw_gate, str) and raw_gate else {}
     return {
         **row,
+        "patient": _unsealed(store, row, "patient_sealed", "patient"),
+        "original_filename": _unsealed(store, row, "filename_sealed", "original_filename"),
         "id": str(row["id"]),
         "probabilities": probs or {},
         "predicted_name": HAM10000_NAMES.get(label, label),
@@ -147,7 +152,41 @@ def decorate(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def get_owned(raw_id: str, owner_id: int) -> dict[str, Any]:
+def _unsealed(store: EncryptedStore, row: dict[str, Any], sealed: str, plain: str) -> str:
+    """A sealed column's text; a row from before sealing has it in its plain column."""
+    return store.open_text(row[sealed]) if row.get(sealed) else str(row.get(plain) or "")
+
+
+async def seal_legacy_rows(store: EncryptedStore) -> int:
+    """Seal the patient and file name of rows written before sealing existed; returns how many.
+
+    Idempotent: a sealed row has its plain columns emptied, so it is not picked again.
+    """
+    rows = await (
+        Analysis.select(Analysis.id, Analysis.patient, Analysis.original_filename)
+        .where((Analysis.patient_sealed == "") & (Analysis.patient != ""))
+        .run()
+    )
+    for row in rows:
+        await (
+            Analysis.update(
+                {
+                    Analysis.patient_sealed: store.seal_text(row["patient"]),
+                    Analysis.patient_index: store.blind_index(row["patient"]),
+                    Analysis.filename_sealed: store.seal_text(row["original_filename"]),
+                    Analysis.patient: "",
+                    Analysis.original_filename: "",
+                }
+            )
+            .where(Analysis.id == row["id"])
+            .run()
+        )
+    if rows:
+        log.info("sealed the patient and file name of %d earlier analyses", len(rows))
+    return len(rows)
+
+
+async def get_owned(raw_id: str, owner_id: int, store: EncryptedStore) -> dict[str, Any]:
     """The analysis if ``owner_id`` owns it; otherwise 404, the same as if it did not exist."""
     row = (
         await Analysis.select()
@@ -157,7 +196,7 @@ async def get_owned(raw_id: str, owner_id: int) -> dict[str, Any]:
     )
     if row is None:
         raise NotFoundError("analysis not found")
-    return decorate(row)
+    return decorate(row, store)
 
 
 class DeleteFailedError(AppError):
@@ -178,7 +217,7 @@ async def delete_owned(
     demand), and DeleteFailedError tells the user to retry. The event names the analysis by
     its id, never the patient.
     """
-    row = await get_owned(raw_id, owner_id)
+    row = await get_owned(raw_id, owner_id, store)
     analysis_id = parse_id(raw_id)
     try:
         async with Analysis._meta.db.transaction():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -61,6 +63,16 @@ class StorageError(RuntimeError):
     """A stored file is corrupt, tampered with or encrypted with another key."""
 
 
+SEALED_PREFIX = "s1:"
+
+
+def _derive_key(key: bytes, purpose: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key)
+
+
 def parse_key(raw: str) -> bytes:
     """APP_STORAGE_KEY: 32 bytes as url-safe base64 (what dev mode generates) or 64 hex digits."""
     raw = raw.strip()
@@ -86,6 +98,32 @@ class EncryptedStore:
         self.root = root
         self._aead = AESGCM(key)
         self._private = False
+        # Record fields (patient identifier, file name) are sealed with keys derived from the
+        # same storage key: one secret to keep, separate keys for separate uses.
+        self._fields = AESGCM(_derive_key(key, b"record fields"))
+        self._index_key = _derive_key(key, b"blind index")
+
+    def seal_text(self, text: str) -> str:
+        """``text`` encrypted for a database column (AES-GCM, ``s1:`` + base64)."""
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = nonce + self._fields.encrypt(nonce, text.encode(), b"field")
+        return SEALED_PREFIX + base64.urlsafe_b64encode(sealed).decode()
+
+    def open_text(self, value: str) -> str:
+        """The text of a sealed column; a value written before sealing is returned as it is."""
+        if not value.startswith(SEALED_PREFIX):
+            return value
+        raw = base64.urlsafe_b64decode(value[len(SEALED_PREFIX) :])
+        try:
+            return self._fields.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], b"field").decode()
+        except InvalidTag as exc:
+            raise StorageError("a sealed field failed authentication (wrong key?)") from exc
+
+    def blind_index(self, text: str) -> str:
+        """A keyed hash of ``text`` for exact-match search: equal names (ignoring case and
+        spacing) match, and the column reveals nothing without the key."""
+        normal = " ".join(text.casefold().split())
+        return hmac.new(self._index_key, normal.encode(), hashlib.sha256).hexdigest()
 
     def _path(self, name: str) -> Path:
         # Names are ours (token_hex + suffix), but refuse anything path-like all the same.

@@ -26,6 +26,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.analyses import seal_legacy_rows
 from app.auth.passwords import VerificationSlots, default_hasher
 from app.auth.throttle import LoginThrottle
 from app.config import ConfigError, Settings
@@ -124,6 +125,7 @@ def web_parts(settings: Settings) -> WebParts:
                 # After the check: `migrate` left the file in WAL, so this is a no-op that
                 # takes no lock, unless the file was restored from a non-WAL copy.
                 db_engine.enable_wal(engine)
+            await seal_legacy_rows(store)  # rows written before patient names were sealed
             yield
         finally:
             await db_engine.stop(engine)

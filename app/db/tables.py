@@ -62,6 +62,12 @@ class Analysis(Table):
     # The intended-use gate's result as JSON ("" before the gate existed); its reasons are
     # kept when a clinician chose "analyse anyway", so pages and the PDF can say so.
     gate = Text(default="")
+    # Sealed with the storage key (AES-GCM): the database alone does not name the patient.
+    # `patient` and `original_filename` above stay "" for new rows; rows from before are
+    # sealed at start-up. Search is by exact match on the keyed hash.
+    patient_sealed = Text(default="")
+    patient_index = Varchar(length=64, default="", index=True)
+    filename_sealed = Text(default="")
 
 
 class AuditEvent(Table):

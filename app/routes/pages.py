@@ -12,8 +12,6 @@ from typing import Any
 from litestar import Request, Response, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.response import Redirect, Template
-from piccolo.columns import Varchar
-from piccolo.columns.combination import WhereRaw
 
 from app import analyses, audit
 from app.analyses import RISK_HEX, Upload
@@ -91,6 +89,7 @@ async def dashboard(request: Request[Any, Any, State], user: CurrentUser) -> Tem
         await Analysis.select(
             Analysis.id,
             Analysis.patient,
+            Analysis.patient_sealed,
             Analysis.predicted_class,
             Analysis.confidence,
             Analysis.melanoma_flag,
@@ -109,7 +108,10 @@ async def dashboard(request: Request[Any, Any, State], user: CurrentUser) -> Tem
         mean_conf=mean_conf,
         class_chart=class_chart,
         week_chart=week_chart,
-        flagged_recent=[analyses.decorate({**r, "probabilities": "{}"}) for r in recent],
+        flagged_recent=[
+            analyses.decorate({**r, "probabilities": "{}"}, request.app.state["store"])
+            for r in recent
+        ],
     )
 
 
@@ -236,7 +238,7 @@ def _skipped_summary(errors: list[str], shown: int = 3, width: int = 120) -> str
 async def analysis_page(
     request: Request[Any, Any, State], user: CurrentUser, analysis_id: str
 ) -> Template:
-    row = await analyses.get_owned(analysis_id, user.id)
+    row = await analyses.get_owned(analysis_id, user.id, request.app.state["store"])
     chart = hbar_svg(
         [
             (f"{short_name(c)} ({c})", p, RISK_HEX.get(RISK_GROUPS.get(c, ""), "#6c757d"))
@@ -261,7 +263,7 @@ async def analysis_page(
 
 @get("/analyses/{analysis_id:str}/image", dependencies=USER)
 async def analysis_image(user: CurrentUser, state: State, analysis_id: str) -> Response[bytes]:
-    row = await analyses.get_owned(analysis_id, user.id)
+    row = await analyses.get_owned(analysis_id, user.id, state["store"])
     data = await asyncio.to_thread(state["store"].get, row["image_path"])
     media = "image/png" if row["image_path"].endswith(".png") else "image/jpeg"
     if row["image_path"].endswith(".dicom"):  # browsers cannot show DICOM: its pixels as PNG
@@ -276,7 +278,7 @@ async def analysis_explanation(
 ) -> Response[bytes]:
     """Grad-CAM heat map of the stored result's class over the stored image (501 without a
     CAM model); computed on request, nothing is stored."""
-    row = await analyses.get_owned(analysis_id, user.id)
+    row = await analyses.get_owned(analysis_id, user.id, state["store"])
     data = await asyncio.to_thread(state["store"].get, row["image_path"])
     service: InferenceService | None = state.get("inference")
     if service is None:
@@ -298,14 +300,6 @@ async def delete_analysis(
     return Redirect("/history", status_code=303)
 
 
-def _contains_ignoring_case(column: Varchar, text: str) -> WhereRaw:
-    """``column`` contains ``text`` literally: `%` and `_` in a patient ID are not wildcards."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    # SQLite's LIKE is case-insensitive (ASCII) already; PostgreSQL's needs ILIKE.
-    like = "LIKE" if column._meta.engine_type == "sqlite" else "ILIKE"
-    return WhereRaw(f"{column._meta.name} {like} {{}} ESCAPE '\\'", f"%{escaped}%")
-
-
 @get("/history", name="history", dependencies=USER)
 async def history(
     request: Request[Any, Any, State],
@@ -319,7 +313,8 @@ async def history(
     patient = form_text(patient, "patient filter")
     batch = form_text(batch, "batch filter")
     if patient:
-        where &= _contains_ignoring_case(Analysis.patient, patient)
+        # Exact match (ignoring case and spacing) on the keyed hash: the names are sealed.
+        where &= Analysis.patient_index == request.app.state["store"].blind_index(patient)
     if dx in HAM10000_LABELS:
         where &= Analysis.predicted_class == dx
     if batch:
@@ -331,11 +326,13 @@ async def history(
         await Analysis.select(
             Analysis.id,
             Analysis.patient,
+            Analysis.patient_sealed,
             Analysis.predicted_class,
             Analysis.confidence,
             Analysis.melanoma_flag,
             Analysis.created_at,
             Analysis.original_filename,
+            Analysis.filename_sealed,
         )
         .where(where)
         .order_by(Analysis.created_at, ascending=False)
@@ -346,7 +343,10 @@ async def history(
     return render(
         request,
         "history.html",
-        rows=[analyses.decorate({**r, "probabilities": "{}"}) for r in rows],
+        rows=[
+            analyses.decorate({**r, "probabilities": "{}"}, request.app.state["store"])
+            for r in rows
+        ],
         total=total,
         page=page,
         pages=pages,

@@ -51,13 +51,16 @@ async def list_analyses(request: Request[Any, Any, State], limit: int = 50) -> d
         .limit(max(1, min(limit, 200)))
         .run()
     )
-    return {"analyses": [_public(analyses.decorate(r)) for r in rows]}
+    store = request.app.state["store"]
+    return {"analyses": [_public(analyses.decorate(r, store)) for r in rows]}
 
 
 @get("/api/v1/analyses/{analysis_id:str}", guards=[api_token_guard], tags=["analyses"])
 async def get_analysis(request: Request[Any, Any, State], analysis_id: str) -> dict[str, Any]:
     """One of the caller's analyses; another user's id answers 404, as if it did not exist."""
-    row = await analyses.get_owned(analysis_id, request.state.api_user["id"])
+    row = await analyses.get_owned(
+        analysis_id, request.state.api_user["id"], request.app.state["store"]
+    )
     return _public(row)
 
 

@@ -21,7 +21,7 @@ async def report(
     analysis_id: str,
     download: bool = False,
 ) -> Response[bytes]:
-    row = await analyses.get_owned(analysis_id, user.id)
+    row = await analyses.get_owned(analysis_id, user.id, state["store"])
     pdf = await analyses.report_pdf(state["store"], row, state.get("inference"))
     await audit.record(
         "report_downloaded" if download else "report_viewed",

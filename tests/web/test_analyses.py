@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +18,13 @@ from pypdf import PdfReader
 
 from app.auth.admin import create_api_token, set_role
 from app.config import Settings
+from app.db.engine import bind, make_engine, start, stop
+from app.db.tables import Analysis
 from app.inference.spec import HAM10000_LABELS
 from app.main import create_app
 from app.storage import EncryptedStore, parse_key
 
-from .conftest import CSRF_RE, FAST_HASHER, PASSWORD, csrf, make_client, register, upload
+from .conftest import CSRF_RE, FAST_HASHER, PASSWORD, csrf, login, make_client, register, upload
 from .live import live_server
 
 UUID_RE = re.compile(r"/analyses/([0-9a-f-]{36})$")
@@ -171,6 +174,8 @@ def test_analysis_batch_history_filters_and_pagination(
     assert "3 images analysed for Batch Patient" in batch_page
     upload(client, "Other Person", images[:1])
     page = client.get("/history?patient=other")
+    assert "Other Person" not in page.text  # exact matches only: the names are sealed
+    page = client.get("/history?patient=other%20%20PERSON")  # case and spacing ignored
     assert "Other Person" in page.text and "Batch Patient" not in page.text
     other_id = re.search(r'href="/analyses/([0-9a-f-]{36})"', page.text)
     assert other_id
@@ -421,10 +426,11 @@ def test_nul_characters_in_form_fields_are_refused_not_a_server_error(
         assert client.get("/health/live").status_code == 200
 
 
-def test_history_patient_search_is_literal_and_ignores_case(
+def test_history_patient_search_is_exact_and_the_database_names_no_patient(
     db_settings: Settings, jpeg: bytes
 ) -> None:
-    # `%` and `_` are LIKE wildcards; a patient ID such as "AB_12" must not match "ABX12".
+    # Patient identifiers are sealed at rest: search is an exact match (case and spacing aside)
+    # on a keyed hash, so wildcards match nothing, and the database holds no name in clear.
     with make_client(db_settings) as client:
         register(client, "alice")
         for patient in ("Anna 50% off", "AB_12", "ABX12", "back\\slash"):
@@ -439,11 +445,27 @@ def test_history_patient_search_is_literal_and_ignores_case(
                 "back\\slash",
             }
 
-        assert found("%") == {"Anna 50% off"}
-        assert found("AB_1") == {"AB_12"}
-        assert found("ab") == {"AB_12", "ABX12"}  # case-insensitive on both databases
-        assert found("k\\s") == {"back\\slash"}
-        assert found("anna 50") == {"Anna 50% off"}
+        assert found("%") == set()
+        assert found("AB_1") == set()
+        assert found("ab_12") == {"AB_12"}  # case-insensitive on both databases
+        assert found("back\\slash") == {"back\\slash"}
+        assert found("  anna   50%  OFF ") == {"Anna 50% off"}
+        assert found("") == {"Anna 50% off", "AB_12", "ABX12", "back\\slash"}
+
+    async def stored() -> list[dict[str, Any]]:
+        engine = make_engine(db_settings)
+        bind(engine)
+        await start(engine)
+        try:
+            return await Analysis.select().run()
+        finally:
+            await stop(engine)
+
+    rows = asyncio.run(stored())
+    assert len(rows) == 4
+    dump = repr(rows)
+    for clear in ("Anna", "AB_12", "ABX12", "slash", "a.jpg"):
+        assert clear not in dump  # neither the patient nor the file name
 
 
 def test_batch_skips_are_one_short_message(client: TestClient[Litestar], jpeg: bytes) -> None:
@@ -472,3 +494,38 @@ def test_dicom_upload_is_analysed_shown_and_reported(
     # the thumbnail (not the "damaged image" note) and the explanation beside it
     assert len(pdf.pages[0].images) == 2
     assert "damaged" not in pdf.pages[0].extract_text()
+
+
+def test_rows_from_before_sealing_are_sealed_at_start(
+    sqlite_settings: Settings, jpeg: bytes
+) -> None:
+    with make_client(sqlite_settings) as client:
+        register(client, "alice")
+        location = upload(client, "Someone", [("a.jpg", jpeg)])
+
+    async def run(query: Any) -> Any:
+        engine = make_engine(sqlite_settings)
+        bind(engine)
+        await start(engine)
+        try:
+            return await query.run()
+        finally:
+            await stop(engine)
+
+    # What a row written before the sealing migration looks like: names in clear.
+    legacy = {
+        Analysis.patient: "Legacy Name",
+        Analysis.original_filename: "old-scan.jpg",
+        Analysis.patient_sealed: "",
+        Analysis.patient_index: "",
+        Analysis.filename_sealed: "",
+    }
+    asyncio.run(run(Analysis.update(legacy, force=True)))
+    with make_client(sqlite_settings) as client:  # start-up seals it
+        login(client, "alice")
+        page = client.get(location).text
+        assert "Legacy Name" in page and "old-scan.jpg" in page
+        assert "Legacy Name" in client.get("/history?patient=legacy%20name").text
+    (row,) = asyncio.run(run(Analysis.select()))
+    assert row["patient"] == "" and row["original_filename"] == ""
+    assert row["patient_sealed"].startswith("s1:") and "Legacy" not in repr(row)

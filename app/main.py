@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -31,7 +33,7 @@ from app.config import Settings
 from app.db.engine import DatabaseProbe
 from app.errors import error_body, exception_to_response
 from app.inference.classifier import Classifier
-from app.inference.service import load_service
+from app.inference.service import InferenceService, load_service
 from app.metrics import Metrics, metrics_endpoint
 from app.routes import health
 from app.routes.api import build_api_router
@@ -192,6 +194,30 @@ class AdmissionControl:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+TRIM_EVERY_S = 10.0
+
+
+async def _return_memory_when_idle(service: InferenceService) -> None:
+    """Give freed heap back to the system once a burst is over.
+
+    After 1,000 clients for 20 s the process kept ~60 MB more than before, idle: glibc keeps
+    freed memory in its arenas. ``malloc_trim(0)`` returns it; it runs only when nothing is
+    queued or decoding at two checks in a row, so it never competes with requests.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return
+    quiet = 0
+    while True:
+        await asyncio.sleep(TRIM_EVERY_S)
+        busy = service.batcher.depth or service.decoding
+        quiet = 0 if busy else quiet + 1
+        if quiet == 2:
+            await asyncio.to_thread(trim, 0)
+
+
 def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> Litestar:
     """Build the app; ``classifier`` lets ``python -m app`` hand over the model it checked."""
     # Outside dev mode a missing APP_SECRET_KEY/APP_STORAGE_KEY stops start-up here (ConfigError).
@@ -211,10 +237,12 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         app.state.inference = service  # pages predict through this too: state.inference.analyse
         app.state.classifier = service.classifier
         app.state.ready = True
+        trimmer = asyncio.get_running_loop().create_task(_return_memory_when_idle(service))
         try:
             yield
         finally:
             app.state.ready = False
+            trimmer.cancel()
             await service.stop()
 
     @asynccontextmanager

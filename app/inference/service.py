@@ -216,6 +216,11 @@ class InferenceService:
             )
 
     @property
+    def decoding(self) -> int:
+        """Images admitted to the decode stage and not yet decoded."""
+        return self._decoding
+
+    @property
     def explanations_available(self) -> bool:
         return self._explainer is not None or self._cam_path.is_file()
 

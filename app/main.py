@@ -31,7 +31,7 @@ from litestar.types import (
 from app.auth.tokens import api_token_guard
 from app.config import Settings
 from app.db.engine import DatabaseProbe
-from app.errors import error_body, exception_to_response
+from app.error_responses import error_body, exception_to_response
 from app.inference.classifier import Classifier
 from app.inference.service import InferenceService, load_service
 from app.metrics import Metrics, metrics_endpoint

@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from app.errors import answer_for
+from app.error_responses import answer_for
 
 # The *_created series double the exposition for no use on a scrape-based dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]

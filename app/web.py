@@ -210,7 +210,7 @@ def html_error(
     detail: str,
     headers: dict[str, str] | None = None,
 ) -> Response[Any]:
-    """The HTML side of the one error handler in app/errors.py."""
+    """The HTML side of the one error handler in app/error_responses.py."""
     if code == "login_required":
         return Redirect(_login_url(request), status_code=303)
     if status == 403 and "csrf" in detail.lower():

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from app.errors import AppError
 from app.inference.dicom import decode_dicom, dicom_size, is_dicom
 from app.inference.spec import ModelSpec
 
@@ -41,7 +42,7 @@ MAX_JPEG_SCANS_PER_COMPONENT = 32
 MAX_JPEG_SEGMENTS = 1024
 
 
-class ImageError(ValueError):
+class ImageError(AppError, ValueError):
     """An upload that cannot be analysed; ``status`` is the HTTP status it maps to."""
 
     status = 400

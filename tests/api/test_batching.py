@@ -15,7 +15,8 @@ import pytest
 from litestar.testing import RequestFactory
 
 from app.config import Settings
-from app.errors import OverloadedError, exception_to_response
+from app.error_responses import exception_to_response
+from app.errors import OverloadedError
 from app.inference.batching import MicroBatcher
 from app.inference.classifier import Classifier
 from app.inference.preprocess import preprocess

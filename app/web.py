@@ -29,6 +29,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from app.analyses import seal_legacy_rows
 from app.auth.passwords import VerificationSlots, default_hasher
 from app.auth.throttle import LoginThrottle
+from app.auth.tokens import TokenCache
 from app.config import ConfigError, Settings
 from app.db import engine as db_engine
 from app.db.migrate import apply_migrations, pending_migrations
@@ -168,6 +169,7 @@ def web_parts(settings: Settings) -> WebParts:
             "password_hasher": default_hasher(),
             "login_throttle": LoginThrottle(),
             "verification_slots": VerificationSlots(),
+            "token_cache": TokenCache(),
         },
     )
 

@@ -232,6 +232,7 @@ async def revoke_token(
         .where((ApiToken.id == token_id) & (ApiToken.owner == user.id))
         .run()
     )
+    request.app.state["token_cache"].clear()  # revoked here: refused from the next request
     await audit.record(
         "token_revoked",
         actor_id=user.id,

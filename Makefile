@@ -9,7 +9,7 @@ export APP_DEV ?= 1
 export APP_DATA_DIR ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help run serve test test-fast lint type convert train bench bench-quick docker clean
+.PHONY: help run serve test test-fast lint type convert train bench bench-quick docker clean redteam
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ test: $(VENV)/.test-installed ## install dev + conversion + bench extras and run
 
 test-fast: $(VENV)/.test-installed ## the suite without slow, browser and TensorFlow tests
 	$(PY) -m pytest -m "not slow and not browser and not tensorflow"
+
+redteam: $(VENV)/.test-installed ## replay the hostile corpus against a running server, print what held
+	$(PY) -m tests.hardening.replay
 
 lint: $(VENV)/.test-installed ## ruff lint + format check
 	$(VENV)/bin/ruff check .

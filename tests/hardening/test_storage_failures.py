@@ -10,33 +10,21 @@ import contextlib
 import errno
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.hardening.mounts import tmpfs
 from tests.hardening.server import running_server
 
 CSRF_RE = re.compile(r'name="_csrf_token" value="([^"]+)"')
 JSON = {"Accept": "application/json"}
 
 
-@contextlib.contextmanager
-def small_disk(mount: Path) -> Iterator[Path]:
+def small_disk(mount: Path) -> contextlib.AbstractContextManager[Path]:
     """A 4 MB tmpfs at ``mount`` (skips the test where mounting is not allowed)."""
-    mount.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    return tmpfs(mount, "4m")
 
 
 def fill(disk: Path) -> Path:

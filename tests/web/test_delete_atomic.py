@@ -2,45 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from app.auth.admin import set_role
 from app.config import Settings
+from tests.hardening.mounts import remount, tmpfs
 
 from .conftest import csrf, make_client, register, upload
-
-
-@contextlib.contextmanager
-def tmpfs(mount: Path) -> Iterator[Path]:
-    """A small tmpfs at ``mount`` that the test can make read-only (skips where not allowed)."""
-    mount.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def remount(mount: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True)
 
 
 def test_a_delete_on_a_read_only_disk_changes_nothing_and_a_retry_works(
     sqlite_settings: Settings, fixture_images: list[tuple[Path, str]]
 ) -> None:
     images = sqlite_settings.data_dir / "images"
-    with tmpfs(images), make_client(sqlite_settings) as client:
+    with tmpfs(images, "16m"), make_client(sqlite_settings) as client:
         register(client, "alice")
         location = upload(client, "Pat Delete", [("a.jpg", fixture_images[0][0].read_bytes())])
         client.get(f"{location}/report.pdf")  # a stored report too

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from app.errors import ConfigError as ConfigError  # a leaf, so storage can raise it too
+from app.storage import private_dir
+
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -25,10 +28,6 @@ LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _MIB = 1024 * 1024
 
 Number = TypeVar("Number", int, float)
-
-
-class ConfigError(RuntimeError):
-    """A setting is missing or invalid; the service must not start."""
 
 
 def _truthy(value: str | None) -> bool:
@@ -201,9 +200,8 @@ class Settings:
                 if not v
             ]
             raise ConfigError(f"{', '.join(missing)} must be set outside dev mode (APP_DEV=1)")
-        from app.storage import private_dir  # created 0700: it will hold the secrets
 
-        private_dir(self.data_dir)
+        private_dir(self.data_dir)  # created 0700: it will hold the secrets
         path = self.data_dir / "secrets.json"
         if not path.is_file():
             fresh = {

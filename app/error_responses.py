@@ -21,6 +21,7 @@ from app.errors import (
     StorageReadOnlyError,
 )
 from app.inference.gate import ImageRejectedError
+from app.page_helpers import html_error, wants_html
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,6 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         log.info("client disconnected during %s %s", request.method, request.url.path)
     elif answer.status == HTTP_500_INTERNAL_SERVER_ERROR:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-    from app.web import html_error, wants_html  # lazy: app.web imports this module
 
     if wants_html(request):
         return html_error(request, answer.status, answer.code, answer.detail, answer.headers)

@@ -58,3 +58,7 @@ class ClientDisconnectedError(AppError):
 
     status = 499  # nginx's "client closed request"
     code = "client_disconnected"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the service must not start."""

@@ -21,8 +21,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from app.config import ConfigError
-from app.errors import NotFoundError
+from app.errors import ConfigError, NotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``python -m benchmarks accuracy MODEL --images DIR --labels CSV [--json OUT]``.
 
 Runs every labelled image through the serving ``preprocess`` and a Keras (.h5) or ONNX model,
-and reports the metrics in ``benchmarks.metrics``.
+and reports the metrics in ``conversion.metrics``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.metrics import classification_metrics
+from conversion.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 

@@ -68,9 +68,9 @@ def _agreement(
     models: ModelSet, images_dir: Path, labels_csv: Path, split: str | None, suite: SuiteResult
 ) -> None:
     """Top-1 agreement and largest probability gap of INT8 against FP32 on the same images."""
-    from benchmarks.metrics import agreement
     from conversion.convert import read_spec
     from conversion.images import preprocess_paths, read_labels
+    from conversion.metrics import agreement
     from conversion.runtime import predict_onnx
 
     assert models.fp32 is not None and models.int8 is not None

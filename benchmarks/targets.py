@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.metrics import (
+from conversion.metrics import (
     INT8_MAX_BMA_DROP,
     INT8_MAX_MEL_RECALL_DROP,
     INT8_MAX_RECALL_DROP,

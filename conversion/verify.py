@@ -13,7 +13,10 @@ import numpy as np
 import onnx
 
 from app.inference.spec import ModelSpec
-from benchmarks.metrics import (
+from conversion.convert import read_spec
+from conversion.errors import ConversionError
+from conversion.images import Sample, nhwc, preprocess_paths, read_labels
+from conversion.metrics import (
     INT8_MAX_BMA_DROP,
     INT8_MAX_MEL_RECALL_DROP,
     INT8_MAX_RECALL_DROP,
@@ -22,14 +25,11 @@ from benchmarks.metrics import (
     classification_metrics,
     format_per_class,
 )
-from conversion.convert import read_spec
-from conversion.errors import ConversionError
-from conversion.images import Sample, nhwc, preprocess_paths, read_labels
 from conversion.runtime import predict_keras, predict_onnx
 
 log = logging.getLogger(__name__)
 
-# Keras-vs-FP32 limits from issue 4; the INT8 gates live in benchmarks.metrics.
+# Keras-vs-FP32 limits from issue 4; the INT8 gates live in conversion.metrics.
 KERAS_MAX_ABS_DIFF = 1e-4
 KERAS_MIN_TOP1 = 1.0
 

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from benchmarks.metrics import expected_calibration_error, sensitivity_specificity
+from conversion.metrics import expected_calibration_error, sensitivity_specificity
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -21,14 +21,14 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from app.inference.classifier import Classifier
-from benchmarks.metrics import (
+from conversion.images import preprocess_paths
+from conversion.metrics import (
     balanced_accuracy,
     classification_metrics,
     expected_calibration_error,
     macro_ovr_auc,
     sensitivity_specificity,
 )
-from conversion.images import preprocess_paths
 from conversion.runtime import predict_onnx
 from training.calibration import reliability_curve, softmax, threshold_for_sensitivity
 from training.split import read_split

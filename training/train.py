@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES
-from benchmarks.metrics import balanced_accuracy
+from conversion.metrics import balanced_accuracy
 from training.calibration import (
     expected_calibration_error,
     fit_temperature,

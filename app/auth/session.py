@@ -14,7 +14,7 @@ from litestar.di import Provide
 
 from app.db.tables import User
 from app.errors import AppError
-from app.web import session_data
+from app.page_helpers import session_data
 
 
 class LoginRequiredError(AppError):

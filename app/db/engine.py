@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sqlite3
@@ -108,11 +109,12 @@ def bind(engine: Engine[Any]) -> None:
     """Point our tables, Piccolo's migration table and the PICCOLO_CONF module at ``engine``."""
     from piccolo.apps.migrations.tables import Migration
 
-    import app.db.piccolo_conf as conf
     from app.db.tables import TABLES
 
     os.environ.setdefault("PICCOLO_CONF", PICCOLO_CONF)
-    conf.DB = engine
+    # By name, as Piccolo itself finds it: piccolo_conf builds its DB with make_engine above.
+    conf = importlib.import_module(PICCOLO_CONF)
+    conf.DB = engine  # type: ignore[attr-defined]
     tables: tuple[type[Table], ...] = (*TABLES, Migration)
     for table in tables:
         table._meta.db = engine

@@ -29,7 +29,7 @@ def is_dicom(data: bytes) -> bool:
 
 
 def _errors() -> tuple[type[Exception], type[Exception]]:
-    from app.inference.preprocess import ImageError, UnsupportedImageError
+    from app.inference.image_errors import ImageError, UnsupportedImageError
 
     return ImageError, UnsupportedImageError
 
@@ -110,7 +110,7 @@ def _check_compressed_frame(dataset: Any, width: int, height: int) -> None:
     from PIL import Image
     from pydicom.encaps import generate_frames
 
-    from app.inference.preprocess import JPEG_MAGIC, inspect_jpeg
+    from app.inference.jpeg import JPEG_MAGIC, inspect_jpeg
 
     image_error, unsupported = _errors()
     try:
@@ -146,7 +146,7 @@ def _check_decoder(syntax: Any) -> None:
 
 def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
     """RGB uint8 (H, W, 3) of the file's one colour frame, within ``max_pixels``."""
-    from app.inference.preprocess import check_budget
+    from app.inference.image_errors import check_budget
 
     image_error, unsupported = _errors()
     dataset, width, height = _read(data, pixels=True)

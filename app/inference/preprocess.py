@@ -9,7 +9,6 @@ resize with INTER_AREA, RGB order, float32 pixels in [0, 255]; the model's own m
 from __future__ import annotations
 
 import io
-import re
 import struct
 from dataclasses import dataclass
 
@@ -17,46 +16,22 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import AppError
 from app.inference.dicom import decode_dicom, dicom_size, is_dicom
+from app.inference.image_errors import BUDGET_BYTES_PER_PIXEL as BUDGET_BYTES_PER_PIXEL
+from app.inference.image_errors import ImageError as ImageError
+from app.inference.image_errors import ImageTooLargeError as ImageTooLargeError
+from app.inference.image_errors import UnsupportedImageError as UnsupportedImageError
+from app.inference.image_errors import check_budget as check_budget
+from app.inference.jpeg import JPEG_MAGIC as JPEG_MAGIC
+from app.inference.jpeg import MAX_JPEG_SCANS as MAX_JPEG_SCANS
+from app.inference.jpeg import MAX_JPEG_SCANS_PER_COMPONENT as MAX_JPEG_SCANS_PER_COMPONENT
+from app.inference.jpeg import MAX_JPEG_SEGMENTS as MAX_JPEG_SEGMENTS
+from app.inference.jpeg import JpegStructure as JpegStructure
+from app.inference.jpeg import inspect_jpeg as inspect_jpeg
 from app.inference.spec import ModelSpec
 
-JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DEFAULT_MAX_PIXELS = 40_000_000
-# Decoded bytes allowed per image: what an 8-bit RGB image at the pixel budget takes. A 16-bit
-# RGBA PNG (8 bytes a pixel) of 40 MP would otherwise decode to 320 MB.
-BUDGET_BYTES_PER_PIXEL = 3
-
-# JPEG structure limits, counted from the bytes before decoding. libjpeg makes one pass over a
-# component's coefficients per scan, so a progressive file that repeats one small scan thousands
-# of times costs minutes (about 3 ms a scan at 40 MP) for no more picture. Measured maxima:
-# every HAM10000 image (10,015) and the 600x450 originals are baseline with 1 scan; Pillow and
-# OpenCV progressive JPEGs (libjpeg's standard script) have 10 scans (RGB), 6 (grey), 18 (CMYK),
-# at most 6 per component; the JPEG frames of pydicom's DICOM test files have 1 scan and at most
-# 9 marker segments. The limits leave room for other encoders (mozjpeg, jpegli, cameras).
-MAX_JPEG_SCANS = 64
-MAX_JPEG_SCANS_PER_COMPONENT = 32
-# Marker segments before the end of the image (APPn, DQT, DHT, SOS...): cameras write a few
-# dozen; parsing millions of tiny ones would cost more than the decode they precede.
-MAX_JPEG_SEGMENTS = 1024
-
-
-class ImageError(AppError, ValueError):
-    """An upload that cannot be analysed; ``status`` is the HTTP status it maps to."""
-
-    status = 400
-    code = "bad_image"
-
-
-class UnsupportedImageError(ImageError):
-    status = 415
-    code = "unsupported_media_type"
-
-
-class ImageTooLargeError(ImageError):
-    status = 413
-    code = "image_too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,31 +41,6 @@ class ImageInfo:
     height: int
     channels: int = 3  # as stored: 1 grey, 2 grey + alpha, 3 colour, 4 RGBA or CMYK
     bytes_per_sample: int = 1  # 2 for 12- and 16-bit samples
-
-
-@dataclass(frozen=True, slots=True)
-class JpegStructure:
-    """What a JPEG's marker segments say, read without decoding any pixel."""
-
-    width: int
-    height: int
-    components: int
-    precision: int  # bits per sample: 8, 12 or 16
-    progressive: bool
-    scans: int  # SOS markers
-    most_scans_per_component: int
-
-
-# A marker is 0xFF then a code that is not 0x00 (a stuffed 0xFF inside entropy-coded data), not
-# RST0-7 (inside a scan) and not 0xFF (fill bytes before a marker: the last 0xFF is the one that
-# matches). libjpeg reads markers the same way, skipping stray bytes between segments, so this
-# walk sees the segments the decoder sees. Two bytes, never ``\xff+``: a search for that over a
-# long run of 0xFF backtracks quadratically (a 1 MB run would take hours).
-_JPEG_MARKER = re.compile(rb"\xff([^\x00\xd0-\xd7\xff])")
-_JPEG_STANDALONE = {0x01, 0xD8}  # TEM, SOI: no length field
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
-_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
 
 
 def sniff_format(data: bytes) -> str:
@@ -104,66 +54,6 @@ def sniff_format(data: bytes) -> str:
     if not data:
         raise ImageError("empty upload")
     raise UnsupportedImageError("only JPEG, PNG and DICOM images are accepted")
-
-
-def inspect_jpeg(data: bytes) -> JpegStructure:
-    """Walk a JPEG's marker segments (skipping entropy-coded data) up to EOI, without decoding.
-
-    Raises ImageError (400) for a structure that costs more to decode than a picture can be
-    worth: too many scans in all or for one component, or too many marker segments.
-    """
-    pos, scans, segments = 2, 0, 0
-    per_component: dict[int, int] = {}
-    frame: tuple[int, int, int, int, bool] | None = None  # width, height, components, bits, prog
-    while (match := _JPEG_MARKER.search(data, pos)) is not None:
-        code, pos = match.group(1)[0], match.end()
-        if code == _JPEG_EOI:
-            break
-        if code in _JPEG_STANDALONE:
-            continue
-        segments += 1
-        if segments > MAX_JPEG_SEGMENTS:
-            raise ImageError(f"the jpeg has over {MAX_JPEG_SEGMENTS} marker segments")
-        if pos + 2 > len(data):
-            break  # truncated: the decoder reports it
-        length = int.from_bytes(data[pos : pos + 2], "big")
-        body = data[pos + 2 : pos + length]
-        if code in _JPEG_SOF and frame is None and len(body) >= 6:
-            frame = (
-                int.from_bytes(body[3:5], "big"),
-                int.from_bytes(body[1:3], "big"),
-                body[5],
-                body[0],
-                code in _JPEG_PROGRESSIVE,
-            )
-        elif code == _JPEG_SOS and body:
-            scans += 1
-            if scans > MAX_JPEG_SCANS:
-                raise ImageError(
-                    f"the jpeg has over {MAX_JPEG_SCANS} scans; encoders write at most a few "
-                    "dozen, and each costs a pass over the image"
-                )
-            for i in range(min(body[0], (len(body) - 1) // 2)):
-                component = body[1 + 2 * i]
-                per_component[component] = per_component.get(component, 0) + 1
-                if per_component[component] > MAX_JPEG_SCANS_PER_COMPONENT:
-                    raise ImageError(
-                        f"the jpeg has over {MAX_JPEG_SCANS_PER_COMPONENT} scans of one "
-                        "component; encoders write at most a dozen"
-                    )
-        pos += max(length, 2)
-    if frame is None:
-        raise ImageError("unreadable jpeg header")
-    width, height, components, precision, progressive = frame
-    return JpegStructure(
-        width,
-        height,
-        components,
-        precision,
-        progressive,
-        scans,
-        max(per_component.values(), default=0),
-    )
 
 
 # PNG colour type -> samples a decoded pixel holds (a palette expands to RGB).
@@ -198,32 +88,6 @@ def read_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     info = ImageInfo(fmt, width, height, structure.components, 2 if structure.precision > 8 else 1)
     check_budget(fmt, width, height, max_pixels, info.channels, info.bytes_per_sample)
     return info
-
-
-def check_budget(
-    fmt: str,
-    width: int,
-    height: int,
-    max_pixels: int,
-    channels: int = 3,
-    bytes_per_sample: int = 1,
-) -> None:
-    """400 for an empty image, 413 above the pixel budget or the decoded-bytes budget
-    (``max_pixels`` x 3 bytes, an 8-bit RGB image's): before any pixel is decoded."""
-    if width <= 0 or height <= 0:
-        raise ImageError(f"{fmt} header gives an empty image")
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} ({width * height / 1e6:.1f} MP); the limit is "
-            f"{max_pixels / 1e6:.0f} MP"
-        )
-    decoded = width * height * channels * bytes_per_sample
-    if decoded > max_pixels * BUDGET_BYTES_PER_PIXEL:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} with {channels} channel(s) of {8 * bytes_per_sample} "
-            f"bits: {decoded / 1e6:.0f} MB decoded; the limit is "
-            f"{max_pixels * BUDGET_BYTES_PER_PIXEL / 1e6:.0f} MB"
-        )
 
 
 def _reduced_flag(info: ImageInfo, target: tuple[int, int]) -> int:

@@ -8,32 +8,42 @@ CSRF (``API_PREFIX``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Router, WebSocket, post, websocket
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
-from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER
+from litestar.status_codes import WS_1013_TRY_AGAIN_LATER
 from litestar.types import Guard
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
+from app.api_models import (
+    BatchItem,
+    BatchResponse,
+    ErrorBody,
+    ExplainResponse,
+    ExplanationBody,
+    HeatMap,
+    PredictResponse,
+    RejectedBody,
+    View,
+    gate_body,
+    model_info,
+    to_response,
+)
 from app.config import Settings
 from app.errors import AppError, NotReadyError
-from app.inference.classifier import DISCLAIMER, Classifier
-from app.inference.explain import CAVEAT
-from app.inference.gate import GateResult, ImageRejectedError
+from app.inference.gate import ImageRejectedError
 from app.inference.preprocess import ImageError
-from app.inference.service import Analysis, InferenceService
+from app.inference.service import InferenceService
+from app.live_session import LiveSession
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -62,157 +72,6 @@ class PayloadTooLargeError(AppError):
 class NotMultipartError(AppError):
     status = 415
     code = "unsupported_media_type"
-
-
-# ---------------------------------------------------------------- response bodies (OpenAPI)
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorBody:
-    error: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    name: str
-    version: str
-    sha256: str
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    decode_ms: float
-    inference_ms: float  # the whole micro-batch's session.run
-    queue_ms: float
-    batch_size: int  # images in the micro-batch this one ran in
-
-
-@dataclass(frozen=True, slots=True)
-class GateReason:
-    check: str  # e.g. "blurred", "out_of_distribution"
-    value: float
-    threshold: float
-
-
-@dataclass(frozen=True, slots=True)
-class GateBody:
-    """The intended-use gate's measurements, for an integrator to log."""
-
-    passed: bool
-    outside_intended_use: bool  # analysed although it failed (web "analyse anyway" only)
-    distribution_checked: bool  # False: this model's gate runs its quality checks only
-    scores: dict[str, float]
-    thresholds: dict[str, float]
-    reasons: list[GateReason]
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedBody:
-    error: str  # "image_rejected"
-    detail: str  # plain words: what is wrong and what to do
-    reasons: list[GateReason]
-
-
-@dataclass(frozen=True, slots=True)
-class PredictResponse:
-    label: str  # HAM10000 class code, e.g. "mel"
-    name: str  # plain-language name
-    risk_group: str
-    confidence: float
-    probabilities: dict[str, float]
-    melanoma_flag: bool
-    melanoma_threshold: float | None
-    model: ModelInfo
-    timing: Timing
-    gate: GateBody
-    disclaimer: str = DISCLAIMER
-
-
-@dataclass(frozen=True, slots=True)
-class HeatMap:
-    rows: int
-    cols: int
-    values: list[list[float]]  # >= 0, scaled to a maximum of 1 (all 0: no evidence)
-
-
-@dataclass(frozen=True, slots=True)
-class View:
-    # [x, y, w, h] in the upload's pixels (EXIF-upright): the centre crop the model saw,
-    # which the map covers edge to edge
-    crop: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class ExplanationBody:
-    label: str  # the class whose evidence is shown
-    method: str
-    grid: list[int]  # [rows, columns] of the class map before smoothing
-    evidence: bool  # False: nothing in the image raised this class's score
-    map: HeatMap
-    view: View
-    image_png_base64: str  # the model's view of the image with the heat map over it
-    caveat: str = CAVEAT
-
-
-@dataclass(frozen=True, slots=True)
-class ExplainResponse:
-    prediction: PredictResponse
-    explanation: ExplanationBody
-    disclaimer: str = DISCLAIMER
-
-
-@dataclass(frozen=True, slots=True)
-class BatchItem:
-    index: int
-    filename: str | None
-    result: PredictResponse | None = None
-    error: str | None = None
-    detail: str | None = None
-    reasons: list[GateReason] | None = None  # with error "image_rejected"
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResponse:
-    count: int
-    failed: int
-    results: list[BatchItem] = field(default_factory=list)
-
-
-def model_info(classifier: Classifier) -> ModelInfo:
-    return ModelInfo(classifier.spec.name, classifier.spec.version, classifier.sha256)
-
-
-def gate_body(result: GateResult) -> GateBody:
-    return GateBody(
-        passed=result.passed,
-        outside_intended_use=result.overridden and not result.passed,
-        distribution_checked=result.distribution_checked,
-        scores=dict(result.scores),
-        thresholds=dict(result.thresholds),
-        reasons=[GateReason(r.check, r.value, r.threshold) for r in result.reasons],
-    )
-
-
-def to_response(analysis: Analysis, model: ModelInfo) -> PredictResponse:
-    p = analysis.prediction
-    return PredictResponse(
-        label=p.label,
-        name=p.name,
-        risk_group=p.risk_group,
-        confidence=round(p.confidence, 6),
-        probabilities={k: round(v, 6) for k, v in p.probabilities.items()},
-        melanoma_flag=p.mel_flag,
-        melanoma_threshold=p.mel_threshold,
-        model=model,
-        timing=Timing(
-            round(analysis.decode_ms, 3),
-            round(analysis.inference_ms, 3),
-            round(analysis.queue_ms, 3),
-            analysis.batch_size,
-        ),
-        gate=gate_body(analysis.gate),
-    )
 
 
 # ---------------------------------------------------------------- multipart, in memory
@@ -461,107 +320,3 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         tags=["api"],
     )
-
-
-RECHECK_S = 10.0
-
-
-class LiveSession:
-    """One kiosk connection: a receiver keeps the newest frame, a worker classifies it."""
-
-    def __init__(
-        self,
-        socket: WebSocket[Any, Any, Any],
-        service: InferenceService,
-        metrics: Metrics | None,
-        still_allowed: Callable[[], Awaitable[bool]] | None = None,
-    ) -> None:
-        self.socket = socket
-        # Asked before a reply at most every RECHECK_S: a logout or password change elsewhere
-        # ends the socket too, not only the next HTTP request.
-        self.still_allowed = still_allowed
-        self.checked_at = time.monotonic()
-        self.service = service
-        self.metrics = metrics
-        self.model = model_info(service.classifier)
-        self.received = 0
-        self.dropped_pending = 0  # dropped since the last reply
-        self.dropped_total = 0
-        self.latest: tuple[int, bytes | None] | None = None
-        self.closed = False
-        self.arrived = asyncio.Event()
-
-    async def _receive(self) -> None:
-        try:
-            while True:
-                message = await self.socket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                self.received += 1
-                if self.latest is not None:  # not yet picked up: replace it
-                    self.dropped_pending += 1
-                    self.dropped_total += 1
-                    if self.metrics is not None:
-                        self.metrics.ws_frames_dropped.inc()
-                data = message.get("bytes")
-                self.latest = (self.received, data if isinstance(data, bytes) else None)
-                self.arrived.set()
-        except WebSocketDisconnect:
-            pass
-        finally:
-            self.closed = True
-            self.arrived.set()
-
-    async def _reply(self, seq: int, data: bytes | None) -> dict[str, Any]:
-        head: dict[str, Any] = {
-            "frame": seq,
-            "dropped": self.dropped_pending,
-            "dropped_total": self.dropped_total,
-        }
-        self.dropped_pending = 0
-        if data is None:
-            return head | {"error": "bad_frame", "detail": "send each frame as a binary message"}
-        try:
-            analysis = await self.service.analyse(data)
-        except ImageRejectedError as exc:
-            # Guidance on screen for the person holding the dermatoscope, frame after frame.
-            return head | {
-                "error": exc.code,
-                "rejected": True,
-                "detail": str(exc),
-                "reasons": exc.reasons,
-            }
-        except (ImageError, AppError) as exc:
-            return head | {"error": exc.code, "detail": str(exc)}
-        except Exception:  # the camera keeps streaming: one frame's fault ends nothing
-            log.exception("live frame %d failed", seq)
-            return head | {"error": "internal_error", "detail": "internal error"}
-        return head | asdict(to_response(analysis, self.model))
-
-    async def run(self) -> None:
-        receiver = asyncio.get_running_loop().create_task(self._receive())
-        try:
-            while True:
-                await self.arrived.wait()
-                self.arrived.clear()
-                if self.latest is None:
-                    if self.closed:
-                        break
-                    continue
-                seq, data = self.latest
-                self.latest = None
-                if self.still_allowed and time.monotonic() - self.checked_at >= RECHECK_S:
-                    self.checked_at = time.monotonic()
-                    if not await self.still_allowed():
-                        reason = "the session has ended: log in again"
-                        await self.socket.close(code=WS_1008_POLICY_VIOLATION, reason=reason)
-                        break
-                reply = await self._reply(seq, data)
-                if self.closed:
-                    break
-                await self.socket.send_json(reply)
-        except WebSocketDisconnect:
-            pass
-        finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)

@@ -16,7 +16,7 @@ from app.auth.passwords import USERNAME_RE, hash_password, password_problem, ver
 from app.auth.session import USER, CurrentUser, end_sessions, optional_user, start_session
 from app.auth.tokens import create_token
 from app.db.tables import ApiToken, User
-from app.web import flash, form_text, render
+from app.page_helpers import client_address, flash, form_text, render
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,6 @@ log = logging.getLogger(__name__)
 BAD_LOGIN = "Invalid username or password."
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
-
-
-def client_address(request: Request[Any, Any, Any]) -> str:
-    return request.client.host if request.client else ""
 
 
 def safe_next(target: str | None) -> str:

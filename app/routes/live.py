@@ -18,8 +18,8 @@ from litestar.response import Template
 from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER
 
 from app.auth.session import USER, CurrentUser, optional_user, session_still_valid
-from app.routes.api import LiveSession
-from app.web import render
+from app.live_session import LiveSession
+from app.page_helpers import render
 
 
 @get("/analyses/live", name="live", dependencies=USER)

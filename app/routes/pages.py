@@ -24,8 +24,7 @@ from app.inference.gate import ImageRejectedError
 from app.inference.preprocess import ImageError
 from app.inference.service import InferenceService
 from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES, RISK_GROUPS
-from app.routes.auth import client_address
-from app.web import flash, form_text, render
+from app.page_helpers import client_address, flash, form_text, render
 
 log = logging.getLogger(__name__)
 

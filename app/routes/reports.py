@@ -10,7 +10,7 @@ from litestar.datastructures import State
 
 from app import analyses, audit
 from app.auth.session import USER, CurrentUser
-from app.routes.auth import client_address
+from app.page_helpers import client_address
 
 
 @get("/analyses/{analysis_id:str}/report.pdf", name="report", dependencies=USER)

@@ -1,11 +1,11 @@
-"""benchmarks.metrics on small handcrafted cases whose answers are worked out by hand."""
+"""conversion.metrics on small handcrafted cases whose answers are worked out by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from benchmarks.metrics import (
+from conversion.metrics import (
     agreement,
     balanced_accuracy,
     classification_metrics,

@@ -27,7 +27,9 @@ FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 def build_tiny_model(path: Path) -> Path:
     """A 7-class ONNX classifier (mean colour -> linear -> softmax) with our metadata."""
-    onnx = pytest.importorskip("onnx", reason="building the test model needs `onnx` (conversion extra)")
+    onnx = pytest.importorskip(
+        "onnx", reason="building the test model needs `onnx` (conversion extra)"
+    )
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

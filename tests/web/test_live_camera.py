@@ -59,7 +59,7 @@ def test_live_camera_socket_ends_with_the_session(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Checked once at connect, a socket outlived a logout elsewhere: frames were still answered.
-    import app.routes.api as api
+    import app.live_session as api
 
     monkeypatch.setattr(api, "RECHECK_S", 0.0)
     register(client, "alice")

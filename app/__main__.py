@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
 import sys
 from typing import Any
 
-from app.config import ConfigError, Settings
+from app.config import ConfigError, Settings, environment_help
+from app.logs import configure_logging
 
 # A live frame a little over the image limit still reaches the handler, which answers a JSON
 # error; uvicorn closes the socket (1009) only on frames far beyond it, before buffering them.
@@ -24,7 +24,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "http": "httptools",
         "lifespan": "on",
         "log_level": settings.log_level.lower(),
-        "access_log": False,
+        "access_log": False,  # app.logs.AccessLog writes one line per request instead
+        "log_config": None,  # create_app configures logging once, for uvicorn too
         # uvicorn's default (16 MiB) ignores APP_MAX_UPLOAD_MB.
         "ws_max_size": settings.max_upload_bytes + WS_FRAME_MARGIN,
     }
@@ -105,7 +106,12 @@ def storage_check(settings: Settings, repair: bool, min_age_s: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="Skin lesion service")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="serve HTTP (default)")
+    sub.add_parser(
+        "serve",
+        help="serve HTTP (default)",
+        epilog=environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub.add_parser("migrate", help="apply database migrations")
     tok = sub.add_parser("create-token", help="create an API token for a user (printed once)")
     tok.add_argument("username")
@@ -141,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "migrate":
         from app.db.migrate import migrate
 

@@ -9,7 +9,7 @@ import math
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -87,6 +87,7 @@ class Settings:
     session_idle_minutes: int = 30
     api_auth: bool = True
     log_level: str = "INFO"
+    log_format: str = "text"  # or json: one object per line
     # open: anyone may create an account; invite: only an administrator (`python -m app
     # create-user`); closed: no new accounts. "" means invite, or open in dev mode.
     registration: str = ""
@@ -140,6 +141,9 @@ class Settings:
                 f"APP_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {raw_level!r}"
             )
         model = get("MODEL_PATH")
+        log_format = (get("LOG_FORMAT") or base.log_format).strip().lower()
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"APP_LOG_FORMAT must be text or json, got {log_format!r}")
         registration = (get("REGISTRATION") or "").strip().lower()
         if registration not in ("", *REGISTRATION_MODES):
             raise ConfigError(
@@ -169,6 +173,7 @@ class Settings:
             session_idle_minutes=number("SESSION_IDLE_MINUTES", base.session_idle_minutes, int, 1),
             api_auth=(get("API_AUTH") or "1").strip().lower() not in {"0", "false", "no", "off"},
             log_level=log_level,
+            log_format=log_format,
             registration=registration,
             body_idle_s=number("BODY_IDLE_S", base.body_idle_s, float, 0.1, 3600.0),
             body_deadline_s=number("BODY_DEADLINE_S", base.body_deadline_s, float, 0.1, 86400.0),
@@ -232,3 +237,17 @@ class Settings:
             secret_key=self.secret_key or stored["secret_key"],
             storage_key=self.storage_key or stored["storage_key"],
         )
+
+
+def environment_help() -> str:
+    """The ``APP_*`` variables with their defaults, for ``python -m app serve --help``."""
+    defaults = Settings()
+    lines = ["environment (APP_*; see the README's Configuration table):"]
+    for f in fields(Settings):
+        value = getattr(defaults, f.name)
+        name = f.name.upper()
+        if f.name == "max_upload_bytes":  # set in MB
+            name, value = "MAX_UPLOAD_MB", value // _MIB
+        shown = "-" if value in ("", None) else value
+        lines.append(f"  APP_{name:<22} default: {shown}")
+    return "\n".join(lines)

@@ -34,6 +34,7 @@ from app.db.engine import DatabaseProbe
 from app.error_responses import error_body, exception_to_response
 from app.inference.classifier import Classifier
 from app.inference.service import InferenceService, load_service
+from app.logs import AccessLog, configure_logging
 from app.metrics import Metrics, metrics_endpoint
 from app.routes import health
 from app.routes.api import build_api_router
@@ -222,6 +223,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     """Build the app; ``classifier`` lets ``python -m app`` hand over the model it checked."""
     # Outside dev mode a missing APP_SECRET_KEY/APP_STORAGE_KEY stops start-up here (ConfigError).
     settings = (settings or Settings.from_env()).with_secrets()
+    configure_logging(settings.log_level, settings.log_format)  # the app, uvicorn and Litestar
     web = web_parts(settings)  # clinic pages: DB, sessions, CSRF, templates, static files
     metrics = Metrics()
 
@@ -257,6 +259,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         yield
 
     return _Litestar(
+        logging_config=None,  # configure_logging above is the one set-up
         route_handlers=[
             *health.handlers,
             metrics_endpoint,
@@ -265,7 +268,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             *web.route_handlers,
         ],
         middleware=[
-            metrics.middleware,  # outermost: refusals are counted too
+            AccessLog,  # outermost: every request gets its line and id, refusals included
+            metrics.middleware,  # refusals are counted too
             DefineMiddleware(AdmissionControl, limit=settings.queue_max),
             DefineMiddleware(
                 BodyDeadline, idle_s=settings.body_idle_s, deadline_s=settings.body_deadline_s

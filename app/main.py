@@ -16,6 +16,7 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components
 from litestar.plugins import PluginProtocol
 from litestar.plugins.core import MsgspecDIPlugin
 from litestar.types import (
@@ -28,7 +29,7 @@ from litestar.types import (
     Send,
 )
 
-from app.auth.tokens import api_token_guard
+from app.auth.tokens import BEARER, BEARER_SCHEME, api_token_guard
 from app.config import Settings
 from app.db.engine import DatabaseProbe
 from app.error_responses import error_body, exception_to_response
@@ -298,6 +299,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             title="Skin lesion classification service",
             version="0.1.0",
             description="A second opinion on dermoscopic images, not a diagnosis.",
+            components=Components(security_schemes={BEARER: BEARER_SCHEME}),
         ),
         debug=False,  # stack traces never reach clients, dev mode included
     )

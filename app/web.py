@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.csrf import CSRFConfig
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.enums import ScopeType
@@ -142,11 +142,18 @@ def web_parts(settings: Settings) -> WebParts:
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], name="static")
     return WebParts(
         route_handlers=[
-            static,
-            *auth.handlers,
-            *pages.handlers,
-            *live.handlers,
-            *reports.handlers,
+            # Pages, their forms and files are for browsers, not API clients: not in the schema.
+            Router(
+                path="/",
+                route_handlers=[
+                    static,
+                    *auth.handlers,
+                    *pages.handlers,
+                    *live.handlers,
+                    *reports.handlers,
+                ],
+                include_in_schema=False,
+            ),
             *records.handlers,
         ],
         middleware=[SecureCookiesWhenHttps, sessions.middleware],

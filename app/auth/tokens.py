@@ -12,10 +12,20 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.spec import SecurityScheme
 
 from app.db.tables import ApiToken
 
 TOKEN_PREFIX = "slk_"
+# How the OpenAPI schema names and describes the token (routes behind the guard declare it).
+BEARER = "apiToken"
+BEARER_SCHEME = SecurityScheme(
+    type="http",
+    scheme="bearer",
+    description="A per-user API token (`slk_...`) from the API tokens page or "
+    "`python -m app create-token USERNAME`.",
+)
+SECURITY: list[dict[str, list[str]]] = [{BEARER: []}]
 
 
 def hash_token(token: str) -> str:

@@ -38,6 +38,7 @@ from app.api_models import (
     model_info,
     to_response,
 )
+from app.auth.tokens import SECURITY
 from app.config import Settings
 from app.errors import AppError, NotReadyError
 from app.inference.gate import ImageRejectedError
@@ -317,6 +318,7 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
         path=API_PREFIX,
         route_handlers=[predict, predict_batch, explain, live],
         guards=list(guards),
+        security=SECURITY if guards else None,  # declared in the schema when it is required
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         tags=["api"],
     )

@@ -9,7 +9,7 @@ from litestar import Request, get
 from litestar.datastructures import State
 
 from app import analyses
-from app.auth.tokens import api_token_guard
+from app.auth.tokens import SECURITY, api_token_guard
 from app.db.tables import Analysis
 from app.inference.classifier import DISCLAIMER
 
@@ -40,7 +40,7 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@get("/api/v1/analyses", guards=[api_token_guard], tags=["analyses"])
+@get("/api/v1/analyses", guards=[api_token_guard], security=SECURITY, tags=["analyses"])
 async def list_analyses(request: Request[Any, Any, State], limit: int = 50) -> dict[str, Any]:
     """The caller's own analyses, newest first."""
     owner = request.state.api_user["id"]
@@ -55,7 +55,12 @@ async def list_analyses(request: Request[Any, Any, State], limit: int = 50) -> d
     return {"analyses": [_public(analyses.decorate(r, store)) for r in rows]}
 
 
-@get("/api/v1/analyses/{analysis_id:str}", guards=[api_token_guard], tags=["analyses"])
+@get(
+    "/api/v1/analyses/{analysis_id:str}",
+    guards=[api_token_guard],
+    security=SECURITY,
+    tags=["analyses"],
+)
 async def get_analysis(request: Request[Any, Any, State], analysis_id: str) -> dict[str, Any]:
     """One of the caller's analyses; another user's id answers 404, as if it did not exist."""
     row = await analyses.get_owned(

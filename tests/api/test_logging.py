@@ -64,3 +64,17 @@ def test_serve_help_lists_the_environment() -> None:
     assert done.returncode == 0
     for name in ("APP_PORT", "APP_MODEL_PATH", "APP_LOG_FORMAT", "APP_MAX_UPLOAD_MB"):
         assert name in done.stdout
+
+
+def test_schema_lists_the_api_only_and_declares_the_bearer_token(
+    api_settings: Settings, tmp_path: Path
+) -> None:
+    settings = replace(api_settings, data_dir=tmp_path, api_auth=True)
+    with TestClient(app=create_app(settings)) as client:
+        schema = client.get("/schema/openapi.json").json()
+    paths = set(schema["paths"])
+    assert "/api/v1/predict" in paths and "/api/v1/analyses" in paths
+    assert not paths & {"/login", "/register", "/history", "/analyses/new", "/dashboard"}
+    scheme = schema["components"]["securitySchemes"]["apiToken"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert schema["paths"]["/api/v1/predict"]["post"]["security"] == [{"apiToken": []}]

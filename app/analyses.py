@@ -15,7 +15,8 @@ from typing import Any
 from litestar.datastructures import State
 
 from app.db.tables import Analysis, AuditEvent, User
-from app.errors import AppError, NotFoundError, NotReadyError
+from app.deps import ready_service
+from app.errors import AppError, NotFoundError
 from app.inference.classifier import Classifier, Prediction
 from app.inference.dicom import decode_dicom
 from app.inference.explain import CAVEAT
@@ -59,10 +60,7 @@ async def predict(
         override: the clinician chose "analyse anyway": the gate still measures and its
             reasons are kept with the result, but it does not refuse.
     """
-    service: InferenceService | None = state.get("inference")
-    if service is None or not state.get("ready"):
-        raise NotReadyError("the model is still loading", headers={"Retry-After": "1"})
-    return await service.analyse_many(list(images), override)
+    return await ready_service(state).analyse_many(list(images), override)
 
 
 def gate_summary(gate: dict[str, Any]) -> str:

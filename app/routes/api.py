@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Router, WebSocket, post, websocket
-from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
@@ -40,7 +39,8 @@ from app.api_models import (
 )
 from app.auth.tokens import SECURITY
 from app.config import Settings
-from app.errors import AppError, NotReadyError
+from app.deps import ready_service, ready_service_or_none
+from app.errors import AppError
 from app.inference.gate import ImageRejectedError
 from app.inference.preprocess import ImageError
 from app.inference.service import InferenceService
@@ -196,13 +196,6 @@ _ERRORS = {
 # ---------------------------------------------------------------- handlers
 
 
-def provide_service(state: State) -> InferenceService:
-    service: InferenceService | None = state.get("inference")
-    if service is None or not state.get("ready"):
-        raise NotReadyError("the model is still loading", headers={"Retry-After": "1"})
-    return service
-
-
 def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router:
     """All JSON API endpoints on one Router: attach auth here via ``guards``.
 
@@ -306,8 +299,8 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
         runs, older ones are dropped (never queued) and each reply says how many.
         """
         state = socket.app.state
-        service: InferenceService | None = state.get("inference")
-        if service is None or not state.get("ready"):
+        service = ready_service_or_none(state)
+        if service is None:
             await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="model is loading")
             return
         metrics: Metrics | None = state.get("metrics")
@@ -319,6 +312,6 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
         route_handlers=[predict, predict_batch, explain, live],
         guards=list(guards),
         security=SECURITY if guards else None,  # declared in the schema when it is required
-        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
+        dependencies={"service": Provide(ready_service, sync_to_thread=False)},
         tags=["api"],
     )

@@ -9,6 +9,7 @@ from litestar.datastructures import State
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app.db.engine import DatabaseProbe
+from app.deps import ready_service_or_none
 
 
 @get("/health/live", sync_to_thread=False, tags=["health"])
@@ -33,8 +34,8 @@ async def dependency_checks(state: State) -> dict[str, dict[str, Any]]:
 async def ready(state: State) -> Response[dict[str, Any]]:
     """200 once the model is loaded and warmed up and the database answers; 503 naming what
     is not (``down``), with each check under ``checks``."""
-    service = state.get("inference")
-    if not state.get("ready") or service is None:
+    service = ready_service_or_none(state)
+    if service is None:
         return Response(
             {"status": "starting"},
             status_code=HTTP_503_SERVICE_UNAVAILABLE,

@@ -18,6 +18,7 @@ from litestar.response import Template
 from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER
 
 from app.auth.session import USER, CurrentUser, optional_user, session_still_valid
+from app.deps import ready_service_or_none
 from app.live_session import LiveSession
 from app.page_helpers import render
 
@@ -64,8 +65,8 @@ async def live_frames(socket: WebSocket[Any, Any, Any]) -> None:
         await socket.close(code=WS_1008_POLICY_VIOLATION, reason="log in first")
         return
     state = socket.app.state
-    service = state.get("inference")
-    if service is None or not state.get("ready"):
+    service = ready_service_or_none(state)
+    if service is None:
         await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="model is loading")
         return
     await socket.accept()

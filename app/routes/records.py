@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, get
@@ -13,35 +14,59 @@ from app.auth.tokens import SECURITY, api_token_guard
 from app.db.tables import Analysis
 from app.inference.classifier import DISCLAIMER
 
-_PUBLIC_FIELDS = (
-    "id",
-    "patient",
-    "predicted_class",
-    "predicted_name",
-    "risk_group",
-    "confidence",
-    "probabilities",
-    "melanoma_flag",
-    "melanoma_threshold",
-    "model_name",
-    "model_version",
-    "model_sha256",
-    "image_sha256",
-    "original_filename",
-    "created_at",
-)
+
+@dataclass(frozen=True, slots=True)
+class AnalysisRecord:
+    """One stored analysis as the API shows it (the image itself is not included)."""
+
+    id: str
+    patient: str
+    predicted_class: str
+    predicted_name: str
+    risk_group: str
+    confidence: float
+    probabilities: dict[str, float]
+    melanoma_flag: bool
+    melanoma_threshold: float | None
+    model_name: str
+    model_version: str
+    model_sha256: str
+    image_sha256: str
+    original_filename: str
+    created_at: str
+    outside_intended_use: bool  # analysed although the intended-use gate refused it
+    disclaimer: str = DISCLAIMER  # a stored prediction is still only a second opinion
 
 
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    out = {k: row.get(k) for k in _PUBLIC_FIELDS}
-    created = out["created_at"]
-    out["created_at"] = created.isoformat() if isinstance(created, dt.datetime) else created
-    out["disclaimer"] = DISCLAIMER  # a stored prediction is still only a second opinion
-    return out
+@dataclass(frozen=True, slots=True)
+class AnalysisList:
+    analyses: list[AnalysisRecord]
+
+
+def _public(row: dict[str, Any]) -> AnalysisRecord:
+    created = row["created_at"]
+    return AnalysisRecord(
+        id=row["id"],
+        patient=row["patient"],
+        predicted_class=row["predicted_class"],
+        predicted_name=row["predicted_name"],
+        risk_group=row["risk_group"],
+        confidence=row["confidence"],
+        probabilities=row["probabilities"],
+        melanoma_flag=bool(row["melanoma_flag"]),
+        melanoma_threshold=row["melanoma_threshold"],
+        model_name=row["model_name"],
+        model_version=row["model_version"],
+        model_sha256=row["model_sha256"],
+        image_sha256=row["image_sha256"],
+        original_filename=row["original_filename"],
+        created_at=created.isoformat() if isinstance(created, dt.datetime) else str(created),
+        outside_intended_use=row["outside_intended_use"],
+    )
 
 
 @get("/api/v1/analyses", guards=[api_token_guard], security=SECURITY, tags=["analyses"])
-async def list_analyses(request: Request[Any, Any, State], limit: int = 50) -> dict[str, Any]:
+async def list_analyses(request: Request[Any, Any, State], limit: int = 50) -> AnalysisList:
     """The caller's own analyses, newest first."""
     owner = request.state.api_user["id"]
     rows = (
@@ -52,7 +77,7 @@ async def list_analyses(request: Request[Any, Any, State], limit: int = 50) -> d
         .run()
     )
     store = request.app.state["store"]
-    return {"analyses": [_public(analyses.decorate(r, store)) for r in rows]}
+    return AnalysisList([_public(analyses.decorate(r, store)) for r in rows])
 
 
 @get(
@@ -61,7 +86,7 @@ async def list_analyses(request: Request[Any, Any, State], limit: int = 50) -> d
     security=SECURITY,
     tags=["analyses"],
 )
-async def get_analysis(request: Request[Any, Any, State], analysis_id: str) -> dict[str, Any]:
+async def get_analysis(request: Request[Any, Any, State], analysis_id: str) -> AnalysisRecord:
     """One of the caller's analyses; another user's id answers 404, as if it did not exist."""
     row = await analyses.get_owned(
         analysis_id, request.state.api_user["id"], request.app.state["store"]

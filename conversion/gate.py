@@ -40,11 +40,10 @@ from app.inference.gate import (
     VIEW_SIZE,
     Block,
     Distribution,
-    decode_size,
     gate_path,
     measure,
 )
-from app.inference.preprocess import decode_sized, resize_rgb, to_model_input
+from app.inference.preprocess import prepare
 from app.inference.spec import ModelSpec
 from conversion.cam import find_head
 from conversion.errors import ConversionError
@@ -174,11 +173,8 @@ class Scorer:
         self.head = find_head(model) if self.has_features else None
 
     def _prepare(self, data: bytes) -> tuple[dict[str, float], np.ndarray]:
-        spec = self.spec
-        rgb, size = decode_sized(data, decode_size(spec))
-        resized = resize_rgb(rgb, spec.input_size, spec.resample_via)
-        tensor = to_model_input(resized, spec)
-        return measure(rgb, size, resized), tensor
+        upload = prepare(data, self.spec)
+        return measure(upload.rgb, upload.size, upload.resized), upload.tensor
 
     def score(self, uploads: Iterable[bytes], total: int | None = None, desc: str = "") -> Scored:
         quality: dict[str, list[float]] = {}

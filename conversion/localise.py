@@ -135,7 +135,7 @@ def measure_split(
     import onnxruntime as ort
 
     from app.inference.explain import CLASS_MAPS, FINE_MAPS, LABEL
-    from app.inference.preprocess import decode_image, resize_rgb, to_model_input
+    from app.inference.preprocess import prepare
     from app.inference.spec import ModelSpec
     from conversion.images import read_labels
 
@@ -149,15 +149,15 @@ def measure_split(
     shown: list[np.ndarray] = []
     shown_masks: list[np.ndarray | None] = []
     for sample in tqdm(samples, desc=f"lesion references ({part})", unit="img"):
-        rgb = decode_image(sample.path.read_bytes(), spec.resample_via or spec.input_size)
-        view = resize_rgb(rgb, spec.input_size, spec.resample_via)
+        upload = prepare(sample.path.read_bytes(), spec)
+        view = upload.resized
         mask = lesion_mask(view)
         if len(shown) < 60:
             shown.append(view)
             shown_masks.append(mask)
         if mask is None:
             continue
-        feeds = {session.get_inputs()[0].name: to_model_input(view, spec)[None]}
+        feeds = {session.get_inputs()[0].name: upload.tensor[None]}
         if LABEL in [i.name for i in session.get_inputs()]:
             feeds[LABEL] = np.array([0], np.int64)
         label = int(np.argmax(session.run([names[0]], feeds)[0][0]))  # the predicted class

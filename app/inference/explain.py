@@ -20,10 +20,8 @@ from app.inference.classifier import ModelLoadError
 from app.inference.preprocess import (
     DEFAULT_MAX_PIXELS,
     center_crop_to_aspect,
-    decode_sized,
     encode_png,
-    resize_rgb,
-    to_model_input,
+    prepare,
 )
 from app.inference.spec import ModelSpec, ModelSpecError
 
@@ -131,12 +129,11 @@ class Explainer:
         # prediction sees; the picture is drawn from the same decode (JPEG DCT scaling keeps a
         # 39 MP photo's decode small; a reduced 600x450 upload is 300x225, shown at 320x240).
         spec = self.spec
-        decoded, sent = decode_sized(data, spec.resample_via or spec.input_size, max_pixels)
-        resized = resize_rgb(decoded, spec.input_size, spec.resample_via)
-        cam = self.class_map(to_model_input(resized, spec), label)
+        upload = prepare(data, spec, max_pixels)
+        cam = self.class_map(upload.tensor, label)
         width, height = spec.input_size
         size = (DISPLAY_WIDTH, round(DISPLAY_WIDTH * height / width))
-        shown = center_crop_to_aspect(decoded, width / height)
+        shown = center_crop_to_aspect(upload.rgb, width / height)
         shown = cv2.resize(shown, size, interpolation=cv2.INTER_AREA)
         heat = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
         heat_u8 = (np.clip(heat, 0, 1) * 255).astype(np.uint8)
@@ -149,7 +146,7 @@ class Explainer:
             bool(cam.max() > 0),
             encode_png(overlay, fast=True),
             cam,
-            crop_box(*upright(sent, decoded), width / height),
+            crop_box(*upright(upload.size, upload.rgb), width / height),
             self.method,
         )
 

@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from app.inference.preprocess import ImageError, center_crop_to_aspect
+from app.inference.preprocess import MIN_DECODE, ImageError, center_crop_to_aspect
 from app.inference.spec import ModelSpec
 
 FEATURES = "features"  # the served model's second output: pooled backbone features
@@ -38,7 +38,7 @@ FEATURE_BLOCKS_KEY = "skinlesion_gate.feature_blocks"  # ONNX metadata: [[tensor
 GATE_SCHEMA = 1
 # The quality checks look at one fixed-size copy, whatever the upload's size, so their
 # thresholds mean the same for a 224x224 crop and a 12 MP photo (4:3, like the model's view).
-VIEW_SIZE = (160, 120)
+VIEW_SIZE = MIN_DECODE  # uploads are decoded at least this large for it
 
 # The checks, in the order a person should fix them, with what to tell them.
 MESSAGES: dict[str, str] = {
@@ -139,16 +139,6 @@ def _fails(check: str, value: float, threshold: float) -> bool:
     if check in HIGHER_IS_WORSE:
         return value > threshold
     return value < threshold
-
-
-def decode_size(spec: ModelSpec) -> tuple[int, int]:
-    """(width, height) an upload must decode to at least: the model's and the checks' need.
-
-    A large JPEG decodes reduced (DCT scaling); a 28x28 model alone would let it shrink below
-    the checks' view, which would then measure upsampled pixels.
-    """
-    model = spec.resample_via or spec.input_size
-    return max(model[0], VIEW_SIZE[0]), max(model[1], VIEW_SIZE[1])
 
 
 def gate_view(rgb: np.ndarray) -> np.ndarray:

@@ -214,9 +214,39 @@ def to_model_input(resized_rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return x
 
 
+# The least a JPEG decodes to (DCT scaling), whatever the model: the intended-use gate measures a
+# 160x120 view of the decoded image, which a 28x28 model's reduced decode would leave upsampled.
+MIN_DECODE = (160, 120)
+
+
+def decode_target(spec: ModelSpec) -> tuple[int, int]:
+    """(width, height) an upload is decoded to at least: the model's need and MIN_DECODE."""
+    model = spec.resample_via or spec.input_size
+    return max(model[0], MIN_DECODE[0]), max(model[1], MIN_DECODE[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One upload on its way to the model, each stage kept for whoever needs it."""
+
+    rgb: np.ndarray  # decoded, EXIF-upright, possibly reduced
+    size: tuple[int, int]  # (width, height) as sent
+    resized: np.ndarray  # uint8 RGB at the model's input size (the gate measures it too)
+    tensor: np.ndarray  # float32 model input, no batch axis
+
+
+def prepare(
+    data: bytes, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True
+) -> Prepared:
+    """Image bytes -> every stage of the one preprocessing path (serving, the gate, explanations,
+    evaluation), so all of them see exactly the same pixels."""
+    rgb, size = decode_sized(data, decode_target(spec), max_pixels, reduced)
+    resized = resize_rgb(rgb, spec.input_size, spec.resample_via)
+    return Prepared(rgb, size, resized, to_model_input(resized, spec))
+
+
 def preprocess(
     data: bytes, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True
 ) -> np.ndarray:
     """Image bytes -> one float32 model input (no batch axis). The function everything shares."""
-    rgb = decode_image(data, spec.resample_via or spec.input_size, max_pixels, reduced)
-    return to_model_input(resize_rgb(rgb, spec.input_size, spec.resample_via), spec)
+    return prepare(data, spec, max_pixels, reduced).tensor

@@ -34,15 +34,12 @@ from app.inference.gate import (
     GateFileError,
     GateResult,
     ImageRejectedError,
-    decode_size,
     gate_path,
 )
 from app.inference.preprocess import (
     ImageError,
     ImageTooLargeError,
-    decode_sized,
-    resize_rgb,
-    to_model_input,
+    prepare,
 )
 
 log = logging.getLogger(__name__)
@@ -122,12 +119,9 @@ class InferenceService:
         gate between decode and resize (blocking; raises ImageRejectedError unless
         ``override``). Returns the model input, the milliseconds it took and the gate so far."""
         t0 = time.perf_counter()
-        spec = self.spec
-        rgb, size = decode_sized(data, decode_size(spec), self.max_pixels)
-        resized = resize_rgb(rgb, spec.input_size, spec.resample_via)
-        gate = self.gate.check_quality(rgb, size, override, resized)
-        tensor = to_model_input(resized, spec)
-        return tensor, (time.perf_counter() - t0) * 1000, gate
+        upload = prepare(data, self.spec, self.max_pixels)
+        gate = self.gate.check_quality(upload.rgb, upload.size, override, upload.resized)
+        return upload.tensor, (time.perf_counter() - t0) * 1000, gate
 
     def _gated(self, decode: Callable[[], Any]) -> Any:
         """Count a rejection by its checks, then let it propagate."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from litestar import Request, get
@@ -44,25 +44,12 @@ class AnalysisList:
 
 
 def _public(row: dict[str, Any]) -> AnalysisRecord:
-    created = row["created_at"]
-    return AnalysisRecord(
-        id=row["id"],
-        patient=row["patient"],
-        predicted_class=row["predicted_class"],
-        predicted_name=row["predicted_name"],
-        risk_group=row["risk_group"],
-        confidence=row["confidence"],
-        probabilities=row["probabilities"],
-        melanoma_flag=bool(row["melanoma_flag"]),
-        melanoma_threshold=row["melanoma_threshold"],
-        model_name=row["model_name"],
-        model_version=row["model_version"],
-        model_sha256=row["model_sha256"],
-        image_sha256=row["image_sha256"],
-        original_filename=row["original_filename"],
-        created_at=created.isoformat() if isinstance(created, dt.datetime) else str(created),
-        outside_intended_use=row["outside_intended_use"],
-    )
+    """The record's public fields, taken by name from a decorated row (nothing else leaves)."""
+    values = {f.name: row[f.name] for f in fields(AnalysisRecord) if f.name != "disclaimer"}
+    created = values["created_at"]
+    values["created_at"] = created.isoformat() if isinstance(created, dt.datetime) else str(created)
+    values["melanoma_flag"] = bool(values["melanoma_flag"])
+    return AnalysisRecord(**values)
 
 
 @get("/api/v1/analyses", guards=[api_token_guard], security=SECURITY, tags=["analyses"])

@@ -165,8 +165,9 @@ class Scorer:
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.spec = ModelSpec.from_metadata(dict(meta))
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.spec = ModelSpec.from_metadata(meta)
+        self.blocks = feature_blocks(meta)
         self.input = self.session.get_inputs()[0].name
         self.has_features = FEATURES in [o.name for o in self.session.get_outputs()]
         model = onnx.load(str(model_path))
@@ -203,9 +204,8 @@ class Scorer:
         return Scored({k: np.asarray(v) for k, v in quality.items()}, feats, logits)
 
 
-def feature_blocks(model_path: Path) -> list[tuple[int, int]]:
+def feature_blocks(meta: dict[str, str]) -> list[tuple[int, int]]:
     """(start, stop) of each block of the ``features`` output, from the model's metadata."""
-    meta = {p.key: p.value for p in onnx.load(str(model_path)).metadata_props}
     sizes = [int(size) for _, size in json.loads(meta.get(FEATURE_BLOCKS_KEY, "[]"))]
     bounds, start = [], 0
     for size in sizes:
@@ -335,7 +335,7 @@ def fit_gate(
     digest = None
     if s_train.features is not None and s_val.features is not None:
         blocks = fit_distribution(
-            s_train.features, [s.dx for s in train], list(spec.labels), feature_blocks(model_path)
+            s_train.features, [s.dx for s in train], list(spec.labels), scorer.blocks
         )
         val_scores = Distribution(tuple(blocks), float("inf")).scores(s_val.features)
         threshold = round(float(np.quantile(val_scores, 1 - FALSE_REJECT_TARGET)), 3)
@@ -396,7 +396,7 @@ def fit_gate(
         if dist is None
         else {
             "method": "mahalanobis_feature_ensemble",
-            "blocks": [list(b) for b in feature_blocks(model_path)],
+            "blocks": [list(b) for b in scorer.blocks],
             "arrays": arrays_name,
             "sha256": digest,
             "threshold": dist.threshold,
@@ -428,7 +428,7 @@ def record_in_manifest(manifest_path: Path, model_path: Path, doc: dict[str, Any
         if entry.get("path") == rel:
             entry["sha256"] = file_sha256(model_path)
             entry["size"] = model_path.stat().st_size
-    gate_file = gate_path(model_path, ModelSpec.from_metadata(_metadata(model_path)))
+    gate_file = gate_path(model_path, ModelSpec(name=doc["model"]))
     entry = {
         "path": gate_file.relative_to(base).as_posix(),
         "sha256": file_sha256(gate_file),
@@ -445,7 +445,3 @@ def record_in_manifest(manifest_path: Path, model_path: Path, doc: dict[str, Any
         }
     manifest["files"]["gate"] = entry
     write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
-
-
-def _metadata(model_path: Path) -> dict[str, str]:
-    return {p.key: p.value for p in onnx.load(str(model_path)).metadata_props}

@@ -80,7 +80,7 @@ class TokenCache:
                 return None
             token_id, user = found
             self._users[digest] = (now, token_id, user)
-        count, _ = self._uses.get(token_id, (0, dt.datetime.now(dt.UTC)))
+        count = self._uses[token_id][0] if token_id in self._uses else 0
         self._uses[token_id] = (count + 1, dt.datetime.now(dt.UTC))
         if now - self._flushed >= self.flush_s:
             await self.flush()

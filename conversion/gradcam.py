@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -310,9 +309,3 @@ def _logits_tensor(model: onnx.ModelProto, head: CamHead) -> str:
     (dense,) = [n for n in consumers[head.pooled] if n.op_type == "MatMul"]
     after = consumers.get(dense.output[0], [])
     return after[0].output[0] if len(after) == 1 and after[0].op_type == "Add" else dense.output[0]
-
-
-def write(model_path: Path, out_path: Path, layer: FineLayer, output: str) -> None:
-    from conversion.files import save_onnx
-
-    save_onnx(add_fine_maps(onnx.load(str(model_path)), layer, output), out_path)

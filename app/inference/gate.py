@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,7 @@ MESSAGES: dict[str, str] = {
         "the only kind the model can judge)"
     ),
 }
-# Which side of the threshold is refused, per check.
-LOWER_IS_WORSE = {"too_small", "too_dark", "low_contrast", "blurred", "no_colour"}
+# The checks refused above their threshold; every other one is refused below it.
 HIGHER_IS_WORSE = {"too_bright", "out_of_distribution"}
 
 
@@ -264,8 +263,6 @@ class Gate:
 
     quality: dict[str, float]
     distribution: Distribution | None = None
-    source: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
@@ -333,7 +330,7 @@ class Gate:
                 raise GateFileError(f"{path}: the distribution threshold is not a number")
             with np.load(arrays) as stats:
                 distribution = Distribution.from_arrays(stats, threshold)
-        return cls(quality, distribution, path.name, doc)
+        return cls(quality, distribution)
 
 
 class GateFileError(RuntimeError):

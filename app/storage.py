@@ -6,6 +6,7 @@ so a file copied over another record's name fails to decrypt instead of showing 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -15,6 +16,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,14 +132,63 @@ class EncryptedStore:
             raise NotFoundError("file not found")
         return self.root / name
 
+    # Where the encrypted bytes live: "filesystem" (files under ``root``) or "database"
+    # (app/db/blobs.py). Callers use the async methods below, which both backends implement.
+    backend = "filesystem"
+    # Whether a blob written or removed inside a database transaction is part of it (so an
+    # analysis row and its image commit or roll back together).
+    transactional = False
+
+    @staticmethod
+    def new_name(suffix: str) -> str:
+        return secrets.token_hex(16) + suffix
+
+    def seal_blob(self, name: str, data: bytes) -> bytes:
+        """``data`` encrypted as stored: ``MAGIC | nonce | AES-GCM(data, ad=name)``."""
+        nonce = os.urandom(NONCE_BYTES)
+        return MAGIC + nonce + self._aead.encrypt(nonce, data, name.encode())
+
+    def open_blob(self, name: str, blob: bytes) -> bytes:
+        """The plain bytes of a stored blob; StorageError when it is not ours or was altered."""
+        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + NONCE_BYTES + 16:
+            raise StorageError(f"{name} is not an encrypted blob")
+        nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
+        try:
+            return self._aead.decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES :], name.encode())
+        except InvalidTag as exc:
+            raise StorageError(f"{name} failed authentication (tampered or wrong key)") from exc
+
+    # The one interface both backends implement (the filesystem's runs off the event loop).
+    async def write(self, data: bytes, suffix: str = ".bin") -> str:
+        """Encrypt and store ``data``; returns its new random name."""
+        return await asyncio.to_thread(self.put, data, suffix)
+
+    async def read(self, name: str) -> bytes:
+        """The decrypted bytes; NotFoundError when absent, StorageError when altered."""
+        return await asyncio.to_thread(self.get, name)
+
+    async def has(self, name: str | None) -> bool:
+        return await asyncio.to_thread(self.exists, name)
+
+    async def remove(self, name: str | None) -> None:
+        """Remove a blob (nothing when absent); OSError when the disk refuses."""
+        await asyncio.to_thread(self.delete, name)
+
+    async def stream(self, name: str, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
+        """The decrypted bytes in chunks, for downloads. AES-GCM authenticates the blob as a
+        whole, so it is read and checked whole before the first chunk goes out: nothing
+        unauthenticated ever reaches a client."""
+        data = await self.read(name)
+        for start in range(0, len(data), chunk):
+            yield data[start : start + chunk]
+
     def put(self, data: bytes, suffix: str = ".bin") -> str:
         """Encrypt and store ``data``; returns the new random name. Durable once it returns."""
         # images/ is the store's own, so an existing 0755 one is tightened (once) too.
         private_dir(self.root, tighten=not self._private)
         self._private = True
-        name = secrets.token_hex(16) + suffix
-        nonce = os.urandom(NONCE_BYTES)
-        blob = MAGIC + nonce + self._aead.encrypt(nonce, data, name.encode())
+        name = self.new_name(suffix)
+        blob = self.seal_blob(name, data)
         final = self._path(name)
         tmp = final.with_name(f".{name}.{secrets.token_hex(4)}.tmp")
         try:
@@ -157,13 +208,7 @@ class EncryptedStore:
             blob = path.read_bytes()
         except FileNotFoundError as exc:
             raise NotFoundError("file not found") from exc
-        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + NONCE_BYTES + 16:
-            raise StorageError(f"{name} is not an encrypted blob")
-        nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
-        try:
-            return self._aead.decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES :], name.encode())
-        except InvalidTag as exc:
-            raise StorageError(f"{name} failed authentication (tampered or wrong key)") from exc
+        return self.open_blob(name, blob)
 
     def exists(self, name: str | None) -> bool:
         return bool(name) and self._path(name).is_file()  # type: ignore[arg-type]
@@ -249,8 +294,6 @@ async def check_storage(
 ) -> StorageCheck:
     """Scan the store at ``root`` against the database the tables are bound to
     (``app.db.engine.bind``): at start-up, and by ``python -m app storage check``."""
-    import asyncio
-
     from app.db.tables import Analysis
 
     rows = await Analysis.select(Analysis.id, Analysis.image_path, Analysis.report_path).run()

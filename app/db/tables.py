@@ -8,6 +8,7 @@ from piccolo.columns import (
     JSON,
     UUID,
     Boolean,
+    Bytea,
     Float,
     ForeignKey,
     Integer,
@@ -99,4 +100,41 @@ class ApiToken(Table):
     uses = Integer(default=0)
 
 
-TABLES: tuple[type[Table], ...] = (User, Analysis, AuditEvent, ApiToken)
+class StoredBlob(Table, tablename="stored_blob"):
+    """An encrypted image or PDF report when ``APP_STORAGE=database`` (app/db/blobs.py).
+
+    ``data`` holds the very bytes the file store would write (``MAGIC | nonce | AES-GCM``, the
+    name as associated data), so files move in and out unchanged. ``sha256`` and ``size`` are
+    of those encrypted bytes: a backup can be checked without the key.
+    """
+
+    name = Varchar(length=64, primary_key=True)  # the store's random name, as in image_path
+    data = Bytea()
+    sha256 = Varchar(length=64)
+    size = Integer()
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class LoginFailure(Table, tablename="login_failure"):
+    """One failed login, seen by every replica (app/auth/throttle.py, DatabaseThrottle).
+
+    ``at`` is seconds since the epoch; rows older than the window are pruned. ``cleared``: the
+    same account and address then logged in, which forgives the pair's count only.
+    """
+
+    id: Serial  # annotation only: Piccolo adds this primary key; mypy needs to know
+
+    account = Varchar(length=64, index=True)  # casefolded name tried
+    address = Varchar(length=64, index=True)
+    at = Float(index=True)
+    cleared = Boolean(default=False)
+
+
+TABLES: tuple[type[Table], ...] = (
+    User,
+    Analysis,
+    AuditEvent,
+    ApiToken,
+    StoredBlob,
+    LoginFailure,
+)

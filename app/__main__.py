@@ -28,6 +28,12 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "log_config": None,  # create_app configures logging once, for uvicorn too
         # uvicorn's default (16 MiB) ignores APP_MAX_UPLOAD_MB.
         "ws_max_size": settings.max_upload_bytes + WS_FRAME_MARGIN,
+        # X-Forwarded-For/-Proto count only from APP_TRUSTED_PROXIES (the client's address for
+        # the login throttle and the audit log, https for Secure cookies and HSTS).
+        "proxy_headers": settings.trusted_proxies != "none",
+        "forwarded_allow_ips": settings.trusted_proxies
+        if settings.trusted_proxies != "none"
+        else "",
     }
 
 

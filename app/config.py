@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import math
@@ -60,6 +61,7 @@ def default_model_path() -> Path:
 
 
 REGISTRATION_MODES = ("open", "invite", "closed")
+STORAGE_BACKENDS = ("filesystem", "database")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,14 @@ class Settings:
     # in all (408 after), so slow or stalled clients cannot hold connections and upload slots.
     body_idle_s: float = 10.0
     body_deadline_s: float = 120.0
+    # Where the encrypted images and reports live: "filesystem" (APP_DATA_DIR/images) or
+    # "database" (the stored_blob table, shared by every replica; app/db/blobs.py).
+    storage: str = "filesystem"
+    # Redis/Valkey for the login throttle (redis://host:6379/0); unset: the database.
+    redis_url: str | None = None
+    # Addresses (or networks, comma-separated) whose X-Forwarded-For/-Proto uvicorn believes:
+    # the reverse proxies in front. "none" believes nobody. uvicorn's own default, 127.0.0.1.
+    trusted_proxies: str = "127.0.0.1"
 
     @property
     def registration_mode(self) -> str:
@@ -150,6 +160,27 @@ class Settings:
                 f"APP_REGISTRATION must be one of {', '.join(REGISTRATION_MODES)}, "
                 f"got {registration!r}"
             )
+        storage = (get("STORAGE") or base.storage).strip().lower()
+        if storage not in STORAGE_BACKENDS:
+            raise ConfigError(
+                f"APP_STORAGE must be one of {', '.join(STORAGE_BACKENDS)}, got {storage!r}"
+            )
+        redis_url = get("REDIS_URL")
+        if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("APP_REDIS_URL must be redis://host:port/db, rediss:// or unix://")
+        trusted = ",".join(
+            p.strip() for p in (get("TRUSTED_PROXIES") or base.trusted_proxies).split(",")
+        )
+        for part in trusted.split(","):
+            if part in ("*", "none") or part.startswith("unix:"):
+                continue
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    "APP_TRUSTED_PROXIES must be addresses or networks separated by commas, "
+                    f"'*' or 'none', got {part!r}"
+                ) from None
         return cls(
             host=get("HOST") or base.host,
             port=number("PORT", base.port, int, 1, 65535),
@@ -177,6 +208,9 @@ class Settings:
             registration=registration,
             body_idle_s=number("BODY_IDLE_S", base.body_idle_s, float, 0.1, 3600.0),
             body_deadline_s=number("BODY_DEADLINE_S", base.body_deadline_s, float, 0.1, 86400.0),
+            storage=storage,
+            redis_url=redis_url,
+            trusted_proxies=trusted,
         )
 
     @property

@@ -25,13 +25,14 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.analyses import seal_legacy_rows
 from app.auth.passwords import VerificationSlots, default_hasher
-from app.auth.throttle import LoginThrottle
+from app.auth.throttle import make_throttle
 from app.auth.tokens import TokenCache
 from app.config import ConfigError, Settings
 from app.db import engine as db_engine
+from app.db.blobs import make_store
 from app.db.migrate import apply_migrations, pending_migrations
 from app.page_helpers import MACHINE_PREFIXES
-from app.storage import EncryptedStore, parse_key
+from app.storage import parse_key
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def web_parts(settings: Settings) -> WebParts:
 
     if not settings.secret_key or not settings.storage_key:
         raise ConfigError("APP_SECRET_KEY and APP_STORAGE_KEY must be set outside dev mode")
-    store = EncryptedStore(settings.images_dir, parse_key(settings.storage_key))
+    store = make_store(settings.storage, settings.images_dir, parse_key(settings.storage_key))
     engine = db_engine.make_engine(settings)
 
     @asynccontextmanager
@@ -164,7 +165,8 @@ def web_parts(settings: Settings) -> WebParts:
             "store": store,
             "db_engine": engine,
             "password_hasher": default_hasher(),
-            "login_throttle": LoginThrottle(),
+            # shared by every replica: the database's login_failure table, or Redis
+            "login_throttle": make_throttle(settings.redis_url),
             "verification_slots": VerificationSlots(),
             "token_cache": TokenCache(),
         },

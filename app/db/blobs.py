@@ -23,8 +23,6 @@ from app.storage import ORPHAN_MIN_AGE_S, EncryptedStore, StorageError
 
 log = logging.getLogger(__name__)
 
-STORAGE_BACKENDS = ("filesystem", "database")
-
 
 class DatabaseStore(EncryptedStore):
     """The encrypted store with its bytes in the database the tables are bound to.

@@ -14,6 +14,7 @@ from litestar.response import Redirect, Template
 from app import audit
 from app.auth.passwords import USERNAME_RE, hash_password, password_problem, verify_password
 from app.auth.session import USER, CurrentUser, end_sessions, optional_user, start_session
+from app.auth.throttle import Throttle
 from app.auth.tokens import create_token
 from app.db.tables import ApiToken, User
 from app.page_helpers import client_address, flash, form_text, render
@@ -45,8 +46,8 @@ async def login(request: Request[Any, Any, State], state: State, data: Form) -> 
     password = data.get("password") or ""
     target = safe_next(data.get("next"))
     address = client_address(request)
-    throttle = state["login_throttle"]
-    wait = throttle.retry_after(username, address)
+    throttle: Throttle = state["login_throttle"]
+    wait = await throttle.check(username, address)
     if wait:
         await audit.record("login_throttled", actor_id=None, actor_name=username, address=address)
         request.scope.setdefault("state", {})["current_user"] = None
@@ -82,7 +83,7 @@ async def login(request: Request[Any, Any, State], state: State, data: Form) -> 
             return page
         result = await verify_password(state["password_hasher"], stored, password)
     if not result.ok or row is None:
-        throttle.failed(username, address)
+        await throttle.failed_async(username, address)
         await audit.record("login_failed", actor_id=None, actor_name=username, address=address)
         request.scope.setdefault("state", {})["current_user"] = None
         return render(
@@ -93,7 +94,7 @@ async def login(request: Request[Any, Any, State], state: State, data: Form) -> 
             username=username,
             error=BAD_LOGIN,
         )
-    throttle.succeeded(username, address)
+    await throttle.succeeded_async(username, address)
     if result.new_hash:  # parameters changed since this hash was made
         await User.update({User.password_hash: result.new_hash}).where(User.id == row["id"]).run()
         row["password_hash"] = result.new_hash

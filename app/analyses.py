@@ -18,15 +18,10 @@ from app.db.tables import Analysis, AuditEvent, User
 from app.deps import ready_service
 from app.errors import AppError, NotFoundError
 from app.inference.classifier import Classifier, Prediction
-from app.inference.dicom import decode_dicom
 from app.inference.explain import CAVEAT
+from app.inference.formats import format_of
+from app.inference.formats.base import DEFAULT_MAX_PIXELS, ImageError, Picture
 from app.inference.gate import GateResult, Reason, describe
-from app.inference.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    ImageError,
-    encode_png,
-    sniff_format,
-)
 from app.inference.service import Analysis as ServiceAnalysis
 from app.inference.service import InferenceService
 from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
@@ -45,10 +40,11 @@ class Upload:
     data: bytes
 
 
-def dicom_as_png(data: bytes) -> bytes:
-    """A stored DICOM upload's one colour frame as PNG, for pages (blocking: run off-loop)."""
+def picture(data: bytes) -> Picture:
+    """A stored upload as pages show it, its format's choice: as sent, or its pixels as PNG
+    where browsers cannot read the format (blocking: run off-loop)."""
     # Checked against the configured budget at upload.
-    return encode_png(decode_dicom(data, DEFAULT_MAX_PIXELS))
+    return format_of(data).picture(data, DEFAULT_MAX_PIXELS)
 
 
 async def predict(
@@ -93,8 +89,8 @@ async def save(
     gate: GateResult | None = None,
 ) -> uuid.UUID:
     """Encrypt and store the image, then insert the row; never a row without its file."""
-    fmt = sniff_format(upload.data)  # validated (pixel budget included) before analysis
-    name = await asyncio.to_thread(store.put, upload.data, f".{fmt}")
+    fmt = format_of(upload.data)  # validated (pixel budget included) before analysis
+    name = await asyncio.to_thread(store.put, upload.data, f".{fmt.name}")
     row = Analysis(
         owner=owner_id,
         # sealed: the database alone names no patient (see the table's comment)

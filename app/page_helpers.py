@@ -13,6 +13,7 @@ from litestar.connection import ASGIConnection
 from litestar.response import Redirect, Template
 
 from app.errors import AppError
+from app.inference import formats
 from app.inference.classifier import DISCLAIMER
 
 # Token-authenticated or anonymous machine endpoints: no session, no CSRF, JSON errors.
@@ -112,6 +113,9 @@ def render(
             "user": state.get("current_user"),
             "flashes": pop_flashes(request),
             "disclaimer": DISCLAIMER,
+            # the upload form's file input and its hint, from the format registry
+            "accept": formats.accept(),
+            "formats": formats.listing("or", notes=True),
             **context,
         },
         status_code=status_code,

@@ -29,7 +29,7 @@ from borb.pdf import (  # noqa: E402  (opt out before anything else of borb runs
 )
 from PIL import Image as PILImage  # noqa: E402
 
-from app.inference.dicom import decode_dicom, is_dicom  # noqa: E402
+from app.inference.formats import format_of  # noqa: E402
 from app.inference.preprocess import DEFAULT_MAX_PIXELS, read_header  # noqa: E402
 from app.reports.data import ReportData  # noqa: E402
 
@@ -48,15 +48,14 @@ def _thumbnail(data: bytes, box: tuple[int, int] = (160, 120)) -> PILImage.Image
     OpenCV repairs some damaged JPEG data silently (and so classifies it); PIL refuses it.
     """
     try:
-        if is_dicom(data):
-            img = PILImage.fromarray(decode_dicom(data, DEFAULT_MAX_PIXELS))
-        else:
-            # The same structural and pixel bounds as an upload (a JPEG scan bomb is refused
-            # from its markers), then a JPEG decoded at reduced size (DCT scaling).
-            read_header(data, DEFAULT_MAX_PIXELS)
-            img = PILImage.open(io.BytesIO(data))
-            img.draft("RGB", box)
-            img = img.convert("RGB")
+        # What a page shows: the upload as sent, or its format's pixels as PNG (DICOM).
+        shown = format_of(data).picture(data, DEFAULT_MAX_PIXELS).data
+        # The same structural and pixel bounds as an upload (a JPEG scan bomb is refused
+        # from its markers), then a JPEG decoded at reduced size (DCT scaling).
+        read_header(shown, DEFAULT_MAX_PIXELS)
+        img: PILImage.Image = PILImage.open(io.BytesIO(shown))
+        img.draft("RGB", box)
+        img = img.convert("RGB")
     except (OSError, SyntaxError, ValueError):  # ImageError is a ValueError
         return None
     img.thumbnail(box)

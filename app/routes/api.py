@@ -41,6 +41,7 @@ from app.auth.tokens import SECURITY
 from app.config import Settings
 from app.deps import ready_service, ready_service_or_none
 from app.errors import AppError
+from app.inference import formats
 from app.inference.gate import ImageRejectedError
 from app.inference.preprocess import ImageError
 from app.inference.service import InferenceService
@@ -166,7 +167,7 @@ def _multipart_operation(field_name: str, many: bool) -> type[Operation]:
                 )
             )
         },
-        description="JPEG, PNG or DICOM, recognised by content (the file name is ignored).",
+        description=f"{formats.listing('or')}, recognised by content (the file name is ignored).",
     )
 
     @dataclass
@@ -181,7 +182,8 @@ _ERRORS = {
     400: ResponseSpec(ErrorBody, description="Missing or unreadable image"),
     413: ResponseSpec(ErrorBody, description="Upload or image over the size/pixel budget"),
     415: ResponseSpec(
-        ErrorBody, description="Not JPEG/PNG/colour DICOM, or not multipart/form-data"
+        ErrorBody,
+        description=f"Not {formats.listing('or', notes=True)}, or not multipart/form-data",
     ),
     422: ResponseSpec(
         RejectedBody,

@@ -19,6 +19,7 @@ from app.auth.session import ADMIN, USER, CurrentUser, optional_user
 from app.charts import column_svg, hbar_svg
 from app.db.tables import Analysis, AuditEvent
 from app.errors import AppError
+from app.inference import formats
 from app.inference.explain import CAVEAT, ExplanationUnavailableError
 from app.inference.gate import ImageRejectedError
 from app.inference.preprocess import ImageError
@@ -147,7 +148,7 @@ async def create_analysis(
     if not patient:
         errors.append("Enter the patient's name or identifier.")
     if not uploads:
-        errors.append("Choose at least one image (JPEG, PNG or DICOM).")
+        errors.append(f"Choose at least one image ({formats.listing('or')}).")
     if len(uploads) > settings.batch_max:
         errors.append(f"At most {settings.batch_max} images at once.")
     if errors:
@@ -264,11 +265,11 @@ async def analysis_page(
 async def analysis_image(user: CurrentUser, state: State, analysis_id: str) -> Response[bytes]:
     row = await analyses.get_owned(analysis_id, user.id, state["store"])
     data = await asyncio.to_thread(state["store"].get, row["image_path"])
-    media = "image/png" if row["image_path"].endswith(".png") else "image/jpeg"
-    if row["image_path"].endswith(".dicom"):  # browsers cannot show DICOM: its pixels as PNG
-        data, media = await asyncio.to_thread(analyses.dicom_as_png, data), "image/png"
+    shown = await asyncio.to_thread(analyses.picture, data)  # PNG where browsers need it
     # Decrypted for its owner only: never cached by shared caches.
-    return Response(data, media_type=media, headers={"Cache-Control": "private, no-store"})
+    return Response(
+        shown.data, media_type=shown.media_type, headers={"Cache-Control": "private, no-store"}
+    )
 
 
 @get("/analyses/{analysis_id:str}/explanation.png", dependencies=USER)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from app.inference.formats.raster import reduced_flag as _reduced_flag
 from app.inference.preprocess import (
     ImageError,
     ImageTooLargeError,
     UnsupportedImageError,
-    _reduced_flag,
     center_crop_to_aspect,
     decode_image,
     preprocess,

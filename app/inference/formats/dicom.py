@@ -17,6 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from app.inference.formats.base import (
+    ImageError,
+    ImageInfo,
+    Picture,
+    UnsupportedImageError,
+    check_budget,
+    encode_png,
+)
+from app.inference.formats.jpeg_markers import JPEG_MAGIC, inspect_jpeg
+
 DICOM_MAGIC = b"DICM"  # after the 128-byte preamble (PS3.10 section 7.1)
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 # Header bytes before the pixel data: room for an ICC profile and private tags; a file of
@@ -28,12 +38,6 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == DICOM_MAGIC
 
 
-def _errors() -> tuple[type[Exception], type[Exception]]:
-    from app.inference.image_errors import ImageError, UnsupportedImageError
-
-    return ImageError, UnsupportedImageError
-
-
 def _transfer_syntax(dataset: Any) -> Any:
     """The file's Transfer Syntax UID, checked to be one; ImageError (4xx) with the reason.
 
@@ -42,21 +46,20 @@ def _transfer_syntax(dataset: Any) -> Any:
     """
     from pydicom.uid import UID
 
-    image_error, unsupported = _errors()
     meta = getattr(dataset, "file_meta", None)
     raw = meta.get("TransferSyntaxUID") if meta is not None else None
     text = str(raw or "").strip().rstrip("\x00")
     if not text:
-        raise image_error("the DICOM file has no Transfer Syntax UID (0002,0010)")
+        raise ImageError("the DICOM file has no Transfer Syntax UID (0002,0010)")
     syntax = UID(text)
     if not syntax.is_valid:
-        raise image_error(f"the DICOM Transfer Syntax UID {text[:64]!r} is not a valid UID")
+        raise ImageError(f"the DICOM Transfer Syntax UID {text[:64]!r} is not a valid UID")
     if not syntax.is_transfer_syntax:
         if syntax.name != text:  # a registered UID of another kind, a SOP Class say
-            raise image_error(
+            raise ImageError(
                 f"the DICOM Transfer Syntax UID is {syntax.name} ({text}), not a transfer syntax"
             )
-        raise unsupported(f"the DICOM Transfer Syntax UID {text} is unknown here")
+        raise UnsupportedImageError(f"the DICOM Transfer Syntax UID {text} is unknown here")
     return syntax
 
 
@@ -65,12 +68,11 @@ def _read(data: bytes, pixels: bool) -> tuple[Any, int, int]:
     # Imported here: a JPEG/PNG-only deployment never loads pydicom.
     import pydicom
 
-    image_error, unsupported = _errors()
     header_end = data.find(PIXEL_DATA_TAG, 132)
     if header_end == -1:
-        raise image_error("the DICOM file has no image (no Pixel Data)")
+        raise ImageError("the DICOM file has no image (no Pixel Data)")
     if header_end > MAX_HEADER_BYTES:
-        raise image_error(f"the DICOM header is over {MAX_HEADER_BYTES >> 20} MB")
+        raise ImageError(f"the DICOM header is over {MAX_HEADER_BYTES >> 20} MB")
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
         samples = int(dataset.get("SamplesPerPixel", 0) or 0)
@@ -78,12 +80,14 @@ def _read(data: bytes, pixels: bool) -> tuple[Any, int, int]:
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
         width, height = int(dataset.Columns), int(dataset.Rows)
     except (Exception, RecursionError) as exc:  # malformed values surface as many types
-        raise image_error(f"unreadable DICOM header: {type(exc).__name__}") from exc
+        raise ImageError(f"unreadable DICOM header: {type(exc).__name__}") from exc
     _transfer_syntax(dataset)
     if frames != 1:
-        raise unsupported(f"multi-frame DICOM ({frames} frames) is not supported: send one frame")
+        raise UnsupportedImageError(
+            f"multi-frame DICOM ({frames} frames) is not supported: send one frame"
+        )
     if samples != 3:
-        raise unsupported(
+        raise UnsupportedImageError(
             f"this DICOM image is not colour ({kind}, {samples} sample(s) per pixel): the model "
             "was trained on colour dermoscopic images only"
         )
@@ -110,13 +114,10 @@ def _check_compressed_frame(dataset: Any, width: int, height: int) -> None:
     from PIL import Image
     from pydicom.encaps import generate_frames
 
-    from app.inference.jpeg import JPEG_MAGIC, inspect_jpeg
-
-    image_error, unsupported = _errors()
     try:
         frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
     except Exception as exc:
-        raise image_error(f"corrupt DICOM pixel data: {type(exc).__name__}") from exc
+        raise ImageError(f"corrupt DICOM pixel data: {type(exc).__name__}") from exc
     if frame.startswith(JPEG_MAGIC):
         inspect_jpeg(frame)  # the same scan limits as a JPEG upload: Pillow decodes it alike
     try:
@@ -125,30 +126,26 @@ def _check_compressed_frame(dataset: Any, width: int, height: int) -> None:
     except Exception as exc:  # a codec Pillow cannot read is one this service cannot decode
         syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
         name = getattr(syntax, "name", str(syntax))
-        raise unsupported(f"DICOM compression {name} cannot be decoded here") from exc
+        raise UnsupportedImageError(f"DICOM compression {name} cannot be decoded here") from exc
     if size != (width, height):
-        raise image_error(f"the DICOM frame is {size[0]}x{size[1]}, its header {width}x{height}")
+        raise ImageError(f"the DICOM frame is {size[0]}x{size[1]}, its header {width}x{height}")
 
 
 def _check_decoder(syntax: Any) -> None:
     """415 for a compression no installed plugin decodes (JPEG-LS, lossless JPEG, HTJ2K...)."""
     from pydicom.pixels.decoders.base import get_decoder
 
-    _, unsupported = _errors()
     try:
         available = get_decoder(syntax).is_available
     except NotImplementedError:
         available = False
     if not available:
         name = getattr(syntax, "name", str(syntax))
-        raise unsupported(f"DICOM compression {name} cannot be decoded here")
+        raise UnsupportedImageError(f"DICOM compression {name} cannot be decoded here")
 
 
 def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
     """RGB uint8 (H, W, 3) of the file's one colour frame, within ``max_pixels``."""
-    from app.inference.image_errors import check_budget
-
-    image_error, unsupported = _errors()
     dataset, width, height = _read(data, pixels=True)
     check_budget("dicom", width, height, max_pixels, 3, _bytes_per_sample(dataset))
     syntax = _transfer_syntax(dataset)
@@ -158,13 +155,41 @@ def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         pixels = dataset.pixel_array  # YBR is converted to RGB by pydicom's decoders
     except NotImplementedError as exc:  # no decoder for this transfer syntax here
-        raise unsupported("this DICOM compression cannot be decoded here") from exc
+        raise UnsupportedImageError("this DICOM compression cannot be decoded here") from exc
     except (Exception, RecursionError) as exc:
-        raise image_error(f"corrupt DICOM pixel data: {type(exc).__name__}") from exc
+        raise ImageError(f"corrupt DICOM pixel data: {type(exc).__name__}") from exc
     if pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise image_error(f"unexpected DICOM pixel layout {pixels.shape}")
+        raise ImageError(f"unexpected DICOM pixel layout {pixels.shape}")
     if pixels.dtype != np.uint8:
         # 12/16-bit colour: scale the stored range to 8 bits, as the training images were.
         top = float(2 ** int(dataset.get("BitsStored", 16)) - 1)
         pixels = np.clip(np.rint(pixels.astype(np.float32) * (255.0 / top)), 0, 255)
     return np.ascontiguousarray(pixels, dtype=np.uint8)
+
+
+class Dicom:
+    """DICOM (PS3.10 file): one colour frame; browsers cannot show it, so pages get PNG."""
+
+    name = "dicom"
+    label = "DICOM"
+    note = "one colour frame"
+    media_type = "application/dicom"
+    accept = ("application/dicom", ".dcm")
+
+    def sniff(self, data: bytes) -> bool:
+        return is_dicom(data)
+
+    def header(self, data: bytes, max_pixels: int) -> ImageInfo:
+        width, height, sample_bytes = dicom_size(data)
+        check_budget(self.name, width, height, max_pixels, 3, sample_bytes)
+        return ImageInfo(self.name, width, height, 3, sample_bytes)
+
+    def decode(
+        self, data: bytes, target: tuple[int, int] | None, max_pixels: int
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        # Parsed once, header and pixels; no EXIF, no reduced decode.
+        frame = decode_dicom(data, max_pixels)
+        return frame, (frame.shape[1], frame.shape[0])
+
+    def picture(self, data: bytes, max_pixels: int) -> Picture:
+        return Picture(encode_png(decode_dicom(data, max_pixels)), "image/png")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.inference.image_errors import ImageError
+from app.inference.formats.base import ImageError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 

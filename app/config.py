@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from app.errors import ConfigError as ConfigError  # a leaf, so storage can raise it too
+from app.files import atomic_write
 from app.storage import private_dir
 
 log = logging.getLogger(__name__)
@@ -247,21 +248,16 @@ class Settings:
                 "secret_key": secrets.token_urlsafe(48),
                 "storage_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
             }
-            tmp = path.with_name(f".secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            tmp.write_text(json.dumps(fresh))
-            tmp.chmod(0o600)
             try:
-                # link() never replaces: when several workers start at once, the first one's
-                # secrets win and every worker reads those, so all encrypt with one key.
-                os.link(tmp, path)
+                # Never replaces: when several workers start at once, the first one's secrets
+                # win and every worker reads those, so all encrypt with one key.
+                atomic_write(path, json.dumps(fresh), 0o600, overwrite=False)
                 log.warning(
                     "dev mode: generated secrets into %s (keep it; it decrypts stored images)",
                     path,
                 )
             except FileExistsError:
                 pass
-            finally:
-                tmp.unlink(missing_ok=True)
         stored: dict[str, str] = json.loads(path.read_text())
         absent = [k for k in ("secret_key", "storage_key") if not stored.get(k)]
         if absent:

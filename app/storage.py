@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from app.errors import ConfigError, NotFoundError
+from app.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -189,17 +190,8 @@ class EncryptedStore:
         self._private = True
         name = self.new_name(suffix)
         blob = self.seal_blob(name, data)
-        final = self._path(name)
-        tmp = final.with_name(f".{name}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE)
-            with open(fd, "wb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)  # atomic: readers see nothing or the whole file
-        finally:
-            tmp.unlink(missing_ok=True)
+        # Atomic and durable: readers see nothing or the whole file, and it survives a crash.
+        atomic_write(self._path(name), blob, PRIVATE_FILE_MODE, durable=True)
         return name
 
     def get(self, name: str) -> bytes:

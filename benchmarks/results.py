@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from app.files import atomic_write
 from benchmarks import machine
 from benchmarks.stats import Figure
 
@@ -119,9 +120,7 @@ def write_run(
     for suite in suites:
         merged[suite.name] = suite.as_dict()
     data["suites"] = merged
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=1, sort_keys=False) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(_finite(data), indent=1, sort_keys=False) + "\n")
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from app.files import file_sha256 as file_sha256
 from app.inference.gate import FEATURES, Distribution
 from app.inference.spec import RISK_GROUPS, ModelSpec, ModelSpecError
 
@@ -71,14 +71,6 @@ def choose_providers(requested: str) -> list[str]:
 # CPU's on an H100, enough to flip a melanoma flag near its threshold; FP32 costs this small model
 # nothing worth having.
 PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"use_tf32": "0"}}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _open_session(model_path: Path, requested: str, threads: int) -> ort.InferenceSession:

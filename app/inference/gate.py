@@ -20,7 +20,6 @@ and sets on the validation split; the server reads it and nothing here hard-code
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from app.files import file_sha256
 from app.inference.preprocess import MIN_DECODE, ImageError, center_crop_to_aspect
 from app.inference.spec import ModelSpec
 
@@ -322,7 +322,7 @@ class Gate:
         dist = doc.get("distribution")
         if dist:
             arrays = path.with_name(dist["arrays"])
-            digest = hashlib.sha256(arrays.read_bytes()).hexdigest() if arrays.is_file() else None
+            digest = file_sha256(arrays) if arrays.is_file() else None
             if digest != dist["sha256"]:
                 raise GateFileError(f"{arrays.name} is missing or does not match {path.name}")
             threshold = float(dist["threshold"])

@@ -74,3 +74,19 @@ def test_agreement_and_table() -> None:
     assert a["max_abs_prob_diff"] == pytest.approx(0.4)
     table = format_per_class({"x": classification_metrics(probs, y, LABELS)})
     assert "mel" in table and "BMA" in table
+
+
+def _bma_by_hand(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """balanced_accuracy before scikit-learn's: the mean recall over the classes in y."""
+    present = [k for k in range(n_classes) if (y == k).any()]
+    return float(np.mean([(pred[y == k] == k).mean() for k in present]))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_balanced_accuracy_is_the_hand_formula_exactly(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 400))
+    # Classes 5 and 6 never occur in y but may be predicted: a small split lacking a class.
+    y = rng.choice(5, size=n, p=[0.6, 0.2, 0.1, 0.07, 0.03])
+    pred = np.where(rng.random(n) < 0.7, y, rng.integers(0, 7, size=n))
+    assert balanced_accuracy(y, pred, 7) == _bma_by_hand(y, pred, 7)

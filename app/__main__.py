@@ -92,6 +92,14 @@ def storage_check(settings: Settings, repair: bool, min_age_s: float) -> int:
         db_engine.bind(engine)
         await db_engine.start(engine)
         try:
+            if settings.storage == "database":
+                from app.db.blobs import check_database_store
+
+                problems = await check_database_store(repair, min_age_s)
+                for line in problems:
+                    print(line)
+                print(f"{len(problems)} problem(s) in the database store")
+                return 0 if all(p.endswith("(removed)") for p in problems) else 1
             check = await check_storage(settings.images_dir, repair, min_age_s)
         finally:
             await db_engine.stop(engine)
@@ -105,6 +113,50 @@ def storage_check(settings: Settings, repair: bool, min_age_s: float) -> int:
             print(f"analysis {analysis_id}: image {name} is missing")
         print(check.summary())
         return 0 if check.clean else 1
+
+    return asyncio.run(run())
+
+
+def storage_migrate(settings: Settings, target: str) -> int:
+    """``python -m app storage migrate --to database``: copy the encrypted files of an install
+    into the database (idempotent; no file is deleted). 0 when every image is there."""
+    import asyncio
+
+    from app.db.drivers import hide_unused_postgres_driver
+
+    hide_unused_postgres_driver(settings.database_url)
+    from app.db import engine as db_engine
+    from app.db.blobs import DatabaseStore, migrate_to_database
+    from app.db.migrate import pending_migrations
+    from app.storage import StorageError, parse_key
+
+    if target != "database":
+        print(f"error: only --to database is supported, not {target!r}", file=sys.stderr)
+        return 2
+    settings = settings.with_secrets()  # the key that decrypts the files, checked per file
+
+    async def run() -> int:
+        engine = db_engine.make_engine(settings)
+        db_engine.bind(engine)
+        await db_engine.start(engine)
+        try:
+            if todo := await pending_migrations(engine):
+                print(f"error: {len(todo)} migration(s) pending: run `python -m app migrate`")
+                return 2
+            store = DatabaseStore(settings.images_dir, parse_key(settings.storage_key or ""))
+            try:
+                moved = await migrate_to_database(store)
+            except StorageError as exc:
+                print(f"error: {exc}; nothing after it was copied", file=sys.stderr)
+                return 1
+        finally:
+            await db_engine.stop(engine)
+        for analysis_id, name in moved.missing_images:
+            print(f"analysis {analysis_id}: image {name} is missing from {settings.images_dir}")
+        print(moved.summary())
+        if moved.complete:
+            print("now set APP_STORAGE=database; the files were left in place")
+        return 0 if moved.complete else 1
 
     return asyncio.run(run())
 
@@ -147,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="younger files may be uploads in progress: never removed (default 60)",
     )
+    move = store_sub.add_parser(
+        "migrate",
+        help="copy the encrypted images and reports from APP_DATA_DIR/images into the "
+        "database (APP_STORAGE=database); idempotent, deletes no file",
+    )
+    move.add_argument("--to", required=True, choices=["database"], dest="target")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -159,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
         migrate(settings)
         return 0
+    if args.command == "storage" and args.storage_command == "migrate":
+        return storage_migrate(settings, args.target)
     if args.command == "storage":
         return storage_check(settings, args.repair, args.min_age_minutes * 60)
     if args.command in ("create-token", "set-role", "create-user"):

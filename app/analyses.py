@@ -88,17 +88,48 @@ async def save(
     batch: str | None = None,
     gate: GateResult | None = None,
 ) -> uuid.UUID:
-    """Encrypt and store the image, then insert the row; never a row without its file."""
+    """Encrypt and store the image, then insert the row; never a row without its image.
+
+    The database store writes both in one transaction; the file store writes the file (durably)
+    first and removes it again when the insert fails.
+    """
     fmt = format_of(upload.data)  # validated (pixel budget included) before analysis
-    name = await asyncio.to_thread(store.put, upload.data, f".{fmt.name}")
-    row = Analysis(
+    suffix = f".{fmt.name}"
+    if store.transactional:
+        async with Analysis._meta.db.transaction():
+            row = _new_row(store, classifier, owner_id, patient, upload, prediction, batch, gate)
+            row.image_path = await store.write(upload.data, suffix)
+            await row.save().run()
+        return row.id
+    name = await store.write(upload.data, suffix)
+    row = _new_row(store, classifier, owner_id, patient, upload, prediction, batch, gate)
+    row.image_path = name
+    try:
+        await row.save().run()
+    except BaseException:
+        store.delete(name)  # the row never existed; do not leave an orphan file behind
+        raise
+    return row.id
+
+
+def _new_row(
+    store: EncryptedStore,
+    classifier: Classifier,
+    owner_id: int,
+    patient: str,
+    upload: Upload,
+    prediction: Prediction,
+    batch: str | None,
+    gate: GateResult | None,
+) -> Analysis:
+    return Analysis(
         owner=owner_id,
         # sealed: the database alone names no patient (see the table's comment)
         patient_sealed=store.seal_text(patient[:128]),
         patient_index=store.blind_index(patient[:128]),
         filename_sealed=store.seal_text(_display_name(upload.filename)),
         batch=batch,
-        image_path=name,
+        image_path="",  # set by the caller once the image is stored
         image_sha256=hashlib.sha256(upload.data).hexdigest(),
         predicted_class=prediction.label,
         probabilities=json.dumps(prediction.probabilities),
@@ -110,12 +141,6 @@ async def save(
         model_sha256=classifier.sha256,
         gate=json.dumps(gate.as_dict()) if gate is not None else "",
     )
-    try:
-        await row.save().run()
-    except BaseException:
-        store.delete(name)  # the row never existed; do not leave an orphan file behind
-        raise
-    return row.id
 
 
 def decorate(row: dict[str, Any], store: EncryptedStore) -> dict[str, Any]:
@@ -230,8 +255,9 @@ async def delete_owned(
                     detail="with its image and report",
                 )
             ).run()
-            await asyncio.to_thread(store.delete, row.get("report_path"))
-            await asyncio.to_thread(store.delete, row["image_path"])
+            # the database store deletes its blobs inside this same transaction
+            await store.remove(row.get("report_path"))
+            await store.remove(row["image_path"])
     except OSError as exc:
         log.error("analysis %s kept: a stored file could not be removed (%s)", row["id"], exc)
         raise DeleteFailedError(
@@ -272,9 +298,14 @@ async def report_pdf(
         service: draws the explanation printed beside the image, when the model has one.
     """
     name = row.get("report_path")
-    if name and store.exists(name):
-        return await asyncio.to_thread(store.get, name)
-    image = await asyncio.to_thread(store.get, row["image_path"])
+    if name:
+        try:
+            return await store.read(name)
+        except NotFoundError:
+            # Not here (another replica's disk with the file store, or removed): rebuilt from
+            # the record, the same text, and kept.
+            log.info("report of analysis %s rebuilt: %s is not in this store", row["id"], name)
+    image = await store.read(row["image_path"])
     clinician = (await User.select(User.username).where(User.id == row["owner"]).first().run()) or {
         "username": "?"
     }
@@ -304,7 +335,7 @@ async def report_pdf(
         explanation_caveat=CAVEAT,
     )
     pdf = await asyncio.to_thread(_render_report, data)
-    new_name = await asyncio.to_thread(store.put, pdf, ".pdf")
+    new_name = await store.write(pdf, ".pdf")
     # Claim the slot only if nobody else did meanwhile (two tabs, a double click, a delete):
     # a PDF that no row points at would survive the analysis's deletion.
     analysis_id = parse_id(row["id"])
@@ -318,5 +349,5 @@ async def report_pdf(
         await Analysis.select(Analysis.report_path).where(Analysis.id == analysis_id).first().run()
     )
     if now is None or now["report_path"] != new_name:
-        store.delete(new_name)  # lost the race, or the analysis was deleted
+        await store.remove(new_name)  # lost the race, or the analysis was deleted
     return pdf

@@ -31,6 +31,7 @@ from litestar.types import (
 
 from app.auth.tokens import BEARER, BEARER_SCHEME, api_token_guard
 from app.config import Settings
+from app.db.blobs import check_database_store
 from app.db.engine import DatabaseProbe
 from app.error_responses import error_body, exception_to_response
 from app.inference.classifier import Classifier
@@ -250,6 +251,13 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
 
     @asynccontextmanager
     async def storage_lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settings.storage == "database":
+            # Blobs share the rows' transactions: only a report whose claim a crash cut off
+            # can be left over. Reported and removed (over an hour old) like orphan files.
+            for problem in await check_database_store(repair=True):
+                log.warning("storage check at start-up: %s", problem)
+            yield
+            return
         # Files a crash left between write and row insert (kill -9 mid-upload) are patient
         # images nothing could ever delete: remove those over an hour old, report the rest.
         check = await check_storage(settings.images_dir, repair=True)

@@ -264,7 +264,7 @@ async def analysis_page(
 @get("/analyses/{analysis_id:str}/image", dependencies=USER)
 async def analysis_image(user: CurrentUser, state: State, analysis_id: str) -> Response[bytes]:
     row = await analyses.get_owned(analysis_id, user.id, state["store"])
-    data = await asyncio.to_thread(state["store"].get, row["image_path"])
+    data = await state["store"].read(row["image_path"])
     shown = await asyncio.to_thread(analyses.picture, data)  # PNG where browsers need it
     # Decrypted for its owner only: never cached by shared caches.
     return Response(
@@ -279,7 +279,7 @@ async def analysis_explanation(
     """Grad-CAM heat map of the stored result's class over the stored image (501 without a
     CAM model); computed on request, nothing is stored."""
     row = await analyses.get_owned(analysis_id, user.id, state["store"])
-    data = await asyncio.to_thread(state["store"].get, row["image_path"])
+    data = await state["store"].read(row["image_path"])
     service: InferenceService | None = state.get("inference")
     if service is None:
         raise ExplanationUnavailableError("the model is not loaded yet")

@@ -13,10 +13,9 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.artifacts import ModelSet, resolve_models
+from benchmarks.artifacts import resolve_models
 from benchmarks.results import (
     DEFAULT_RESULTS_DIR,
     QUICK_RESULTS_DIR,
@@ -26,68 +25,11 @@ from benchmarks.results import (
 
 log = logging.getLogger("benchmarks")
 
-SUITES = ("model", "preprocess", "service", "startup", "accuracy", "footprint", "peers", "edge")
-
-
-def _suite_runner(name: str, args: argparse.Namespace) -> Callable[[ModelSet], SuiteResult]:
-    quick: bool = args.quick
-
-    def model(m: ModelSet) -> SuiteResult:
-        from benchmarks.model import model_suite
-
-        return model_suite(m, quick, tuple(args.threads), tuple(args.batches), args.runs)
-
-    def preprocess(m: ModelSet) -> SuiteResult:
-        from benchmarks.preprocessing import preprocess_suite
-
-        return preprocess_suite(m, quick, args.runs)
-
-    def service(m: ModelSet) -> SuiteResult:
-        from benchmarks.service import service_suite
-
-        return service_suite(m, quick, tuple(args.concurrency), args.requests)
-
-    def startup(m: ModelSet) -> SuiteResult:
-        from benchmarks.startup import startup_suite
-
-        return startup_suite(m, quick, args.starts, args.requests)
-
-    def accuracy(m: ModelSet) -> SuiteResult:
-        from benchmarks.evaluation import accuracy_suite
-
-        return accuracy_suite(m, quick)
-
-    def footprint(m: ModelSet) -> SuiteResult:
-        from benchmarks.footprint import footprint_suite
-
-        return footprint_suite(m, quick, args.install)
-
-    def peers(m: ModelSet) -> SuiteResult:
-        from benchmarks.peers.suite import peers_suite
-
-        return peers_suite(m, quick, args.rounds, args.requests, args.build)
-
-    def edge(m: ModelSet) -> SuiteResult:
-        from benchmarks.edge import edge_suite
-
-        return edge_suite(m, quick, args.requests, args.memory_mb, args.address_space_mib)
-
-    runners: dict[str, Callable[[ModelSet], SuiteResult]] = {
-        "model": model,
-        "preprocess": preprocess,
-        "service": service,
-        "startup": startup,
-        "accuracy": accuracy,
-        "footprint": footprint,
-        "peers": peers,
-        "edge": edge,
-    }
-    return runners[name]
-
 
 def run_suites(names: list[str], args: argparse.Namespace) -> int:
     """Run the named suites, write the result file, regenerate RESULTS.md and the plots."""
     from benchmarks import machine
+    from benchmarks.registry import suite_named
     from benchmarks.report import regenerate
     from benchmarks.targets import evaluate_targets
 
@@ -104,7 +46,7 @@ def run_suites(names: list[str], args: argparse.Namespace) -> int:
         log.info("suite %s%s", name, " (quick)" if args.quick else "")
         t0 = time.monotonic()
         try:
-            suite = _suite_runner(name, args)(models)
+            suite = suite_named(name).run(models, args)
         except Exception as exc:  # one broken suite must not lose the others' figures
             log.exception("suite %s failed", name)
             suite = SuiteResult(name, args.quick)
@@ -204,6 +146,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from benchmarks import accuracy
+    from benchmarks.registry import NAMES, SUITES
 
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -213,19 +156,11 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="every suite, then RESULTS.md and plots")
     _common(run)
     run.add_argument(
-        "--skip", choices=SUITES, action="append", default=[], help="leave a suite out (repeatable)"
+        "--skip", choices=NAMES, action="append", default=[], help="leave a suite out (repeatable)"
     )
-    helps = {
-        "model": "Keras predict/call vs ORT FP32/INT8, 1-2 threads, batch 1 and 8",
-        "preprocess": "OpenCV (reduced/full decode) vs the upstream PIL path",
-        "service": "HTTP load at concurrency 1-16, the baseline, the in-process ceiling",
-        "startup": "cold start to ready and RSS, service and baseline",
-        "footprint": "disk size of the serving install vs flask + tensorflow-cpu + pillow",
-        "peers": "the service vs BentoML, PyTriton and a bare ASGI floor, interleaved rounds",
-        "edge": "one core (taskset), APP_ORT_THREADS=1, a memory ceiling (prlimit --as)",
-    }
-    for name, text in helps.items():
-        _common(sub.add_parser(name, help=text))
+    for suite in SUITES:
+        if suite.command:
+            _common(sub.add_parser(suite.name, help=suite.help))
     # The accuracy subcommand evaluates one model; `run` evaluates Keras, FP32 and INT8.
     accuracy.add_parser(sub)
     rep = sub.add_parser("report", help="regenerate RESULTS.md and plots from result files")
@@ -248,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"report: {regenerate(args.results_dir, args.file)}")
         return 0
-    names = [s for s in SUITES if s not in args.skip] if args.command == "run" else [args.command]
+    from benchmarks.registry import NAMES
+
+    names = [s for s in NAMES if s not in args.skip] if args.command == "run" else [args.command]
     return run_suites(names, args)
 
 

@@ -13,6 +13,7 @@ VmHWM) against the memory budget.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import logging
@@ -21,6 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -29,9 +31,12 @@ from tqdm import tqdm
 from benchmarks.artifacts import ModelSet
 from benchmarks.images import upload_images
 from benchmarks.load import BOUNDARY, multipart_body, run_load
-from benchmarks.results import SuiteResult
+from benchmarks.markdown import fmt, median, table
+from benchmarks.results import LevelKey, SuiteResult
 from benchmarks.server import RunningServer, ServerError, Target, service_target, with_api_auth
 from benchmarks.stats import Figure
+from benchmarks.suite import Suite
+from benchmarks.targets import Verdict, check, fig
 
 log = logging.getLogger(__name__)
 
@@ -182,15 +187,15 @@ def edge_suite(
             + "; ".join(failed)
         )
     suite.params["failed_starts"] = len(failed)
-    for name, result in (("c1", one), ("c4", four)):
+    for c, result in ((1, one), (4, four)):
         if result.errors:
-            suite.notes.append(f"{name}: non-2xx answers {dict(result.statuses)}")
+            suite.notes.append(f"c{c}: non-2xx answers {dict(result.statuses)}")
         if result.ok_latencies_ms:
-            suite.add_samples(f"{name}/latency", result.ok_latencies_ms, "ms")
-        suite.add(f"{name}/throughput", Figure.value(result.rps, "req/s", result.ok))
+            suite.add_samples(LevelKey("", c, "latency"), result.ok_latencies_ms, "ms")
+        suite.add(LevelKey("", c, "throughput"), Figure.value(result.rps, "req/s", result.ok))
     ms = four.cpu_ms_per_request("server")
     if ms is not None:
-        suite.add("c4/server_cpu_per_request", Figure.value(ms, "ms CPU", four.ok))
+        suite.add(LevelKey("", 4, "server_cpu_per_request"), Figure.value(ms, "ms CPU", four.ok))
     suite.add_samples("ready_s", ready, "s")
     suite.add("rss_after_load", Figure.value(rss / MB, "MB", max(1, four.ok)))
     suite.add("rss_peak", Figure.value(peak / MB, "MB", max(1, four.ok)))
@@ -205,3 +210,63 @@ def edge_suite(
         peak / MB,
     )
     return suite
+
+
+# RESULTS.md section and targets (benchmarks.suite.Suite)
+
+
+def _edge_section(run: dict[str, Any]) -> list[str]:
+    suite = run.get("suites", {}).get("edge", {})
+    figs = suite.get("figures", {})
+    if not figs:
+        reasons = "; ".join(f"{k}: {v}" for k, v in suite.get("skipped", {}).items())
+        return [f"_Edge suite not run{': ' + reasons if reasons else ''}._", ""]
+    params = suite.get("params", {})
+    budget = params.get("memory_budget_mb")
+    rows = [
+        ["p50 at c=1", f"{fmt(median(figs, 'c1/latency'))} ms"],
+        ["p99 at c=1", f"{fmt(figs.get('c1/latency', {}).get('p99'))} ms"],
+        ["req/s at c=4", fmt(median(figs, "c4/throughput"), 1)],
+        ["p50 at c=4", f"{fmt(median(figs, 'c4/latency'))} ms"],
+        ["cold start to ready (median)", f"{fmt(median(figs, 'ready_s'))} s"],
+        ["peak RSS (VmHWM)", f"{fmt(median(figs, 'rss_peak'), 0)} MB of {budget} MB"],
+        ["RSS after the load", f"{fmt(median(figs, 'rss_after_load'), 0)} MB"],
+        ["server CPU per request at c=4", f"{fmt(median(figs, 'c4/server_cpu_per_request'))} ms"],
+    ]
+    return [
+        f"Settings: {params.get('settings')}. Memory ceiling: {params.get('memory_ceiling')}. "
+        f"Images: {params.get('images')}; {params.get('requests')} requests per level; "
+        f"{params.get('starts')} cold starts. The load generator runs on the other core "
+        f"({params.get('client')}).",
+        "",
+        *table(["figure", "value"], rows),
+    ]
+
+
+def _targets(run: dict[str, Any]) -> list[Verdict]:
+    peak = fig(run, "edge", "rss_peak")
+    budget = run.get("suites", {}).get("edge", {}).get("params", {}).get("memory_budget_mb", 512)
+    return [
+        check(
+            "Edge profile: peak RSS on one core",
+            "edge #13",
+            f"≤ {budget} MB",
+            peak,
+            peak is not None and peak <= budget,
+            "{:.0f} MB",
+        )
+    ]
+
+
+def _run(models: ModelSet, args: argparse.Namespace) -> SuiteResult:
+    return edge_suite(models, args.quick, args.requests, args.memory_mb, args.address_space_mib)
+
+
+SUITE = Suite(
+    name="edge",
+    help="one core (taskset), APP_ORT_THREADS=1, a memory ceiling (prlimit --as)",
+    run=_run,
+    title="Edge profile: one core, little memory",
+    section=_edge_section,
+    targets=_targets,
+)

@@ -6,6 +6,7 @@ numbers here are the ones that command prints.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 from pathlib import Path
@@ -13,8 +14,17 @@ from typing import Any
 
 from benchmarks.artifacts import ModelSet
 from benchmarks.images import test_split
+from benchmarks.markdown import fmt, table
 from benchmarks.results import SuiteResult
 from benchmarks.stats import Figure
+from benchmarks.suite import Suite
+from benchmarks.targets import Verdict
+from conversion.metrics import (
+    INT8_MAX_BMA_DROP,
+    INT8_MAX_MEL_RECALL_DROP,
+    INT8_MAX_RECALL_DROP,
+    INT8_MIN_TOP1,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +140,93 @@ def accuracy_suite(models: ModelSet, quick: bool = False) -> SuiteResult:
         },
     }
     return suite
+
+
+# RESULTS.md section and targets (benchmarks.suite.Suite)
+
+
+def _accuracy_section(run: dict[str, Any]) -> list[str]:
+    suite = run.get("suites", {}).get("accuracy", {})
+    figs = suite.get("figures", {})
+    if not figs:
+        return ["_Accuracy suite not run._", ""]
+    params = suite.get("params", {})
+    engines = [e for e in ("keras", "fp32", "int8") if f"{e}/bma" in figs]
+    measures = ("accuracy", "bma", "auc_macro_ovr", "ece", "mel_sensitivity", "mel_specificity")
+    rows = [
+        [m, *[fmt(figs.get(f"{e}/{m}", {}).get("median")) for e in engines]]
+        for m in measures
+        if any(f"{e}/{m}" in figs for e in engines)
+    ]
+    deltas = [
+        [k, fmt(v["median"], 4), v["unit"]]
+        for k, v in sorted(figs.items())
+        if k.startswith(("int8_vs_fp32/", "fp32_vs_keras/"))
+    ]
+    return [
+        f"On {params.get('images')} (n = {params.get('n')}). Percent, except AUC and ECE (0–1).",
+        "",
+        *table(["measure", *engines], rows),
+        "Drops are reference minus candidate (positive: the candidate is worse).",
+        "",
+        *table(["delta", "value", "unit"], deltas),
+    ]
+
+
+GATES_TEXT = (
+    f"top-1 ≥ {INT8_MIN_TOP1 * 100:g} %; drops ≤ {INT8_MAX_BMA_DROP * 100:g} (BMA), "
+    f"≤ {INT8_MAX_RECALL_DROP * 100:g} (any class), ≤ {INT8_MAX_MEL_RECALL_DROP * 100:g} "
+    "(mel recall) pt"
+)
+
+
+def _accuracy_gates(run: dict[str, Any]) -> Verdict:
+    acc = run.get("suites", {}).get("accuracy", {})
+    figures = acc.get("figures", {})
+    needed = (
+        "int8_vs_fp32/top1_agreement",
+        "int8_vs_fp32/bma_drop",
+        "int8_vs_fp32/max_class_recall_drop",
+        "int8_vs_fp32/mel_recall_drop",
+    )
+    values = {k: figures.get(k, {}).get("median") for k in needed}
+    if any(v is None for v in values.values()):
+        return Verdict(
+            "INT8 within the accuracy gates",
+            "conversion #4",
+            GATES_TEXT,
+            "—",
+            None,
+        )
+    agree, bma, cls, mel = (float(values[k]) for k in needed)
+    ok = (
+        agree >= INT8_MIN_TOP1 * 100
+        and bma <= INT8_MAX_BMA_DROP * 100
+        and cls <= INT8_MAX_RECALL_DROP * 100
+        and mel <= INT8_MAX_MEL_RECALL_DROP * 100
+    )
+    # Drops are FP32 minus INT8 in points; a negative drop is a gain.
+    measured = f"top-1 {agree:.1f} %; drops: BMA {bma:.1f}, worst class {cls:.1f}, mel {mel:.1f} pt"
+    return Verdict(
+        "INT8 within the accuracy gates",
+        "conversion #4",
+        GATES_TEXT,
+        measured,
+        ok,
+    )
+
+
+def _run(models: ModelSet, args: argparse.Namespace) -> SuiteResult:
+    return accuracy_suite(models, args.quick)
+
+
+SUITE = Suite(
+    name="accuracy",
+    help="accuracy of Keras, FP32 and INT8 on the test split",
+    run=_run,
+    title="Accuracy on the test split",
+    section=_accuracy_section,
+    targets=lambda run: [_accuracy_gates(run)],
+    # ``python -m benchmarks accuracy MODEL`` evaluates one model (benchmarks/accuracy.py).
+    command=False,
+)

@@ -11,6 +11,7 @@ No wheels can be downloaded for this, so two methods, both recorded:
 
 from __future__ import annotations
 
+import argparse
 import base64
 import csv
 import hashlib
@@ -26,14 +27,17 @@ import tempfile
 import tomllib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from tqdm import tqdm
 
 from benchmarks.artifacts import ModelSet
+from benchmarks.markdown import fmt, median, table
 from benchmarks.results import SuiteResult
 from benchmarks.stats import Figure, ratio
+from benchmarks.suite import Suite
 
 log = logging.getLogger(__name__)
 
@@ -304,3 +308,77 @@ def footprint_suite(
         }
     )
     return suite
+
+
+# RESULTS.md section and targets (benchmarks.suite.Suite)
+
+
+def _footprint_section(run: dict[str, Any]) -> list[str]:
+    suite = run.get("suites", {}).get("footprint", {})
+    figs = suite.get("figures", {})
+    if not figs:
+        return ["_Footprint suite not run._", ""]
+    params = suite.get("params", {})
+    rows = []
+    for target in ("service", "baseline"):
+        rows.append(
+            [
+                target,
+                fmt(figs.get(f"{target}/packages", {}).get("median"), 0),
+                str(figs.get(f"{target}/packages", {}).get("n", "—")),
+                fmt(figs.get(f"{target}/model", {}).get("median"), 1),
+                fmt(figs.get(f"{target}/venv_closure_total", {}).get("median"), 0),
+                fmt(figs.get(f"{target}/venv_install_total", {}).get("median"), 0),
+            ]
+        )
+    skipped = suite.get("skipped", {})
+    lines = [
+        f"Closure method: {params.get('closure_method')}. Install method: "
+        f"{params.get('install_method')}.",
+        "",
+        *table(
+            [
+                "set",
+                "packages MB",
+                "distributions",
+                "model MB",
+                "venv total MB (closure)",
+                "venv total MB (real offline install)",
+            ],
+            rows,
+        ),
+        f"Ratio baseline / service: {fmt(median(figs, 'ratio/baseline_vs_service'))}×. "
+        f"Docker image estimate: **{fmt(median(figs, 'service/docker_image_estimate'), 0)} MB**"
+        f" — {params.get('docker_estimate')}.",
+        "",
+        f"Largest serving packages: {_sizes(params.get('service_largest'))}. "
+        f"Largest baseline packages: {_sizes(params.get('baseline_largest'))}.",
+        "",
+    ]
+    if skipped:
+        lines += [
+            "Real-install figures not measured: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+            + ".",
+            "",
+        ]
+    return lines
+
+
+def _sizes(largest: Any) -> str:
+    if not isinstance(largest, dict):
+        return "—"
+    return ", ".join(f"{name} {size:.0f} MB" for name, size in largest.items())
+
+
+def _run(models: ModelSet, args: argparse.Namespace) -> SuiteResult:
+    return footprint_suite(models, args.quick, args.install)
+
+
+SUITE = Suite(
+    name="footprint",
+    help="disk size of the serving install vs flask + tensorflow-cpu + pillow",
+    run=_run,
+    title="Footprint on disk",
+    section=_footprint_section,
+)

@@ -6,6 +6,7 @@ when it starts and cannot be reconfigured afterwards.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -14,14 +15,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.artifacts import ModelSet
-from benchmarks.results import SuiteResult
+from benchmarks.markdown import figures, fmt, table
+from benchmarks.results import CellKey, SuiteResult
 from benchmarks.stats import Figure, ratio
+from benchmarks.suite import Suite
+from benchmarks.targets import Verdict, check, fig
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +84,10 @@ def model_suite(
         medians: dict[tuple[int, str], float] = {}
         for key, samples in child["samples"].items():
             engine, b = key.split("/b")
-            fig = suite.add_samples(f"t{t}/b{b}/{engine}/latency", samples, "ms")
+            cell = CellKey(t, int(b), "latency", engine)
+            fig = suite.add_samples(cell, samples, "ms")
             suite.add(
-                f"t{t}/b{b}/{engine}/per_image", Figure.value(fig.median / int(b), "ms", fig.n)
+                replace(cell, quantity="per_image"), Figure.value(fig.median / int(b), "ms", fig.n)
             )
             medians[(int(b), engine)] = fig.median
         for b in batches:
@@ -89,17 +95,17 @@ def model_suite(
             for engine in ENGINES[1:]:
                 if base and (b, engine) in medians:
                     suite.add(
-                        f"t{t}/b{b}/{engine}/speedup_vs_keras_predict",
+                        CellKey(t, b, "speedup_vs_keras_predict", engine),
                         Figure.value(ratio(base, medians[(b, engine)]), "x"),
                     )
             if (b, "ort_fp32") in medians and (b, "ort_int8") in medians:
                 suite.add(
-                    f"t{t}/b{b}/int8_speedup_vs_fp32",
+                    CellKey(t, b, "int8_speedup_vs_fp32"),
                     Figure.value(ratio(medians[(b, "ort_fp32")], medians[(b, "ort_int8")]), "x"),
                 )
             if (b, "keras_call") in medians and (b, "ort_fp32") in medians:
                 suite.add(
-                    f"t{t}/b{b}/ort_fp32/speedup_vs_keras_call",
+                    CellKey(t, b, "speedup_vs_keras_call", "ort_fp32"),
                     Figure.value(ratio(medians[(b, "keras_call")], medians[(b, "ort_fp32")]), "x"),
                 )
     return suite
@@ -250,3 +256,111 @@ def _parity(
             agree = np.mean(outputs[a].argmax(1) == outputs[ref].argmax(1)) * 100
             out[f"{a}_vs_{ref}/top1_agreement"] = float(agree)
     return out
+
+
+# RESULTS.md section and targets (benchmarks.suite.Suite)
+
+
+def _model_section(run: dict[str, Any]) -> list[str]:
+    figs = figures(run, "model")
+    if not figs:
+        return ["_Model suite not run._", ""]
+    params = run["suites"]["model"].get("params", {})
+    rows = []
+    cells = sorted(
+        (
+            key
+            for k in figs
+            if (key := CellKey.parse(k)) and key.engine and key.quantity == "latency"
+        ),
+        key=lambda c: (c.threads, c.batch, c.engine or ""),
+    )
+    for cell in cells:
+        lat = figs[str(cell)]
+        speed = figs.get(str(replace(cell, quantity="speedup_vs_keras_predict")), {}).get("median")
+        rows.append(
+            [
+                str(cell.threads),
+                str(cell.batch),
+                f"`{cell.engine}`",
+                fmt(lat["median"]),
+                fmt(lat["p95"]),
+                fmt(lat["p99"]),
+                fmt(lat["median"] / cell.batch),
+                str(lat["n"]),
+                "1.00" if cell.engine == "keras_predict" else fmt(speed),
+            ]
+        )
+    out = [
+        f"Each cell: {params.get('timed_runs')} timed runs after {params.get('warmup_runs')} "
+        "warm-up runs, all engines interleaved in a shuffled order. Latency per call in ms.",
+        "",
+        *table(
+            [
+                "threads",
+                "batch",
+                "engine",
+                "p50",
+                "p95",
+                "p99",
+                "ms/image",
+                "n",
+                "× vs `model.predict`",
+            ],
+            rows,
+        ),
+    ]
+    int8 = [
+        [str(key.threads), str(key.batch), fmt(v["median"])]
+        for k, v in sorted(figs.items())
+        if (key := CellKey.parse(k)) and key.quantity == "int8_speedup_vs_fp32"
+    ]
+    if int8:
+        out += [
+            "INT8 speed-up over FP32 (FP32 p50 / INT8 p50):",
+            "",
+            *table(["threads", "batch", "INT8 / FP32"], int8),
+        ]
+    parity = [
+        [k.removeprefix("parity/"), fmt(v["median"], 6)]
+        for k, v in sorted(figs.items())
+        if k.startswith("parity/")
+    ]
+    if parity:
+        out += [
+            "Agreement on the benchmark images (the conversion gates check this fully):",
+            "",
+            *table(["pair / measure", "value"], parity),
+        ]
+    return out
+
+
+def _targets(run: dict[str, Any]) -> list[Verdict]:
+    out = []
+    for batch, want in ((1, 1.5), (8, 1.8)):
+        speed = fig(run, "model", CellKey(1, batch, "int8_speedup_vs_fp32"))
+        out.append(
+            check(
+                f"INT8 vs FP32 speed-up, batch {batch}, 1 thread",
+                "conversion #4",
+                f"≥ {want}×",
+                speed,
+                speed is not None and speed >= want,
+                "{:.2f}×",
+            )
+        )
+    return out
+
+
+def _run(models: ModelSet, args: argparse.Namespace) -> SuiteResult:
+    return model_suite(models, args.quick, tuple(args.threads), tuple(args.batches), args.runs)
+
+
+SUITE = Suite(
+    name="model",
+    help="Keras predict/call vs ORT FP32/INT8, 1-2 threads, batch 1 and 8",
+    run=_run,
+    title="Model: Keras vs ONNX Runtime FP32 and INT8",
+    section=_model_section,
+    targets=_targets,
+)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,9 +26,58 @@ QUICK_RESULTS_DIR = Path(__file__).resolve().parent / ".work" / "results"
 QUANTILES = np.linspace(0, 100, 101)
 
 
+@dataclass(frozen=True, slots=True)
+class CellKey:
+    """A model-suite figure: one engine (or a comparison of two) at a thread count and batch."""
+
+    threads: int
+    batch: int
+    quantity: str  # "latency", "speedup_vs_keras_predict", "int8_speedup_vs_fp32"
+    engine: str | None = None  # None: a comparison across engines
+
+    PATTERN: ClassVar[re.Pattern[str]] = re.compile(r"t(\d+)/b(\d+)/(?:([^/]+)/)?([^/]+)")
+
+    def __str__(self) -> str:
+        engine = f"{self.engine}/" if self.engine else ""
+        return f"t{self.threads}/b{self.batch}/{engine}{self.quantity}"
+
+    @classmethod
+    def parse(cls, key: str) -> CellKey | None:
+        """The record a stored key names, or None when it is not a cell's."""
+        m = cls.PATTERN.fullmatch(key)
+        return cls(int(m[1]), int(m[2]), m[4], m[3]) if m else None
+
+
+@dataclass(frozen=True, slots=True)
+class LevelKey:
+    """A figure of one HTTP load level: a server (or their ratio) at a concurrency."""
+
+    server: str  # "service", "baseline", "ratio"; "" where a suite loads one server only
+    concurrency: int
+    quantity: str  # "latency", "throughput", "server_cpu_per_request", "service_vs_ceiling"...
+
+    PATTERN: ClassVar[re.Pattern[str]] = re.compile(r"(?:([^/]+)/)?c(\d+)/([^/]+)")
+
+    def __str__(self) -> str:
+        server = f"{self.server}/" if self.server else ""
+        return f"{server}c{self.concurrency}/{self.quantity}"
+
+    @classmethod
+    def parse(cls, key: str) -> LevelKey | None:
+        """The record a stored key names, or None when it is not a load level's."""
+        m = cls.PATTERN.fullmatch(key)
+        return cls(m[1] or "", int(m[2]), m[3]) if m else None
+
+
+# A figure's key: a typed record where the figure has dimensions the report reads back, a fixed
+# name ("service/ready_s", "paired/service_vs_baseline") where it has none. The result file
+# stores str(key), so files written before the records read the same.
+Key = CellKey | LevelKey | str
+
+
 @dataclass
 class SuiteResult:
-    """What one suite measured. Figures are keyed ``area/variant/.../quantity``."""
+    """What one suite measured, each figure under its ``Key``."""
 
     name: str
     quick: bool
@@ -40,15 +90,15 @@ class SuiteResult:
     started: float = field(default_factory=time.time)
     duration_s: float = 0.0
 
-    def add(self, key: str, figure: Figure) -> Figure:
-        self.figures[key] = figure
+    def add(self, key: Key, figure: Figure) -> Figure:
+        self.figures[str(key)] = figure
         return figure
 
-    def add_samples(self, key: str, samples: list[float] | np.ndarray, unit: str) -> Figure:
+    def add_samples(self, key: Key, samples: list[float] | np.ndarray, unit: str) -> Figure:
         """Summarise samples into a figure and keep their quantiles for the plots."""
         figure = self.add(key, Figure.of(samples, unit))
         q = np.percentile(np.asarray(samples, dtype=np.float64), QUANTILES)
-        self.distributions[key] = [round(float(v), 4) for v in q]
+        self.distributions[str(key)] = [round(float(v), 4) for v in q]
         return figure
 
     def skip(self, key: str, reason: str) -> None:

@@ -3,14 +3,16 @@ baseline under the same load, and the in-process ceiling on the same cores."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -23,7 +25,8 @@ from app.inference.preprocess import preprocess
 from benchmarks.artifacts import ModelSet
 from benchmarks.images import Sample, upload_images
 from benchmarks.load import LoadResult, multipart_body, run_load
-from benchmarks.results import SuiteResult
+from benchmarks.markdown import figures, fmt, table
+from benchmarks.results import LevelKey, SuiteResult
 from benchmarks.server import (
     RunningServer,
     ServerError,
@@ -33,6 +36,8 @@ from benchmarks.server import (
     service_target,
 )
 from benchmarks.stats import Figure, ratio
+from benchmarks.suite import Suite
+from benchmarks.targets import Verdict, check, fig
 
 log = logging.getLogger(__name__)
 
@@ -287,17 +292,20 @@ def load_target(
             )
             out[c] = result
             statuses[f"c{c}"] = dict(result.statuses)
+            level = LevelKey(target.name, c, "latency")
             key = f"{target.name}/c{c}"
             if result.latencies_ms:
-                suite.add_samples(f"{key}/latency", result.latencies_ms, "ms")
-            suite.add(f"{key}/throughput", Figure.value(result.rps, "req/s", result.ok))
+                suite.add_samples(level, result.latencies_ms, "ms")
+            suite.add(
+                replace(level, quantity="throughput"), Figure.value(result.rps, "req/s", result.ok)
+            )
             for side in ("server", "client"):
                 ms = result.cpu_ms_per_request(side)
                 if ms is not None:
                     figure = Figure.value(ms, "ms CPU", result.ok)
-                    suite.add(f"{key}/{side}_cpu_per_request", figure)
+                    suite.add(replace(level, quantity=f"{side}_cpu_per_request"), figure)
             suite.add(
-                f"{key}/errors",
+                replace(level, quantity="errors"),
                 Figure.value(result.errors, "requests", max(1, sum(result.statuses.values()))),
             )
             if result.errors:
@@ -391,15 +399,17 @@ def service_suite(
             bound = bound_with_client(ceiling.cores, best, np.median(client_ms), base_peak)
             suite.add("ratio/ceiling_with_client_vs_baseline_peak", Figure.value(float(bound), "x"))
     for c, result in service.items():
-        suite.add(f"ratio/c{c}/service_vs_ceiling", Figure.value(ratio(result.rps, best), "x"))
+        suite.add(
+            LevelKey("ratio", c, "service_vs_ceiling"), Figure.value(ratio(result.rps, best), "x")
+        )
         if c in base:
             suite.add(
-                f"ratio/c{c}/service_vs_baseline_throughput",
+                LevelKey("ratio", c, "service_vs_baseline_throughput"),
                 Figure.value(ratio(result.rps, base[c].rps), "x"),
             )
             if result.ok_latencies_ms and base[c].ok_latencies_ms:
                 suite.add(
-                    f"ratio/c{c}/baseline_vs_service_p50_latency",
+                    LevelKey("ratio", c, "baseline_vs_service_p50_latency"),
                     Figure.value(
                         ratio(
                             float(np.median(base[c].ok_latencies_ms)),
@@ -409,3 +419,240 @@ def service_suite(
                     ),
                 )
     return suite
+
+
+# RESULTS.md section and targets (benchmarks.suite.Suite)
+
+
+def _service_section(run: dict[str, Any]) -> list[str]:
+    figs = figures(run, "service")
+    if not figs:
+        return ["_Service suite not run._", ""]
+    suite = run["suites"]["service"]
+    params = suite.get("params", {})
+    statuses = params.get("status_counts", {})
+    keys = [key for k in figs if (key := LevelKey.parse(k))]
+    rows = []
+    for target in ("service", "baseline"):
+        levels = sorted({key.concurrency for key in keys if key.server == target})
+        for c in levels:
+            lat = figs.get(f"{target}/c{c}/latency", {})
+            rps = figs.get(f"{target}/c{c}/throughput", {})
+            counts = statuses.get(target, {}).get(f"c{c}", {})
+            errors = {s: n for s, n in counts.items() if not s.startswith("2")}
+            rows.append(
+                [
+                    target,
+                    str(c),
+                    fmt(lat.get("median")),
+                    fmt(lat.get("p95")),
+                    fmt(lat.get("p99")),
+                    fmt(rps.get("median"), 1),
+                    fmt(figs.get(f"{target}/c{c}/server_cpu_per_request", {}).get("median")),
+                    fmt(figs.get(f"{target}/c{c}/client_cpu_per_request", {}).get("median")),
+                    str(lat.get("n", 0)),
+                    ", ".join(f"{s}: {n}" for s, n in errors.items()) or "0",
+                ]
+            )
+    ceiling = [
+        [k.split("/")[1], fmt(v["median"], 1)]
+        for k, v in sorted(figs.items())
+        if k.startswith("ceiling/")
+    ]
+    ratios = []
+    levels = sorted({key.concurrency for key in keys if key.server == "ratio"})
+    for c in levels:
+        ratios.append(
+            [
+                str(c),
+                fmt(figs.get(f"ratio/c{c}/service_vs_ceiling", {}).get("median")),
+                fmt(figs.get(f"ratio/c{c}/service_vs_baseline_throughput", {}).get("median")),
+                fmt(figs.get(f"ratio/c{c}/baseline_vs_service_p50_latency", {}).get("median")),
+            ]
+        )
+    return [
+        f"Service: {params.get('service')}. Baseline: {params.get('baseline', 'not run')}. "
+        f"Load: {params.get('client')}; {params.get('requests_per_level')} requests per level "
+        f"for the service, {params.get('baseline_requests_per_level')} for the baseline, "
+        f"{params.get('time_cap_s_per_level')} s cap per level; images: {params.get('images')}. "
+        "The client runs on the same 2 cores as the server, so it takes CPU from it.",
+        "",
+        *table(
+            [
+                "server",
+                "concurrency",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "req/s",
+                "server CPU ms/req",
+                "client CPU ms/req",
+                "n",
+                "errors by status",
+            ],
+            rows,
+        ),
+        "CPU ms/req: user + system CPU time of the server (all its threads and worker "
+        "processes) and of the load generator over the recorded requests, per request. Two "
+        "cores give at most 2000 ms of CPU per second, so 2000 / (server + client) bounds the "
+        "req/s of a level.",
+        "",
+        "In-process ceiling (decode + preprocess + infer, no HTTP), images/s:",
+        "",
+        *table(["layout", "img/s"], ceiling),
+        *_ceiling_bound(figs),
+        *_paired_table(params.get("paired")),
+        *table(
+            [
+                "concurrency",
+                "service / ceiling",
+                "service / baseline (req/s)",
+                "baseline / service (p50)",
+            ],
+            ratios,
+        ),
+    ]
+
+
+def _paired_table(paired: dict[str, Any] | None) -> list[str]:
+    """Round by round: the three measured within seconds of each other, and their ratios."""
+    if not paired:
+        return []
+    bounds = paired.get("ceiling_with_client_vs_baseline", [None] * paired["rounds"])
+    rounds = zip(
+        paired["service_rps"], paired["baseline_rps"], paired["ceiling_ips"], bounds, strict=True
+    )
+    rows = [
+        [str(i + 1), *(fmt(v, 1) for v in (s, b, c, s / b, c / b, bound)), fmt(s / c)]
+        for i, (s, b, c, bound) in enumerate(rounds)
+    ]
+    return [
+        f"Paired rounds: the service at concurrency {paired['service_concurrency']}, the "
+        f"baseline at concurrency {paired['baseline_concurrency']} (each one's peak level above) "
+        "and the in-process ceiling, measured back to back in each round (order reversed every "
+        "other round), so the VM's drift falls on all three alike. The 20× target is read from "
+        "the median of the per-round ratios.",
+        "",
+        *table(
+            [
+                "round",
+                "service req/s",
+                "baseline req/s",
+                "ceiling img/s",
+                "service / baseline",
+                "ceiling / baseline",
+                "same, client CPU paid",
+                "service / ceiling",
+            ],
+            rows,
+        ),
+    ]
+
+
+def _ceiling_bound(figs: dict[str, Any]) -> list[str]:
+    bound = figs.get("ratio/ceiling_vs_baseline_peak", {}).get("median")
+    if bound is None:
+        return []
+    lines = [
+        f"The best in-process layout is **{bound:.1f}×** the baseline's peak req/s: the most "
+        "any HTTP server could reach in this run if HTTP and the load generator cost no CPU."
+    ]
+    with_client = figs.get("ratio/ceiling_with_client_vs_baseline_peak", {}).get("median")
+    if with_client is not None:
+        lines[0] += (
+            f" Adding the load generator's measured CPU per request, which shares the cores, "
+            f"gives **{with_client:.1f}×**: the most a server with free HTTP could show here."
+        )
+    return [*lines, ""]
+
+
+def _peak_rps(run: dict[str, Any], target: str) -> float | None:
+    figs = run.get("suites", {}).get("service", {}).get("figures", {})
+    values = [
+        f["median"]
+        for k, f in figs.items()
+        if (key := LevelKey.parse(k)) and key.server == target and key.quantity == "throughput"
+    ]
+    return max(values) if values else None
+
+
+def _paired_note(run: dict[str, Any]) -> str:
+    def span(key: str) -> str:
+        low, high = fig(run, "service", key, "min"), fig(run, "service", key, "max")
+        return f"{low:.1f}–{high:.1f}×"
+
+    rounds = run["suites"]["service"].get("params", {}).get("paired", {}).get("rounds", "?")
+    ceiling = fig(run, "service", "paired/ceiling_vs_baseline")
+    note = (
+        f", median of {rounds} paired rounds ({span('paired/service_vs_baseline')}); "
+        f"in-process bound {ceiling:.1f}× ({span('paired/ceiling_vs_baseline')})"
+    )
+    with_client = fig(run, "service", "paired/ceiling_with_client_vs_baseline")
+    if with_client is not None:
+        key = "paired/ceiling_with_client_vs_baseline"
+        note += f", {with_client:.1f}× ({span(key)}) with the client's CPU"
+    return note
+
+
+def _bound_note(run: dict[str, Any]) -> str:
+    bound = fig(run, "service", "ratio/ceiling_vs_baseline_peak")
+    with_client = fig(run, "service", "ratio/ceiling_with_client_vs_baseline_peak")
+    if bound is None:
+        return ""
+    if with_client is None:
+        return f" (in-process bound {bound:.1f}×)"
+    return f" (in-process bound {bound:.1f}×, {with_client:.1f}× with the client's CPU)"
+
+
+def _targets(run: dict[str, Any]) -> list[Verdict]:
+    p50 = fig(run, "service", LevelKey("service", 1, "latency"))
+    share = fig(run, "service", LevelKey("ratio", 8, "service_vs_ceiling"))
+    paired = fig(run, "service", "paired/service_vs_baseline")
+    times: float | None
+    if paired is not None:
+        # Measured round by round, each round within seconds: the median of those ratios.
+        times, note = paired, _paired_note(run)
+    else:
+        s_peak, b_peak = _peak_rps(run, "service"), _peak_rps(run, "baseline")
+        times = s_peak / b_peak if s_peak and b_peak else None
+        note = _bound_note(run)
+    return [
+        check(
+            "HTTP p50 latency at concurrency 1",
+            "service #5",
+            "≤ 8 ms",
+            p50,
+            p50 is not None and p50 <= 8.0,
+            "{:.1f} ms",
+        ),
+        check(
+            "Throughput at concurrency 8 vs in-process ceiling",
+            "service #5",
+            "≥ 80 %",
+            None if share is None else share * 100,
+            share is not None and share >= 0.8,
+            "{:.1f} %",  # one decimal: runs here land within a point of the line
+        ),
+        check(
+            "Peak throughput vs upstream Flask + Keras baseline",
+            "service #5",
+            "≥ 20×",
+            times,
+            times is not None and times >= 20,
+            "{:.1f}×" + note,
+        ),
+    ]
+
+
+def _run(models: ModelSet, args: argparse.Namespace) -> SuiteResult:
+    return service_suite(models, args.quick, tuple(args.concurrency), args.requests)
+
+
+SUITE = Suite(
+    name="service",
+    help="HTTP load at concurrency 1-16, the baseline, the in-process ceiling",
+    run=_run,
+    title="Service under HTTP load",
+    section=_service_section,
+    targets=_targets,
+)

@@ -3,9 +3,11 @@ several cold starts), RSS after warm-up and after N requests, and peak RSS; same
 
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -13,6 +15,7 @@ from tqdm import tqdm
 from benchmarks.artifacts import ModelSet
 from benchmarks.images import Sample, upload_images
 from benchmarks.load import multipart_body, run_load
+from benchmarks.markdown import figures, fmt, table
 from benchmarks.results import SuiteResult
 from benchmarks.server import (
     RunningServer,
@@ -23,6 +26,8 @@ from benchmarks.server import (
     service_target,
 )
 from benchmarks.stats import Figure, ratio
+from benchmarks.suite import Suite
+from benchmarks.targets import Verdict, check, fig
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +129,91 @@ def startup_suite(
             Figure.value(ratio(b["rss_after"], s["rss_after"]), "x"),
         )
     return suite
+
+
+# RESULTS.md section and targets (benchmarks.suite.Suite)
+
+
+def _startup_section(run: dict[str, Any]) -> list[str]:
+    figs = figures(run, "startup")
+    if not figs:
+        return ["_Startup suite not run._", ""]
+    params = run["suites"]["startup"].get("params", {})
+    sent = params.get("requests_sent", {})
+    rows = []
+    for target in ("service", "baseline"):
+        ready = figs.get(f"{target}/ready_s")
+        if not ready:
+            continue
+        rows.append(
+            [
+                target,
+                fmt(ready["median"]),
+                fmt(ready["min"]),
+                fmt(ready["max"]),
+                str(ready["n"]),
+                fmt(figs.get(f"{target}/rss_ready_idle", {}).get("median"), 0),
+                fmt(figs.get(f"{target}/rss_after_warmup", {}).get("median"), 0),
+                fmt(figs.get(f"{target}/rss_after_requests", {}).get("median"), 0),
+                fmt(figs.get(f"{target}/rss_peak", {}).get("median"), 0),
+                str(sent.get(target, "—")),
+            ]
+        )
+    return [
+        f"Ready: {params.get('ready')}. RSS: {params.get('rss')}. Load for the memory run: "
+        f"concurrency {params.get('concurrency')}.",
+        "",
+        *table(
+            [
+                "server",
+                "ready p50 s",
+                "min",
+                "max",
+                "starts",
+                "RSS idle MB",
+                "after warm-up MB",
+                "after load MB",
+                "peak MB",
+                "requests",
+            ],
+            rows,
+        ),
+    ]
+
+
+def _targets(run: dict[str, Any]) -> list[Verdict]:
+    ready = fig(run, "startup", "service/ready_s")
+    rss = fig(run, "startup", "service/rss_after_requests")
+    n = run.get("suites", {}).get("startup", {}).get("params", {}).get("requests_sent", {})
+    return [
+        check(
+            "Cold start to ready (median)",
+            "service #5",
+            "≤ 1.5 s",
+            ready,
+            ready is not None and ready <= 1.5,
+            "{:.2f} s",
+        ),
+        check(
+            f"Serving RSS after {n.get('service', 1000)} requests",
+            "service #5",
+            "≤ 200 MB",
+            rss,
+            rss is not None and rss <= 200,
+            "{:.0f} MB",
+        ),
+    ]
+
+
+def _run(models: ModelSet, args: argparse.Namespace) -> SuiteResult:
+    return startup_suite(models, args.quick, args.starts, args.requests)
+
+
+SUITE = Suite(
+    name="startup",
+    help="cold start to ready and RSS, service and baseline",
+    run=_run,
+    title="Start-up and memory",
+    section=_startup_section,
+    targets=_targets,
+)

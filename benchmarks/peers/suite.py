@@ -16,6 +16,7 @@ and their median over rounds is reported.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -29,6 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -45,6 +47,7 @@ from benchmarks.footprint import (
 )
 from benchmarks.images import Sample, upload_images
 from benchmarks.load import multipart_body, run_load
+from benchmarks.markdown import fmt, median, table
 from benchmarks.results import SuiteResult
 from benchmarks.server import (
     HOST,
@@ -57,6 +60,8 @@ from benchmarks.server import (
     with_api_auth,
 )
 from benchmarks.stats import Figure
+from benchmarks.suite import Suite
+from benchmarks.targets import Verdict, check, fig
 
 log = logging.getLogger(__name__)
 
@@ -500,10 +505,10 @@ def _record(
             if name == subject or name == "service":
                 continue
             key = f"ratio/{subject}_vs_{name}"
-            pairs = zip(m.p50[subject], m.p50[name], strict=False)
-            suite.add(f"{key}/p50_c1", Figure.of([s / p for s, p in pairs], "x"))
-            pairs = zip(m.rps[subject], m.rps[name], strict=False)
-            suite.add(f"{key}/rps_c8", Figure.of([s / p for s, p in pairs], "x"))
+            p50 = zip(m.p50[subject], m.p50[name], strict=False)
+            suite.add(f"{key}/p50_c1", Figure.of([s / p for s, p in p50], "x"))
+            rps = zip(m.rps[subject], m.rps[name], strict=False)
+            suite.add(f"{key}/rps_c8", Figure.of([s / p for s, p in rps], "x"))
     suite.params["errors"] = m.errors
     suite.params["failed_starts"] = m.failed_starts
     for name, count in m.failed_starts.items():
@@ -519,3 +524,136 @@ def _record(
         "the footprint suite's closure (empty venv + serving dependency closure + app/)"
     )
     suite.params["rss"] = "after the c=8 load, summed over the server and its child processes"
+
+
+# RESULTS.md section and targets (benchmarks.suite.Suite)
+
+
+PEER_ORDER = ("service", "service_noauth", "floor", "bentoml", "pytriton")
+
+
+def _peers_section(run: dict[str, Any]) -> list[str]:
+    suite = run.get("suites", {}).get("peers", {})
+    figs = suite.get("figures", {})
+    if not figs:
+        reasons = "; ".join(f"{k}: {v}" for k, v in suite.get("skipped", {}).items())
+        return [f"_Peers suite not run{': ' + reasons if reasons else ''}._", ""]
+    params = suite.get("params", {})
+    servers = params.get("servers", {})
+    rows = []
+    for name in PEER_ORDER:
+        if f"{name}/rps_c8" not in figs:
+            continue
+        parity = figs.get(f"{name}/parity_top_class", {})
+        rows.append(
+            [
+                servers.get(name, name),
+                fmt(median(figs, f"{name}/p50_c1")),
+                fmt(median(figs, f"{name}/p99_c1")),
+                fmt(median(figs, f"{name}/rps_c8"), 1),
+                fmt(median(figs, f"{name}/rss_after_load"), 0),
+                fmt(median(figs, f"{name}/ready_s")),
+                fmt(median(figs, f"{name}/venv_mb"), 0),
+                fmt(median(figs, f"{name}/server_cpu_ms_c8")),
+                f"{parity.get('median', 0):.0f}/{parity.get('n', 0)}" if parity else "—",
+            ]
+        )
+    ratios = []
+    for subject, name in [(s, n) for s in PEER_ORDER[:2] for n in PEER_ORDER[1:]]:
+        p50 = figs.get(f"ratio/{subject}_vs_{name}/p50_c1")
+        rps = figs.get(f"ratio/{subject}_vs_{name}/rps_c8")
+        if p50 and rps:
+            ratios.append(
+                [
+                    f"{subject} / {name}",
+                    f"{p50['median']:.2f} ({p50['min']:.2f}–{p50['max']:.2f})",
+                    f"{rps['median']:.2f} ({rps['min']:.2f}–{rps['max']:.2f})",
+                    str(rps["n"]),
+                ]
+            )
+    skipped = suite.get("skipped", {})
+    return [
+        f"Same model, same {params.get('images')}, same decode and OpenCV preprocessing "
+        "(the peers import `app.inference` from this checkout), each peer from its own venv "
+        "built from the pins in `benchmarks/peers/*.txt`. "
+        f"{params.get('rounds')} interleaved rounds ({params.get('order')}); per round "
+        f"{params.get('requests_c1')} requests at c=1 and {params.get('requests_c8')} at c=8 "
+        f"after a warm-up; client: {params.get('client')}. Figures are medians over rounds; "
+        "other engineers' work shares these 2 cores, so compare the per-round ratios below, "
+        "not absolute times across runs.",
+        "",
+        *table(
+            [
+                "server",
+                "p50 c=1 ms",
+                "p99 c=1 ms",
+                "req/s c=8",
+                "RSS MB",
+                "cold start s",
+                "venv MB",
+                "server CPU ms/req c=8",
+                "same top class",
+            ],
+            rows,
+        ),
+        f"RSS: {params.get('rss')}. venv MB: {params.get('venv_method')}. Same top class: "
+        "images (of those sent) on which the server's top class equals the service's.",
+        "",
+        "Median per-round ratios, the service (with API auth, and without it) over each other "
+        "server (range over rounds): p50 below 1 and req/s above 1 mean the service is ahead.",
+        "",
+        *table(["ratio", "p50 c=1", "req/s c=8", "rounds"], ratios),
+        *(
+            ["Not measured: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ".", ""]
+            if skipped
+            else []
+        ),
+    ]
+
+
+# Issue 13: ahead of what users would pick instead, and close to the bare floor. Each is the
+# median of the per-round ratios (service / peer), so drift falls on both sides alike.
+PEER_TARGETS = (
+    ("bentoml", "rps_c8", "BentoML", "req/s at c=8", 1.5, True),
+    ("bentoml", "p50_c1", "BentoML", "p50 at c=1", 0.7, False),
+    ("pytriton", "rps_c8", "PyTriton", "req/s at c=8", 1.5, True),
+    ("pytriton", "p50_c1", "PyTriton", "p50 at c=1", 0.7, False),
+    ("floor", "p50_c1", "the bare ASGI floor", "p50 at c=1", 1.05, False),
+    ("floor", "rps_c8", "the bare ASGI floor", "req/s at c=8", 0.95, True),
+)
+
+
+def _peer_targets(run: dict[str, Any]) -> list[Verdict]:
+    out = []
+    for peer, measure, who, what, bound, at_least in PEER_TARGETS:
+        key = f"ratio/service_vs_{peer}/{measure}"
+        value = fig(run, "peers", key)
+        low, high = fig(run, "peers", key, "min"), fig(run, "peers", key, "max")
+        n = run.get("suites", {}).get("peers", {}).get("figures", {}).get(key, {}).get("n")
+        ok = value is not None and (value >= bound if at_least else value <= bound)
+        spread = f" (rounds: {n}, {low:.2f}–{high:.2f}×)" if low is not None and high else ""
+        out.append(
+            check(
+                f"{what} vs {who}",
+                "peers #13",
+                f"{'≥' if at_least else '≤'} {bound}×",
+                value,
+                ok,
+                "{:.2f}×" + spread,
+            )
+        )
+    return out
+
+
+def _run(models: ModelSet, args: argparse.Namespace) -> SuiteResult:
+    return peers_suite(models, args.quick, args.rounds, args.requests, args.build)
+
+
+SUITE = Suite(
+    name="peers",
+    help="the service vs BentoML, PyTriton and a bare ASGI floor, interleaved rounds",
+    run=_run,
+    title="Peers",
+    section=_peers_section,
+    targets=_peer_targets,
+)

@@ -119,7 +119,7 @@ def test_targets_unmeasured_are_never_met() -> None:
 
 
 def test_throughput_target_reads_the_paired_rounds_when_there_are_some() -> None:
-    from benchmarks.report import _paired_table
+    from benchmarks.service import _paired_table
 
     peaks = {
         "service/c8/throughput": Figure.value(400.0, "req/s").as_dict(),

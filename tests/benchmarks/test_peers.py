@@ -15,7 +15,8 @@ import pytest
 
 from benchmarks.images import Sample
 from benchmarks.peers import suite as peers
-from benchmarks.report import _peers_section, render, with_latest_suites
+from benchmarks.registry import suite_named
+from benchmarks.report import render, with_latest_suites
 from benchmarks.stats import Figure
 from benchmarks.targets import evaluate_targets
 
@@ -115,7 +116,7 @@ def test_peer_targets_read_the_median_of_the_per_round_ratios() -> None:
 
 
 def test_peers_section_has_the_issue_columns_and_the_ratios() -> None:
-    text = "\n".join(_peers_section(_peers_run()))
+    text = "\n".join(suite_named("peers").section(_peers_run()))
     for column in ("p50 c=1 ms", "p99 c=1 ms", "req/s c=8", "RSS MB", "cold start s", "venv MB"):
         assert column in text
     assert "| service / floor | 1.09 (1.09–1.11) | 0.94 (0.91–0.97) | 3 |" in text

@@ -51,7 +51,7 @@ lint: $(VENV)/.test-installed ## ruff lint + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-type: $(VENV)/.test-installed ## mypy --strict on app/
+type: $(VENV)/.test-installed ## mypy --strict on app/, conversion/ and benchmarks/
 	$(VENV)/bin/mypy
 
 train: $(VENV)/.test-installed ## retrain the shipped model (about an hour on 2 CPU cores)

@@ -38,7 +38,7 @@ def _rss_mb(pid: int) -> float:
     """The server's resident memory, its worker children included."""
     proc = psutil.Process(pid)
     procs = [proc, *proc.children(recursive=True)]
-    return round(sum(p.memory_info().rss for p in procs) / 2**20, 1)
+    return round(float(sum(p.memory_info().rss for p in procs)) / 2**20, 1)
 
 
 async def _burst(url: str, pid: int, clients: int, seconds: float) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def faces(rng: np.random.Generator, count: int = 40) -> Iterator[Item]:
     """Faces from scikit-image's LFW subset (grey 25x25), enlarged to a phone photo's scale."""
     from skimage import data as skdata
 
-    subset = skdata.lfw_subset()
+    subset = skdata.lfw_subset()  # type: ignore[no-untyped-call]
     for i in rng.choice(len(subset), size=min(count, len(subset)), replace=False):
         face = _as_rgb(subset[i])
         big = cv2.resize(face, (400, 400), interpolation=cv2.INTER_CUBIC)
@@ -119,7 +119,8 @@ def documents(rng: np.random.Generator, count: int = 40) -> Iterator[Item]:
     for name in ("page", "text"):
         yield Item("documents", name, jpeg(_as_rgb(np.asarray(getattr(skdata, name)()))))
     for i in range(count):
-        paper = tuple(int(v) for v in rng.integers(215, 256, 3))
+        red, green, blue = (int(v) for v in rng.integers(215, 256, 3))
+        paper = (red, green, blue)
         page = _text_page(rng, 800, 600, paper)
         if i % 2:  # photographed: rotated, shaded across, warmer light
             matrix = cv2.getRotationMatrix2D((400, 300), float(rng.uniform(-12, 12)), 1.1)
@@ -175,7 +176,7 @@ def synthetic(rng: np.random.Generator) -> Iterator[Item]:
         blob = np.array(b, np.float32) * (1 - mix) + np.array(a, np.float32) * mix
         yield Item("synthetic", f"radial_{i}", jpeg(blob.astype(np.uint8)))
     for i in range(8):
-        noise = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        noise: np.ndarray = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         if i % 2:
             noise = cv2.GaussianBlur(noise, (0, 0), float(rng.uniform(1, 6)))
         yield Item("synthetic", f"noise_{i}", jpeg(noise))
@@ -196,7 +197,7 @@ def degrade(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
         return (rgb.astype(np.float32) * rng.uniform(0.05, 0.15)).astype(np.uint8)
     if kind == "overexposed":  # flash glare, exposure blown out
         lifted = rgb.astype(np.float32) * rng.uniform(2.5, 4.0) + 60
-        return np.clip(lifted, 0, 255).astype(np.uint8)
+        return np.asarray(np.clip(lifted, 0, 255), dtype=np.uint8)
     if kind == "corner_crop":  # the lesion out of frame: a corner ninth of the field
         corner = int(rng.integers(4))
         ch, cw = h // 3, w // 3
@@ -213,6 +214,8 @@ def degraded(paths: list[Path], rng: np.random.Generator) -> Iterator[Item]:
     """Each image once per degradation (a HAM10000 image decoded as the service would)."""
     for path in paths:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot decode {path}")
         rgb = np.ascontiguousarray(bgr[..., ::-1])
         for kind in DEGRADATIONS:
             yield Item(f"degraded_{kind}", path.stem, jpeg(degrade(rgb, kind, rng)))

@@ -66,7 +66,7 @@ def lesion_mask(rgb: np.ndarray) -> np.ndarray | None:
     area = mask.mean()
     if not MIN_AREA <= area <= MAX_AREA:
         return None
-    return mask.astype(bool)
+    return np.asarray(mask, dtype=bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,8 @@ class Localisation:
 
 def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A [rows, cols] map to (width, height) pixels, bilinear between cell centres."""
-    return cv2.resize(np.maximum(cam, 0).astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    positive = np.maximum(cam, 0).astype(np.float32)
+    return np.asarray(cv2.resize(positive, size, interpolation=cv2.INTER_LINEAR))
 
 
 def score(maps: list[np.ndarray], masks: list[np.ndarray]) -> Localisation:

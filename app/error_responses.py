@@ -65,6 +65,11 @@ def _is_database_outage(exc: BaseException) -> bool:
         return True
     if "InterfaceError" in pg and "closed" in str(exc):  # a pooled connection that dropped
         return True
+    # A pooled connection the server terminated mid-operation (PostgreSQL restarted under
+    # load, issue 18's failover test) can be handed out once more in this state before the
+    # pool drops it: the database's outage, not the request's fault.
+    if "InternalClientError" in pg and "another operation" in str(exc):
+        return True
     if isinstance(exc, sqlite3.OperationalError):
         return any(reason in str(exc) for reason in _SQLITE_OUTAGES)
     # Connection refused or reset, a connect or pool-acquire timeout: only from the database.

@@ -94,7 +94,6 @@ http {{
         proxy_send_timeout 120s;
         # A replica that is gone or not ready: try the next one (never a POST it received).
         proxy_next_upstream error timeout http_502 http_503 http_504;
-        proxy_next_upstream_tries {tries};
         proxy_buffering off;
 
         location / {{
@@ -154,7 +153,6 @@ def render(
         cert=cert,
         key=key,
         connect_timeout_s=connect_timeout_s,
-        tries=len(upstreams),
     )
 
 

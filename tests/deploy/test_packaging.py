@@ -108,12 +108,41 @@ def test_dockerfile_code_and_models_are_root_owned(name: str) -> None:
 def test_compose_has_app_and_postgres_with_healthchecks_and_volumes() -> None:
     compose = yaml.safe_load((REPO / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"app", "db"} <= set(services)
-    for name in ("app", "db"):
+    assert {"app", "db", "nginx"} <= set(services)
+    for name in ("app", "db", "nginx"):
         assert "healthcheck" in services[name]
         assert services[name]["volumes"]
     assert services["app"]["depends_on"]["db"]["condition"] == "service_healthy"
     assert "APP_DATABASE_URL" in services["app"]["environment"]
+
+
+def test_compose_replicates_the_app_behind_nginx() -> None:
+    """Issue 18: replicas on database storage, reached only through nginx, which is the one
+    trusted proxy; the mounted nginx configuration is what deploy/nginx/render.py writes."""
+    import ipaddress
+    import subprocess
+    import sys
+
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    app, nginx = compose["services"]["app"], compose["services"]["nginx"]
+    assert "ports" not in app and str(app["deploy"]["replicas"]).endswith("3}")
+    env = app["environment"]
+    assert env["APP_STORAGE"] == "database"
+    proxy = ipaddress.ip_address(nginx["networks"]["fleet"]["ipv4_address"])
+    assert proxy in ipaddress.ip_network(env["APP_TRUSTED_PROXIES"])
+    mounted = next(v for v in nginx["volumes"] if v.endswith(":/etc/nginx/nginx.conf:ro"))
+    conf = REPO / mounted.split(":")[0]
+    args = "--upstream app:8000 --cert /etc/nginx/tls/tls.crt --key /etc/nginx/tls/tls.key "
+    args += "--max-upload-mb 16 --prefix /var/cache/nginx/ --error-log /dev/stderr "
+    args += "--access-log /dev/stdout"
+    fresh = subprocess.run(
+        [sys.executable, str(REPO / "deploy/nginx/render.py"), *args.split()],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert conf.read_text() == fresh, "re-render deploy/nginx/compose.conf (see README)"
+    assert "client_max_body_size 16m;" in fresh and env["APP_MAX_UPLOAD_MB"].endswith(":-16}")
 
 
 def test_serving_dependencies_exclude_tensorflow() -> None:

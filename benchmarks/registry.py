@@ -4,7 +4,16 @@ and one line here."""
 
 from __future__ import annotations
 
-from benchmarks import edge, evaluation, footprint, model, preprocessing, service, startup
+from benchmarks import (
+    edge,
+    evaluation,
+    footprint,
+    model,
+    preprocessing,
+    scaleout,
+    service,
+    startup,
+)
 from benchmarks.peers import suite as peers
 from benchmarks.suite import Suite
 
@@ -17,6 +26,7 @@ SUITES: tuple[Suite, ...] = (
     footprint.SUITE,
     peers.SUITE,
     edge.SUITE,
+    scaleout.SUITE,
 )
 NAMES = tuple(s.name for s in SUITES)
 

@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,14 +173,6 @@ class EncryptedStore:
     async def remove(self, name: str | None) -> None:
         """Remove a blob (nothing when absent); OSError when the disk refuses."""
         await asyncio.to_thread(self.delete, name)
-
-    async def stream(self, name: str, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
-        """The decrypted bytes in chunks, for downloads. AES-GCM authenticates the blob as a
-        whole, so it is read and checked whole before the first chunk goes out: nothing
-        unauthenticated ever reaches a client."""
-        data = await self.read(name)
-        for start in range(0, len(data), chunk):
-            yield data[start : start + chunk]
 
     def put(self, data: bytes, suffix: str = ".bin") -> str:
         """Encrypt and store ``data``; returns the new random name. Durable once it returns."""

@@ -25,7 +25,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.analyses import seal_legacy_rows
 from app.auth.passwords import VerificationSlots, default_hasher
-from app.auth.throttle import make_throttle
+from app.auth.throttle import RedisThrottle, make_throttle
 from app.auth.tokens import TokenCache
 from app.config import ConfigError, Settings
 from app.db import engine as db_engine
@@ -98,6 +98,8 @@ def web_parts(settings: Settings) -> WebParts:
         raise ConfigError("APP_SECRET_KEY and APP_STORAGE_KEY must be set outside dev mode")
     store = make_store(settings.storage, settings.images_dir, parse_key(settings.storage_key))
     engine = db_engine.make_engine(settings)
+    # shared by every replica: the database's login_failure table, or Redis
+    throttle = make_throttle(settings.redis_url)
 
     @asynccontextmanager
     async def db_lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -120,6 +122,8 @@ def web_parts(settings: Settings) -> WebParts:
             await seal_legacy_rows(store)  # rows written before patient names were sealed
             yield
         finally:
+            if isinstance(throttle, RedisThrottle):
+                await throttle.close()
             await db_engine.stop(engine)
 
     idle_s = settings.session_idle_minutes * 60
@@ -165,8 +169,7 @@ def web_parts(settings: Settings) -> WebParts:
             "store": store,
             "db_engine": engine,
             "password_hasher": default_hasher(),
-            # shared by every replica: the database's login_failure table, or Redis
-            "login_throttle": make_throttle(settings.redis_url),
+            "login_throttle": throttle,
             "verification_slots": VerificationSlots(),
             "token_cache": TokenCache(),
         },

@@ -129,13 +129,19 @@ async def test_old_failures_are_pruned(replicas: tuple[Throttle, Throttle, Clock
     assert await LoginFailure.count().run() == 1
 
 
+@pytest.mark.parametrize("shared", ["database", "redis"])
 def test_failures_through_two_apps_on_one_database_lock_the_account(
-    sqlite_settings: Settings,
+    sqlite_settings: Settings, shared: str
 ) -> None:
     """Over HTTP: 5 wrong passwords, alternating between two app instances (two replicas
     with one database), lock the account on both; the in-memory throttle let each take 5.
     (SQLite: Piccolo binds tables per process, so two apps in one process cannot share a
     PostgreSQL pool; tests/deploy/test_scale_out.py does that with real processes.)"""
+    if shared == "redis":
+        if not _redis_up():
+            pytest.skip("Redis is not running at 127.0.0.1:6379 (.ci/run installs redis-server)")
+        sqlite_settings = replace(sqlite_settings, redis_url=REDIS_URL)
+        RedisFlush(REDIS_URL).run()
     with make_client(sqlite_settings) as first, make_client(sqlite_settings) as second:
         register(first, "erin")
         first.cookies.clear()
@@ -157,3 +163,22 @@ def test_failures_through_two_apps_on_one_database_lock_the_account(
             follow_redirects=False,
         )
         assert right.status_code == 429  # locked for everyone, the right password included
+
+
+class RedisFlush:
+    """Forget the throttle's keys (the apps' namespace) so earlier runs do not count."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def run(self) -> None:
+        import asyncio
+
+        async def flush() -> None:
+            throttle = RedisThrottle(self.url)
+            try:
+                await throttle.store.delete_all()
+            finally:
+                await throttle.close()
+
+        asyncio.run(flush())

@@ -9,7 +9,7 @@ import secrets
 from collections import Counter
 from typing import Any
 
-from litestar import Request, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.response import Redirect, Template
 
@@ -45,81 +45,6 @@ def short_name(label: str) -> str:
     return HAM10000_NAMES.get(label, label).split(" (")[0].split(" /")[0]
 
 
-@get("/", name="landing")
-async def landing(request: Request[Any, Any, State]) -> Template:
-    await optional_user(request)
-    return render(request, "landing.html")
-
-
-@get("/dashboard", name="dashboard", dependencies=USER)
-async def dashboard(request: Request[Any, Any, State], user: CurrentUser) -> Template:
-    rows = (
-        await Analysis.select(
-            Analysis.predicted_class,
-            Analysis.confidence,
-            Analysis.melanoma_flag,
-            Analysis.created_at,
-        )
-        .where(Analysis.owner == user.id)
-        .run()
-    )
-    by_class = Counter(r["predicted_class"] for r in rows)
-    today = dt.datetime.now(dt.UTC).date()
-    monday = today - dt.timedelta(days=today.weekday())
-    weeks = [monday - dt.timedelta(weeks=i) for i in range(11, -1, -1)]
-    per_week: Counter[dt.date] = Counter()
-    for r in rows:
-        d = _when(r["created_at"]).date()
-        per_week[d - dt.timedelta(days=d.weekday())] += 1
-    class_chart = hbar_svg(
-        [
-            (f"{short_name(c)} ({c})", by_class.get(c, 0), RISK_HEX.get(RISK_GROUPS[c], "#6c757d"))
-            for c in HAM10000_LABELS
-        ],
-        fmt="{:.0f}",
-        title="Analyses by predicted class",
-    )
-    week_chart = column_svg(
-        [(w.strftime("%d %b"), per_week.get(w, 0)) for w in weeks],
-        title="Analyses per week (last 12 weeks)",
-    )
-    flagged = sum(1 for r in rows if r["melanoma_flag"])
-    mean_conf = sum(r["confidence"] for r in rows) / len(rows) if rows else None
-    recent = (
-        await Analysis.select(
-            Analysis.id,
-            Analysis.patient,
-            Analysis.patient_sealed,
-            Analysis.predicted_class,
-            Analysis.confidence,
-            Analysis.melanoma_flag,
-            Analysis.created_at,
-        )
-        .where((Analysis.owner == user.id) & (Analysis.melanoma_flag.eq(True)))
-        .order_by(Analysis.created_at, ascending=False)
-        .limit(5)
-        .run()
-    )
-    return render(
-        request,
-        "dashboard.html",
-        total=len(rows),
-        flagged=flagged,
-        mean_conf=mean_conf,
-        class_chart=class_chart,
-        week_chart=week_chart,
-        flagged_recent=[
-            analyses.decorate({**r, "probabilities": "{}"}, request.app.state["store"])
-            for r in recent
-        ],
-    )
-
-
-@get("/analyses/new", name="new_analysis", dependencies=USER)
-async def new_analysis(request: Request[Any, Any, State], user: CurrentUser) -> Template:
-    return render(request, "new_analysis.html", batch_max=request.app.state["settings"].batch_max)
-
-
 async def _read_uploads(
     request: Request[Any, Any, State],
 ) -> tuple[str, list[Upload], bool]:
@@ -138,93 +63,6 @@ async def _read_uploads(
     return patient, [u for u in uploads if u.data], analyse_anyway
 
 
-@post("/analyses", dependencies=USER, status_code=303)
-async def create_analysis(
-    request: Request[Any, Any, State], state: State, user: CurrentUser
-) -> Response[Any]:
-    settings = state["settings"]
-    patient, uploads, analyse_anyway = await _read_uploads(request)
-    errors: list[str] = []
-    if not patient:
-        errors.append("Enter the patient's name or identifier.")
-    if not uploads:
-        errors.append(f"Choose at least one image ({formats.listing('or')}).")
-    if len(uploads) > settings.batch_max:
-        errors.append(f"At most {settings.batch_max} images at once.")
-    if errors:
-        return render(
-            request,
-            "new_analysis.html",
-            status_code=400,
-            errors=errors,
-            patient=patient,
-            batch_max=settings.batch_max,
-        )
-    results = await analyses.predict(state, [u.data for u in uploads], analyse_anyway)
-    classifier = state["inference"].classifier
-    batch = secrets.token_hex(8) if len(uploads) > 1 else None
-    saved: list[str] = []
-    rejected: list[str] = []
-    for upload, result in zip(uploads, results, strict=True):
-        if isinstance(result, ImageRejectedError):
-            # No analysis, but the refusal is on record: which checks, never the image.
-            rejected.append(f"{upload.filename}: {result}")
-            await audit.record(
-                "analysis_refused",
-                actor_id=user.id,
-                actor_name=user.username,
-                address=client_address(request),
-                detail="intended-use gate: " + ", ".join(r.check for r in result.result.reasons),
-            )
-            continue
-        if isinstance(result, ImageError):
-            errors.append(f"{upload.filename}: {result}")
-            continue
-        analysis_id = await analyses.save(
-            state["store"],
-            classifier,
-            user.id,
-            patient,
-            upload,
-            result.prediction,
-            batch,
-            result.gate,
-        )
-        saved.append(str(analysis_id))
-        prediction = result.prediction
-        outside = not result.gate.passed
-        await audit.record(
-            "analysis_outside_intended_use" if outside else "analysis_created",
-            actor_id=user.id,
-            actor_name=user.username,
-            target=str(analysis_id),
-            address=client_address(request),
-            detail=f"{prediction.label} {prediction.confidence:.3f}"
-            + (
-                " (analyse anyway: " + ", ".join(r.check for r in result.gate.reasons) + ")"
-                if outside
-                else ""
-            ),
-        )
-    errors = rejected + errors
-    if not saved:
-        return render(
-            request,
-            "new_analysis.html",
-            status_code=422 if rejected else 400,
-            errors=errors,
-            rejected=bool(rejected),
-            patient=patient,
-            batch_max=settings.batch_max,
-        )
-    if errors:
-        flash(request, _skipped_summary(errors), "warning")
-    if len(saved) == 1:
-        return Redirect(f"/analyses/{saved[0]}", status_code=303)
-    flash(request, f"{len(saved)} images analysed for {patient}.", "success")
-    return Redirect(f"/history?batch={batch}", status_code=303)
-
-
 def _skipped_summary(errors: list[str], shown: int = 3, width: int = 120) -> str:
     """One short message for the files a batch skipped. Flash messages live in the session
     cookie: one per file made 24 KB of cookies for a 32-file batch with long names, over a
@@ -234,156 +72,316 @@ def _skipped_summary(errors: list[str], shown: int = 3, width: int = 120) -> str
     return f"Skipped {len(errors)} file(s): " + "; ".join(listed) + more
 
 
-@get("/analyses/{analysis_id:str}", name="analysis", dependencies=USER)
-async def analysis_page(
-    request: Request[Any, Any, State], user: CurrentUser, analysis_id: str
-) -> Template:
-    row = await analyses.get_owned(analysis_id, user.id, request.app.state["store"])
-    chart = hbar_svg(
-        [
-            (f"{short_name(c)} ({c})", p, RISK_HEX.get(RISK_GROUPS.get(c, ""), "#6c757d"))
-            for c, p in sorted(row["probabilities"].items(), key=lambda kv: -kv[1])
-        ],
-        max_value=1.0,
-        title="Probability of each class",
-    )
-    service: InferenceService | None = request.app.state.get("inference")
-    return render(
-        request,
-        "result.html",
-        a=row,
-        chart=chart,
-        explanations=service is not None and service.explanations_available,
-        explanation_caveat=CAVEAT,
-        # The heat map is drawn by today's model; say so when another one made this result.
-        explained_by_other_model=service is not None
-        and row["model_sha256"] != service.classifier.sha256,
-    )
+class PagesController(Controller):
+    """The clinic's pages: landing, dashboard, new analysis (batch), result, its image and heat
+    map, delete, history, and the audit log (administrators). Every page but the landing one
+    takes the logged-in ``user``."""
 
+    path = "/"
+    dependencies = USER
 
-@get("/analyses/{analysis_id:str}/image", dependencies=USER)
-async def analysis_image(user: CurrentUser, state: State, analysis_id: str) -> Response[bytes]:
-    row = await analyses.get_owned(analysis_id, user.id, state["store"])
-    data = await state["store"].read(row["image_path"])
-    shown = await asyncio.to_thread(analyses.picture, data)  # PNG where browsers need it
-    # Decrypted for its owner only: never cached by shared caches.
-    return Response(
-        shown.data, media_type=shown.media_type, headers={"Cache-Control": "private, no-store"}
-    )
+    @get("/", name="landing")
+    async def landing(self, request: Request[Any, Any, State]) -> Template:
+        await optional_user(request)
+        return render(request, "landing.html")
 
-
-@get("/analyses/{analysis_id:str}/explanation.png", dependencies=USER)
-async def analysis_explanation(
-    request: Request[Any, Any, State], user: CurrentUser, state: State, analysis_id: str
-) -> Response[bytes]:
-    """Grad-CAM heat map of the stored result's class over the stored image (501 without a
-    CAM model); computed on request, nothing is stored."""
-    row = await analyses.get_owned(analysis_id, user.id, state["store"])
-    data = await state["store"].read(row["image_path"])
-    service: InferenceService | None = state.get("inference")
-    if service is None:
-        raise ExplanationUnavailableError("the model is not loaded yet")
-    explanation = await service.explain(data, row["predicted_class"])
-    return Response(
-        explanation.png, media_type="image/png", headers={"Cache-Control": "private, no-store"}
-    )
-
-
-@post("/analyses/{analysis_id:str}/delete", dependencies=USER, status_code=303)
-async def delete_analysis(
-    request: Request[Any, Any, State], state: State, user: CurrentUser, analysis_id: str
-) -> Redirect:
-    row = await analyses.delete_owned(
-        state["store"], analysis_id, user.id, user.username, client_address(request)
-    )
-    flash(request, f"Analysis for {row['patient']} deleted, with its image and report.", "info")
-    return Redirect("/history", status_code=303)
-
-
-@get("/history", name="history", dependencies=USER)
-async def history(
-    request: Request[Any, Any, State],
-    user: CurrentUser,
-    patient: str | None = None,
-    dx: str | None = None,  # HAM10000 class code; Litestar ignores a parameter named `cls`
-    batch: str | None = None,
-    page: int = 1,
-) -> Template:
-    where: Any = Analysis.owner == user.id  # Piccolo's Where/And types do not unify
-    patient = form_text(patient, "patient filter")
-    batch = form_text(batch, "batch filter")
-    if patient:
-        # Exact match (ignoring case and spacing) on the keyed hash: the names are sealed.
-        where &= Analysis.patient_index == request.app.state["store"].blind_index(patient)
-    if dx in HAM10000_LABELS:
-        where &= Analysis.predicted_class == dx
-    if batch:
-        where &= Analysis.batch == batch
-    total = await Analysis.count().where(where).run()
-    pages = max(1, -(-total // PAGE_SIZE))
-    page = min(max(1, page), pages)
-    rows = (
-        await Analysis.select(
-            Analysis.id,
-            Analysis.patient,
-            Analysis.patient_sealed,
-            Analysis.predicted_class,
-            Analysis.confidence,
-            Analysis.melanoma_flag,
-            Analysis.created_at,
-            Analysis.original_filename,
-            Analysis.filename_sealed,
+    @get("/dashboard", name="dashboard")
+    async def dashboard(self, request: Request[Any, Any, State], user: CurrentUser) -> Template:
+        rows = (
+            await Analysis.select(
+                Analysis.predicted_class,
+                Analysis.confidence,
+                Analysis.melanoma_flag,
+                Analysis.created_at,
+            )
+            .where(Analysis.owner == user.id)
+            .run()
         )
-        .where(where)
-        .order_by(Analysis.created_at, ascending=False)
-        .limit(PAGE_SIZE)
-        .offset((page - 1) * PAGE_SIZE)
-        .run()
-    )
-    return render(
-        request,
-        "history.html",
-        rows=[
-            analyses.decorate({**r, "probabilities": "{}"}, request.app.state["store"])
-            for r in rows
-        ],
-        total=total,
-        page=page,
-        pages=pages,
-        patient=patient or "",
-        dx=dx or "",
-        batch=batch or "",
-        labels=HAM10000_LABELS,
-        names=HAM10000_NAMES,
-    )
+        by_class = Counter(r["predicted_class"] for r in rows)
+        today = dt.datetime.now(dt.UTC).date()
+        monday = today - dt.timedelta(days=today.weekday())
+        weeks = [monday - dt.timedelta(weeks=i) for i in range(11, -1, -1)]
+        per_week: Counter[dt.date] = Counter()
+        for r in rows:
+            d = _when(r["created_at"]).date()
+            per_week[d - dt.timedelta(days=d.weekday())] += 1
+        class_chart = hbar_svg(
+            [
+                (
+                    f"{short_name(c)} ({c})",
+                    by_class.get(c, 0),
+                    RISK_HEX.get(RISK_GROUPS[c], "#6c757d"),
+                )
+                for c in HAM10000_LABELS
+            ],
+            fmt="{:.0f}",
+            title="Analyses by predicted class",
+        )
+        week_chart = column_svg(
+            [(w.strftime("%d %b"), per_week.get(w, 0)) for w in weeks],
+            title="Analyses per week (last 12 weeks)",
+        )
+        flagged = sum(1 for r in rows if r["melanoma_flag"])
+        mean_conf = sum(r["confidence"] for r in rows) / len(rows) if rows else None
+        recent = (
+            await Analysis.select(
+                Analysis.id,
+                Analysis.patient,
+                Analysis.patient_sealed,
+                Analysis.predicted_class,
+                Analysis.confidence,
+                Analysis.melanoma_flag,
+                Analysis.created_at,
+            )
+            .where((Analysis.owner == user.id) & (Analysis.melanoma_flag.eq(True)))
+            .order_by(Analysis.created_at, ascending=False)
+            .limit(5)
+            .run()
+        )
+        return render(
+            request,
+            "dashboard.html",
+            total=len(rows),
+            flagged=flagged,
+            mean_conf=mean_conf,
+            class_chart=class_chart,
+            week_chart=week_chart,
+            flagged_recent=[
+                analyses.decorate({**r, "probabilities": "{}"}, request.app.state["store"])
+                for r in recent
+            ],
+        )
+
+    @get("/analyses/new", name="new_analysis")
+    async def new_analysis(self, request: Request[Any, Any, State], user: CurrentUser) -> Template:
+        return render(
+            request, "new_analysis.html", batch_max=request.app.state["settings"].batch_max
+        )
+
+    @post("/analyses", status_code=303)
+    async def create_analysis(
+        self, request: Request[Any, Any, State], state: State, user: CurrentUser
+    ) -> Response[Any]:
+        settings = state["settings"]
+        patient, uploads, analyse_anyway = await _read_uploads(request)
+        errors: list[str] = []
+        if not patient:
+            errors.append("Enter the patient's name or identifier.")
+        if not uploads:
+            errors.append(f"Choose at least one image ({formats.listing('or')}).")
+        if len(uploads) > settings.batch_max:
+            errors.append(f"At most {settings.batch_max} images at once.")
+        if errors:
+            return render(
+                request,
+                "new_analysis.html",
+                status_code=400,
+                errors=errors,
+                patient=patient,
+                batch_max=settings.batch_max,
+            )
+        results = await analyses.predict(state, [u.data for u in uploads], analyse_anyway)
+        classifier = state["inference"].classifier
+        batch = secrets.token_hex(8) if len(uploads) > 1 else None
+        saved: list[str] = []
+        rejected: list[str] = []
+        for upload, result in zip(uploads, results, strict=True):
+            if isinstance(result, ImageRejectedError):
+                # No analysis, but the refusal is on record: which checks, never the image.
+                rejected.append(f"{upload.filename}: {result}")
+                await audit.record(
+                    "analysis_refused",
+                    actor_id=user.id,
+                    actor_name=user.username,
+                    address=client_address(request),
+                    detail="intended-use gate: "
+                    + ", ".join(r.check for r in result.result.reasons),
+                )
+                continue
+            if isinstance(result, ImageError):
+                errors.append(f"{upload.filename}: {result}")
+                continue
+            analysis_id = await analyses.save(
+                state["store"],
+                classifier,
+                user.id,
+                patient,
+                upload,
+                result.prediction,
+                batch,
+                result.gate,
+            )
+            saved.append(str(analysis_id))
+            prediction = result.prediction
+            outside = not result.gate.passed
+            await audit.record(
+                "analysis_outside_intended_use" if outside else "analysis_created",
+                actor_id=user.id,
+                actor_name=user.username,
+                target=str(analysis_id),
+                address=client_address(request),
+                detail=f"{prediction.label} {prediction.confidence:.3f}"
+                + (
+                    " (analyse anyway: " + ", ".join(r.check for r in result.gate.reasons) + ")"
+                    if outside
+                    else ""
+                ),
+            )
+        errors = rejected + errors
+        if not saved:
+            return render(
+                request,
+                "new_analysis.html",
+                status_code=422 if rejected else 400,
+                errors=errors,
+                rejected=bool(rejected),
+                patient=patient,
+                batch_max=settings.batch_max,
+            )
+        if errors:
+            flash(request, _skipped_summary(errors), "warning")
+        if len(saved) == 1:
+            return Redirect(f"/analyses/{saved[0]}", status_code=303)
+        flash(request, f"{len(saved)} images analysed for {patient}.", "success")
+        return Redirect(f"/history?batch={batch}", status_code=303)
+
+    @get("/analyses/{analysis_id:str}", name="analysis")
+    async def analysis_page(
+        self, request: Request[Any, Any, State], user: CurrentUser, analysis_id: str
+    ) -> Template:
+        row = await analyses.get_owned(analysis_id, user.id, request.app.state["store"])
+        chart = hbar_svg(
+            [
+                (f"{short_name(c)} ({c})", p, RISK_HEX.get(RISK_GROUPS.get(c, ""), "#6c757d"))
+                for c, p in sorted(row["probabilities"].items(), key=lambda kv: -kv[1])
+            ],
+            max_value=1.0,
+            title="Probability of each class",
+        )
+        service: InferenceService | None = request.app.state.get("inference")
+        return render(
+            request,
+            "result.html",
+            a=row,
+            chart=chart,
+            explanations=service is not None and service.explanations_available,
+            explanation_caveat=CAVEAT,
+            # The heat map is drawn by today's model; say so when another one made this result.
+            explained_by_other_model=service is not None
+            and row["model_sha256"] != service.classifier.sha256,
+        )
+
+    @get("/analyses/{analysis_id:str}/image")
+    async def analysis_image(
+        self, user: CurrentUser, state: State, analysis_id: str
+    ) -> Response[bytes]:
+        row = await analyses.get_owned(analysis_id, user.id, state["store"])
+        data = await state["store"].read(row["image_path"])
+        shown = await asyncio.to_thread(analyses.picture, data)  # PNG where browsers need it
+        # Decrypted for its owner only: never cached by shared caches.
+        return Response(
+            shown.data, media_type=shown.media_type, headers={"Cache-Control": "private, no-store"}
+        )
+
+    @get("/analyses/{analysis_id:str}/explanation.png")
+    async def analysis_explanation(
+        self, request: Request[Any, Any, State], user: CurrentUser, state: State, analysis_id: str
+    ) -> Response[bytes]:
+        """Grad-CAM heat map of the stored result's class over the stored image (501 without a
+        CAM model); computed on request, nothing is stored."""
+        row = await analyses.get_owned(analysis_id, user.id, state["store"])
+        data = await state["store"].read(row["image_path"])
+        service: InferenceService | None = state.get("inference")
+        if service is None:
+            raise ExplanationUnavailableError("the model is not loaded yet")
+        explanation = await service.explain(data, row["predicted_class"])
+        return Response(
+            explanation.png, media_type="image/png", headers={"Cache-Control": "private, no-store"}
+        )
+
+    @post("/analyses/{analysis_id:str}/delete", status_code=303)
+    async def delete_analysis(
+        self, request: Request[Any, Any, State], state: State, user: CurrentUser, analysis_id: str
+    ) -> Redirect:
+        row = await analyses.delete_owned(
+            state["store"], analysis_id, user.id, user.username, client_address(request)
+        )
+        flash(request, f"Analysis for {row['patient']} deleted, with its image and report.", "info")
+        return Redirect("/history", status_code=303)
+
+    @get("/history", name="history")
+    async def history(
+        self,
+        request: Request[Any, Any, State],
+        user: CurrentUser,
+        patient: str | None = None,
+        dx: str | None = None,  # HAM10000 class code; Litestar ignores a parameter named `cls`
+        batch: str | None = None,
+        page: int = 1,
+    ) -> Template:
+        where: Any = Analysis.owner == user.id  # Piccolo's Where/And types do not unify
+        patient = form_text(patient, "patient filter")
+        batch = form_text(batch, "batch filter")
+        if patient:
+            # Exact match (ignoring case and spacing) on the keyed hash: the names are sealed.
+            where &= Analysis.patient_index == request.app.state["store"].blind_index(patient)
+        if dx in HAM10000_LABELS:
+            where &= Analysis.predicted_class == dx
+        if batch:
+            where &= Analysis.batch == batch
+        total = await Analysis.count().where(where).run()
+        pages = max(1, -(-total // PAGE_SIZE))
+        page = min(max(1, page), pages)
+        rows = (
+            await Analysis.select(
+                Analysis.id,
+                Analysis.patient,
+                Analysis.patient_sealed,
+                Analysis.predicted_class,
+                Analysis.confidence,
+                Analysis.melanoma_flag,
+                Analysis.created_at,
+                Analysis.original_filename,
+                Analysis.filename_sealed,
+            )
+            .where(where)
+            .order_by(Analysis.created_at, ascending=False)
+            .limit(PAGE_SIZE)
+            .offset((page - 1) * PAGE_SIZE)
+            .run()
+        )
+        return render(
+            request,
+            "history.html",
+            rows=[
+                analyses.decorate({**r, "probabilities": "{}"}, request.app.state["store"])
+                for r in rows
+            ],
+            total=total,
+            page=page,
+            pages=pages,
+            patient=patient or "",
+            dx=dx or "",
+            batch=batch or "",
+            labels=HAM10000_LABELS,
+            names=HAM10000_NAMES,
+        )
+
+    @get("/audit", name="audit", dependencies=ADMIN)
+    async def audit_log(
+        self, request: Request[Any, Any, State], user: CurrentUser, page: int = 1
+    ) -> Template:
+        total = await AuditEvent.count().run()
+        pages = max(1, -(-total // 50))
+        page = min(max(1, page), pages)
+        rows = (
+            await AuditEvent.select()
+            .order_by(AuditEvent.id, ascending=False)
+            .limit(50)
+            .offset((page - 1) * 50)
+            .run()
+        )
+        return render(request, "audit.html", rows=rows, page=page, pages=pages, total=total)
 
 
-@get("/audit", name="audit", dependencies=ADMIN)
-async def audit_log(
-    request: Request[Any, Any, State], user: CurrentUser, page: int = 1
-) -> Template:
-    total = await AuditEvent.count().run()
-    pages = max(1, -(-total // 50))
-    page = min(max(1, page), pages)
-    rows = (
-        await AuditEvent.select()
-        .order_by(AuditEvent.id, ascending=False)
-        .limit(50)
-        .offset((page - 1) * 50)
-        .run()
-    )
-    return render(request, "audit.html", rows=rows, page=page, pages=pages, total=total)
-
-
-handlers: list[Any] = [
-    landing,
-    dashboard,
-    new_analysis,
-    create_analysis,
-    analysis_page,
-    analysis_image,
-    analysis_explanation,
-    delete_analysis,
-    history,
-    audit_log,
-]
+handlers: list[Any] = [PagesController]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from litestar.datastructures import State
 
+from app.config import Settings
 from app.errors import NotReadyError
 from app.inference.service import InferenceService
 from app.storage import EncryptedStore
@@ -26,6 +27,12 @@ def ready_service(state: State) -> InferenceService:
     if service is None:
         raise NotReadyError("the model is still loading", headers={"Retry-After": "1"})
     return service
+
+
+def settings(state: State) -> Settings:
+    """The settings the app was created with (``create_app``), read once at start-up."""
+    found: Settings = state["settings"]
+    return found
 
 
 def store(state: State) -> EncryptedStore:

@@ -1,6 +1,7 @@
 """The JSON API under /api/v1: single and batch prediction, and live WebSocket prediction.
 
-Auth hook: every handler here sits on ONE Router built by :func:`build_api_router`. To protect
+Three controllers (one image, a batch, the live socket) on ONE Router built by
+:func:`build_api_router`, which gives each its body limit from the settings. To protect
 the API, pass ``guards=[...]`` there (``app/main.py`` does, in one line); the guards apply to the
 HTTP endpoints and to the WebSocket alike. The API is token-authenticated, so it is excluded from
 CSRF (``API_PREFIX``).
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from litestar import Request, Router, WebSocket, post, websocket
+from litestar import Controller, Request, Router, WebSocket, post, websocket
 from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
@@ -23,6 +24,7 @@ from litestar.status_codes import WS_1013_TRY_AGAIN_LATER
 from litestar.types import Guard
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
+from app import deps
 from app.api_models import (
     BatchItem,
     BatchResponse,
@@ -198,69 +200,28 @@ _ERRORS = {
 # ---------------------------------------------------------------- handlers
 
 
-def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router:
-    """All JSON API endpoints on one Router: attach auth here via ``guards``.
-
-    Args:
-        guards: Litestar guards (e.g. an API-token check) applied to every API route,
-            WebSocket included.
-    """
-    max_bytes = settings.max_upload_bytes
-    batch_max = settings.batch_max
+class PredictionController(Controller):
+    """One image in (multipart field ``image``): its class, or its class and evidence map."""
 
     @post(
         "/predict",
         status_code=200,
         summary="Classify one image",
-        request_max_body_size=max_bytes + _MULTIPART_OVERHEAD,
         operation_class=_multipart_operation(IMAGE_FIELD, many=False),
         responses=_ERRORS,
     )
     async def predict(
-        request: Request[Any, Any, Any], service: InferenceService
+        self, request: Request[Any, Any, Any], service: InferenceService, settings: Settings
     ) -> PredictResponse:
         """One image as multipart field ``image`` -> class, 7 probabilities, melanoma flag."""
-        uploads = await read_uploads(request, IMAGE_FIELD, 1, max_bytes)
+        uploads = await read_uploads(request, IMAGE_FIELD, 1, settings.max_upload_bytes)
         analysis = await service.analyse(uploads[0].data)
         return to_response(analysis, model_info(service.classifier))
-
-    @post(
-        "/predict/batch",
-        status_code=200,
-        summary=f"Classify up to {batch_max} images",
-        # A batch is many images but not many maximal ones: bound the whole body too.
-        request_max_body_size=4 * max_bytes + _MULTIPART_OVERHEAD,
-        operation_class=_multipart_operation(BATCH_FIELD, many=True),
-        responses=_ERRORS,
-    )
-    async def predict_batch(
-        request: Request[Any, Any, Any], service: InferenceService
-    ) -> BatchResponse:
-        """Repeated multipart fields ``images``; results in order, bad images get own errors."""
-        uploads = await read_uploads(request, BATCH_FIELD, batch_max, max_bytes)
-        outcomes = await service.analyse_many([u.data for u in uploads])
-        model = model_info(service.classifier)
-        items: list[BatchItem] = []
-        for i, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
-            if isinstance(outcome, ImageRejectedError):
-                reasons = gate_body(outcome.result).reasons
-                items.append(
-                    BatchItem(
-                        i, upload.filename, error=outcome.code, detail=str(outcome), reasons=reasons
-                    )
-                )
-            elif isinstance(outcome, ImageError):
-                items.append(BatchItem(i, upload.filename, error=outcome.code, detail=str(outcome)))
-            else:
-                items.append(BatchItem(i, upload.filename, result=to_response(outcome, model)))
-        failed = sum(1 for item in items if item.error)
-        return BatchResponse(count=len(items), failed=failed, results=items)
 
     @post(
         "/explain",
         status_code=200,
         summary="Classify one image and show where the model found its evidence (Grad-CAM)",
-        request_max_body_size=max_bytes + _MULTIPART_OVERHEAD,
         operation_class=_multipart_operation(IMAGE_FIELD, many=False),
         responses={
             **_ERRORS,
@@ -268,12 +229,16 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
         },
     )
     async def explain(
-        request: Request[Any, Any, Any], service: InferenceService, label: str | None = None
+        self,
+        request: Request[Any, Any, Any],
+        service: InferenceService,
+        settings: Settings,
+        label: str | None = None,
     ) -> ExplainResponse:
         """Multipart field ``image``; ``?label=`` explains another class than the top one."""
         if label is not None and label not in service.spec.labels:
             raise AppError(f"label must be one of {', '.join(service.spec.labels)}")
-        uploads = await read_uploads(request, IMAGE_FIELD, 1, max_bytes)
+        uploads = await read_uploads(request, IMAGE_FIELD, 1, settings.max_upload_bytes)
         analysis = await service.analyse(uploads[0].data)
         shown = await service.explain(uploads[0].data, label or analysis.prediction.label)
         return ExplainResponse(
@@ -293,8 +258,48 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
             ),
         )
 
+
+class BatchController(Controller):
+    """Several images in one request (repeated multipart field ``images``)."""
+
+    @post(
+        "/predict/batch",
+        status_code=200,
+        summary="Classify up to APP_BATCH_MAX images (32 by default)",
+        operation_class=_multipart_operation(BATCH_FIELD, many=True),
+        responses=_ERRORS,
+    )
+    async def predict_batch(
+        self, request: Request[Any, Any, Any], service: InferenceService, settings: Settings
+    ) -> BatchResponse:
+        """Repeated multipart fields ``images``; results in order, bad images get own errors."""
+        uploads = await read_uploads(
+            request, BATCH_FIELD, settings.batch_max, settings.max_upload_bytes
+        )
+        outcomes = await service.analyse_many([u.data for u in uploads])
+        model = model_info(service.classifier)
+        items: list[BatchItem] = []
+        for i, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
+            if isinstance(outcome, ImageRejectedError):
+                reasons = gate_body(outcome.result).reasons
+                items.append(
+                    BatchItem(
+                        i, upload.filename, error=outcome.code, detail=str(outcome), reasons=reasons
+                    )
+                )
+            elif isinstance(outcome, ImageError):
+                items.append(BatchItem(i, upload.filename, error=outcome.code, detail=str(outcome)))
+            else:
+                items.append(BatchItem(i, upload.filename, result=to_response(outcome, model)))
+        failed = sum(1 for item in items if item.error)
+        return BatchResponse(count=len(items), failed=failed, results=items)
+
+
+class LiveController(Controller):
+    """A kiosk's camera stream: frames in, predictions out, over one WebSocket."""
+
     @websocket("/live")
-    async def live(socket: WebSocket[Any, Any, Any]) -> None:
+    async def live(self, socket: WebSocket[Any, Any, Any]) -> None:
         """Binary JPEG/PNG frames in, one JSON prediction per processed frame out.
 
         Only the newest unprocessed frame is kept: when frames arrive faster than the model
@@ -309,11 +314,35 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
         await socket.accept()
         await LiveSession(socket, service, metrics).run()
 
+
+def _with_body_limit(controller: type[Controller], max_bytes: int) -> type[Controller]:
+    """``controller`` with the request body limit the settings decide (a layer attribute that
+    Litestar reads from the class, so a subclass per limit)."""
+    return type(controller.__name__, (controller,), {"request_max_body_size": max_bytes})
+
+
+def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router:
+    """All JSON API endpoints on one Router: attach auth here via ``guards``.
+
+    Args:
+        guards: Litestar guards (e.g. an API-token check) applied to every API route,
+            WebSocket included.
+    """
+    one_image = settings.max_upload_bytes + _MULTIPART_OVERHEAD
+    # A batch is many images but not many maximal ones: bound the whole body too.
+    batch = 4 * settings.max_upload_bytes + _MULTIPART_OVERHEAD
     return Router(
         path=API_PREFIX,
-        route_handlers=[predict, predict_batch, explain, live],
+        route_handlers=[
+            _with_body_limit(PredictionController, one_image),
+            _with_body_limit(BatchController, batch),
+            LiveController,
+        ],
         guards=list(guards),
         security=SECURITY if guards else None,  # declared in the schema when it is required
-        dependencies={"service": Provide(ready_service, sync_to_thread=False)},
+        dependencies={
+            "service": Provide(ready_service, sync_to_thread=False),
+            "settings": Provide(deps.settings, sync_to_thread=False),
+        },
         tags=["api"],
     )

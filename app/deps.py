@@ -7,8 +7,10 @@ that answer otherwise (the WebSockets close with a code, the probe says "startin
 
 from __future__ import annotations
 
+from argon2 import PasswordHasher
 from litestar.datastructures import State
 
+from app.auth.throttle import Throttle
 from app.config import Settings
 from app.errors import NotReadyError
 from app.inference.service import InferenceService
@@ -38,4 +40,16 @@ def settings(state: State) -> Settings:
 def store(state: State) -> EncryptedStore:
     """The encrypted file store (images, reports, sealed fields)."""
     found: EncryptedStore = state["store"]
+    return found
+
+
+def password_hasher(state: State) -> PasswordHasher:
+    """The argon2 hasher (its parameters are the service's, see ``app.auth.passwords``)."""
+    found: PasswordHasher = state["password_hasher"]
+    return found
+
+
+def login_throttle(state: State) -> Throttle:
+    """The failed-login throttle every replica shares (database or Redis)."""
+    found: Throttle = state["login_throttle"]
     return found

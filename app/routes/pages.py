@@ -11,12 +11,14 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State, UploadFile
+from litestar.di import Provide
 from litestar.response import Redirect, Template
 
-from app import analyses, audit
+from app import analyses, audit, deps
 from app.analyses import RISK_HEX, Upload
 from app.auth.session import ADMIN, USER, CurrentUser, optional_user
 from app.charts import column_svg, hbar_svg
+from app.config import Settings
 from app.db.tables import Analysis, AuditEvent
 from app.errors import AppError
 from app.inference import formats
@@ -26,6 +28,7 @@ from app.inference.preprocess import ImageError
 from app.inference.service import InferenceService
 from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES, RISK_GROUPS
 from app.page_helpers import client_address, flash, form_text, render
+from app.storage import EncryptedStore
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +75,21 @@ def _skipped_summary(errors: list[str], shown: int = 3, width: int = 120) -> str
     return f"Skipped {len(errors)} file(s): " + "; ".join(listed) + more
 
 
+# Every page but the landing one takes the logged-in user; any may take the store and settings.
+PAGE = {
+    **USER,
+    "store": Provide(deps.store, sync_to_thread=False),
+    "settings": Provide(deps.settings, sync_to_thread=False),
+}
+
+
 class PagesController(Controller):
     """The clinic's pages: landing, dashboard, new analysis (batch), result, its image and heat
     map, delete, history, and the audit log (administrators). Every page but the landing one
     takes the logged-in ``user``."""
 
     path = "/"
-    dependencies = USER
+    dependencies = PAGE
 
     @get("/", name="landing")
     async def landing(self, request: Request[Any, Any, State]) -> Template:
@@ -86,7 +97,9 @@ class PagesController(Controller):
         return render(request, "landing.html")
 
     @get("/dashboard", name="dashboard")
-    async def dashboard(self, request: Request[Any, Any, State], user: CurrentUser) -> Template:
+    async def dashboard(
+        self, store: EncryptedStore, request: Request[Any, Any, State], user: CurrentUser
+    ) -> Template:
         rows = (
             await Analysis.select(
                 Analysis.predicted_class,
@@ -146,23 +159,24 @@ class PagesController(Controller):
             mean_conf=mean_conf,
             class_chart=class_chart,
             week_chart=week_chart,
-            flagged_recent=[
-                analyses.decorate({**r, "probabilities": "{}"}, request.app.state["store"])
-                for r in recent
-            ],
+            flagged_recent=[analyses.decorate({**r, "probabilities": "{}"}, store) for r in recent],
         )
 
     @get("/analyses/new", name="new_analysis")
-    async def new_analysis(self, request: Request[Any, Any, State], user: CurrentUser) -> Template:
-        return render(
-            request, "new_analysis.html", batch_max=request.app.state["settings"].batch_max
-        )
+    async def new_analysis(
+        self, settings: Settings, request: Request[Any, Any, State], user: CurrentUser
+    ) -> Template:
+        return render(request, "new_analysis.html", batch_max=settings.batch_max)
 
     @post("/analyses", status_code=303)
     async def create_analysis(
-        self, request: Request[Any, Any, State], state: State, user: CurrentUser
+        self,
+        store: EncryptedStore,
+        settings: Settings,
+        request: Request[Any, Any, State],
+        state: State,
+        user: CurrentUser,
     ) -> Response[Any]:
-        settings = state["settings"]
         patient, uploads, analyse_anyway = await _read_uploads(request)
         errors: list[str] = []
         if not patient:
@@ -202,7 +216,7 @@ class PagesController(Controller):
                 errors.append(f"{upload.filename}: {result}")
                 continue
             analysis_id = await analyses.save(
-                state["store"],
+                store,
                 classifier,
                 user.id,
                 patient,
@@ -247,9 +261,13 @@ class PagesController(Controller):
 
     @get("/analyses/{analysis_id:str}", name="analysis")
     async def analysis_page(
-        self, request: Request[Any, Any, State], user: CurrentUser, analysis_id: str
+        self,
+        store: EncryptedStore,
+        request: Request[Any, Any, State],
+        user: CurrentUser,
+        analysis_id: str,
     ) -> Template:
-        row = await analyses.get_owned(analysis_id, user.id, request.app.state["store"])
+        row = await analyses.get_owned(analysis_id, user.id, store)
         chart = hbar_svg(
             [
                 (f"{short_name(c)} ({c})", p, RISK_HEX.get(RISK_GROUPS.get(c, ""), "#6c757d"))
@@ -273,10 +291,10 @@ class PagesController(Controller):
 
     @get("/analyses/{analysis_id:str}/image")
     async def analysis_image(
-        self, user: CurrentUser, state: State, analysis_id: str
+        self, store: EncryptedStore, user: CurrentUser, analysis_id: str
     ) -> Response[bytes]:
-        row = await analyses.get_owned(analysis_id, user.id, state["store"])
-        data = await state["store"].read(row["image_path"])
+        row = await analyses.get_owned(analysis_id, user.id, store)
+        data = await store.read(row["image_path"])
         shown = await asyncio.to_thread(analyses.picture, data)  # PNG where browsers need it
         # Decrypted for its owner only: never cached by shared caches.
         return Response(
@@ -285,12 +303,17 @@ class PagesController(Controller):
 
     @get("/analyses/{analysis_id:str}/explanation.png")
     async def analysis_explanation(
-        self, request: Request[Any, Any, State], user: CurrentUser, state: State, analysis_id: str
+        self,
+        store: EncryptedStore,
+        request: Request[Any, Any, State],
+        user: CurrentUser,
+        state: State,
+        analysis_id: str,
     ) -> Response[bytes]:
         """Grad-CAM heat map of the stored result's class over the stored image (501 without a
         CAM model); computed on request, nothing is stored."""
-        row = await analyses.get_owned(analysis_id, user.id, state["store"])
-        data = await state["store"].read(row["image_path"])
+        row = await analyses.get_owned(analysis_id, user.id, store)
+        data = await store.read(row["image_path"])
         service: InferenceService | None = state.get("inference")
         if service is None:
             raise ExplanationUnavailableError("the model is not loaded yet")
@@ -301,10 +324,14 @@ class PagesController(Controller):
 
     @post("/analyses/{analysis_id:str}/delete", status_code=303)
     async def delete_analysis(
-        self, request: Request[Any, Any, State], state: State, user: CurrentUser, analysis_id: str
+        self,
+        store: EncryptedStore,
+        request: Request[Any, Any, State],
+        user: CurrentUser,
+        analysis_id: str,
     ) -> Redirect:
         row = await analyses.delete_owned(
-            state["store"], analysis_id, user.id, user.username, client_address(request)
+            store, analysis_id, user.id, user.username, client_address(request)
         )
         flash(request, f"Analysis for {row['patient']} deleted, with its image and report.", "info")
         return Redirect("/history", status_code=303)
@@ -312,6 +339,7 @@ class PagesController(Controller):
     @get("/history", name="history")
     async def history(
         self,
+        store: EncryptedStore,
         request: Request[Any, Any, State],
         user: CurrentUser,
         patient: str | None = None,
@@ -324,7 +352,7 @@ class PagesController(Controller):
         batch = form_text(batch, "batch filter")
         if patient:
             # Exact match (ignoring case and spacing) on the keyed hash: the names are sealed.
-            where &= Analysis.patient_index == request.app.state["store"].blind_index(patient)
+            where &= Analysis.patient_index == store.blind_index(patient)
         if dx in HAM10000_LABELS:
             where &= Analysis.predicted_class == dx
         if batch:
@@ -353,10 +381,7 @@ class PagesController(Controller):
         return render(
             request,
             "history.html",
-            rows=[
-                analyses.decorate({**r, "probabilities": "{}"}, request.app.state["store"])
-                for r in rows
-            ],
+            rows=[analyses.decorate({**r, "probabilities": "{}"}, store) for r in rows],
             total=total,
             page=page,
             pages=pages,

@@ -307,13 +307,18 @@ def make_cert(directory: Path) -> Path:
 
 @contextlib.contextmanager
 def running_nginx(
-    root: Path, upstreams: Sequence[str], max_upload_mb: int = 16, fail_timeout_s: int = 5
+    root: Path,
+    upstreams: Sequence[str],
+    max_upload_mb: int = 16,
+    fail_timeout_s: int = 5,
+    watch_interval_s: float | None = None,
 ) -> Iterator[Nginx]:
-    """nginx with deploy/nginx/render.py's configuration in front of ``upstreams``."""
+    """nginx with deploy/nginx/render.py's configuration in front of ``upstreams``;
+    ``watch_interval_s``: with deploy/nginx/health_watch.py polling /health/ready that often."""
     root.mkdir(parents=True, exist_ok=True)
     cert = make_cert(root / "tls")
     http_port, https_port = free_port(), free_port()
-    argv = [sys.executable, str(NGINX_DIR / "render.py")]
+    argv: list[str] = []
     for upstream in upstreams:
         argv += ["--upstream", upstream]
     argv += [
@@ -327,7 +332,8 @@ def running_nginx(
     if os.geteuid() == 0:
         argv += ["--user", "root"]  # workers must write temp files under a root-only tmp dir
     conf = root / "nginx.conf"
-    conf.write_text(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
+    render = [sys.executable, str(NGINX_DIR / "render.py"), *argv]
+    conf.write_text(subprocess.run(render, check=True, capture_output=True, text=True).stdout)
     nginx = _which("nginx") or "nginx"
     check = subprocess.run([nginx, "-t", "-p", str(root), "-c", str(conf)], capture_output=True)
     if check.returncode != 0:
@@ -338,10 +344,22 @@ def running_nginx(
         stderr=(root / "stderr.log").open("wb"),
         start_new_session=True,
     )
+    watcher: subprocess.Popen[bytes] | None = None
     try:
         _wait_port(https_port, 15, process)
+        if watch_interval_s is not None:
+            watch = [sys.executable, str(NGINX_DIR / "health_watch.py"), "--conf", str(conf)]
+            watch += ["--interval", str(watch_interval_s), "--timeout", "0.5", "--nginx", nginx]
+            watcher = subprocess.Popen(
+                [*watch, "--", *argv],
+                stdout=(root / "health_watch.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
         yield Nginx(http_port, https_port, process, root, cert)
     finally:
+        if watcher is not None:
+            watcher.terminate()
+            watcher.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGQUIT)
         try:

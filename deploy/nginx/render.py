@@ -12,13 +12,14 @@ What it sets up, and why:
 - WebSocket upgrade for the live camera (``/analyses/live/ws``, ``/api/v1/live``).
 - ``X-Forwarded-For/-Proto/-Host`` set (never passed on from the client); the app believes
   them only from APP_TRUSTED_PROXIES, which must name this nginx's address.
-- Health: open-source nginx has no active health checks. A replica that refuses connections,
-  times out or answers 502/503/504 (``/health/ready`` and every request answer 503 while the
-  model loads or the database is down) counts as failed (``max_fails``) and gets no traffic
-  for ``fail_timeout``; the request is passed to the next replica, except a POST that already
-  reached one (nginx never repeats a non-idempotent request, so an upload is never stored
-  twice). The orchestrator's probes (compose healthcheck, Kubernetes readinessProbe) are the
-  active checks on ``/health/ready``.
+- Health, passive: a replica that refuses connections, times out or answers 502/503/504
+  (``/health/ready`` and every request answer 503 while the model loads or the database is
+  down) counts as failed (``max_fails``) and gets no traffic for ``fail_timeout``; the request
+  is passed to the next replica, except a POST that already reached one (nginx never repeats a
+  non-idempotent request, so an upload is never stored twice).
+- Health, active: open-source nginx has none, so ``deploy/nginx/health_watch.py`` polls each
+  replica's ``/health/ready`` and re-renders this file with the ones that fail marked
+  ``down`` (then ``nginx -s reload``). Under Kubernetes the readinessProbe does this instead.
 """
 
 from __future__ import annotations
@@ -127,13 +128,16 @@ def render(
     fail_timeout_s: int = 5,
     connect_timeout_s: int = 2,
     body_idle_s: int = 10,
+    down: frozenset[str] = frozenset(),
 ) -> str:
     if not upstreams:
         raise ValueError("at least one --upstream host:port")
     if max_upload_mb < 1:
         raise ValueError("--max-upload-mb must be at least 1")
+    # ``down``: replicas deploy/nginx/health_watch.py found not ready on /health/ready
     servers = "\n".join(
-        f"        server {u} max_fails={max_fails} fail_timeout={fail_timeout_s}s;"
+        f"        server {u} max_fails={max_fails} fail_timeout={fail_timeout_s}s"
+        + (" down;" if u in down else ";")
         for u in upstreams
     )
     prefix = prefix if prefix.endswith("/") else prefix + "/"
@@ -156,7 +160,7 @@ def render(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", action="append", required=True, help="host:port, repeated")
     parser.add_argument("--cert", required=True)
@@ -172,24 +176,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", default=None, help="the worker processes' user")
     parser.add_argument("--workers", default="auto")
     parser.add_argument("--fail-timeout-s", type=int, default=5)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def render_args(args: argparse.Namespace, down: frozenset[str] = frozenset()) -> str:
+    return render(
+        args.upstream,
+        args.cert,
+        args.key,
+        max_upload_mb=args.max_upload_mb,
+        http_port=args.http_port,
+        https_port=args.https_port,
+        listen=args.listen,
+        prefix=args.prefix,
+        error_log=args.error_log,
+        access_log=args.access_log,
+        user=args.user,
+        workers=args.workers,
+        fail_timeout_s=args.fail_timeout_s,
+        body_idle_s=args.body_idle_s,
+        down=down,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        text = render(
-            args.upstream,
-            args.cert,
-            args.key,
-            max_upload_mb=args.max_upload_mb,
-            http_port=args.http_port,
-            https_port=args.https_port,
-            listen=args.listen,
-            prefix=args.prefix,
-            error_log=args.error_log,
-            access_log=args.access_log,
-            user=args.user,
-            workers=args.workers,
-            fail_timeout_s=args.fail_timeout_s,
-            body_idle_s=args.body_idle_s,
-        )
+        text = render_args(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,9 +5,12 @@ APP_TRUSTED_PROXIES. Real nginx, real server processes; skipped without nginx.""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -127,3 +130,49 @@ def test_forwarded_headers_count_only_from_trusted_proxies(front: tuple[Nginx, R
         assert r.status_code == 401
         assert "strict-transport-security" not in r.headers  # still plain http to the app
     assert _last_login_address(replica) == CLIENT_ADDRESS
+
+
+def test_a_frozen_replica_is_taken_out_by_the_health_watch(
+    tmp_path: Path, fleet_model: Path
+) -> None:
+    """deploy/nginx/health_watch.py polls /health/ready: a replica frozen with SIGSTOP (its
+    port still accepts connections, so nginx's passive checks would wait for proxy_read_timeout,
+    120 s) is marked down and requests go to the other; it comes back once it answers."""
+    env = {
+        "APP_DEV": "1",
+        "APP_MODEL_PATH": str(fleet_model),
+        "APP_PROVIDERS": "cpu",
+        "APP_ORT_THREADS": "1",
+        "APP_LOG_LEVEL": "WARNING",
+    }
+    replicas = [start_replica(f"r{i}", env, tmp_path / f"r{i}") for i in (1, 2)]
+    try:
+        for replica in replicas:
+            wait_ready(replica)
+        upstreams = [f"127.0.0.1:{r.port}" for r in replicas]
+        with running_nginx(tmp_path / "nginx", upstreams, watch_interval_s=0.3) as nginx:
+            conf = tmp_path / "nginx" / "nginx.conf"
+            os.kill(replicas[1].process.pid, signal.SIGSTOP)
+            try:
+                _wait_for(
+                    lambda: f"{upstreams[1]} max_fails=1 fail_timeout=5s down;" in conf.read_text()
+                )
+                time.sleep(0.5)  # the reload reaches nginx's workers
+                with nginx.client(timeout=3) as client:
+                    for _ in range(6):  # round robin would give the frozen one every other
+                        assert client.get("/health/ready").status_code == 200
+            finally:
+                os.kill(replicas[1].process.pid, signal.SIGCONT)
+            _wait_for(lambda: " down;" not in conf.read_text())
+            watch_log = (tmp_path / "nginx" / "health_watch.log").read_text()
+            assert f"down: {upstreams[1]}" in watch_log and "down: none" in watch_log
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)

@@ -12,11 +12,11 @@ What it sets up, and why:
 - WebSocket upgrade for the live camera (``/analyses/live/ws``, ``/api/v1/live``).
 - ``X-Forwarded-For/-Proto/-Host`` set (never passed on from the client); the app believes
   them only from APP_TRUSTED_PROXIES, which must name this nginx's address.
-- Health, passive: a replica that refuses connections, times out or answers 502/503/504
-  (``/health/ready`` and every request answer 503 while the model loads or the database is
-  down) counts as failed (``max_fails``) and gets no traffic for ``fail_timeout``; the request
-  is passed to the next replica, except a POST that already reached one (nginx never repeats a
-  non-idempotent request, so an upload is never stored twice).
+- Health, passive: a replica that refuses connections, times out or answers 502/504 counts
+  as failed (``max_fails``) and gets no traffic for ``fail_timeout``; the request is passed to
+  the next replica, except a POST that already reached one (nginx never repeats a
+  non-idempotent request, so an upload is never stored twice). A 503 is passed to the client
+  as it is: the app's clear answer (database down, overloaded, model loading).
 - Health, active: open-source nginx has none, so ``deploy/nginx/health_watch.py`` polls each
   replica's ``/health/ready`` and re-renders this file with the ones that fail marked
   ``down`` (then ``nginx -s reload``). Under Kubernetes the readinessProbe does this instead.
@@ -93,8 +93,11 @@ http {{
         proxy_connect_timeout {connect_timeout_s}s;
         proxy_read_timeout 120s;
         proxy_send_timeout 120s;
-        # A replica that is gone or not ready: try the next one (never a POST it received).
-        proxy_next_upstream error timeout http_502 http_503 http_504;
+        # A replica that is gone or frozen: try the next one (never a POST it received). Not on
+        # 503: that is the app's own clear answer (database down, overloaded), and counting it
+        # would mark every replica failed during a database outage and turn those answers
+        # into nginx's bare 502s. A replica that is not ready is health_watch.py's to remove.
+        proxy_next_upstream error timeout http_502 http_504;
         proxy_buffering off;
 
         location / {{

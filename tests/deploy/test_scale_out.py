@@ -304,7 +304,7 @@ def _restart_postgres_under_load(
 ) -> dict[str, Any]:
     alive = [r for r in replicas if r.process.poll() is None]
     load = Load(nginx, _loader_cookies(nginx, "loader2"), images)
-    marks: dict[str, float] = {}
+    marks: dict[str, Any] = {}
     down_probe: list[dict[str, Any]] = []
 
     def restart(load: Load) -> None:
@@ -314,6 +314,10 @@ def _restart_postgres_under_load(
         time.sleep(1)
         r = _ready(alive[0])
         down_probe.append({**r.json(), "http": r.status_code})
+        with nginx.client(timeout=20, cookies=load.cookies) as client:  # a page, through nginx
+            page = client.get("/history", headers={"Accept": "application/json"})
+            marks["page_status"] = page.status_code
+            marks["page_error"] = page.json().get("error") if page.status_code == 503 else 0
         time.sleep(2)
         marks["start"] = time.monotonic()
         pg.start()
@@ -328,6 +332,8 @@ def _restart_postgres_under_load(
     load.run(14, restart)
     assert down_probe and down_probe[0]["http"] == 503, down_probe
     assert down_probe[0]["down"] == ["database"] and down_probe[0]["checks"]["database"]["detail"]
+    # nginx passes the app's 503 on: not its own 502 for "no live upstreams"
+    assert (marks["page_status"], marks["page_error"]) == (503, "database_unavailable"), marks
     assert "ready" in marks, "the replicas did not report ready within 30 s of the restart"
     first_ack = min((o.at for o in load.acknowledged() if o.at > marks["started"]), default=None)
     assert first_ack is not None, "no upload went through after PostgreSQL came back"

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 
 from benchmarks.artifacts import resolve_models
+from benchmarks.registry import NAMES
 from benchmarks.stats import FIGURE_FIELDS, is_valid_figure
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SUITES = ("model", "preprocess", "service", "startup", "accuracy", "footprint", "peers", "edge")
+SUITES = NAMES  # every registered suite (benchmarks/registry.py)
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,10 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
+def _data_inputs(node: onnx.NodeProto, weights: set[str]) -> list[str]:
+    return [i for i in node.input if i and i not in weights]
+
+
 def candidate_layers(model: onnx.ModelProto) -> list[FineLayer]:
     """ReLU/Clip activations (NCHW) with a finer grid than the head's, nearest the head first."""
     head = find_head(model)
@@ -63,6 +67,41 @@ def candidate_layers(model: onnx.ModelProto) -> list[FineLayer]:
         if node.op_type in ("Clip", "Relu") and len(shape) == 4 and shape[2] > last[2]:
             out.append(FineLayer(node.output[0], shape[1], shape[2], shape[3]))
     return out
+
+
+def fine_layers(model: onnx.ModelProto) -> list[FineLayer]:
+    """The finer block nearest the head on each branch into it: one for a single backbone, one
+    per member for an ensemble whose members' maps are concatenated before the pooling.
+
+    The search walks back from each branch breadth-first, so a residual block's two paths are
+    both seen and the first finer activation met is the nearest.
+    """
+    head = find_head(model)
+    finer = {layer.tensor: layer for layer in candidate_layers(model)}
+    weights = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    top = producer.get(head.feature_map)
+    branches = (
+        _data_inputs(top, weights)
+        if top is not None and top.op_type == "Concat"
+        else [head.feature_map]
+    )
+    found = []
+    for branch in branches:
+        queue, seen = [branch], {branch}
+        while queue:
+            tensor = queue.pop(0)
+            if tensor in finer:
+                found.append(finer[tensor])
+                break
+            node = producer.get(tensor)
+            for name in _data_inputs(node, weights) if node is not None else []:
+                if name not in seen:
+                    seen.add(name)
+                    queue.append(name)
+    if len({(f.height, f.width) for f in found}) > 1:
+        raise ConversionError("the members' finer blocks have different grids")
+    return found
 
 
 class _Builder:
@@ -100,16 +139,61 @@ class _Builder:
             raise ConversionError(f"{node.op_type} {node.name}: not a single-input layer")
         return data[0]
 
-    def chain(self, start: str) -> list[onnx.NodeProto]:
-        """The nodes from ``start`` to the head's feature map, in forward order."""
-        nodes, tensor = [], self.head.feature_map
-        while tensor != start:
-            node = self.producer.get(tensor)
-            if node is None:
-                raise ConversionError(f"{start} does not lead to the head in a single chain")
-            nodes.append(node)
-            tensor = self.data_input(node)
-        return nodes[::-1]
+    def gradients(self, seed: str, starts: list[str]) -> dict[str, str]:
+        """Reverse mode from the head's feature map back to each of ``starts``.
+
+        Only nodes on a path from a start to the head take part; a tensor read by two of them
+        (a residual block's input) gets the sum of their gradients.
+        """
+        weights = set(self.weights)
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for name in _data_inputs(node, weights):
+                consumers.setdefault(name, []).append(node)
+        reached, queue = set(starts), list(starts)  # tensors that depend on a start
+        while queue:
+            for node in consumers.get(queue.pop(), []):
+                for out in node.output:
+                    if out not in reached:
+                        reached.add(out)
+                        queue.append(out)
+        if self.head.feature_map not in reached:
+            raise ConversionError(f"{starts} do not lead to the head")
+        grads = {self.head.feature_map: seed}
+        for node in reversed(list(self.graph.node)):  # ONNX nodes are in topological order
+            if node.output[0] not in grads or node.output[0] in starts:
+                continue
+            grad = grads.pop(node.output[0])
+            for name, part in self.backward_inputs(node, grad, reached):
+                grads[name] = (
+                    self.node("Add", [grads[name], part], "gsum") if name in grads else part
+                )
+        missing = [s for s in starts if s not in grads]
+        if missing:
+            raise ConversionError(f"no gradient reached {missing}")
+        return {s: grads[s] for s in starts}
+
+    def backward_inputs(
+        self, node: onnx.NodeProto, grad: str, reached: set[str]
+    ) -> list[tuple[str, str]]:
+        """(input, its gradient) for each input of ``node`` that depends on a start."""
+        inputs = [i for i in _data_inputs(node, set(self.weights)) if i in reached]
+        if node.op_type == "Add" and len(_data_inputs(node, set(self.weights))) == 2:
+            return [(i, grad) for i in inputs]  # a residual sum passes the gradient to both
+        if node.op_type == "Concat":
+            axis = helper.get_attribute_value(next(a for a in node.attribute if a.name == "axis"))
+            axis = axis % 4 + 1  # gradients carry a class axis after the batch
+            out, offset = [], 0
+            for name in node.input:
+                width = self.shapes[name][axis - 1]
+                if name in reached:
+                    bounds = [
+                        self.const(np.array([v], np.int64)) for v in (offset, offset + width, axis)
+                    ]
+                    out.append((name, self.node("Slice", [grad, *bounds], "gcat")))
+                offset += width
+            return out
+        return [(inputs[0], self.backward(node, grad))] if inputs else []
 
     def to4d(self, grad: str, shape: list[int]) -> str:
         return self.node("Reshape", [grad, self.const(np.array([-1, *shape[1:]], np.int64))], "r4")
@@ -175,8 +259,9 @@ class _Builder:
             return self.to5d(back, xs)
         raise ConversionError(f"no backward rule for {op} ({node.name})")
 
-    def build(self, layer: FineLayer, expose_alphas: bool = False) -> str:
-        """Append the maps for ``layer``; returns the maps' tensor name."""
+    def build(self, layers: list[FineLayer], expose_alphas: bool = False) -> str:
+        """Append the maps for ``layers`` (summed: the members' evidence adds up in the logit);
+        returns the maps' tensor name."""
         head, fmap = self.head, self.head.feature_map
         shape = self.shapes[fmap]
         # d logit_c / d A_last = kernel[:, c] / (h*w) everywhere (the mean pool + Dense head)
@@ -191,48 +276,55 @@ class _Builder:
         zeros = self.node("Mul", [fmap, self.const(np.array(0.0, np.float32))], "zero")
         zeros = self.node("Unsqueeze", [zeros, self.const(np.array([1], np.int64))], "z5")
         grad = self.node("Add", [zeros, seed], "seed5")  # [N, 1, C, h, w]
-        for node in reversed(self.chain(layer.tensor)):
-            grad = self.backward(node, grad)
-        alphas = self.node("ReduceMean", [grad], "alpha", axes=[3, 4], keepdims=0)  # opset 17
-        alphas = self.node(
-            "Reshape",
-            [alphas, self.const(np.array([-1, self.classes, layer.channels], np.int64))],
-            "alpha3",
-        )
-        flat = self.node(
-            "Reshape",
-            [
-                layer.tensor,
-                self.const(np.array([-1, layer.channels, layer.height * layer.width], np.int64)),
-            ],
-            "aflat",
-        )
-        maps = self.node("MatMul", [alphas, flat], "mm")
-        target = np.array([-1, self.classes, layer.height, layer.width], np.int64)
-        maps = self.node("Reshape", [maps, self.const(target)], "maps")
-        if expose_alphas:
-            self.graph.node.append(helper.make_node("Identity", [alphas], [ALPHAS]))
-            self.graph.output.append(
-                helper.make_tensor_value_info(
-                    ALPHAS, onnx.TensorProto.FLOAT, ["N", self.classes, layer.channels]
-                )
+        grads = self.gradients(grad, [layer.tensor for layer in layers])
+        height, width = layers[0].height, layers[0].width
+        total = None
+        for layer in layers:
+            alphas = self.node(
+                "ReduceMean", [grads[layer.tensor]], "alpha", axes=[3, 4], keepdims=0
+            )  # opset 17
+            alphas = self.node(
+                "Reshape",
+                [alphas, self.const(np.array([-1, self.classes, layer.channels], np.int64))],
+                "alpha3",
             )
-        return maps
+            flat = self.node(
+                "Reshape",
+                [
+                    layer.tensor,
+                    self.const(np.array([-1, layer.channels, height * width], np.int64)),
+                ],
+                "aflat",
+            )
+            maps = self.node("MatMul", [alphas, flat], "mm")
+            total = maps if total is None else self.node("Add", [total, maps], "msum")
+            if expose_alphas and len(layers) == 1:
+                self.graph.node.append(helper.make_node("Identity", [alphas], [ALPHAS]))
+                self.graph.output.append(
+                    helper.make_tensor_value_info(
+                        ALPHAS, onnx.TensorProto.FLOAT, ["N", self.classes, layer.channels]
+                    )
+                )
+        assert total is not None
+        target = np.array([-1, self.classes, height, width], np.int64)
+        return self.node("Reshape", [total, self.const(target)], "maps")
 
 
 def add_fine_maps(
-    model: onnx.ModelProto, layer: FineLayer, output: str, expose_alphas: bool = False
+    model: onnx.ModelProto, layers: list[FineLayer], output: str, expose_alphas: bool = False
 ) -> onnx.ModelProto:
-    """A copy of ``model`` with ``output`` [N, 1, h, w]: the Grad-CAM map on ``layer`` of the
-    class given as the ``label`` input, before the ReLU (the server clips and scales)."""
+    """A copy of ``model`` with ``output`` [N, 1, h, w]: the Grad-CAM map on ``layers`` (summed)
+    of the class given as the ``label`` input, before the ReLU (the server clips and scales)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     builder = _Builder(out, find_head(model), f"gradcam_{output}")
-    maps = builder.build(layer, expose_alphas)
+    maps = builder.build(layers, expose_alphas)
     out.graph.node.append(helper.make_node("Identity", [maps], [output]))
     out.graph.output.append(
         helper.make_tensor_value_info(
-            output, onnx.TensorProto.FLOAT, ["N", builder.classes, layer.height, layer.width]
+            output,
+            onnx.TensorProto.FLOAT,
+            ["N", builder.classes, layers[0].height, layers[0].width],
         )
     )
     onnx.checker.check_model(out)
@@ -251,7 +343,7 @@ def check_alphas(
     import onnxruntime as ort
 
     head = find_head(model)
-    checked = add_fine_maps(model, layer, "gradcam_check_maps", expose_alphas=True)
+    checked = add_fine_maps(model, [layer], "gradcam_check_maps", expose_alphas=True)
     session = ort.InferenceSession(checked.SerializeToString(), providers=["CPUExecutionProvider"])
     logits_name = _logits_tensor(model, head)
     probe = onnx.ModelProto()
@@ -265,32 +357,41 @@ def check_alphas(
     probe_session = ort.InferenceSession(
         probe.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    tail = onnx.utils.Extractor(probe).extract_model([layer.tensor], [logits_name])
+    input_name = session.get_inputs()[0].name
+    # An ensemble's other members still read the image: the tail then takes both.
+    tail = onnx.utils.Extractor(probe).extract_model([input_name, layer.tensor], [logits_name])
+    used = {i for n in tail.graph.node for i in n.input}
+    for unused in [i for i in tail.graph.input if i.name not in used]:
+        tail.graph.input.remove(unused)
     tail_session = ort.InferenceSession(
         tail.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    input_name = session.get_inputs()[0].name
+    tail_inputs = {i.name for i in tail_session.get_inputs()}
     worst = 0.0
     rng = np.random.default_rng(0)
     classes = int(head.kernel.shape[1])
     for x in batch:
         activation = probe_session.run([layer.tensor], {input_name: x[None]})[0]
+        all_alphas = np.stack(  # [classes, channels]
+            [
+                session.run([ALPHAS], {input_name: x[None], LABEL: np.array([c])})[0][0, 0]
+                for c in range(classes)
+            ]
+        )
+        # Relative to the layer's largest weight: a channel whose weights are all near zero
+        # (dead below every ReLU6) would otherwise turn float32 noise into a huge ratio.
+        scale = max(float(np.abs(all_alphas).max()), 1e-6)
         channels_checked = rng.choice(
             layer.channels, size=min(channels, layer.channels), replace=False
         )
         for k in channels_checked:
             step = np.zeros_like(activation)
             step[:, k] = EPS
-            up = tail_session.run(None, {layer.tensor: activation + step})[0]
-            down = tail_session.run(None, {layer.tensor: activation - step})[0]
+            image = {input_name: x[None]} if input_name in tail_inputs else {}
+            up = tail_session.run(None, {**image, layer.tensor: activation + step})[0]
+            down = tail_session.run(None, {**image, layer.tensor: activation - step})[0]
             numeric = (up - down)[0] / (2 * EPS) / (layer.height * layer.width)
-            exact = np.array(
-                [
-                    session.run([ALPHAS], {input_name: x[None], LABEL: np.array([c])})[0][0, 0, k]
-                    for c in range(classes)
-                ]
-            )
-            scale = max(float(np.abs(exact).max()), 1e-6)
+            exact = all_alphas[:, k]
             worst = max(worst, float(np.abs(numeric - exact).max()) / scale)
     if not worst <= ALPHA_MAX_REL_ERROR:
         raise GateError(

@@ -30,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     split.add_argument("-o", "--out", type=Path, default=None)
 
+    pk = sub.add_parser("pack", help="copy train/val JPEGs + labels for a GPU machine")
+    pk.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
+    pk.add_argument(
+        "--parts", nargs="+", default=["train", "val"], choices=["train", "val", "test"]
+    )
+    pk.add_argument("-o", "--out", type=Path, required=True)
+
     tr = sub.add_parser("train", help="fine-tune, calibrate and save a Keras HDF5 model")
     tr.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
     tr.add_argument(
@@ -61,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         help="JPEG re-compression and rescaling augmentation",
     )
 
+    ens = sub.add_parser("ensemble", help="members from training.portable -> one calibrated HDF5")
+    ens.add_argument("members", type=Path, nargs="+", help="member folders (member.json inside)")
+    ens.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    ens.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
+    ens.add_argument("-o", "--out", type=Path, default=Path("models/skin_lesion.h5"))
+
     card = sub.add_parser("card", help="measure a converted model for the model card")
     card.add_argument("model", type=Path, help="ONNX model (the one the server loads)")
     card.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
@@ -83,6 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         from training.split import SPLIT_CSV, make_split, write_split
 
         write_split(make_split(args.metadata), args.out or SPLIT_CSV)
+        return 0
+
+    if args.command == "pack":
+        from training.portable import pack
+        from training.split import read_split
+
+        count = pack(args.images, read_split(), args.out, tuple(args.parts))
+        print(f"{count} images -> {args.out}")
+        return 0
+
+    if args.command == "ensemble":
+        from training.ensemble import assemble
+
+        summary = assemble(args.members, args.out, args.images, args.checkpoint)
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "members")}))
         return 0
 
     if args.command == "compare":

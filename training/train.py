@@ -136,7 +136,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     import tensorflow as tf
     from tqdm.keras import TqdmCallback
 
-    from training.models import build_model, fold_temperature, logits_model
+    from training.models import build_model
 
     seed_everything(cfg.seed)
     rows = read_split(cfg.split_csv)
@@ -212,41 +212,66 @@ def train(cfg: TrainConfig) -> dict[str, object]:
             best_bma = bma
             model.save_weights(checkpoint)
     model.load_weights(checkpoint)
+    checkpoint.unlink(missing_ok=True)
+    summary: dict[str, object] = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "history": history,
+        "best_val_bma": best_bma,
+        "train_minutes": (time.perf_counter() - started) / 60,
+    }
+    return finalise(model, x_val, y_val, cfg.out, cfg.size, summary, cfg.mel_sensitivity)
 
-    # Calibrate on val only: fit T on the logits, fold it into the dense layer.
-    val_logits = logits_model(model).predict(x_val.astype(np.float32), batch_size=128, verbose=0)
+
+def finalise(
+    model: object,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    out: Path,
+    size: tuple[int, int],
+    summary: dict[str, object],
+    mel_sensitivity: float = 0.85,
+) -> dict[str, object]:
+    """Calibrate on val, set the melanoma threshold, and write ``out`` (.h5) with its spec.
+
+    Temperature scaling is folded into the Dense ``logits`` layer; the threshold is the largest
+    melanoma probability that keeps ``mel_sensitivity`` on val. Writes ``<out>.training.json``
+    with ``summary`` and the calibration figures.
+    """
+    from training.models import fold_temperature, logits_model
+
+    x = x_val.astype(np.float32)
+    val_logits = logits_model(model).predict(x, batch_size=128, verbose=0)  # type: ignore[arg-type]
     temperature = fit_temperature(val_logits, y_val)
     ece_before = expected_calibration_error(softmax(val_logits, axis=1), y_val)
-    fold_temperature(model, temperature)
-    val_probs = model.predict(x_val.astype(np.float32), batch_size=128, verbose=0)
+    fold_temperature(model, temperature)  # type: ignore[arg-type]
+    val_probs = model.predict(x, batch_size=128, verbose=0)  # type: ignore[attr-defined]
     ece_after = expected_calibration_error(val_probs, y_val)
     is_mel = y_val == MEL
     mel_threshold = (
-        threshold_for_sensitivity(val_probs[:, MEL], is_mel, cfg.mel_sensitivity)
+        threshold_for_sensitivity(val_probs[:, MEL], is_mel, mel_sensitivity)
         if is_mel.any()
         else 0.5
     )
     mel_sens, mel_spec = sensitivity_specificity(val_probs[:, MEL], is_mel, mel_threshold)
 
-    model.save(cfg.out)  # legacy Keras HDF5: the format the conversion pipeline consumes
-    summary: dict[str, object] = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "history": history,
-        "best_val_bma": best_bma,
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)  # type: ignore[attr-defined]  # legacy Keras HDF5: what conversion reads
+    summary = {
+        **summary,
+        "final_val_bma": balanced_accuracy(y_val, val_probs.argmax(1), len(HAM10000_LABELS)),
         "temperature": temperature,
         "val_ece_before": ece_before,
         "val_ece_after": ece_after,
         "mel_threshold": mel_threshold,
         "val_mel_sensitivity": mel_sens,
         "val_mel_specificity": mel_spec,
-        "train_minutes": (time.perf_counter() - started) / 60,
     }
     spec = {
-        "name": cfg.out.stem,
+        "name": out.stem,
         "labels": list(HAM10000_LABELS),
         "label_names": [HAM10000_NAMES[c] for c in HAM10000_LABELS],
-        "input_width": cfg.size[0],
-        "input_height": cfg.size[1],
+        "input_width": size[0],
+        "input_height": size[1],
         "input_scale": 1.0,
         "input_offset": 0.0,
         "resample_via": list(SOURCE_SIZE),
@@ -255,11 +280,10 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         "training_data": TRAINING_DATA,
         "license": DATA_LICENSE,
     }
-    with h5py.File(cfg.out, "a") as fh:
+    with h5py.File(out, "a") as fh:
         fh.attrs[SPEC_ATTR] = json.dumps(spec)
-    cfg.out.with_suffix(".training.json").write_text(json.dumps(summary, indent=2))
-    checkpoint.unlink(missing_ok=True)
-    _check_reload(cfg.out, model, x_val[:16])
+    out.with_suffix(".training.json").write_text(json.dumps(summary, indent=2))
+    _check_reload(out, model, x_val[:16])
     return summary
 
 

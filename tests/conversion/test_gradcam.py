@@ -27,12 +27,21 @@ def batch(model: onnx.ModelProto, fixture_images: list[tuple[Path, str]]) -> np.
     return np.stack([preprocess(p.read_bytes(), spec) for p, _ in fixture_images[:2]])
 
 
-def test_the_finer_block_has_a_finer_grid_and_correct_weights(
+def test_each_member_has_a_finer_block_with_correct_weights(
     model: onnx.ModelProto, batch: np.ndarray
 ) -> None:
-    layer = gradcam.candidate_layers(model)[0]
-    assert (layer.height, layer.width) == (7, 10)  # against the head's 3x5
-    assert gradcam.check_alphas(model, layer, batch) <= gradcam.ALPHA_MAX_REL_ERROR
+    from conversion.cam import find_head
+
+    layers = gradcam.fine_layers(model)
+    head = gradcam._shapes(model)[find_head(model).feature_map]
+    producer = {o: n for n in model.graph.node for o in n.output}
+    top = producer[find_head(model).feature_map]
+    members = len(top.input) if top.op_type == "Concat" else 1
+    assert len({layer.tensor for layer in layers}) == members  # one block per ensemble member
+    assert len({(layer.height, layer.width) for layer in layers}) == 1
+    for layer in layers:
+        assert layer.height > head[2] and layer.width > head[3]
+        assert gradcam.check_alphas(model, layer, batch) <= gradcam.ALPHA_MAX_REL_ERROR
 
 
 def test_the_check_fails_on_a_wrong_backward_pass(
@@ -46,4 +55,4 @@ def test_the_check_fails_on_a_wrong_backward_pass(
 
     monkeypatch.setattr(gradcam._Builder, "backward", no_masks)
     with pytest.raises(GateError, match="finite differences"):
-        gradcam.check_alphas(model, gradcam.candidate_layers(model)[0], batch)
+        gradcam.check_alphas(model, gradcam.fine_layers(model)[0], batch)

@@ -1,0 +1,123 @@
+"""Members trained by ``training.portable`` -> one Keras model -> calibrated HDF5.
+
+The members' last feature maps are concatenated and pooled by one Dense layer whose kernel is
+the members' kernels stacked and divided by their number, so the logits are exactly the mean of
+the members' logits. The result is an ordinary GAP -> Dense head over one feature map: one
+``session.run`` serves all members, and the conversion pipeline's class maps, Grad-CAM and the
+gate's features treat it like a single model. The members must share an input size and a final
+grid (MobileNet-0.25 gives 4x6 at 200x150, MobileNetV2 5x7, so they do not mix).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.inference.spec import HAM10000_LABELS
+from conversion.metrics import balanced_accuracy
+from training.portable import BEST, LAST, MEMBER_JSON
+
+
+def read_member(folder: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads((folder / MEMBER_JSON).read_text())
+    return summary
+
+
+def build_ensemble(members: list[Path], checkpoint: str = "best") -> Any:
+    """One Keras model averaging the members' logits; softmax output named ``probs``."""
+    import keras
+    from keras import layers
+
+    from training.models import build_model
+
+    configs = [read_member(m)["config"] for m in members]
+    sizes = {tuple(c["size"]) for c in configs}
+    if len(sizes) != 1:
+        raise ValueError(f"members differ in input size: {sorted(sizes)}")
+    size: tuple[int, int] = sizes.pop()  # type: ignore[assignment]
+    width, height = size
+    inputs = keras.Input((height, width, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
+    maps, kernels, biases = [], [], []
+    for i, (folder, cfg) in enumerate(zip(members, configs, strict=True)):
+        member = build_model(cfg["arch"], size, None)
+        member.load_weights(folder / (BEST if checkpoint == "best" else LAST))
+        backbone = member.get_layer("backbone")
+        backbone.name = f"backbone_{i}"
+        maps.append(backbone(x))
+        kernel, bias = member.get_layer("logits").get_weights()
+        kernels.append(kernel)
+        biases.append(bias)
+    grids = {tuple(m.shape[1:3]) for m in maps}
+    if len(grids) != 1:
+        raise ValueError(f"members' feature grids differ: {sorted(grids)}")
+    merged = layers.Concatenate(name="members")(maps) if len(maps) > 1 else maps[0]
+    pooled = layers.GlobalAveragePooling2D(name="gap")(merged)
+    pooled = layers.Dropout(0.2, name="dropout")(pooled)
+    dense = layers.Dense(len(HAM10000_LABELS), name="logits")
+    logits = dense(pooled)
+    outputs = layers.Activation("softmax", name="probs")(logits)
+    model = keras.Model(inputs, outputs, name=f"ensemble_{len(members)}")
+    dense.set_weights([np.concatenate(kernels) / len(members), np.mean(biases, axis=0)])
+    return model
+
+
+def assemble(
+    members: list[Path], out: Path, images: Path, checkpoint: str = "best"
+) -> dict[str, object]:
+    """Build, check against the members, calibrate on val and write ``out``."""
+    from training.data import load_split_arrays
+    from training.models import logits_model
+    from training.split import read_split
+    from training.train import finalise
+
+    model = build_ensemble(members, checkpoint)
+    summaries = [read_member(m) for m in members]
+    size = tuple(summaries[0]["config"]["size"])
+    x_val, y_val = load_split_arrays(images, read_split(), "val", size)  # type: ignore[arg-type]
+    logits = logits_model(model).predict(x_val.astype(np.float32), batch_size=128, verbose=0)
+    _check_mean_of_members(model, members, checkpoint, x_val[:32])
+    archs = sorted({s["config"]["arch"] for s in summaries})
+    summary: dict[str, object] = {
+        "config": {
+            "arch": f"ensemble of {len(members)}: " + ", ".join(archs),
+            "size": list(size),
+            "checkpoint": checkpoint,
+            "members": [s["config"] for s in summaries],
+            "backend": summaries[0].get("backend"),
+        },
+        "history": [],
+        "members": [
+            {
+                "name": s["config"]["name"],
+                "best_val_bma": s["best_val_bma"],
+                "epochs": s["epochs"],
+                "history": s["history"],
+            }
+            for s in summaries
+        ],
+        "best_val_bma": balanced_accuracy(y_val, logits.argmax(1), len(HAM10000_LABELS)),
+        "train_minutes": round(
+            max(s["history"][-1]["seconds"] for s in summaries) / 60, 1
+        ),  # in parallel, on the GPU machine
+    }
+    return finalise(model, x_val, y_val, out, size, summary)  # type: ignore[arg-type]
+
+
+def _check_mean_of_members(model: Any, members: list[Path], checkpoint: str, x: np.ndarray) -> None:
+    """The merged head must give the mean of the members' own logits (an identity, not a fit)."""
+    from training.models import build_model, logits_model
+
+    merged = logits_model(model).predict(x.astype(np.float32), verbose=0)
+    own = []
+    for folder in members:
+        cfg = read_member(folder)["config"]
+        member = build_model(cfg["arch"], tuple(cfg["size"]), None)
+        member.load_weights(folder / (BEST if checkpoint == "best" else LAST))
+        own.append(logits_model(member).predict(x.astype(np.float32), verbose=0))
+    diff = float(np.abs(merged - np.mean(own, axis=0)).max())
+    if diff > 1e-3:
+        raise RuntimeError(f"the merged model is not the mean of its members (max diff {diff})")

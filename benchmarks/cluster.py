@@ -335,11 +335,13 @@ def running_nginx(
     render = [sys.executable, str(NGINX_DIR / "render.py"), *argv]
     conf.write_text(subprocess.run(render, check=True, capture_output=True, text=True).stdout)
     nginx = _which("nginx") or "nginx"
-    check = subprocess.run([nginx, "-t", "-p", str(root), "-c", str(conf)], capture_output=True)
+    # -e: the start-up error log too (the default, /var/log/nginx, needs root)
+    base = [nginx, "-e", str(root / "error.log"), "-p", str(root), "-c", str(conf)]
+    check = subprocess.run([*base, "-t"], capture_output=True)
     if check.returncode != 0:
         raise ClusterError(f"nginx -t refused the configuration:\n{check.stderr.decode()}")
     process = subprocess.Popen(
-        [nginx, "-p", str(root), "-c", str(conf), "-g", "daemon off;"],
+        [*base, "-g", "daemon off;"],
         stdout=subprocess.DEVNULL,
         stderr=(root / "stderr.log").open("wb"),
         start_new_session=True,

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="one poll, then exit")
     args = parser.parse_args(ours)
     rendering = render.build_parser().parse_args(theirs)
-    reload_argv = [args.nginx, "-s", "reload", "-p", rendering.prefix, "-c", str(args.conf)]
+    reload_argv = [args.nginx, "-e", rendering.error_log, "-s", "reload"]
+    reload_argv += ["-p", rendering.prefix, "-c", str(args.conf)]
     while True:
         down = failing(rendering.upstream, args.timeout)
         if apply(args.conf, render.render_args(rendering, down), reload_argv):

@@ -268,6 +268,43 @@ def cmd_localise(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_int8_sweep(args: argparse.Namespace) -> int:
+    from conversion.files import write_text
+    from conversion.int8_sweep import sweep
+
+    result = sweep(args.model, args.images, args.labels_csv, args.count, args.only)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        write_text(args.json, text + "\n")
+    return 0
+
+
+def cmd_fp16(args: argparse.Namespace) -> int:
+    from conversion.fp16 import check, to_fp16
+    from conversion.images import balanced_subset, preprocess_paths, read_labels
+
+    out = args.out or args.model.with_name(args.model.stem + "_fp16.onnx")
+    to_fp16(args.model, out)
+    from conversion.convert import read_spec
+
+    samples = balanced_subset(read_labels(args.labels_csv, args.images, args.split), args.count)
+    batch = preprocess_paths([s.path for s in samples], read_spec(args.model))
+    result = check(args.model, out, batch)
+    print(json.dumps({"file": str(out), **result}, indent=2))
+    manifest = args.model.parent / "manifest.json"
+    if manifest.is_file():  # hashed beside the other files, with its check
+        from conversion.build import file_entry
+        from conversion.files import write_text
+
+        doc = json.loads(manifest.read_text())
+        entry = file_entry(out, manifest.parent, read_spec(out))
+        doc.setdefault("files", {})["fp16"] = {**entry, "check": result}
+        write_text(manifest, json.dumps(doc, indent=2) + "\n")
+        print(f"recorded it in {manifest}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m conversion", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -366,6 +403,23 @@ def parser() -> argparse.ArgumentParser:
     loc.add_argument("--sheet", type=Path, help="a PNG of the first 60 references, to check by eye")
     add_data_flags(loc)
     loc.set_defaults(func=cmd_localise)
+
+    f16 = sub.add_parser("fp16", help="an FP16 copy for the CUDA provider, checked against FP32")
+    f16.add_argument("model", type=Path, help="the FP32 ONNX model")
+    f16.add_argument("-o", "--out", type=Path, help="default: <model>_fp16.onnx beside it")
+    f16.add_argument("--count", type=int, default=140, help="checked images (class-balanced)")
+    add_data_flags(f16)
+    f16.set_defaults(func=cmd_fp16)
+
+    sw = sub.add_parser(
+        "int8-sweep", help="INT8 recipes against FP32: gates on val, speed on one thread"
+    )
+    sw.add_argument("model", type=Path, help="the FP32 ONNX model")
+    sw.add_argument("--json", type=Path, help="also write the table here")
+    sw.add_argument("--count", type=int, default=200, help="calibration images (train split)")
+    sw.add_argument("--only", action="append", help="run only this recipe (repeatable)")
+    add_data_flags(sw, calibration=True)
+    sw.set_defaults(func=cmd_int8_sweep)
     return p
 
 

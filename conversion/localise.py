@@ -76,6 +76,9 @@ class Localisation:
     images: int
 
 
+MULTI_SCALE = "multi_scale_average"
+
+
 def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A [rows, cols] map to (width, height) pixels, bilinear between cell centres."""
     positive = np.maximum(cam, 0).astype(np.float32)
@@ -135,7 +138,7 @@ def measure_split(
     on every image of ``part`` whose reference did not plainly fail, with the baselines."""
     import onnxruntime as ort
 
-    from app.inference.explain import CLASS_MAPS, FINE_MAPS, LABEL
+    from app.inference.explain import CLASS_MAPS, FINE_MAPS, LABEL, multi_scale
     from app.inference.preprocess import prepare
     from app.inference.spec import ModelSpec
     from conversion.images import read_labels
@@ -170,6 +173,10 @@ def measure_split(
     if sheet is not None:
         cv2.imwrite(str(sheet), overlay_sheet(shown, shown_masks)[..., ::-1])
     base = baselines(masks)
+    if CLASS_MAPS in maps and FINE_MAPS in maps:  # what the server shows (Explainer.class_map)
+        maps[MULTI_SCALE] = [
+            multi_scale(c, f) for c, f in zip(maps[CLASS_MAPS], maps[FINE_MAPS], strict=True)
+        ]
     return {
         "split": part,
         "images": len(samples),
@@ -177,7 +184,7 @@ def measure_split(
         "reference": "classical segmentation (conversion/localise.py), not an outline by a "
         "dermatologist",
         "maps": {
-            n: {"grid": list(maps[n][0].shape), **asdict(score(maps[n], masks))} for n in wanted
+            n: {"grid": list(maps[n][0].shape), **asdict(score(maps[n], masks))} for n in maps
         },
         "baselines": {
             "centre_pointing": base["centre"].pointing,

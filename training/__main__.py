@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ens.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
     ens.add_argument("-o", "--out", type=Path, default=Path("models/skin_lesion.h5"))
 
+    lev = sub.add_parser("levers", help="val figures of a fleet run's members and ensembles")
+    lev.add_argument("run", type=Path, help="the folder `training.portable fleet` wrote")
+    lev.add_argument("-o", "--out", type=Path, default=Path("models/card/levers.json"))
+
     card = sub.add_parser("card", help="measure a converted model for the model card")
     card.add_argument("model", type=Path, help="ONNX model (the one the server loads)")
     card.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
@@ -111,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = assemble(args.members, args.out, args.images, args.checkpoint)
         print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "members")}))
+        return 0
+
+    if args.command == "levers":
+        from training.ensemble import levers
+
+        figures = levers(args.run)
+        args.out.write_text(json.dumps(figures, indent=1) + "\n")
+        for name, row in {**figures["members"], **figures["ensembles"]}.items():
+            print(f"{name:32s} val BMA {row['val_bma']:.4f}  val AUC {row['val_auc']:.4f}")
         return 0
 
     if args.command == "compare":

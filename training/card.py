@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-TARGETS = {  # issue 3 acceptance, on the lesion-level test split
-    "bma": (">=", 0.75),
-    "auc_macro_ovr": (">=", 0.94),
+TARGETS = {  # issue 17 acceptance (ECE: issue 3), on the lesion-level test split
+    "bma": (">=", 0.68),
+    "auc_macro_ovr": (">=", 0.95),
     "mel_sensitivity": (">=", 0.85),
     "mel_specificity": (">=", 0.75),
     "ece": ("<=", 0.05),
@@ -137,7 +137,8 @@ cannot judge. Thresholds live in `{entry["path"]}`, refitted by `python -m conve
 **Limits.** The gate is not a guarantee: a real lesion photographed badly may be refused, and an
 out-of-scope lesion (or a lesion-like texture) photographed well may pass. It learnt "dermoscopy"
 from one dataset (HAM10000): other dermatoscopes may be refused more often than these figures say.
-Measured on 300 test images altered as another device might show them: a random colour cast of up
+Measured (for the previous model's gate) on 300 test images altered as another device might show
+them: a random colour cast of up
 to 15 % per channel raised false rejects to 5.7 %, a black circular vignette to 3.0 %, a square
 224x224 crop to 2.3 %, a 90 degree turn to 1.7 %, a 1024x768 upscale to 1.3 % (unaltered: 1.0 %).
 Setting the threshold on such altered copies too would have let the distribution check pass 26 %
@@ -166,9 +167,9 @@ Measured with `python -m conversion localise models/skin_lesion_cam.onnx --split
 the {doc["split"]} split, for the predicted class's map, against lesion references made without
 hand labelling: a classical segmentation (darker or differently coloured than the surrounding
 skin, Otsu, morphology, the component nearest the centre). It dropped {doc["dropped"]} of
-{doc["images"]} images where it plainly failed (nothing plausible found); of the first 60 checked
-by eye (`models/card/lesion_references.png`), about 3 of the 56 kept are still wrong (a hair
-tuft, a neighbouring patch, a dot).
+{doc["images"]} images where it plainly failed (nothing plausible found). Of the first 60 checked
+by eye at 200x150 (`models/card/lesion_references.png`), 3 were dropped and about 4 of the 57 kept
+are wrong or partial (a hair tuft, a neighbouring patch, a dot, a fragment of a faint lesion).
 
 | map (grid) | pointing game: peak inside the lesion | share of the map inside the lesion |
 |---|---|---|
@@ -176,13 +177,168 @@ tuft, a neighbouring patch, a dot).
 | baseline: the image centre | {base["centre_pointing"] * 100:.1f}% | |
 | baseline: a uniform map | | {base["uniform_mass"]:.2f} |
 
-The service shows `fine_maps`: Grad-CAM on the 7x10 block before the last stride (its weights
-checked against finite differences of the model's logits when it is built). It points at the
-lesion clearly more often than the 3x5 map, but **misses the targets (pointing >= 90 %, mass >=
-0.65) and still loses to simply pointing at the centre**, where dermoscopy puts the lesion. So the
-map is a view of the model's evidence, not a lesion finder; a segmentation is not a dermatologist's
-outline either. What would close the gap is a model that attends to the lesion (issue "model").
+{_previous_localisation()}
+The service shows `multi_scale_average`: the last block's exact class map averaged with Grad-CAM
+on each member's finer block before the last stride (the members' maps summed; their weights are
+checked against finite differences of the model's logits when it is built). It was the best of
+the three on the **val** split (pointing 70.9 %, against 68.2 % for the last block and 54.1 % for
+the finer block; `--split val`), and it points at the lesion more often than the previous
+model's map, but it **misses the targets (pointing >= 90 %, mass >= 0.65) and still loses to
+simply pointing at the centre**, where dermoscopy puts the lesion. So the map is a view of the
+model's evidence, not a lesion finder; a segmentation is not a dermatologist's outline either.
 """
+
+
+def _previous_localisation() -> str:
+    path = Path("models") / "card" / "previous_localisation.json"
+    if not path.is_file():
+        return ""
+    doc = json.loads(path.read_text())
+    rows = "\n".join(
+        f"| previous model, `{name}` ({'x'.join(str(d) for d in m['grid'])}) | "
+        f"{m['pointing'] * 100:.1f}% | {m['mass']:.2f} |"
+        for name, m in doc["maps"].items()
+    )
+    return f"""
+The model this one replaced (MobileNet-0.25 at 160x120), same split and method
+(`previous_localisation.json`; its shown map was `fine_maps`):
+
+| map (grid) | pointing game | share inside the lesion |
+|---|---|---|
+{rows}
+"""
+
+
+def _architecture(cfg: dict[str, Any]) -> str:
+    if not cfg.get("members"):
+        return (
+            f"`{cfg['arch']}` (ImageNet-pretrained backbone from Keras Applications), "
+            "global-average-pooling + dense head (kept so class-activation maps need no "
+            "retraining), temperature folded into the dense layer before the softmax."
+        )
+    members = cfg["members"]
+    return (
+        f"an ensemble of {len(members)} ImageNet-pretrained `{members[0]['arch']}` backbones "
+        "(Keras Applications; seeds "
+        + ", ".join(str(m["seed"]) for m in members)
+        + ") in **one graph**: their last feature maps are concatenated and read by one "
+        "global-average-pooling + dense head whose kernel is the members' kernels stacked and "
+        "divided by their number, so the logits are exactly the mean of the members' logits "
+        "(checked when the model is assembled). One `session.run` serves all members, and the "
+        "gate, calibration and explanations see one model. Temperature folded into the dense "
+        "layer before the softmax."
+    )
+
+
+def _issue17_section(metrics: dict[str, Any]) -> str:
+    """Levers measured on val, the previous model beside this one on test, INT8 recipes."""
+    card = Path("models/card")
+    out = []
+    levers_path = card / "levers.json"
+    if levers_path.is_file():
+        lev = json.loads(levers_path.read_text())
+
+        def recipe(c: dict[str, Any]) -> str:
+            if not c.get("strong_aug", True) and not c.get("mix_prob"):
+                return "plain (flips, rotation, zoom, shift, colour jitter)"
+            return "full (+ MixUp/CutMix, illuminant, vignette, hairs, label smoothing)"
+
+        rows = "\n".join(
+            f"| {name} | `{m['config']['arch']}` | {m['config']['size'][0]}x"
+            f"{m['config']['size'][1]} | {recipe(m['config'])} | {m['config']['seed']} | "
+            f"{m['epochs']} | {m['val_bma']:.3f} | {m['val_auc']:.3f} |"
+            for name, m in lev["members"].items()
+        )
+        ens = "\n".join(
+            f"| {name} | {', '.join(e['members'])} | {e['val_bma']:.3f} | {e['val_auc']:.3f} |"
+            for name, e in lev["ensembles"].items()
+        )
+        out.append(f"""## What was tried for this model (issue 17), on the val split
+All members trained at once on one GPU lease (PyTorch backend, `python -m training.portable
+fleet`, plan `training/plans/gpu.json`), each with a 290 s budget that fixed its cosine schedule
+after two epochs (AdamW, warm-up, batch 64, class-balanced nevus sampling, square-root class
+weights). Best epoch by val BMA. Figures from `python -m training levers {lev["run"]}`.
+
+| member | backbone | input | recipe | seed | epochs | val BMA | val AUC |
+|---|---|---|---|---|---|---|---|
+{rows}
+
+| ensemble (mean of logits) | members | val BMA | val AUC |
+|---|---|---|---|
+{ens}
+
+- **Native resolution** paid: MobileNet-0.25 at 200x150 against 160x120, same seed and recipe
+  (m1 against a_160x120).
+- **The heavier recipe did not pay in these short schedules**: a_plain beat m1 on val BMA.
+  MixUp/CutMix and the artefact augmentations usually need longer training than 27 epochs.
+- **Backbone**: MobileNetV2-0.35 beat MobileNet-0.25 by 4-5 BMA points at twice the cost.
+- **Ensembles** paid: three MobileNetV2-0.35 members over the best single one. Mixed
+  ensembles cannot share one head here (4x6 against 5x7 feature grids at 200x150).
+- **Distillation** was not tried: the GPU lease (15 minutes in all) was spent on the members.
+- Flip test-time augmentation did not help the earlier model (below) and was not repeated.
+""")
+    previous_path = card / "previous_metrics.json"
+    if previous_path.is_file():
+        prev = json.loads(previous_path.read_text())
+        lines = "\n".join(
+            f"| {NAMES[k]} | {prev['point'][k]:.3f} ({prev['ci95'][k][0]:.3f} – "
+            f"{prev['ci95'][k][1]:.3f}) | {metrics['point'][k]:.3f} ({metrics['ci95'][k][0]:.3f}"
+            f" – {metrics['ci95'][k][1]:.3f}) |"
+            for k in NAMES
+        )
+        out.append(f"""## This model beside the one it replaced (same test split)
+The previous model was MobileNet-0.25 at 160x120 (CPU-trained, `previous_metrics.json`).
+
+| metric | previous model (95% CI) | this model (95% CI) |
+|---|---|---|
+{lines}
+| full-resolution top-1 agreement (44 originals) | {prev["fullres"]["top1_agreement"]:.3f} | {metrics["fullres"]["top1_agreement"]:.3f} |
+""")
+    sweep_path = card / "int8_sweep.json"
+    if sweep_path.is_file():
+        sw = json.loads(sweep_path.read_text())
+        rows = "\n".join(
+            f"| {r['recipe']} | {r['top1_agreement']:.3f} | "
+            f"{'passed' if r['gates_passed'] else 'failed: ' + ', '.join(g.removeprefix('fp32_int8.') for g in r['failed_gates'])} | "
+            f"{r['speedup']['batch1']:.2f}x | {r['speedup']['batch8']:.2f}x |"
+            for r in sw["recipes"]
+        )
+        vnni = "with" if sw["cpu"]["avx512_vnni"] else "**without**"
+        out.append(f"""## INT8 (`python -m conversion int8-sweep`, val split, one thread)
+CPU: {sw["cpu"]["model"]}, {vnni} AVX512-VNNI. Needed: the build's gates and at least
+{sw["needed"]["speedup"]["batch1"]}x at batch 1 and {sw["needed"]["speedup"]["batch8"]}x at batch 8.
+
+| recipe | top-1 agreement | gates | speed-up, batch 1 | speed-up, batch 8 |
+|---|---|---|---|---|
+{rows}
+
+**Verdict: {sw["verdict"]}.** The FP16 file for the CUDA provider is described below.
+""")
+    return "\n".join(out)
+
+
+def _reproduce(cfg: dict[str, Any], manifest: dict[str, Any]) -> str:
+    preferred = manifest.get("preferred", "skin_lesion.onnx")
+    tail = f"""python -m conversion build models/skin_lesion.h5 -o models --triton models/triton
+python -m conversion cam models/skin_lesion.onnx
+python -m training card models/{preferred} --out models/card --write-card
+python -m benchmarks accuracy models/{preferred} --images ../shared/data/ham10000/images --labels training/split.csv --split test
+```"""
+    if cfg.get("members"):
+        names = " ".join(f"runs/gpu/{m['name']}" for m in cfg["members"])
+        return f"""On a GPU machine with PyTorch (Keras 3 on the torch backend), then here:
+```bash
+python -m training pack -o .carry/ham     # train + val JPEGs, byte-identical
+KERAS_BACKEND=torch python -m training.portable fleet --data .carry/ham --weights ../shared/weights \\
+    --plan training/plans/gpu.json --budget-s 290 -o runs/gpu
+python -m training ensemble {names} -o models/skin_lesion.h5
+python -m training levers runs/gpu
+{tail}
+The same fleet runs on this CPU with the TensorFlow backend (drop `KERAS_BACKEND`), far slower.
+Per-member histories and the ensemble's calibration: `models/skin_lesion.training.json`."""
+    return f"""```bash
+python -m training train --arch {cfg["arch"]} --size {cfg["size"][0]}x{cfg["size"][1]} --epochs {cfg.get("epochs", "?")} -o models/skin_lesion.h5
+{tail}"""
 
 
 def render(
@@ -213,6 +369,13 @@ def render(
             return _quantised(entry, manifest)
         if kind == "cam":
             return "fp32 + class maps, for Grad-CAM explanations only"
+        if kind == "fp16":
+            check = entry.get("check", {})
+            return (
+                "half precision for the CUDA provider; top-1 agreement with FP32 "
+                f"{check.get('top1_agreement', float('nan')):.3f} on {check.get('images', '?')} "
+                "val images, checked on the CPU only"
+            )
         if kind == "gate":
             return f"intended-use gate thresholds, {entry.get('mode', '')}"
         return kind
@@ -230,6 +393,13 @@ def render(
         files += f"{size / 1e6:.2f} MB | `{source['sha256']}` |"
     fr = metrics["fullres"]
     missed = [NAMES[k] for k in TARGETS if _met(k, point[k]).endswith("**MISSED**")]
+    gap_close = (
+        "What would close the remaining gap: longer schedules (the members had 17-18 epochs of a "
+        "5-minute GPU budget and their val BMA was still rising), more members or a distilled "
+        "student, and the 600x450 originals at a higher input size."
+        if missed
+        else "All issue targets are met on the test split; the external set is still unmeasured."
+    )
     gap = (
         "All acceptance targets of the model issue are met on the test split."
         if not missed
@@ -242,9 +412,7 @@ def render(
 > care, on clinical or phone photos, or on populations it was not tested on.
 
 ## Model details
-- Architecture: `{cfg["arch"]}` (ImageNet-pretrained backbone from Keras Applications),
-  global-average-pooling + dense head (kept so class-activation maps need no retraining),
-  temperature folded into the dense layer before the softmax.
+- Architecture: {_architecture(cfg)}
 - Input: {cfg["size"][0]}x{cfg["size"][1]} RGB (width x height), float32 pixels in [0, 255];
   the model scales them itself (a `Rescaling` layer).
 - Output: calibrated probabilities over `akiec, bcc, bkl, df, nv, vasc, mel`.
@@ -263,6 +431,7 @@ def render(
 - **Out of scope:** diagnosis; clinical (non-dermoscopic) photos; phone photos (not validated);
   lesions outside the 7 classes; children; non-pigmented lesions; screening without a clinician.
 {_gate_section(manifest)}{_localisation_section()}
+{_issue17_section(metrics)}
 ## Factors
 HAM10000 comes from two sites (Vienna, Queensland) and is **mostly light skin**. Performance on
 darker skin types, other dermatoscopes and other sites is unknown. df and vasc have fewer than
@@ -324,14 +493,16 @@ agreed on the top class for **{100 * fr["top1_agreement"]:.1f}%**, with a mean a
 probability difference of {fr["mean_abs_prob_diff"]:.4f} (max {fr["max_abs_prob_diff"]:.3f}).
 The issue's aim is ≥ 95%. With the first MobileNet-0.25 model (trained without `--degrade`),
 resizing uploads straight to the input size gave 84.1% (37/44) and resampling through the
-200x150 training resolution gave 93.2% (41/44), the figure above. The dataset's copies carry
+200x150 training resolution gave 93.2% (41/44). This ensemble, which now takes 200x150 itself
+(so an upload is resampled once, straight to the training resolution), agrees less: 39/44. It was
+trained without `--degrade`-style JPEG augmentation. The dataset's copies carry
 JPEG artefacts at 200x150 that uploads do not, so a second run trained with JPEG re-compression
 and rescaling augmentation (`--degrade`): it reached val BMA 0.626 (against 0.612) but only
 86.4% (38/44) full-resolution agreement and val melanoma specificity 0.673 (against 0.756) at
 the same sensitivity, so it was not shipped. On 44 images one flip is 2.3 points: these
 agreement figures are noisy, and more originals are needed to measure the gap properly.
 
-## Model selection and input size
+## Earlier model selection (the MobileNet-0.25 at 160x120 this model replaced)
 Candidates trained with the same recipe (balanced nv sampling + square-root class weights,
 dermoscopy augmentation: flips, any rotation, zoom, shift, brightness, contrast, saturation, hue),
 chosen by validation BMA and single-thread ONNX FP32 latency (`python -m training compare`,
@@ -353,22 +524,13 @@ MobileNet-0.25 was chosen: the best validation BMA and the fastest ONNX model of
 
 ## Known limits
 - Accuracy is well below the ISIC 2018 leaders (BMA 0.845 with large ensembles at full
-  resolution): this is a small model at low resolution, trained on 2 CPU cores.
+  resolution): these are small models at 200x150.
 - HAM10000 is mostly light skin; df and vasc have fewer than 150 images each.
 - Not checked on phone photos or clinical photos.
-- What would close the gap: a higher input resolution from the 600x450 originals, a larger
-  backbone or distillation from one, and longer schedules on a GPU. Flip test-time augmentation
-  did not help (MobileNetV2 candidate, val BMA 0.571 plain, 0.565 with 2 flips, 0.564 with 4),
-  nor did dividing the output by powers of the class priors (0.571 to at most 0.586, while the
-  ECE rose from 0.053 to between 0.08 and 0.20).
+- {gap_close}
 
 ## How to reproduce
-```bash
-python -m training train --arch {cfg["arch"]} --size {cfg["size"][0]}x{cfg["size"][1]} --epochs {cfg["epochs"]} -o models/skin_lesion.h5
-python -m conversion build models/skin_lesion.h5 -o models --triton models/triton
-python -m training card models/{manifest.get("preferred", "skin_lesion.onnx")} --out models/card --write-card
-python -m benchmarks accuracy models/{manifest.get("preferred", "skin_lesion.onnx")} --images ../shared/data/ham10000/images --labels training/split.csv --split test
-```
+{_reproduce(cfg, manifest)}
 Training log and per-epoch validation figures: `models/skin_lesion.training.json`.
 """
 

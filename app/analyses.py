@@ -1,4 +1,4 @@
-"""Stored analyses: predict, save (file first, then row), fetch by owner, delete, report."""
+"""Stored analyses: save (file first, then row), fetch by owner, delete, report."""
 
 from __future__ import annotations
 
@@ -8,21 +8,16 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from litestar.datastructures import State
-
 from app.db.tables import Analysis, AuditEvent, User
-from app.deps import ready_service
 from app.errors import AppError, NotFoundError
 from app.inference.classifier import Classifier, Prediction
 from app.inference.explain import CAVEAT
 from app.inference.formats import format_of
 from app.inference.formats.base import DEFAULT_MAX_PIXELS, ImageError, Picture
 from app.inference.gate import GateResult, Reason, describe
-from app.inference.service import Analysis as ServiceAnalysis
 from app.inference.service import InferenceService
 from app.inference.spec import HAM10000_NAMES, RISK_GROUPS
 from app.reports.data import ReportData
@@ -45,18 +40,6 @@ def picture(data: bytes) -> Picture:
     where browsers cannot read the format (blocking: run off-loop)."""
     # Checked against the configured budget at upload.
     return format_of(data).picture(data, DEFAULT_MAX_PIXELS)
-
-
-async def predict(
-    state: State, images: Sequence[bytes], override: bool = False
-) -> list[ServiceAnalysis | ImageError]:
-    """Classify through the service's shared path (gate, micro-batcher, queue bound).
-
-    Args:
-        override: the clinician chose "analyse anyway": the gate still measures and its
-            reasons are kept with the result, but it does not refuse.
-    """
-    return await ready_service(state).analyse_many(list(images), override)
 
 
 def gate_summary(gate: dict[str, Any]) -> str:

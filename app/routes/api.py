@@ -41,7 +41,6 @@ from app.api_models import (
 )
 from app.auth.tokens import SECURITY
 from app.config import Settings
-from app.deps import ready_service, ready_service_or_none
 from app.errors import AppError
 from app.inference import formats
 from app.inference.gate import ImageRejectedError
@@ -295,22 +294,33 @@ class BatchController(Controller):
         return BatchResponse(count=len(items), failed=failed, results=items)
 
 
+# The live socket's own: not ready, it closes with 1013 (try again later) rather than a 503.
+LIVE = {
+    "service": Provide(deps.ready_service_or_none, sync_to_thread=False),
+    "metrics": Provide(deps.metrics, sync_to_thread=False),
+}
+
+
 class LiveController(Controller):
     """A kiosk's camera stream: frames in, predictions out, over one WebSocket."""
 
+    dependencies = LIVE
+
     @websocket("/live")
-    async def live(self, socket: WebSocket[Any, Any, Any]) -> None:
+    async def live(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        service: InferenceService | None,
+        metrics: Metrics | None,
+    ) -> None:
         """Binary JPEG/PNG frames in, one JSON prediction per processed frame out.
 
         Only the newest unprocessed frame is kept: when frames arrive faster than the model
         runs, older ones are dropped (never queued) and each reply says how many.
         """
-        state = socket.app.state
-        service = ready_service_or_none(state)
         if service is None:
             await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="model is loading")
             return
-        metrics: Metrics | None = state.get("metrics")
         await socket.accept()
         await LiveSession(socket, service, metrics).run()
 
@@ -341,7 +351,7 @@ def build_api_router(settings: Settings, guards: Sequence[Guard] = ()) -> Router
         guards=list(guards),
         security=SECURITY if guards else None,  # declared in the schema when it is required
         dependencies={
-            "service": Provide(ready_service, sync_to_thread=False),
+            "service": Provide(deps.ready_service, sync_to_thread=False),
             "settings": Provide(deps.settings, sync_to_thread=False),
         },
         tags=["api"],

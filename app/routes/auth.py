@@ -14,10 +14,16 @@ from litestar.params import Body, Dependency
 from litestar.response import Redirect, Template
 
 from app import audit, deps
-from app.auth.passwords import USERNAME_RE, hash_password, password_problem, verify_password
+from app.auth.passwords import (
+    USERNAME_RE,
+    VerificationSlots,
+    hash_password,
+    password_problem,
+    verify_password,
+)
 from app.auth.session import USER, CurrentUser, end_sessions, optional_user, start_session
 from app.auth.throttle import Throttle
-from app.auth.tokens import create_token
+from app.auth.tokens import TokenCache, create_token
 from app.config import Settings
 from app.db.tables import ApiToken, User
 from app.page_helpers import client_address, flash, form_text, render
@@ -64,6 +70,7 @@ SIGN_IN = {
     "settings": Provide(deps.settings, sync_to_thread=False),
     "throttle": Provide(deps.login_throttle, sync_to_thread=False),
     "hasher": Provide(deps.password_hasher, sync_to_thread=False),
+    "slots": Provide(deps.verification_slots, sync_to_thread=False),
 }
 
 
@@ -83,10 +90,10 @@ class AccountController(Controller):
     async def login(
         self,
         request: Request[Any, Any, State],
-        state: State,
         data: Form,
         throttle: LoginThrottle,
         hasher: PasswordHasher,
+        slots: VerificationSlots,
     ) -> Any:
         username = form_text(data.get("username"), "user name")
         password = data.get("password") or ""
@@ -115,7 +122,7 @@ class AccountController(Controller):
             .run()
         )
         stored = row["password_hash"] if row and row["active"] else None
-        with state["verification_slots"].take() as slot:
+        with slots.take() as slot:
             if not slot:  # argon2 is bounded: a flood waits on nobody and costs no memory
                 request.scope.setdefault("state", {})["current_user"] = None
                 page = render(
@@ -229,11 +236,15 @@ class AccountController(Controller):
         return Redirect("/login", status_code=303)
 
 
+# The token pages take the logged-in user; revoking clears the guard's cache.
+TOKENS = {**USER, "token_cache": Provide(deps.token_cache, sync_to_thread=False)}
+
+
 class TokensController(Controller):
     """The logged-in user's API tokens: list, create (shown once), revoke."""
 
     path = "/tokens"
-    dependencies = USER
+    dependencies = TOKENS
 
     @get("/", name="tokens")
     async def tokens_page(
@@ -268,6 +279,7 @@ class TokensController(Controller):
         self,
         request: Request[Any, Any, State],
         user: CurrentUser,
+        token_cache: TokenCache,
         token_id: int,
     ) -> Redirect:
         await (
@@ -275,7 +287,7 @@ class TokensController(Controller):
             .where((ApiToken.id == token_id) & (ApiToken.owner == user.id))
             .run()
         )
-        request.app.state["token_cache"].clear()  # revoked here: refused from the next request
+        token_cache.clear()  # revoked here: refused from the next request
         await audit.record(
             "token_revoked",
             actor_id=user.id,

@@ -12,21 +12,18 @@ import functools
 from typing import Any
 from urllib.parse import urlsplit
 
-from litestar import Request, WebSocket, get, websocket
+from litestar import Controller, Request, WebSocket, get, websocket
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.response import Template
 from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER
 
+from app import deps
 from app.auth.session import USER, CurrentUser, optional_user, session_still_valid
-from app.deps import ready_service_or_none
+from app.inference.service import InferenceService
 from app.live_session import LiveSession
+from app.metrics import Metrics
 from app.page_helpers import render
-
-
-@get("/analyses/live", name="live", dependencies=USER)
-async def live_page(request: Request[Any, Any, State], user: CurrentUser) -> Template:
-    return render(request, "live.html")
-
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
@@ -53,26 +50,47 @@ def _same_site(origin: str, headers: Any) -> bool:
     return False
 
 
-@websocket("/analyses/live/ws")
-async def live_frames(socket: WebSocket[Any, Any, Any]) -> None:
-    """Binary JPEG/PNG frames in, one JSON prediction each out, for a logged-in user."""
-    # A WebSocket handshake carries the session cookie from any site and has no CSRF token:
-    # only this site's own pages may open one (cross-site WebSocket hijacking).
-    if not _same_site(socket.headers.get("origin", ""), socket.headers):
-        await socket.close(code=WS_1008_POLICY_VIOLATION, reason="cross-site connection refused")
-        return
-    if await optional_user(socket) is None:
-        await socket.close(code=WS_1008_POLICY_VIOLATION, reason="log in first")
-        return
-    state = socket.app.state
-    service = ready_service_or_none(state)
-    if service is None:
-        await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="model is loading")
-        return
-    await socket.accept()
+class LiveCameraController(Controller):
+    """The live camera page and its socket (``/analyses/live``, ``/analyses/live/ws``)."""
 
-    still_allowed = functools.partial(session_still_valid, socket)
-    await LiveSession(socket, service, state.get("metrics"), still_allowed).run()
+    path = "/analyses/live"
+
+    @get("/", name="live", dependencies=USER)
+    async def live_page(self, request: Request[Any, Any, State], user: CurrentUser) -> Template:
+        return render(request, "live.html")
+
+    @websocket(
+        "/ws",
+        dependencies={
+            # Not ready: the socket closes with 1013 (try again later) rather than a 503.
+            "service": Provide(deps.ready_service_or_none, sync_to_thread=False),
+            "metrics": Provide(deps.metrics, sync_to_thread=False),
+        },
+    )
+    async def live_frames(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        service: InferenceService | None,
+        metrics: Metrics | None,
+    ) -> None:
+        """Binary JPEG/PNG frames in, one JSON prediction each out, for a logged-in user."""
+        # A WebSocket handshake carries the session cookie from any site and has no CSRF
+        # token: only this site's own pages may open one (cross-site WebSocket hijacking).
+        if not _same_site(socket.headers.get("origin", ""), socket.headers):
+            await socket.close(
+                code=WS_1008_POLICY_VIOLATION, reason="cross-site connection refused"
+            )
+            return
+        if await optional_user(socket) is None:
+            await socket.close(code=WS_1008_POLICY_VIOLATION, reason="log in first")
+            return
+        if service is None:
+            await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="model is loading")
+            return
+        await socket.accept()
+
+        still_allowed = functools.partial(session_still_valid, socket)
+        await LiveSession(socket, service, metrics, still_allowed).run()
 
 
-handlers: list[Any] = [live_page, live_frames]
+handlers: list[Any] = [LiveCameraController]

@@ -75,11 +75,14 @@ def _skipped_summary(errors: list[str], shown: int = 3, width: int = 120) -> str
     return f"Skipped {len(errors)} file(s): " + "; ".join(listed) + more
 
 
-# Every page but the landing one takes the logged-in user; any may take the store and settings.
+# Every page but the landing one takes the logged-in user; any may take the store, the
+# settings and the inference service (None until the model is ready: a page that needs it
+# says so after checking its form, one that only shows a heat map shows none).
 PAGE = {
     **USER,
     "store": Provide(deps.store, sync_to_thread=False),
     "settings": Provide(deps.settings, sync_to_thread=False),
+    "service": Provide(deps.ready_service_or_none, sync_to_thread=False),
 }
 
 
@@ -173,8 +176,8 @@ class PagesController(Controller):
         self,
         store: EncryptedStore,
         settings: Settings,
+        service: InferenceService | None,
         request: Request[Any, Any, State],
-        state: State,
         user: CurrentUser,
     ) -> Response[Any]:
         patient, uploads, analyse_anyway = await _read_uploads(request)
@@ -194,8 +197,11 @@ class PagesController(Controller):
                 patient=patient,
                 batch_max=settings.batch_max,
             )
-        results = await analyses.predict(state, [u.data for u in uploads], analyse_anyway)
-        classifier = state["inference"].classifier
+        ready = deps.require_ready(service)  # 503 not_ready while the model loads
+        # Through the service's shared path (gate, micro-batcher, queue bound). "Analyse
+        # anyway": the gate still measures and its reasons are kept, but it does not refuse.
+        results = await ready.analyse_many([u.data for u in uploads], analyse_anyway)
+        classifier = ready.classifier
         batch = secrets.token_hex(8) if len(uploads) > 1 else None
         saved: list[str] = []
         rejected: list[str] = []
@@ -263,6 +269,7 @@ class PagesController(Controller):
     async def analysis_page(
         self,
         store: EncryptedStore,
+        service: InferenceService | None,
         request: Request[Any, Any, State],
         user: CurrentUser,
         analysis_id: str,
@@ -276,7 +283,6 @@ class PagesController(Controller):
             max_value=1.0,
             title="Probability of each class",
         )
-        service: InferenceService | None = request.app.state.get("inference")
         return render(
             request,
             "result.html",
@@ -305,16 +311,14 @@ class PagesController(Controller):
     async def analysis_explanation(
         self,
         store: EncryptedStore,
-        request: Request[Any, Any, State],
+        service: InferenceService | None,
         user: CurrentUser,
-        state: State,
         analysis_id: str,
     ) -> Response[bytes]:
         """Grad-CAM heat map of the stored result's class over the stored image (501 without a
         CAM model); computed on request, nothing is stored."""
         row = await analyses.get_owned(analysis_id, user.id, store)
         data = await store.read(row["image_path"])
-        service: InferenceService | None = state.get("inference")
         if service is None:
             raise ExplanationUnavailableError("the model is not loaded yet")
         explanation = await service.explain(data, row["predicted_class"])

@@ -6,13 +6,15 @@ import datetime as dt
 from dataclasses import dataclass, fields
 from typing import Any
 
-from litestar import Request, get
+from litestar import Controller, Request, get
 from litestar.datastructures import State
+from litestar.di import Provide
 
-from app import analyses
+from app import analyses, deps
 from app.auth.tokens import SECURITY, api_token_guard
 from app.db.tables import Analysis
 from app.inference.classifier import DISCLAIMER
+from app.storage import EncryptedStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,33 +54,39 @@ def _public(row: dict[str, Any]) -> AnalysisRecord:
     return AnalysisRecord(**values)
 
 
-@get("/api/v1/analyses", guards=[api_token_guard], security=SECURITY, tags=["analyses"])
-async def list_analyses(request: Request[Any, Any, State], limit: int = 50) -> AnalysisList:
-    """The caller's own analyses, newest first."""
-    owner = request.state.api_user["id"]
-    rows = (
-        await Analysis.select()
-        .where(Analysis.owner == owner)
-        .order_by(Analysis.created_at, ascending=False)
-        .limit(max(1, min(limit, 200)))
-        .run()
-    )
-    store = request.app.state["store"]
-    return AnalysisList([_public(analyses.decorate(r, store)) for r in rows])
+RECORDS = {"store": Provide(deps.store, sync_to_thread=False)}
 
 
-@get(
-    "/api/v1/analyses/{analysis_id:str}",
-    guards=[api_token_guard],
-    security=SECURITY,
-    tags=["analyses"],
-)
-async def get_analysis(request: Request[Any, Any, State], analysis_id: str) -> AnalysisRecord:
-    """One of the caller's analyses; another user's id answers 404, as if it did not exist."""
-    row = await analyses.get_owned(
-        analysis_id, request.state.api_user["id"], request.app.state["store"]
-    )
-    return _public(row)
+class RecordsController(Controller):
+    """The caller's own stored analyses (``/api/v1/analyses``), behind the API token."""
+
+    path = "/api/v1/analyses"
+    tags = ("analyses",)
+    dependencies = RECORDS
+
+    # Guarded per handler: a controller's guards would also cover Litestar's automatic OPTIONS.
+    @get("/", guards=[api_token_guard], security=SECURITY)
+    async def list_analyses(
+        self, request: Request[Any, Any, State], store: EncryptedStore, limit: int = 50
+    ) -> AnalysisList:
+        """The caller's own analyses, newest first."""
+        owner = request.state.api_user["id"]
+        rows = (
+            await Analysis.select()
+            .where(Analysis.owner == owner)
+            .order_by(Analysis.created_at, ascending=False)
+            .limit(max(1, min(limit, 200)))
+            .run()
+        )
+        return AnalysisList([_public(analyses.decorate(r, store)) for r in rows])
+
+    @get("/{analysis_id:str}", guards=[api_token_guard], security=SECURITY)
+    async def get_analysis(
+        self, request: Request[Any, Any, State], store: EncryptedStore, analysis_id: str
+    ) -> AnalysisRecord:
+        """One of the caller's analyses; another user's id answers 404, as if it did not exist."""
+        row = await analyses.get_owned(analysis_id, request.state.api_user["id"], store)
+        return _public(row)
 
 
-handlers: list[Any] = [list_analyses, get_analysis]
+handlers: list[Any] = [RecordsController]

@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from app.inference.explain import CLASS_MAPS, FINE_MAPS  # the output names the server reads
+# The output names the server reads, and the class index it feeds as the second input.
+from app.inference.explain import CLASS_MAPS, FINE_MAPS, LABEL
 from conversion.errors import ConversionError, GateError
 from conversion.files import save_onnx
 
@@ -166,7 +167,7 @@ def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float
     """
     import onnxruntime as ort
 
-    from conversion.gradcam import LABEL, add_fine_maps, check_alphas  # it builds on this module
+    from conversion.gradcam import add_fine_maps, check_alphas  # it builds on this module
 
     source = onnx.load(str(fp32_path))
     cam, head = add_class_maps(source)

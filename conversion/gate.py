@@ -109,7 +109,8 @@ def add_features_output(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[l
     picks = sorted({round(i * len(candidates) / EARLY_BLOCKS) for i in range(EARLY_BLOCKS)})
     chosen = [candidates[i] for i in picks if i < len(candidates)]
     nchw = _layout(model) == "NCHW"
-    parts, blocks = [], []
+    parts: list[str] = []
+    blocks: list[list[Any]] = []  # [tensor name, channels]: JSON in the model's metadata
     for i, (tensor, channels) in enumerate(chosen):
         pooled = f"gate_pool_{i}"
         if nchw:
@@ -256,7 +257,8 @@ def fit_distribution(
 def energy(logits: np.ndarray) -> np.ndarray:
     """Negative free energy, -logsumexp(logits) (Liu et al., 2020): higher is more unusual."""
     top = logits.max(axis=1, keepdims=True)
-    return -(top[:, 0] + np.log(np.exp(logits - top).sum(axis=1)))
+    scores: np.ndarray = -(top[:, 0] + np.log(np.exp(logits - top).sum(axis=1)))
+    return scores
 
 
 def quality_thresholds(train: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, float]:
@@ -341,7 +343,9 @@ def fit_gate(
         threshold = round(float(np.quantile(val_scores, 1 - FALSE_REJECT_TARGET)), 3)
         dist = Distribution(tuple(blocks), threshold)
         buf = io.BytesIO()
-        np.savez_compressed(buf, **dist.to_arrays())
+        # Any: numpy's stubs would match a ** mapping against savez's allow_pickle too.
+        arrays: dict[str, Any] = dist.to_arrays()
+        np.savez_compressed(buf, **arrays)
         arrays_name = gate_path(model_path, spec).with_suffix(".npz").name
         with atomic_path(model_path.with_name(arrays_name)) as tmp:
             tmp.write_bytes(buf.getvalue())
@@ -377,7 +381,7 @@ def fit_gate(
     }
     if dist is not None and s_dev.features is not None and s_test.logits is not None:
         far = ~np.char.startswith(group_of.astype(str), "degraded")
-        assert s_dev.logits is not None
+        assert s_test.features is not None and s_dev.logits is not None
         figures["auroc_test_vs_non_dermoscopic"] = {
             "mahalanobis": _auroc(dist.scores(s_test.features), dist.scores(s_dev.features[far])),
             "energy": _auroc(energy(s_test.logits), energy(s_dev.logits[far])),

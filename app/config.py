@@ -87,6 +87,12 @@ class Settings:
     # where bigger batches pay (tests/gpu, benchmarks.providers), may want a few ms.
     microbatch_wait_ms: float = 0.0
     queue_max: int = 64
+    # API uploads in flight (read, decoded, queued or running) before more get 503 without
+    # their body being read. At 1,000 clients on 2 cores, 16 instead of 64 cut the 200s'
+    # latency and peak RSS (by 40 to 130 MB), but the saturated event loop then fed the decode
+    # and inference threads too slowly: 35 to 50 % fewer 200s (benchmarks/RESULTS.md,
+    # "Overload"). Lower it on a small-memory device.
+    uploads_max: int = 64
     session_idle_minutes: int = 30
     api_auth: bool = True
     log_level: str = "INFO"
@@ -202,6 +208,7 @@ class Settings:
                 "MICROBATCH_WAIT_MS", base.microbatch_wait_ms, float, 0.0, 1000.0
             ),
             queue_max=number("QUEUE_MAX", base.queue_max, int, 1),
+            uploads_max=number("UPLOADS_MAX", base.uploads_max, int, 1),
             session_idle_minutes=number("SESSION_IDLE_MINUTES", base.session_idle_minutes, int, 1),
             api_auth=(get("API_AUTH") or "1").strip().lower() not in {"0", "false", "no", "off"},
             log_level=log_level,

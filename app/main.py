@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +20,6 @@ from litestar.plugins import PluginProtocol
 from litestar.plugins.core import MsgspecDIPlugin
 from litestar.types import (
     ASGIApp,
-    HTTPResponseStartEvent,
     Message,
     Receive,
     ReceiveMessage,
@@ -29,11 +27,12 @@ from litestar.types import (
     Send,
 )
 
+from app.admission import AdmissionControl
 from app.auth.tokens import BEARER, BEARER_SCHEME, api_token_guard
 from app.config import Settings
 from app.db.blobs import check_database_store
 from app.db.engine import DatabaseProbe
-from app.error_responses import error_body, exception_to_response
+from app.error_responses import exception_to_response
 from app.inference.classifier import Classifier
 from app.inference.service import InferenceService, load_service
 from app.logs import AccessLog, configure_logging
@@ -148,55 +147,6 @@ class BodyDeadline:
         await self.app(scope, timed_receive, send)
 
 
-class AdmissionControl:
-    """Refuse API uploads beyond ``limit`` in flight: 503 + Retry-After before reading the body.
-
-    The inference queue and the decode bound refuse only once a body has been read and parsed:
-    at 1,000 clients the 503s themselves took 6.3 s (issue 16). Here a refusal costs no read.
-    Only POSTs under /api are counted; probes, pages, static files and WebSockets never are.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-        self.in_flight = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        counted = (
-            scope["type"] == ScopeType.HTTP
-            and scope["method"] == "POST"
-            and scope["path"].startswith("/api/")
-        )
-        if not counted:
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.limit:
-            await self._refuse(send)
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-    async def _refuse(self, send: Send) -> None:
-        detail = f"{self.in_flight} uploads are in progress; try again shortly"
-        body = json.dumps(error_body("overloaded", detail)).encode()
-        start: HTTPResponseStartEvent = {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-                # The body was never read: close rather than drain it for keep-alive.
-                (b"connection", b"close"),
-            ],
-        }
-        await send(start)
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
 TRIM_EVERY_S = 10.0
 
 
@@ -267,7 +217,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
                 log.warning("analysis %s: its image %s is missing", analysis_id, name)
         yield
 
-    return _Litestar(
+    app = _Litestar(
         logging_config=None,  # configure_logging above is the one set-up
         route_handlers=[
             *health.handlers,
@@ -277,9 +227,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             *web.route_handlers,
         ],
         middleware=[
-            AccessLog,  # outermost: every request gets its line and id, refusals included
-            metrics.middleware,  # refusals are counted too
-            DefineMiddleware(AdmissionControl, limit=settings.queue_max),
+            AccessLog,  # every request gets its line and id (AdmissionControl's refusals too)
+            metrics.middleware,
             DefineMiddleware(
                 BodyDeadline, idle_s=settings.body_idle_s, deadline_s=settings.body_deadline_s
             ),
@@ -311,3 +260,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         ),
         debug=False,  # stack traces never reach clients, dev mode included
     )
+    # Outside Litestar's router and middleware: a refusal costs no routing (app/admission.py).
+    uploads = [r.path for r in app.routes if r.path.startswith("/api/") and "POST" in r.methods]
+    app.asgi_handler = AdmissionControl(app.asgi_handler, settings.uploads_max, uploads, metrics)
+    return app

@@ -1,6 +1,7 @@
 """Overload: many clients at once against the real server, loopback only, bounded in time.
 
-``python -m benchmarks.overload [--clients 1000] [--seconds 20] [--idle 30] [--json PATH]``
+``python -m benchmarks.overload [--clients 1000] [--seconds 20] [--idle 30] [--json PATH]
+[--label TEXT] [--floor]``
 
 Every client posts a 600x450 HAM10000 JPEG to ``/api/v1/predict`` in a loop with a 10 s client
 timeout, while a prober asks ``/health/ready`` every 200 ms. Reported: how fast the 200s and
@@ -8,17 +9,36 @@ the 503s come back (a refusal should be cheap), client timeouts, the ready probe
 and the server's RSS before, at the peak, and after ``--idle`` seconds of quiet (memory should
 come back after a burst). The load generator runs on the same machine: on 2 cores its own CPU
 competes with the server's, so read the figures as a bound, not a capacity.
+
+The in-loop prober shares the load generator's event loop with the 1,000 clients, so its figure
+includes that loop's own lag. A second prober runs in a process of its own and opens a fresh
+connection per probe, as a kubelet or nginx health check does (``ready_probe_own_process``).
+
+``--floor`` runs the same load against nginx answering every upload 503 (the same JSON body and
+``Retry-After``) before reading the body, which it then reads and drops to keep the connection:
+no Python server answers faster, so it is what this load generator can measure here at all.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
+import multiprocessing
+import shutil
+import signal
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import psutil
@@ -41,6 +61,34 @@ def _rss_mb(pid: int) -> float:
     return round(float(sum(p.memory_info().rss for p in procs)) / 2**20, 1)
 
 
+def _probe_loop(url: str, seconds: float, out: Connection) -> None:
+    """In a process of its own: GET /health/ready every 200 ms, each on a fresh connection."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    times: list[float] = []
+    failures: dict[str, int] = {}  # why: the status, or the exception's name
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("GET", "/health/ready", headers={"Connection": "close"})
+            response = conn.getresponse()
+            body = response.read()
+            if response.status == 200:
+                times.append(time.perf_counter() - started)
+            else:
+                why = f"{response.status} {json.loads(body or b'{}').get('down', '')}"
+                failures[why] = failures.get(why, 0) + 1
+        except (OSError, ValueError) as exc:  # refused, reset or timed out: a failed probe
+            failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+        finally:
+            conn.close()
+        time.sleep(0.2)
+    out.send((times, failures))
+    out.close()
+
+
 async def _burst(url: str, pid: int, clients: int, seconds: float) -> dict[str, Any]:
     image = IMAGE.read_bytes()
     latency: dict[str, list[float]] = {"200": [], "503": [], "other": []}
@@ -50,6 +98,11 @@ async def _burst(url: str, pid: int, clients: int, seconds: float) -> dict[str, 
     end = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=10)
+    receiver, sender = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    own_prober = multiprocessing.get_context("spawn").Process(
+        target=_probe_loop, args=(url, seconds, sender), daemon=True
+    )
+    own_prober.start()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def client() -> None:
@@ -82,6 +135,11 @@ async def _burst(url: str, pid: int, clients: int, seconds: float) -> dict[str, 
                 await asyncio.sleep(0.2)
 
         await asyncio.gather(*(client() for _ in range(clients)), prober())
+    own_times: list[float] = []
+    own_failures: dict[str, int] = {"no answer from the prober process": 1}
+    if receiver.poll(30):
+        own_times, own_failures = receiver.recv()
+    own_prober.join(5)
     return {
         "clients": clients,
         "seconds": seconds,
@@ -98,27 +156,212 @@ async def _burst(url: str, pid: int, clients: int, seconds: float) -> dict[str, 
             "p50_ms": _pct(probes, 0.5),
             "p99_ms": _pct(probes, 0.99),
         },
+        "ready_probe_own_process": {
+            "n": len(own_times),
+            "failed": own_failures,
+            "p50_ms": _pct(own_times, 0.5),
+            "p99_ms": _pct(own_times, 0.99),
+        },
         "rss_peak_mb": peak,
     }
 
 
-def measure(clients: int, seconds: float, idle: float) -> dict[str, Any]:
-    from benchmarks.machine import cpu_info, load_average
+NGINX_FLOOR = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        location = /health/ready {{
+            default_type application/json;
+            return 200 '{{"status":"ready"}}';
+        }}
+        location / {{
+            add_header Retry-After 1 always;
+            default_type application/json;
+            return 503 '{{"error":"overloaded","detail":"uploads are in progress"}}';
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class _Target:
+    url: str
+    pid: int
+
+
+@contextmanager
+def _nginx_floor() -> Iterator[_Target]:
+    """nginx refusing every upload at once: the fastest answer this load can be given."""
+    from tests.hardening.server import free_port
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    work = Path(tempfile.mkdtemp(prefix="overload-floor-"))
+    port = free_port()
+    (work / "nginx.conf").write_text(NGINX_FLOOR.format(dir=work, port=port))
+    process = subprocess.Popen([nginx, "-c", str(work / "nginx.conf"), "-g", "daemon off;"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                conn.request("GET", "/health/ready")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("nginx did not start") from None
+                time.sleep(0.1)
+        yield _Target(url, process.pid)
+    finally:
+        process.send_signal(signal.SIGQUIT)
+        process.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _service() -> Iterator[_Target]:
     from tests.hardening.server import running_server
 
     with running_server(Path(tempfile.mkdtemp()) / "data", env={"APP_LOG_LEVEL": "WARNING"}) as srv:
-        pid = srv.process.pid
-        before = _rss_mb(pid)
-        result = asyncio.run(_burst(srv.url, pid, clients, seconds))
+        yield _Target(srv.url, srv.process.pid)
+
+
+def measure(clients: int, seconds: float, idle: float, floor: bool = False) -> dict[str, Any]:
+    from benchmarks.machine import cpu_info, git_state, load_average
+
+    started = datetime.now(UTC)
+    load_before = load_average()
+    with _nginx_floor() if floor else _service() as target:
+        before = _rss_mb(target.pid)
+        result = asyncio.run(_burst(target.url, target.pid, clients, seconds))
         time.sleep(idle)
         result |= {
             "rss_before_mb": before,
-            "rss_after_idle_mb": _rss_mb(pid),
+            "rss_after_idle_mb": _rss_mb(target.pid),
             "idle_s": idle,
+            "server": "nginx 503 floor" if floor else "service",
+            "created_utc": started.isoformat(timespec="seconds"),
+            "git": git_state(),
             "cpu": cpu_info(),
+            "load_average_before": load_before,
             "load_average_after": load_average(),
         }
     return result
+
+
+TARGETS = (
+    "503 p50 < 200 ms; 0 client timeouts at 10 s; /health/ready p99 < 100 ms; "
+    "RSS after 30 s idle within 50 MB of before"
+)
+
+
+def load_runs(directory: Path) -> list[dict[str, Any]]:
+    """Every overload run kept in ``directory`` (``benchmarks/results/overload``), oldest first."""
+    runs = []
+    for path in sorted(directory.glob("*.json")):
+        run = json.loads(path.read_text())
+        runs.append({**run, "_file": path.name})
+    return sorted(runs, key=lambda r: str(r.get("created_utc", "")))
+
+
+def section(runs: list[dict[str, Any]]) -> list[str]:
+    """RESULTS.md's overload section: every kept run, one row each."""
+    from benchmarks.markdown import fmt, table
+
+    if not runs:
+        return ["_No run kept yet (`python -m benchmarks.overload --json ...`)._", ""]
+
+    def pair(block: dict[str, Any] | None) -> str:
+        if not block or block.get("p50_ms") is None:
+            return "—"
+        return f"{fmt(block['p50_ms'], 0)} / {fmt(block['p99_ms'], 0)}"
+
+    def own(block: dict[str, Any] | None) -> str:
+        if not block:
+            return "—"
+        failed = block.get("failed") or 0
+        if isinstance(failed, dict):  # why: a status and what was down, or an exception
+            why = ", ".join(f"{reason} ×{n}" for reason, n in failed.items())
+            return f"{pair(block)} ({block['n']} ok; failed: {why or 'none'})"
+        return f"{pair(block)} ({block['n']} ok, {failed} failed)"
+
+    def load(run: dict[str, Any]) -> str:
+        before, after = run.get("load_average_before"), run.get("load_average_after")
+        first = f"{before[0]:.1f} → " if before else ""
+        return first + (f"{after[0]:.1f}" if after else "—")
+
+    rows = []
+    for run in runs:
+        rss = (run.get("rss_before_mb"), run.get("rss_peak_mb"), run.get("rss_after_idle_mb"))
+        rows.append(
+            [
+                str(run.get("created_utc", ""))[:16].replace("T", " ") or run["_file"][:10],
+                run.get("label", "—"),
+                str(run.get("git", {}).get("sha", "—"))
+                + ("*" if run.get("git", {}).get("dirty") else ""),
+                load(run),
+                f"{run['ok_200']['n']} / {fmt(run['ok_200']['p50_ms'], 0)}",
+                f"{run['refused_503']['n']}",
+                pair(run["refused_503"]),
+                f"{run['other_errors']} / {run['client_timeouts_10s']}",
+                pair(run["ready_probe"]),
+                own(run.get("ready_probe_own_process")),
+                " → ".join(fmt(v, 0) for v in rss),
+            ]
+        )
+    return [
+        f"`python -m benchmarks.overload` (module docstring): {runs[-1].get('clients', 1000)} "
+        "clients post a 600x450 JPEG to `/api/v1/predict` in a loop for 20 s, 10 s client "
+        "timeout, on loopback, the load generator on the same cores; then 30 s idle. Issue 16's "
+        f"targets: {TARGETS}. Times in ms (p50 / p99); load: the 1-minute load average before "
+        "and after the run (the machine is shared); RSS in MB, before → peak → after idle. "
+        "ready in loop: the prober shares the load generator's event loop; own process: a fresh "
+        "connection per probe from a process of its own, as a kubelet's. The floor rows are "
+        "nginx answering every upload 503 (`--floor`): what this load generator can measure.",
+        "",
+        *table(
+            [
+                "run (UTC)",
+                "what",
+                "commit",
+                "load",
+                "200s n / p50",
+                "503s n",
+                "503 p50 / p99",
+                "errors / timeouts",
+                "ready in loop",
+                "ready own process",
+                "RSS",
+            ],
+            rows,
+        ),
+        "\\* the commit plus uncommitted changes (the row's label says which).",
+        "",
+        *machines_and_commands(runs),
+    ]
+
+
+def machines_and_commands(runs: list[dict[str, Any]]) -> list[str]:
+    """The CPUs and the command lines of the kept runs, each once."""
+    lines = []
+    cpus = {
+        f"{c.get('model', '?')} ({c.get('arch', '?')}), {c.get('usable_cores', '?')} usable "
+        f"cores of {c.get('host_cores', '?')}"
+        for c in (r.get("cpu") for r in runs)
+        if c
+    }
+    lines += [f"- CPU: {cpu}" for cpu in sorted(cpus)]
+    commands = {str(r["command"]) for r in runs if r.get("command")}
+    lines += [f"- command: `{command}`" for command in sorted(commands)]
+    return [*lines, ""]
 
 
 def main() -> None:
@@ -127,8 +370,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--label", help="what this run measured (kept in the JSON)")
+    parser.add_argument(
+        "--floor", action="store_true", help="the same load against nginx refusing every upload"
+    )
     args = parser.parse_args()
-    result = measure(args.clients, args.seconds, args.idle)
+    result = measure(args.clients, args.seconds, args.idle, args.floor)
+    result["command"] = (
+        f"python -m benchmarks.overload --clients {args.clients} --seconds {args.seconds:g} "
+        f"--idle {args.idle:g}" + (" --floor" if args.floor else "")
+    )
+    if args.label:
+        result["label"] = args.label
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -78,9 +78,14 @@ def _machine_section(run: dict[str, Any]) -> list[str]:
 
 
 def render(
-    run: dict[str, Any], plots: list[str], ab_runs: list[dict[str, Any]] | None = None
+    run: dict[str, Any],
+    plots: list[str],
+    ab_runs: list[dict[str, Any]] | None = None,
+    overload_runs: list[dict[str, Any]] | None = None,
 ) -> str:
     """The whole RESULTS.md for one result file."""
+    from benchmarks.overload import section as overload_section
+
     verdicts = evaluate_targets(run)
     missed = [v for v in verdicts if v.met is False]
     unmeasured = [v for v in verdicts if v.met is None]
@@ -149,6 +154,7 @@ def render(
     for suite in SUITES:
         lines += [f"## {suite.title}", "", *borrowed(run, suite.name), *suite.section(run)]
     lines += ["## Floor gap: candidates", "", *_ab_section(ab_runs or [])]
+    lines += ["## Overload (issue 16)", "", *overload_section(overload_runs or [])]
     notes = [
         (name, s) for name, s in run.get("suites", {}).items() if s.get("notes") or s.get("skipped")
     ]
@@ -318,6 +324,9 @@ def regenerate(results_dir: Path, result_file: Path | None = None) -> Path:
     pngs = plot(run, runs, root / "plots")
     rel = [str(Path(p).relative_to(root)) for p in pngs]
     target = root / "RESULTS.md"
+    from benchmarks.overload import load_runs as load_overload_runs
+
     ab_runs = [json.loads(p.read_text()) for p in sorted((results_dir / "ab").glob("*.json"))]
-    atomic_write(target, render(run, rel, ab_runs))
+    overload_runs = load_overload_runs(results_dir / "overload")
+    atomic_write(target, render(run, rel, ab_runs, overload_runs))
     return target

@@ -23,6 +23,9 @@ BAD_VALUES = [
     ("BATCH_MAX", "-8"),
     ("QUEUE_MAX", "0"),
     ("QUEUE_MAX", "many"),
+    ("UPLOADS_MAX", "0"),
+    ("UPLOADS_MAX", "-4"),
+    ("UPLOADS_MAX", "16.5"),
     ("MICROBATCH_MAX", "0"),
     ("MICROBATCH_MAX", "-1"),
     ("SESSION_IDLE_MINUTES", "0"),
@@ -56,8 +59,10 @@ def test_settings_from_env_accepts_values_at_the_bounds() -> None:
             "APP_MICROBATCH_WAIT_MS": "1000",
             "APP_ORT_THREADS": "1",
             "APP_LOG_LEVEL": "debug",
+            "APP_UPLOADS_MAX": "1",
         }
     )
+    assert settings.uploads_max == 1
     assert (settings.port, settings.workers, settings.ort_threads) == (65535, 1, 1)
     assert settings.max_upload_bytes == 1024 * 1024
     assert settings.microbatch_wait_ms == 1000.0

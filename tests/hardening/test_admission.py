@@ -1,9 +1,15 @@
 """Finding "overload is shed late" (medium), in part: API uploads beyond the bound are refused
 with 503 + Retry-After as soon as their headers arrive, before any body is read; probes still
-answer. Raw sockets hold uploads open mid-body, so the test needs no load and no timing."""
+answer. Raw sockets hold uploads open mid-body, so the tests need no load and no timing.
+
+A refusal keeps its connection: the server reads the unasked-for body and drops it, within the
+body deadlines, and the connection serves the next request (app/admission.py,
+app/http_protocol.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +21,13 @@ import pytest
 from tests.hardening.server import Server, running_server
 
 BOUNDARY = "hardeningboundary"
-LIMIT = 2  # APP_QUEUE_MAX for this server: uploads in flight at once
+LIMIT = 2  # APP_UPLOADS_MAX for this server: uploads in flight at once
 
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("admission") / "data"
-    with running_server(data, env={"APP_QUEUE_MAX": str(LIMIT), "APP_BATCH_MAX": "2"}) as server:
+    with running_server(data, env={"APP_UPLOADS_MAX": str(LIMIT), "APP_BATCH_MAX": "2"}) as server:
         yield server
 
 
@@ -100,3 +106,107 @@ def test_uploads_beyond_the_bound_are_refused_before_their_body(
     files = {"image": ("a.jpg", fixture_images[0][0].read_bytes())}
     r = httpx.post(small_server.url + "/api/v1/predict", files=files, timeout=30)
     assert r.status_code == 200, r.text  # places are given back
+
+
+def hold_all_places(server: Server, body: bytes) -> list[socket.socket]:
+    """LIMIT uploads mid-body: every place is taken until the rest is sent."""
+    held = [open_upload(server, len(body)) for _ in range(LIMIT)]
+    for sock in held:
+        sock.sendall(body[: len(body) // 2])
+    return held
+
+
+def release(held: list[socket.socket], body: bytes) -> None:
+    for sock in held:
+        sock.sendall(body[len(body) // 2 :])
+    for sock in held:
+        status, text = response_of(sock)
+        sock.close()
+        assert status == 200, text
+
+
+def test_many_concurrent_uploads_beyond_the_bound_each_get_a_clear_503(
+    small_server: Server, fixture_images: list[tuple[Path, str]]
+) -> None:
+    """Real concurrent clients sending whole bodies: each gets the JSON 503, none a reset, and
+    each refusal has its request id and its count in /metrics."""
+    image = fixture_images[0][0].read_bytes()
+    body = multipart(image)
+    held = hold_all_places(small_server, body)
+    try:
+
+        async def burst() -> list[httpx.Response]:
+            limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
+            async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+                files = {"image": ("a.jpg", image, "image/jpeg")}
+                return await asyncio.gather(
+                    *(
+                        client.post(small_server.url + "/api/v1/predict", files=files)
+                        for _ in range(40)
+                    )
+                )
+
+        responses = asyncio.run(burst())  # a reset or a dropped answer would raise here
+    finally:
+        release(held, body)
+    for r in responses:
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1" and r.headers["x-request-id"]
+        assert r.json()["error"] == "overloaded" and r.json()["detail"]
+    metrics = httpx.get(small_server.url + "/metrics", timeout=10).text
+    refused = re.search(
+        r'http_requests_total\{method="POST",route="/api/v1/predict",status="503"\} (\d+)', metrics
+    )
+    assert refused and int(refused.group(1)) >= 40, metrics
+
+
+def test_a_refused_connection_serves_the_next_request(
+    small_server: Server, fixture_images: list[tuple[Path, str]]
+) -> None:
+    body = multipart(fixture_images[0][0].read_bytes())
+    held = hold_all_places(small_server, body)
+    try:
+        extra = open_upload(small_server, len(body))
+        status, text = response_of(extra)
+        assert status == 503, text
+        assert "connection: close" not in text.lower()
+        extra.sendall(body)  # read and dropped by the server, not a reset
+        host = urlsplit(small_server.url).netloc
+        extra.sendall(f"GET /health/ready HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        status, text = response_of(extra)
+        assert status == 200, text
+        extra.close()
+        # Its body all read, and no request after it, a refused connection is an ordinary
+        # keep-alive one: the server closes it once idle (uvicorn's 5 s), not never.
+        idle = open_upload(small_server, len(body))
+        status, text = response_of(idle)
+        assert status == 503, text
+        idle.sendall(body)
+        assert idle.recv(1) == b""
+        idle.close()
+    finally:
+        release(held, body)
+
+
+@pytest.fixture(scope="module")
+def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("admission-drain") / "data"
+    env = {"APP_UPLOADS_MAX": "1", "APP_BODY_IDLE_S": "2"}
+    with running_server(data, env=env) as server:
+        yield server
+
+
+def test_a_refused_body_that_stalls_is_cut_off(
+    impatient_server: Server, fixture_images: list[tuple[Path, str]]
+) -> None:
+    """After its 503, the rest of a body must keep arriving as an admitted one must."""
+    body = multipart(fixture_images[0][0].read_bytes())
+    held = open_upload(impatient_server, len(body))
+    held.sendall(body[:1000])  # the one place, mid-body
+    extra = open_upload(impatient_server, len(body))
+    status, text = response_of(extra)
+    assert status == 503, text
+    extra.sendall(body[:1000])  # then nothing more
+    assert extra.recv(1) == b""  # closed by the server once APP_BODY_IDLE_S passed
+    extra.close()
+    held.close()

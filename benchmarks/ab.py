@@ -2,9 +2,10 @@
 
 Both run ``python -m app`` from their own working tree (API auth off, so the token check's
 database write does not drown a small change), cold in every round, A-B then B-A, with the
-peers suite's measurement (c=1 latency, c=8 throughput); prints the per-round ratios B/A and
-their medians. Used for the floor-gap candidates in RESULTS.md (git worktrees make the
-checkouts: ``git worktree add --detach benchmarks/.work/b HEAD``, then edit there).
+peers suite's measurement (c=1 latency, c=8 throughput, the server's CPU time per request at
+c=8); prints the per-round ratios B/A and their medians. Used for the floor-gap candidates in
+RESULTS.md (git worktrees make the checkouts: ``git worktree add --detach benchmarks/.work/b
+HEAD``, then edit there).
 """
 
 from __future__ import annotations
@@ -57,15 +58,19 @@ def main() -> int:
                     None,
                     samples,
                 )
+            cpu = {k: v[-1] for k, v in rounds.server_cpu.items() if len(v) == r + 1}
             print(
                 f"round {r + 1}: p50 A {rounds.p50['A'][-1]:.2f} B {rounds.p50['B'][-1]:.2f} ms; "
-                f"req/s A {rounds.rps['A'][-1]:.1f} B {rounds.rps['B'][-1]:.1f}",
+                f"req/s A {rounds.rps['A'][-1]:.1f} B {rounds.rps['B'][-1]:.1f}"
+                + (f"; CPU/req A {cpu['A']:.2f} B {cpu['B']:.2f} ms" if len(cpu) == 2 else ""),
                 flush=True,
             )
-    p50 = np.array(rounds.p50["B"]) / np.array(rounds.p50["A"])
-    rps = np.array(rounds.rps["B"]) / np.array(rounds.rps["A"])
-    print(f"B/A p50 c=1: median {np.median(p50):.3f} ({p50.min():.3f}–{p50.max():.3f})")
-    print(f"B/A req/s c=8: median {np.median(rps):.3f} ({rps.min():.3f}–{rps.max():.3f})")
+    for what, key in (("p50 c=1", "p50"), ("req/s c=8", "rps"), ("CPU ms/req c=8", "server_cpu")):
+        per_round = getattr(rounds, key)
+        if len(per_round.get("A", [])) != len(per_round.get("B", [])) or not per_round.get("A"):
+            continue  # CPU time: only where the server's CPU could be read in every round
+        ratio = np.array(per_round["B"]) / np.array(per_round["A"])
+        print(f"B/A {what}: median {np.median(ratio):.3f} ({ratio.min():.3f}–{ratio.max():.3f})")
     if args.label:
         path = record(args.label, rounds, args.requests)
         print(f"recorded: {path}")
@@ -88,6 +93,9 @@ def record(label: str, rounds: Rounds, requests: int) -> Path:
         "machine": machine.describe(),
         "p50_c1_ms": rounds.p50,
         "rps_c8": rounds.rps,
+        # The server's CPU time per request at c=8 (user + system, its threads together): less
+        # moved by other work on the machine than the wall-clock figures.
+        "server_cpu_ms_c8": rounds.server_cpu,
     }
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path

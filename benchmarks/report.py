@@ -33,7 +33,10 @@ def _ab_section(ab_runs: list[dict[str, Any]]) -> list[str]:
     rows = []
     for ab in ab_runs:
         ratios = []
-        for key in ("p50_c1_ms", "rps_c8"):
+        for key in ("p50_c1_ms", "rps_c8", "server_cpu_ms_c8"):
+            if not ab.get(key):  # runs before the CPU time was recorded
+                ratios.append("—")
+                continue
             a, b = ab[key]["A"], ab[key]["B"]
             per_round = sorted(y / x for x, y in zip(a, b, strict=True))
             mid = (
@@ -54,9 +57,22 @@ def _ab_section(ab_runs: list[dict[str, Any]]) -> list[str]:
     return [
         "Each candidate is B against A, the same service from two checkouts, started cold in "
         "every round, A-B then B-A, API auth off (the token check's database write would drown "
-        "a small change); the median of the per-round ratios B/A.",
+        "a small change); the median of the per-round ratios B/A (range over rounds). CPU/req: "
+        "the server process's CPU time per request at c=8, which other work on the machine "
+        "moves less than the wall-clock figures.",
         "",
-        *table(["candidate", "date", "rounds", "p50 c=1 B/A", "req/s c=8 B/A", "decision"], rows),
+        *table(
+            [
+                "candidate",
+                "date",
+                "rounds",
+                "p50 c=1 B/A",
+                "req/s c=8 B/A",
+                "CPU/req c=8 B/A",
+                "decision",
+            ],
+            rows,
+        ),
     ]
 
 

@@ -603,6 +603,11 @@ def _peers_section(run: dict[str, Any]) -> list[str]:
         "server (range over rounds): p50 below 1 and req/s above 1 mean the service is ahead.",
         "",
         *table(["ratio", "p50 c=1", "req/s c=8", "rounds"], ratios),
+        "The changes tried to close the gap to the floor (the issue's candidates: one pool hop, "
+        "the multipart path, the response encoder, a second header pass, both cores busy), each "
+        "an A/B of two checkouts with `python -m benchmarks.ab`, kept or not: *Floor gap: "
+        "candidates* below.",
+        "",
         *(
             ["Not measured: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ".", ""]
             if skipped

@@ -1,0 +1,26 @@
+"""The floor-gap table in RESULTS.md: one row per A/B (``python -m benchmarks.ab``)."""
+
+from __future__ import annotations
+
+from benchmarks.report import _ab_section
+
+
+def test_ab_rows_give_the_median_ratio_and_cpu_time_where_it_was_recorded() -> None:
+    older = {
+        "label": "older",
+        "created_utc": "2026-12-04T16:20:30+00:00",
+        "p50_c1_ms": {"A": [10.0, 10.0, 10.0], "B": [9.0, 11.0, 10.0]},
+        "rps_c8": {"A": [100.0, 100.0, 100.0], "B": [90.0, 120.0, 100.0]},
+        "decision": "not kept",
+    }
+    newer = {
+        **older,
+        "label": "newer",
+        "server_cpu_ms_c8": {"A": [30.0, 30.0, 30.0], "B": [33.0, 36.0, 30.0]},
+    }
+    lines = _ab_section([older, newer])
+    assert "CPU/req c=8 B/A" in lines[2]
+    [old_row] = [line for line in lines if line.startswith("| older")]
+    [new_row] = [line for line in lines if line.startswith("| newer")]
+    assert "| 1.00 (0.90–1.10) | 1.00 (0.90–1.20) | — | not kept |" in old_row
+    assert "| 1.10 (1.00–1.20) | not kept |" in new_row

@@ -200,7 +200,8 @@ class Block:
 
     start: int
     stop: int
-    whitener: np.ndarray  # [F, F]: W with W @ W.T = the inverse shared covariance
+    whitener: np.ndarray  # [F, k]: W with W @ W.T = the inverse shared covariance (k < F:
+    # a wide block reduced to its main directions first, see conversion/gate.py fit_block)
     means: np.ndarray  # [classes, F], class means already multiplied by the whitener
     centre: float  # mean and spread of the training images' distances, to add blocks up
     spread: float

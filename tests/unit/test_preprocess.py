@@ -189,3 +189,18 @@ def test_preprocess_scales_and_lays_out_per_the_spec(upright: Image.Image) -> No
     )
     assert nchw.shape == (3, 24, 32)
     np.testing.assert_allclose(nchw, nhwc.transpose(2, 0, 1) * 255 * 2 - 1, atol=1e-3)
+
+
+def test_an_upload_larger_than_the_stored_size_is_compressed_as_the_training_copies_were() -> None:
+    from app.inference.preprocess import as_stored, resize_rgb
+
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (450, 600, 3), dtype=np.uint8), (0, 0), 3)
+    via = (200, 150)
+    plain = cv2.resize(smooth, via, interpolation=cv2.INTER_AREA)
+    served = resize_rgb(smooth, via, via)
+    assert np.array_equal(served, as_stored(plain))  # resampled, then one JPEG round trip
+    assert not np.array_equal(served, plain)
+    assert np.abs(served.astype(int) - plain).mean() < 8  # artefacts, not another image (~40)
+    # A stored copy (already 200x150) is used as it is: training data never changes.
+    assert np.array_equal(resize_rgb(plain, via, via), plain)

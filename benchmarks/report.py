@@ -93,11 +93,38 @@ def _machine_section(run: dict[str, Any]) -> list[str]:
     ]
 
 
+def int8_sweep_lines(sweep: dict[str, Any] | None) -> list[str]:
+    """The INT8 recipes tried for the shipped model (``python -m conversion int8-sweep``)."""
+    if not sweep:
+        return []
+    rows = [
+        [
+            r["recipe"],
+            f"{r['top1_agreement']:.3f}",
+            "passed" if r["gates_passed"] else "failed",
+            f"{r['speedup']['batch1']:.2f}x",
+            f"{r['speedup']['batch8']:.2f}x",
+        ]
+        for r in sweep["recipes"]
+    ]
+    cpu = sweep["cpu"]
+    return [
+        f"INT8 recipes for `{sweep['model']}` (`python -m conversion int8-sweep`, gates on the "
+        f"{sweep['split']} split, speed on one thread, {cpu['model']}, "
+        f"{'with' if cpu['avx512_vnni'] else 'without'} AVX512-VNNI):",
+        "",
+        *table(["recipe", "top-1 agreement", "gates", "batch 1", "batch 8"], rows),
+        f"Verdict: {sweep['verdict']}.",
+        "",
+    ]
+
+
 def render(
     run: dict[str, Any],
     plots: list[str],
     ab_runs: list[dict[str, Any]] | None = None,
     overload_runs: list[dict[str, Any]] | None = None,
+    int8_sweep: dict[str, Any] | None = None,
 ) -> str:
     """The whole RESULTS.md for one result file."""
     from benchmarks.overload import section as overload_section
@@ -167,6 +194,7 @@ def render(
                 "Q/DQ pairs, so its timings below are not INT8 kernel speed."
             )
     lines += [f"- manifest: `{models.get('manifest')}`", ""]
+    lines += int8_sweep_lines(int8_sweep)
     for suite in SUITES:
         lines += [f"## {suite.title}", "", *borrowed(run, suite.name), *suite.section(run)]
     lines += ["## Floor gap: candidates", "", *_ab_section(ab_runs or [])]
@@ -344,5 +372,7 @@ def regenerate(results_dir: Path, result_file: Path | None = None) -> Path:
 
     ab_runs = [json.loads(p.read_text()) for p in sorted((results_dir / "ab").glob("*.json"))]
     overload_runs = load_overload_runs(results_dir / "overload")
-    atomic_write(target, render(run, rel, ab_runs, overload_runs))
+    sweep_file = root.parent / "models" / "card" / "int8_sweep.json"
+    sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else None
+    atomic_write(target, render(run, rel, ab_runs, overload_runs, sweep))
     return target

@@ -47,13 +47,19 @@ class CamHead:
     pooled: str = ""  # tensor name of the pooled features [N, channels] the Dense layer reads
 
 
-def find_head(model: onnx.ModelProto) -> CamHead:
-    """The GAP -> Dense head that feeds the model's probabilities, or a ConversionError."""
-    graph = model.graph
+def consumers_of(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def find_head(model: onnx.ModelProto) -> CamHead:
+    """The GAP -> Dense head that feeds the model's probabilities, or a ConversionError."""
+    graph = model.graph
+    consumers = consumers_of(graph)
     weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
 
     for pool in graph.node:

@@ -17,6 +17,7 @@ the model's own logits on real images (``check_alphas``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from app.inference.explain import LABEL  # the second input the server feeds: the class index
-from conversion.cam import CamHead, find_head
+from conversion.cam import CamHead, consumers_of, find_head
 from conversion.errors import ConversionError, GateError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
-def _data_inputs(node: onnx.NodeProto, weights: set[str]) -> list[str]:
+def _data_inputs(node: onnx.NodeProto, weights: Container[str]) -> list[str]:
+    """The inputs of ``node`` that are tensors computed by the graph, not its weights."""
     return [i for i in node.input if i and i not in weights]
 
 
@@ -135,7 +137,7 @@ class _Builder:
 
     def data_input(self, node: onnx.NodeProto) -> str:
         """The one input of ``node`` that is not a weight."""
-        data: list[str] = [i for i in node.input if i and i not in self.weights]
+        data = _data_inputs(node, self.weights)
         if len(data) != 1:
             raise ConversionError(f"{node.op_type} {node.name}: not a single-input layer")
         return data[0]
@@ -146,11 +148,7 @@ class _Builder:
         Only nodes on a path from a start to the head take part; a tensor read by two of them
         (a residual block's input) gets the sum of their gradients.
         """
-        weights = set(self.weights)
-        consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for name in _data_inputs(node, weights):
-                consumers.setdefault(name, []).append(node)
+        consumers = consumers_of(self.graph)
         reached, queue = set(starts), list(starts)  # tensors that depend on a start
         while queue:
             for node in consumers.get(queue.pop(), []):
@@ -178,8 +176,9 @@ class _Builder:
         self, node: onnx.NodeProto, grad: str, reached: set[str]
     ) -> list[tuple[str, str]]:
         """(input, its gradient) for each input of ``node`` that depends on a start."""
-        inputs = [i for i in _data_inputs(node, set(self.weights)) if i in reached]
-        if node.op_type == "Add" and len(_data_inputs(node, set(self.weights))) == 2:
+        data = _data_inputs(node, self.weights)
+        inputs = [i for i in data if i in reached]
+        if node.op_type == "Add" and len(data) == 2:
             return [(i, grad) for i in inputs]  # a residual sum passes the gradient to both
         if node.op_type == "Concat":
             axis = helper.get_attribute_value(next(a for a in node.attribute if a.name == "axis"))
@@ -404,10 +403,7 @@ def check_alphas(
 
 def _logits_tensor(model: onnx.ModelProto, head: CamHead) -> str:
     """The Dense layer's output (+ bias): the logits before softmax."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(model.graph)
     (dense,) = [n for n in consumers[head.pooled] if n.op_type == "MatMul"]
     after = consumers.get(dense.output[0], [])
     logits: str = (

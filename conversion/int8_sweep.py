@@ -18,6 +18,7 @@ from typing import Any
 
 import onnx
 
+from conversion.cam import consumers_of
 from conversion.convert import read_spec
 from conversion.images import read_labels
 from conversion.quantize import QuantConfig, calibration_paths, quantize
@@ -31,10 +32,7 @@ SPEEDUP_NEEDED = {"batch1": 1.3, "batch8": 1.5}
 
 def first_convs(model: onnx.ModelProto) -> list[str]:
     """The first Conv on every path from the input (one per ensemble member)."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(model.graph)
     found, queue, seen = [], [i.name for i in model.graph.input], set()
     while queue:
         for node in consumers.get(queue.pop(), []):

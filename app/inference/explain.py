@@ -120,9 +120,7 @@ class Explainer:
             feeds[LABEL] = np.array([index], np.int64)
             coarse, fine = self.session.run([CLASS_MAPS, FINE_MAPS], feeds)
             return multi_scale(coarse[0, index], fine[0, 0])
-        cam: np.ndarray = np.maximum(self.session.run([CLASS_MAPS], feeds)[0][0, index], 0)
-        peak = float(cam.max())
-        return (cam / peak if peak > 0 else cam).astype(np.float32)
+        return unit_peak(self.session.run([CLASS_MAPS], feeds)[0][0, index])
 
     def explain(self, data: bytes, label: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Explanation:
         """Heat map of ``label`` over the region the model sees (blocking: run off the loop)."""
@@ -152,21 +150,21 @@ class Explainer:
         )
 
 
+def unit_peak(cam: np.ndarray) -> np.ndarray:
+    """A map's positive part scaled to a peak of 1 (all 0: no evidence), float32."""
+    positive: np.ndarray = np.maximum(cam, 0).astype(np.float32)
+    peak = float(positive.max())
+    return positive / np.float32(peak) if peak > 0 else positive
+
+
 def multi_scale(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
     """Two maps' positive parts, each scaled to a peak of 1, averaged on the finer grid
     (the coarse one resized bilinearly); the result scaled to a peak of 1 (all 0: none)."""
     rows, columns = fine.shape
-    parts = [
-        cv2.resize(
-            np.maximum(coarse, 0).astype(np.float32),
-            (columns, rows),
-            interpolation=cv2.INTER_LINEAR,
-        ),
-        np.maximum(fine, 0).astype(np.float32),
-    ]
-    total = sum(p / p.max() if p.max() > 0 else p for p in parts)
-    peak = float(np.max(total))
-    return np.asarray(total / peak if peak > 0 else total, np.float32)
+    coarse_up = cv2.resize(
+        np.maximum(coarse, 0).astype(np.float32), (columns, rows), interpolation=cv2.INTER_LINEAR
+    )
+    return unit_peak(unit_peak(coarse_up) + unit_peak(fine))
 
 
 def upright(sent: tuple[int, int], decoded: np.ndarray) -> tuple[int, int]:

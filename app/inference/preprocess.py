@@ -13,25 +13,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from app.inference.formats import FORMATS as FORMATS
 from app.inference.formats import format_of
-from app.inference.formats.base import BUDGET_BYTES_PER_PIXEL as BUDGET_BYTES_PER_PIXEL
 from app.inference.formats.base import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from app.inference.formats.base import ImageError as ImageError
 from app.inference.formats.base import ImageInfo as ImageInfo
 from app.inference.formats.base import ImageTooLargeError as ImageTooLargeError
 from app.inference.formats.base import UnsupportedImageError as UnsupportedImageError
-from app.inference.formats.base import check_budget as check_budget
 from app.inference.formats.base import encode_png as encode_png
-from app.inference.formats.jpeg_markers import JPEG_MAGIC as JPEG_MAGIC
 from app.inference.formats.jpeg_markers import MAX_JPEG_SCANS as MAX_JPEG_SCANS
-from app.inference.formats.jpeg_markers import (
-    MAX_JPEG_SCANS_PER_COMPONENT as MAX_JPEG_SCANS_PER_COMPONENT,
-)
-from app.inference.formats.jpeg_markers import MAX_JPEG_SEGMENTS as MAX_JPEG_SEGMENTS
-from app.inference.formats.jpeg_markers import JpegStructure as JpegStructure
 from app.inference.formats.jpeg_markers import inspect_jpeg as inspect_jpeg
-from app.inference.formats.raster import PNG_MAGIC as PNG_MAGIC
 from app.inference.spec import ModelSpec
 
 

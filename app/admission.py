@@ -16,7 +16,6 @@ ones in the listen backlog, where the health probes wait too.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Collection
 
@@ -24,7 +23,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
 from app.error_responses import error_body
-from app.logs import ACCESS
+from app.logs import AccessLog
 from app.metrics import Metrics
 
 
@@ -43,6 +42,8 @@ class AdmissionControl:
         self.paths = frozenset(paths)
         self.metrics = metrics
         self.in_flight = 0
+        # The same access line and X-Request-ID as every answer inside Litestar gets.
+        self._refusal = AccessLog(self._refuse)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         counted = (
@@ -54,7 +55,7 @@ class AdmissionControl:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
-            await self._refuse(scope["path"], send)
+            await self._refusal(scope, receive, send)
             return
         self.in_flight += 1
         try:
@@ -62,9 +63,10 @@ class AdmissionControl:
         finally:
             self.in_flight -= 1
 
-    async def _refuse(self, path: str, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The 503 itself; ``self._refusal`` wraps it in AccessLog for its line and id."""
         started = time.perf_counter()
-        request_id = secrets.token_hex(6)
+        path = scope["path"]
         detail = f"{self.in_flight} uploads are in progress; try again shortly"
         body = json.dumps(error_body("overloaded", detail)).encode()
         start: HTTPResponseStartEvent = {
@@ -75,27 +77,9 @@ class AdmissionControl:
                 (b"content-length", str(len(body)).encode()),
                 (b"retry-after", b"1"),
                 (b"cache-control", b"no-store"),
-                (b"x-request-id", request_id.encode()),
             ],
         }
         await send(start)
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        seconds = time.perf_counter() - started
         self.metrics.requests.labels(path, "POST", "503").inc()
-        self.metrics.latency.labels(path, "POST").observe(seconds)
-        ms = round(seconds * 1000, 2)
-        ACCESS.info(
-            "%s %s %d %.2f ms %s",
-            "POST",
-            path,
-            503,
-            ms,
-            request_id,
-            extra={
-                "method": "POST",
-                "path": path,
-                "status": 503,
-                "ms": ms,
-                "request_id": request_id,
-            },
-        )
+        self.metrics.latency.labels(path, "POST").observe(time.perf_counter() - started)

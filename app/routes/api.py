@@ -294,7 +294,8 @@ class BatchController(Controller):
         return BatchResponse(count=len(items), failed=failed, results=items)
 
 
-# The live socket's own: not ready, it closes with 1013 (try again later) rather than a 503.
+# The live sockets' (this one and app/routes/live.py's): not ready, they close with 1013 (try
+# again later) rather than answer 503.
 LIVE = {
     "service": Provide(deps.ready_service_or_none, sync_to_thread=False),
     "metrics": Provide(deps.metrics, sync_to_thread=False),

@@ -45,6 +45,21 @@ def safe_next(target: str | None) -> str:
     return "/dashboard"
 
 
+def _login_refused(
+    request: Request[Any, Any, State], status_code: int, target: str, username: str, error: str
+) -> Template:
+    """The login form again with ``error``, shown as to no one signed in."""
+    request.scope.setdefault("state", {})["current_user"] = None
+    return render(
+        request,
+        "login.html",
+        status_code=status_code,
+        next=target,
+        username=username,
+        error=error,
+    )
+
+
 NO_SELF_REGISTRATION = "Accounts are created by an administrator of this service. Ask them for one."
 
 
@@ -104,14 +119,12 @@ class AccountController(Controller):
             await audit.record(
                 "login_throttled", actor_id=None, actor_name=username, address=address
             )
-            request.scope.setdefault("state", {})["current_user"] = None
-            return render(
+            return _login_refused(
                 request,
-                "login.html",
-                status_code=429,
-                next=target,
-                username=username,
-                error=f"Too many failed attempts. Try again in {wait // 60 + 1} minutes.",
+                429,
+                target,
+                username,
+                f"Too many failed attempts. Try again in {wait // 60 + 1} minutes.",
             )
         row = (
             await User.select(
@@ -124,14 +137,12 @@ class AccountController(Controller):
         stored = row["password_hash"] if row and row["active"] else None
         with slots.take() as slot:
             if not slot:  # argon2 is bounded: a flood waits on nobody and costs no memory
-                request.scope.setdefault("state", {})["current_user"] = None
-                page = render(
+                page = _login_refused(
                     request,
-                    "login.html",
-                    status_code=429,
-                    next=target,
-                    username=username,
-                    error="Too many sign-ins at this moment. Try again in a few seconds.",
+                    429,
+                    target,
+                    username,
+                    "Too many sign-ins at this moment. Try again in a few seconds.",
                 )
                 page.headers["Retry-After"] = "1"
                 return page
@@ -139,15 +150,7 @@ class AccountController(Controller):
         if not result.ok or row is None:
             await throttle.failed_async(username, address)
             await audit.record("login_failed", actor_id=None, actor_name=username, address=address)
-            request.scope.setdefault("state", {})["current_user"] = None
-            return render(
-                request,
-                "login.html",
-                status_code=401,
-                next=target,
-                username=username,
-                error=BAD_LOGIN,
-            )
+            return _login_refused(request, 401, target, username, BAD_LOGIN)
         await throttle.succeeded_async(username, address)
         if result.new_hash:  # parameters changed since this hash was made
             await (
@@ -178,10 +181,9 @@ class AccountController(Controller):
         await optional_user(request)
         if settings.registration_mode != "open":
             # The same answer whatever was sent: the form reveals nothing, taken names included.
-            page = render(
+            return render(
                 request, "register.html", status_code=403, closed=True, notice=NO_SELF_REGISTRATION
             )
-            return page
         username = form_text(data.get("username"), "user name")
         password = data.get("password") or ""
         confirm = data.get("confirm") or ""

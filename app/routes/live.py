@@ -14,16 +14,15 @@ from urllib.parse import urlsplit
 
 from litestar import Controller, Request, WebSocket, get, websocket
 from litestar.datastructures import State
-from litestar.di import Provide
 from litestar.response import Template
 from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER
 
-from app import deps
 from app.auth.session import USER, CurrentUser, optional_user, session_still_valid
 from app.inference.service import InferenceService
 from app.live_session import LiveSession
 from app.metrics import Metrics
 from app.page_helpers import render
+from app.routes.api import LIVE
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
@@ -59,14 +58,7 @@ class LiveCameraController(Controller):
     async def live_page(self, request: Request[Any, Any, State], user: CurrentUser) -> Template:
         return render(request, "live.html")
 
-    @websocket(
-        "/ws",
-        dependencies={
-            # Not ready: the socket closes with 1013 (try again later) rather than a 503.
-            "service": Provide(deps.ready_service_or_none, sync_to_thread=False),
-            "metrics": Provide(deps.metrics, sync_to_thread=False),
-        },
-    )
+    @websocket("/ws", dependencies=LIVE)  # the API socket's: not ready, it closes with 1013
     async def live_frames(
         self,
         socket: WebSocket[Any, Any, Any],

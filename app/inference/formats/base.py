@@ -94,6 +94,14 @@ class ImageInfo:
     bytes_per_sample: int = 1  # 2 for 12- and 16-bit samples
 
 
+def within_budget(info: ImageInfo, max_pixels: int) -> ImageInfo:
+    """``info`` once ``check_budget`` has passed what it says."""
+    check_budget(
+        info.format, info.width, info.height, max_pixels, info.channels, info.bytes_per_sample
+    )
+    return info
+
+
 @dataclass(frozen=True, slots=True)
 class Picture:
     """An upload as a browser or the PDF shows it: the bytes and their media type."""

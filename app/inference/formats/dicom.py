@@ -24,6 +24,7 @@ from app.inference.formats.base import (
     UnsupportedImageError,
     check_budget,
     encode_png,
+    within_budget,
 )
 from app.inference.formats.jpeg_markers import JPEG_MAGIC, inspect_jpeg
 
@@ -181,8 +182,7 @@ class Dicom:
 
     def header(self, data: bytes, max_pixels: int) -> ImageInfo:
         width, height, sample_bytes = dicom_size(data)
-        check_budget(self.name, width, height, max_pixels, 3, sample_bytes)
-        return ImageInfo(self.name, width, height, 3, sample_bytes)
+        return within_budget(ImageInfo(self.name, width, height, 3, sample_bytes), max_pixels)
 
     def decode(
         self, data: bytes, target: tuple[int, int] | None, max_pixels: int

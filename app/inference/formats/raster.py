@@ -15,7 +15,7 @@ from app.inference.formats.base import (
     ImageInfo,
     ImageTooLargeError,
     Picture,
-    check_budget,
+    within_budget,
 )
 from app.inference.formats.jpeg_markers import JPEG_MAGIC, inspect_jpeg
 
@@ -99,11 +99,9 @@ class Jpeg(_Raster):
             raise ImageTooLargeError("jpeg image is far over the pixel budget") from exc
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ImageError("unreadable jpeg header") from exc
-        info = ImageInfo(
-            self.name, width, height, structure.components, 2 if structure.precision > 8 else 1
-        )
-        check_budget(self.name, width, height, max_pixels, info.channels, info.bytes_per_sample)
-        return info
+        bytes_per_sample = 2 if structure.precision > 8 else 1
+        info = ImageInfo(self.name, width, height, structure.components, bytes_per_sample)
+        return within_budget(info, max_pixels)
 
 
 class Png(_Raster):
@@ -122,5 +120,4 @@ class Png(_Raster):
         info = ImageInfo(
             self.name, width, height, _PNG_CHANNELS.get(colour, 4), 2 if bits > 8 else 1
         )
-        check_budget(self.name, width, height, max_pixels, info.channels, info.bytes_per_sample)
-        return info
+        return within_budget(info, max_pixels)

@@ -26,12 +26,20 @@ def read_member(folder: Path) -> dict[str, Any]:
     return summary
 
 
+def load_member(folder: Path, checkpoint: str = "best") -> Any:
+    """A member as trained: its own backbone and head, with the chosen checkpoint's weights."""
+    from training.models import build_model
+
+    cfg = read_member(folder)["config"]
+    member = build_model(cfg["arch"], tuple(cfg["size"]), None)
+    member.load_weights(folder / (BEST if checkpoint == "best" else LAST))
+    return member
+
+
 def build_ensemble(members: list[Path], checkpoint: str = "best") -> Any:
     """One Keras model averaging the members' logits; softmax output named ``probs``."""
     import keras
     from keras import layers
-
-    from training.models import build_model
 
     configs = [read_member(m)["config"] for m in members]
     sizes = {tuple(c["size"]) for c in configs}
@@ -42,9 +50,8 @@ def build_ensemble(members: list[Path], checkpoint: str = "best") -> Any:
     inputs = keras.Input((height, width, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
     maps, kernels, biases = [], [], []
-    for i, (folder, cfg) in enumerate(zip(members, configs, strict=True)):
-        member = build_model(cfg["arch"], size, None)
-        member.load_weights(folder / (BEST if checkpoint == "best" else LAST))
+    for i, folder in enumerate(members):
+        member = load_member(folder, checkpoint)
         backbone = member.get_layer("backbone")
         backbone.name = f"backbone_{i}"
         maps.append(backbone(x))
@@ -109,14 +116,12 @@ def assemble(
 
 def _check_mean_of_members(model: Any, members: list[Path], checkpoint: str, x: np.ndarray) -> None:
     """The merged head must give the mean of the members' own logits (an identity, not a fit)."""
-    from training.models import build_model, logits_model
+    from training.models import logits_model
 
     merged = logits_model(model).predict(x.astype(np.float32), verbose=0)
     own = []
     for folder in members:
-        cfg = read_member(folder)["config"]
-        member = build_model(cfg["arch"], tuple(cfg["size"]), None)
-        member.load_weights(folder / (BEST if checkpoint == "best" else LAST))
+        member = load_member(folder, checkpoint)
         own.append(logits_model(member).predict(x.astype(np.float32), verbose=0))
     diff = float(np.abs(merged - np.mean(own, axis=0)).max())
     if diff > 1e-3:

@@ -141,6 +141,13 @@ def class_weights(labels: np.ndarray, nv_per_epoch: int) -> np.ndarray:
     return weights / weights.mean()
 
 
+def epoch_indices(labels: np.ndarray, nv_per_epoch: int, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's order: every minority image plus a fresh random subset of nevi, shuffled."""
+    nevi = np.flatnonzero(labels == NV)
+    keep = rng.choice(nevi, min(nv_per_epoch, len(nevi)), replace=False)
+    return rng.permutation(np.concatenate([np.flatnonzero(labels != NV), keep]))
+
+
 def mix_batch(
     x: np.ndarray, y: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -201,10 +208,7 @@ def _py_dataset():  # type: ignore[no-untyped-def]
             self.on_epoch_end()
 
         def on_epoch_end(self) -> None:
-            nv = np.flatnonzero(self.y == NV)
-            keep = self.rng.choice(nv, min(self.cfg.nv_per_epoch, len(nv)), replace=False)
-            order = np.concatenate([np.flatnonzero(self.y != NV), keep])
-            self.order = self.rng.permutation(order)
+            self.order = epoch_indices(self.y, self.cfg.nv_per_epoch, self.rng)
 
         def __len__(self) -> int:
             return max(1, len(self.order) // self.cfg.batch)  # whole batches: mixing pairs

@@ -23,6 +23,7 @@ from training.calibration import (
     threshold_for_sensitivity,
 )
 from training.data import SOURCE_SIZE, load_split_arrays
+from training.portable import class_weights, epoch_indices
 from training.split import SPLIT_CSV, read_split
 
 log = logging.getLogger(__name__)
@@ -112,24 +113,6 @@ def _degrader(size: tuple[int, int]):  # type: ignore[no-untyped-def]
     return degrade
 
 
-def _epoch_indices(labels: np.ndarray, nv_per_epoch: int, rng: np.random.Generator) -> np.ndarray:
-    nv = HAM10000_LABELS.index("nv")
-    nv_idx = np.flatnonzero(labels == nv)
-    other = np.flatnonzero(labels != nv)
-    keep = rng.choice(nv_idx, min(nv_per_epoch, len(nv_idx)), replace=False)
-    return rng.permutation(np.concatenate([other, keep]))
-
-
-def _class_weights(labels: np.ndarray, nv_per_epoch: int) -> dict[int, float]:
-    # Weights for the sampled epoch distribution, square-rooted: full inverse frequency
-    # over-trusts 85 dermatofibromas.
-    counts = np.bincount(labels, minlength=len(HAM10000_LABELS)).astype(float)
-    nv = HAM10000_LABELS.index("nv")
-    counts[nv] = min(counts[nv], nv_per_epoch)
-    weights = np.sqrt(counts.sum() / (len(counts) * np.maximum(counts, 1)))
-    return {i: float(w / weights.mean()) for i, w in enumerate(weights)}
-
-
 def train(cfg: TrainConfig) -> dict[str, object]:
     """Train, pick the best epoch by val BMA, calibrate on val and save ``cfg.out`` (.h5)."""
     import keras
@@ -153,7 +136,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     model = build_model(cfg.arch, cfg.size, cfg.weights)
     augment = _augmenter(cfg.size)
     rng = np.random.default_rng(cfg.seed)
-    class_weight = _class_weights(y_train, cfg.nv_per_epoch)
+    class_weight = dict(enumerate(class_weights(y_train, cfg.nv_per_epoch).tolist()))
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = cfg.out.with_suffix(".best.weights.h5")
     history: list[dict[str, float]] = []
@@ -189,7 +172,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
                 optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
                 loss="sparse_categorical_crossentropy",
             )
-        idx = _epoch_indices(y_train, cfg.nv_per_epoch, rng)
+        idx = epoch_indices(y_train, cfg.nv_per_epoch, rng)
         fit = model.fit(
             dataset(idx),
             epochs=1,

@@ -247,7 +247,7 @@ def record_in_manifest(manifest_path: Path, cam_path: Path, gate: dict[str, obje
         "size": cam_path.stat().st_size,
         "precision": "fp32",
         "purpose": "Grad-CAM explanations (class_maps, fine_maps outputs); not used to classify",
-        "grids": grids,  # [rows, columns] of each map; the server shows fine_maps when present
+        "grids": grids,  # [rows, columns] of each map; with fine_maps the server averages both
         "identity_gate": gate,
     }
     write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")

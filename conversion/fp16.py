@@ -9,7 +9,7 @@ against FP32 on real images.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from conversion.convert import read_spec, set_metadata
 from conversion.errors import GateError
 from conversion.files import save_onnx
 
@@ -28,13 +29,9 @@ FP16_MIN_TOP1 = 0.99  # half precision moves probabilities by ~1e-3; flips only 
 def to_fp16(fp32: Path, out: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(fp32))
-    half = convert_float_to_float16(model, keep_io_types=True)
-    for prop in half.metadata_props:  # the server reads the precision from the metadata
-        if prop.key == "skinlesion.extra":
-            extra = json.loads(prop.value)
-            extra["precision"] = "fp16"
-            prop.value = json.dumps(extra)
+    half = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    spec = read_spec(fp32)  # the server reads the precision from the metadata
+    set_metadata(half, dataclasses.replace(spec, extra={**spec.extra, "precision": "fp16"}))
     save_onnx(half, out)
 
 

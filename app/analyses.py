@@ -78,41 +78,14 @@ async def save(
     """
     fmt = format_of(upload.data)  # validated (pixel budget included) before analysis
     suffix = f".{fmt.name}"
-    if store.transactional:
-        async with Analysis._meta.db.transaction():
-            row = _new_row(store, classifier, owner_id, patient, upload, prediction, batch, gate)
-            row.image_path = await store.write(upload.data, suffix)
-            await row.save().run()
-        return row.id
-    name = await store.write(upload.data, suffix)
-    row = _new_row(store, classifier, owner_id, patient, upload, prediction, batch, gate)
-    row.image_path = name
-    try:
-        await row.save().run()
-    except BaseException:
-        store.delete(name)  # the row never existed; do not leave an orphan file behind
-        raise
-    return row.id
-
-
-def _new_row(
-    store: EncryptedStore,
-    classifier: Classifier,
-    owner_id: int,
-    patient: str,
-    upload: Upload,
-    prediction: Prediction,
-    batch: str | None,
-    gate: GateResult | None,
-) -> Analysis:
-    return Analysis(
+    row = Analysis(
         owner=owner_id,
         # sealed: the database alone names no patient (see the table's comment)
         patient_sealed=store.seal_text(patient[:128]),
         patient_index=store.blind_index(patient[:128]),
         filename_sealed=store.seal_text(_display_name(upload.filename)),
         batch=batch,
-        image_path="",  # set by the caller once the image is stored
+        image_path="",  # set below once the image is stored
         image_sha256=hashlib.sha256(upload.data).hexdigest(),
         predicted_class=prediction.label,
         probabilities=json.dumps(prediction.probabilities),
@@ -124,6 +97,18 @@ def _new_row(
         model_sha256=classifier.sha256,
         gate=json.dumps(gate.as_dict()) if gate is not None else "",
     )
+    if store.transactional:
+        async with Analysis._meta.db.transaction():
+            row.image_path = await store.write(upload.data, suffix)
+            await row.save().run()
+        return row.id
+    row.image_path = await store.write(upload.data, suffix)
+    try:
+        await row.save().run()
+    except BaseException:
+        store.delete(row.image_path)  # the row never existed; do not leave an orphan file behind
+        raise
+    return row.id
 
 
 def decorate(row: dict[str, Any], store: EncryptedStore) -> dict[str, Any]:

@@ -51,6 +51,15 @@ def _seconds(wait: float) -> int:
     return max(1, int(wait) + 1) if wait > 0 else 0
 
 
+def _limits(pair: int, account: int, address: int, overall: int) -> dict[str, int]:
+    return {"pair": pair, "account": account, "address": address, "overall": overall}
+
+
+def _columns(account: str, address: str) -> tuple[str, str]:
+    """The account and address as the shared backends store them: cut to the column widths."""
+    return account.casefold()[:ACCOUNT_CHARS], address[:ADDRESS_CHARS]
+
+
 class LoginThrottle:
     def __init__(
         self,
@@ -63,8 +72,7 @@ class LoginThrottle:
     ) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
-        self._limits = {"pair": max_failures, "account": per_account, "address": per_address}
-        self._limits["overall"] = overall
+        self._limits = _limits(max_failures, per_account, per_address, overall)
         self._clock = clock
         self._failures: dict[Key, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -148,12 +156,7 @@ class DatabaseThrottle:
         prune_every_s: float = 60.0,
     ) -> None:
         self.window_s = window_s
-        self._limits = {
-            "pair": max_failures,
-            "account": per_account,
-            "address": per_address,
-            "overall": overall,
-        }
+        self._limits = _limits(max_failures, per_account, per_address, overall)
         self._clock = clock
         self._prune_every_s = prune_every_s
         self._pruned_at = 0.0
@@ -166,7 +169,7 @@ class DatabaseThrottle:
 
     async def check(self, account: str, address: str) -> int:
         table = self._table()
-        name, addr = account.casefold()[:ACCOUNT_CHARS], address[:ADDRESS_CHARS]
+        name, addr = _columns(account, address)
         now = self._clock()
         cutoff = now - self.window_s
         parts, args = [], []
@@ -186,27 +189,18 @@ class DatabaseThrottle:
     async def failed_async(self, account: str, address: str) -> None:
         table = self._table()
         now = self._clock()
-        await table.insert(
-            table(
-                account=account.casefold()[:ACCOUNT_CHARS],
-                address=address[:ADDRESS_CHARS],
-                at=now,
-                cleared=False,
-            )
-        ).run()
+        name, addr = _columns(account, address)
+        await table.insert(table(account=name, address=addr, at=now, cleared=False)).run()
         if now - self._pruned_at >= self._prune_every_s:
             self._pruned_at = now
             await table.delete().where(table.at < now - self.window_s).run()
 
     async def succeeded_async(self, account: str, address: str) -> None:
         table = self._table()
+        name, addr = _columns(account, address)
         await (
             table.update({table.cleared: True})
-            .where(
-                (table.account == account.casefold()[:ACCOUNT_CHARS])
-                & (table.address == address[:ADDRESS_CHARS])
-                & (table.cleared.eq(False))
-            )
+            .where((table.account == name) & (table.address == addr) & (table.cleared.eq(False)))
             .run()
         )
 
@@ -235,19 +229,14 @@ class RedisThrottle:
         from redis.asyncio import Redis
 
         self.window_s = window_s
-        self._limits = {
-            "pair": max_failures,
-            "account": per_account,
-            "address": per_address,
-            "overall": overall,
-        }
+        self._limits = _limits(max_failures, per_account, per_address, overall)
         self._clock = clock
         self._client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.store = RedisStore(self._client, namespace=namespace)
         self._counter = 0
 
     def _keys(self, account: str, address: str) -> dict[str, str]:
-        name, addr = account.casefold()[:ACCOUNT_CHARS], address[:ADDRESS_CHARS]
+        name, addr = _columns(account, address)
         return {
             "pair": self.store._make_key(f"pair:{name}\x00{addr}"),
             "account": self.store._make_key(f"account:{name}"),

@@ -66,6 +66,18 @@ async def _read_uploads(
     return patient, [u for u in uploads if u.data], analyse_anyway
 
 
+# The columns a list of analyses shows (dashboard, history); ``decorate`` unseals the patient.
+_LISTED = (
+    Analysis.id,
+    Analysis.patient,
+    Analysis.patient_sealed,
+    Analysis.predicted_class,
+    Analysis.confidence,
+    Analysis.melanoma_flag,
+    Analysis.created_at,
+)
+
+
 def _skipped_summary(errors: list[str], shown: int = 3, width: int = 120) -> str:
     """One short message for the files a batch skipped. Flash messages live in the session
     cookie: one per file made 24 KB of cookies for a 32-file batch with long names, over a
@@ -140,15 +152,7 @@ class PagesController(Controller):
         flagged = sum(1 for r in rows if r["melanoma_flag"])
         mean_conf = sum(r["confidence"] for r in rows) / len(rows) if rows else None
         recent = (
-            await Analysis.select(
-                Analysis.id,
-                Analysis.patient,
-                Analysis.patient_sealed,
-                Analysis.predicted_class,
-                Analysis.confidence,
-                Analysis.melanoma_flag,
-                Analysis.created_at,
-            )
+            await Analysis.select(*_LISTED)
             .where((Analysis.owner == user.id) & (Analysis.melanoma_flag.eq(True)))
             .order_by(Analysis.created_at, ascending=False)
             .limit(5)
@@ -365,17 +369,7 @@ class PagesController(Controller):
         pages = max(1, -(-total // PAGE_SIZE))
         page = min(max(1, page), pages)
         rows = (
-            await Analysis.select(
-                Analysis.id,
-                Analysis.patient,
-                Analysis.patient_sealed,
-                Analysis.predicted_class,
-                Analysis.confidence,
-                Analysis.melanoma_flag,
-                Analysis.created_at,
-                Analysis.original_filename,
-                Analysis.filename_sealed,
-            )
+            await Analysis.select(*_LISTED, Analysis.original_filename, Analysis.filename_sealed)
             .where(where)
             .order_by(Analysis.created_at, ascending=False)
             .limit(PAGE_SIZE)

@@ -56,14 +56,15 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from app.db.drivers import hide_unused_postgres_driver
-    from app.inference.classifier import Classifier, ModelLoadError
+    from app.inference.classifier import ModelLoadError
+    from app.inference.service import open_classifier
 
     hide_unused_postgres_driver(settings.database_url)
     from app.main import create_app
 
     # Refuse to start with a one-line reason before binding the port.
     try:
-        classifier = Classifier(settings.model_path, settings.providers, threads=1)
+        classifier = open_classifier(settings)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -105,6 +106,12 @@ class InferenceService:
             queue_max=max(settings.queue_max, settings.batch_max),
             concurrency=workers,
             observer=observer,
+            # Alone, one image may use every core (the classifier's solo session, if any):
+            # at concurrency 1 the second core would otherwise idle through the model.
+            run_solo=functools.partial(classifier.run, solo=True)
+            if classifier.has_solo_session
+            else None,
+            busy=lambda: self._decoding > 0,
         )
 
     async def start(self) -> None:
@@ -285,6 +292,17 @@ def load_gate(settings: Settings, classifier: Classifier) -> Gate:
     return gate
 
 
+def open_classifier(settings: Settings) -> Classifier:
+    """The served model's session; raises ModelLoadError.
+
+    One intra-op thread per run while ``ort_threads`` runs share the cores (PITFALLS.md), and
+    ``ort_threads`` for a run with the machine to itself.
+    """
+    return Classifier(
+        settings.model_path, settings.providers, threads=1, solo_threads=settings.ort_threads
+    )
+
+
 def load_service(
     settings: Settings,
     observer: InferenceObserver | None = None,
@@ -295,7 +313,7 @@ def load_service(
     # Two cores are better spent on two requests than on one image's parallel resize.
     cv2.setNumThreads(1)
     if classifier is None:
-        classifier = Classifier(settings.model_path, settings.providers, threads=1)
+        classifier = open_classifier(settings)
     # Batches of 1 and 2, what a kiosk sees. Memory follows load: warming the largest
     # micro-batch too held 5 MB more RSS (measured, startup suite) for a one-off allocation
     # that the first busy batch of that size pays instead.

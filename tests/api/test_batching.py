@@ -208,3 +208,42 @@ async def test_batcher_frees_the_places_of_cancelled_requests(tensors: list[np.n
         release.set()
         assert len(await live) == 2
         await running
+
+
+async def test_a_batch_alone_runs_on_the_solo_session_and_a_crowd_does_not(
+    model_path: Path, tensors: list[np.ndarray]
+) -> None:
+    """The solo session (every core on one image) only when nothing else needs the cores."""
+    wide = Classifier(model_path, "cpu", threads=1, solo_threads=2)
+    assert wide.has_solo_session and not Classifier(model_path, "cpu", 1, 1).has_solo_session
+    calls: list[str] = []
+    decoding = False
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append("shared")
+        return wide.run(batch)
+
+    def run_solo(batch: np.ndarray) -> np.ndarray:
+        calls.append("solo")
+        return wide.run(batch, solo=True)
+
+    batcher = MicroBatcher(
+        run, max_batch=1, queue_max=64, concurrency=2, run_solo=run_solo, busy=lambda: decoding
+    )
+    await batcher.start()
+    try:
+        alone = await batcher.submit(tensors[0])
+        assert calls == ["solo"]
+        shared = wide.run(tensors[0][None])[0]
+        np.testing.assert_allclose(alone.probabilities, shared, atol=1e-5)
+
+        decoding = True  # another upload is being decoded: leave it its core
+        await batcher.submit(tensors[0])
+        assert calls[-1] == "shared"
+
+        decoding = False
+        calls.clear()
+        await asyncio.gather(*(batcher.submit(t) for t in tensors * 2))
+        assert "shared" in calls  # the crowd queued behind the first run
+    finally:
+        await batcher.stop()

@@ -23,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 # The output names the server reads, and the class index it feeds as the second input.
-from app.inference.explain import CLASS_MAPS, FINE_MAPS, LABEL
+from app.inference.explain import CLASS_MAPS, FINE_MAPS, LABEL, LAYER_CAM_OUTPUTS
 from conversion.errors import ConversionError, GateError
 from conversion.files import save_onnx
 
@@ -152,6 +152,19 @@ def _finer_layers(model: onnx.ModelProto) -> list[FineLayer]:
         return []
 
 
+def _layer_cam_scales(model: onnx.ModelProto) -> list[list[FineLayer]]:
+    """Each member's block nearest the head at stride 16 and at stride 8 (for the 3 x
+    MobileNetV2-0.35 at 200x150: 10x13 and 19x25). Their Layer-CAM maps' geometric mean was the
+    best of the candidates on val lesion references (models/card/localisation_candidates.json)."""
+    from conversion.gradcam import scale_layers
+
+    try:
+        return scale_layers(model)
+    except ConversionError as exc:
+        log.warning("no Layer-CAM maps: %s", exc)
+        return []
+
+
 def check_class_maps(probabilities: np.ndarray, class_maps: np.ndarray, bias: np.ndarray) -> float:
     """Largest |softmax(mean_hw(class_maps) + bias) - probabilities|; raises GateError."""
     logits = class_maps.mean(axis=(2, 3)) + bias
@@ -173,12 +186,26 @@ def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float
     """
     import onnxruntime as ort
 
-    from conversion.gradcam import add_fine_maps, check_alphas  # it builds on this module
+    # it builds on this module
+    from conversion.gradcam import add_fine_maps, add_layer_maps, check_alphas, check_layer_maps
 
     source = onnx.load(str(fp32_path))
     cam, head = add_class_maps(source)
     fine = _finer_layers(source)
-    if fine:
+    scales = _layer_cam_scales(source) if fine else []
+    if scales:
+        # What the server shows: Layer-CAM on two finer grids from one backward pass, its
+        # gradients checked element by element against finite differences first.
+        gradient_error = check_layer_maps(source, scales, batch[:2])
+        # Grad-CAM on the stride-16 blocks from the same pass: what the server showed before
+        # (with the class maps), kept so `localise` measures both on the same images.
+        cam = add_layer_maps(cam, scales, list(LAYER_CAM_OUTPUTS), gradcam_output=FINE_MAPS)
+        log.info(
+            "Layer-CAM maps on grids %s, gradients within %.3f of finite differences",
+            ", ".join(f"{s[0].height}x{s[0].width}" for s in scales),
+            gradient_error,
+        )
+    elif fine:
         # Grad-CAM on a finer block beside the exact class maps: each member's weights are
         # checked against finite differences of the model's own logits before it is written.
         alpha_error = max(check_alphas(source, layer, batch[:4]) for layer in fine)
@@ -219,6 +246,17 @@ def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float
     return diff
 
 
+def _shown(grids: dict[str, list[int]]) -> dict[str, object]:
+    """The map the server returns (app/inference/explain.py Explainer.class_map) and its grid."""
+    from app.inference.explain import LAYER_CAM_GEOMETRIC, MULTI_SCALE
+
+    if all(name in grids for name in LAYER_CAM_OUTPUTS):
+        return {"map": LAYER_CAM_GEOMETRIC, "grid": grids[LAYER_CAM_OUTPUTS[-1]]}
+    if FINE_MAPS in grids:
+        return {"map": MULTI_SCALE, "grid": grids[FINE_MAPS]}
+    return {"map": CLASS_MAPS, "grid": grids[CLASS_MAPS]}
+
+
 def record_in_manifest(manifest_path: Path, cam_path: Path, gate: dict[str, object]) -> None:
     """Add the CAM model to ``manifest.json`` (files.cam), beside the models it explains."""
     import json
@@ -239,15 +277,17 @@ def record_in_manifest(manifest_path: Path, cam_path: Path, gate: dict[str, obje
     grids = {
         o.name: list(value.shape[2:])
         for o, value in zip(session.get_outputs(), outputs, strict=True)
-        if o.name in (CLASS_MAPS, FINE_MAPS)
+        if o.name in (CLASS_MAPS, FINE_MAPS, *LAYER_CAM_OUTPUTS)
     }
     manifest["files"]["cam"] = {
         "path": cam_path.relative_to(manifest_path.parent).as_posix(),
         "sha256": file_sha256(cam_path),
         "size": cam_path.stat().st_size,
         "precision": "fp32",
-        "purpose": "Grad-CAM explanations (class_maps, fine_maps outputs); not used to classify",
-        "grids": grids,  # [rows, columns] of each map; with fine_maps the server averages both
+        "purpose": "explanations (class_maps, fine_maps, layer_cam, layer_cam_fine outputs); "
+        "not used to classify",
+        "grids": grids,  # [rows, columns] of each map the model outputs
+        "shown": _shown(grids),
         "identity_gate": gate,
     }
     write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")

@@ -31,9 +31,16 @@ from conversion.errors import ConversionError, GateError
 
 log = logging.getLogger(__name__)
 
+GRADIENT_PREFIX = "layercam_grad:"  # + a layer's tensor: exposed only in the checked copy
 ALPHAS = "gradcam_alphas"  # [N, 1, channels]: exposed only in the copy that is checked
 ALPHA_MAX_REL_ERROR = 0.05  # measured 0.018; a wrong stride, pad or kernel gives O(1)
 EPS = 1e-3  # smaller: float32 noise; larger: steps cross ReLU6 kinks (measured)
+LAYER_CAM_SCALES = 2  # stride 16 and stride 8 (a stride-4 block pointed worse on val: 89 %)
+GRADIENT_MAX_REL_ERROR = 0.05  # directional derivatives; a shifted or unmasked map gives O(1)
+# A random direction moves every element, so it crosses more ReLU6 kinks than EPS on one channel:
+# at 1e-3 up to 0.08 of |grad| off, at 1e-4 under 0.01 (measured; float32 noise is below that).
+DIRECTION_EPS = 1e-4
+LAYER_MAP_MAX_DIFF = 1e-4  # the graph's maps against numpy's from the same tensors, relative
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,30 +64,36 @@ def _data_inputs(node: onnx.NodeProto, weights: Container[str]) -> list[str]:
     return [i for i in node.input if i and i not in weights]
 
 
-def candidate_layers(model: onnx.ModelProto) -> list[FineLayer]:
-    """ReLU/Clip activations (NCHW) with a finer grid than the head's, nearest the head first."""
+def candidate_layers(
+    model: onnx.ModelProto, finer_than: tuple[int, int] | None = None
+) -> list[FineLayer]:
+    """ReLU/Clip activations (NCHW) with a finer grid than the head's (or ``finer_than``'s
+    rows), nearest the head first."""
     head = find_head(model)
     if head.channels_last:
         raise ConversionError("fine Grad-CAM maps are built for NCHW models only")
     shapes = _shapes(model)
-    last = shapes[head.feature_map]
+    rows = finer_than[0] if finer_than else shapes[head.feature_map][2]
     out = []
     for node in reversed(model.graph.node):
         shape = shapes.get(node.output[0], [])
-        if node.op_type in ("Clip", "Relu") and len(shape) == 4 and shape[2] > last[2]:
+        if node.op_type in ("Clip", "Relu") and len(shape) == 4 and shape[2] > rows:
             out.append(FineLayer(node.output[0], shape[1], shape[2], shape[3]))
     return out
 
 
-def fine_layers(model: onnx.ModelProto) -> list[FineLayer]:
+def fine_layers(
+    model: onnx.ModelProto, finer_than: tuple[int, int] | None = None
+) -> list[FineLayer]:
     """The finer block nearest the head on each branch into it: one for a single backbone, one
     per member for an ensemble whose members' maps are concatenated before the pooling.
+    Finer than the head's grid, or than ``finer_than`` (rows, columns).
 
     The search walks back from each branch breadth-first, so a residual block's two paths are
     both seen and the first finer activation met is the nearest.
     """
     head = find_head(model)
-    finer = {layer.tensor: layer for layer in candidate_layers(model)}
+    finer = {layer.tensor: layer for layer in candidate_layers(model, finer_than)}
     weights = {i.name for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     top = producer.get(head.feature_map)
@@ -105,6 +118,20 @@ def fine_layers(model: onnx.ModelProto) -> list[FineLayer]:
     if len({(f.height, f.width) for f in found}) > 1:
         raise ConversionError("the members' finer blocks have different grids")
     return found
+
+
+def scale_layers(model: onnx.ModelProto, scales: int = LAYER_CAM_SCALES) -> list[list[FineLayer]]:
+    """``scales`` grids of blocks, each finer than the one before: per grid, each member's
+    block nearest the head (MobileNetV2 at 200x150: 10x13 at stride 16, 19x25 at stride 8)."""
+    out: list[list[FineLayer]] = []
+    grid = None
+    for _ in range(scales):
+        layers = fine_layers(model, grid)
+        if not layers:
+            raise ConversionError(f"no block finer than {grid or 'the head'} for Layer-CAM")
+        out.append(layers)
+        grid = (layers[0].height, layers[0].width)
+    return out
 
 
 class _Builder:
@@ -158,19 +185,22 @@ class _Builder:
                         queue.append(out)
         if self.head.feature_map not in reached:
             raise ConversionError(f"{starts} do not lead to the head")
-        grads = {self.head.feature_map: seed}
+        grads, found = {self.head.feature_map: seed}, {}
         for node in reversed(list(self.graph.node)):  # ONNX nodes are in topological order
-            if node.output[0] not in grads or node.output[0] in starts:
+            if node.output[0] not in grads:
                 continue
             grad = grads.pop(node.output[0])
+            if node.output[0] in starts:
+                found[node.output[0]] = grad  # complete: every consumer came later
+            # On past a start only towards a deeper one: inputs outside ``reached`` are skipped.
             for name, part in self.backward_inputs(node, grad, reached):
                 grads[name] = (
                     self.node("Add", [grads[name], part], "gsum") if name in grads else part
                 )
-        missing = [s for s in starts if s not in grads]
+        missing = [s for s in starts if s not in found]
         if missing:
             raise ConversionError(f"no gradient reached {missing}")
-        return {s: grads[s] for s in starts}
+        return {s: found[s] for s in starts}
 
     def backward_inputs(
         self, node: onnx.NodeProto, grad: str, reached: set[str]
@@ -259,9 +289,8 @@ class _Builder:
             return self.to5d(back, xs)
         raise ConversionError(f"no backward rule for {op} ({node.name})")
 
-    def build(self, layers: list[FineLayer], expose_alphas: bool = False) -> str:
-        """Append the maps for ``layers`` (summed: the members' evidence adds up in the logit);
-        returns the maps' tensor name."""
+    def seed(self) -> str:
+        """d logit / d head map for the class given as the ``label`` input: [N, 1, C, h, w]."""
         head, fmap = self.head, self.head.feature_map
         shape = self.shapes[fmap]
         # d logit_c / d A_last = kernel[:, c] / (h*w) everywhere (the mean pool + Dense head)
@@ -275,8 +304,47 @@ class _Builder:
         seed = self.node("Gather", [self.const(seeds, "seeds"), LABEL], "seed", axis=0)
         zeros = self.node("Mul", [fmap, self.const(np.array(0.0, np.float32))], "zero")
         zeros = self.node("Unsqueeze", [zeros, self.const(np.array([1], np.int64))], "z5")
-        grad = self.node("Add", [zeros, seed], "seed5")  # [N, 1, C, h, w]
-        grads = self.gradients(grad, [layer.tensor for layer in layers])
+        return self.node("Add", [zeros, seed], "seed5")
+
+    def build_layer_cam(
+        self, scales: list[list[FineLayer]], grads: dict[str, str], expose_gradients: bool = False
+    ) -> list[str]:
+        """Append Layer-CAM maps, one [N, 1, h, w] per scale (its members summed), from the
+        gradients ``grads`` (tensor -> its gradient); returns their tensor names."""
+        axes = self.const(np.array([1], np.int64))
+        names = []
+        for layers in scales:
+            total = None
+            for layer in layers:
+                shape = np.array([-1, layer.channels, layer.height, layer.width], np.int64)
+                grad = self.node("Reshape", [grads[layer.tensor], self.const(shape)], "g4")
+                mean = self.node("ReduceMean", [layer.tensor], "amean", axes=[2, 3], keepdims=1)
+                above = self.node("Sub", [layer.tensor, mean], "above")
+                weighted = self.node("Mul", [self.node("Relu", [grad], "gpos"), above], "lcw")
+                maps = self.node("ReduceSum", [weighted, axes], "lc", keepdims=1)
+                total = maps if total is None else self.node("Add", [total, maps], "lcsum")
+                if expose_gradients:
+                    name = f"{GRADIENT_PREFIX}{layer.tensor}"
+                    self.graph.node.append(helper.make_node("Identity", [grad], [name]))
+                    dims: list[str | int] = ["N", layer.channels, layer.height, layer.width]
+                    self.graph.output.append(
+                        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims)
+                    )
+            assert total is not None
+            names.append(total)
+        return names
+
+    def build(
+        self,
+        layers: list[FineLayer],
+        expose_alphas: bool = False,
+        grads: dict[str, str] | None = None,
+    ) -> str:
+        """Append the maps for ``layers`` (summed: the members' evidence adds up in the logit),
+        from ``grads`` where given (a backward pass shared with Layer-CAM); returns the maps'
+        tensor name."""
+        if grads is None:
+            grads = self.gradients(self.seed(), [layer.tensor for layer in layers])
         height, width = layers[0].height, layers[0].width
         total = None
         for layer in layers:
@@ -331,6 +399,137 @@ def add_fine_maps(
     return out
 
 
+def add_layer_maps(
+    model: onnx.ModelProto,
+    scales: list[list[FineLayer]],
+    outputs: list[str],
+    expose_gradients: bool = False,
+    gradcam_output: str | None = None,
+) -> onnx.ModelProto:
+    """A copy of ``model`` with one output [N, 1, h, w] per scale (named by ``outputs``): the
+    Layer-CAM map of the class given as the ``label`` input, the members summed, before the
+    ReLU (the server clips and scales). With ``gradcam_output``, also Grad-CAM on the first
+    scale from the same backward pass (onnxruntime runs every node whatever is fetched, so a
+    second pass would cost its full time on every explanation).
+
+    Layer-CAM (Jiang et al., 2021) weighs each activation by its own positive gradient instead of
+    a channel's mean gradient, so the map keeps the block's spatial detail. Here each channel's
+    activation is taken relative to its mean over the image: ``sum_k relu(dy/dA_k) (A_k -
+    mean(A_k))``, the evidence a place adds beyond the image's average place (what the pooled
+    head reads), so skin that raises a channel everywhere no longer counts as evidence.
+    """
+    if len(outputs) != len(scales):
+        raise ValueError("one output name per scale")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    builder = _Builder(out, find_head(model), "layercam")
+    grads = builder.gradients(builder.seed(), [layer.tensor for ls in scales for layer in ls])
+    maps = builder.build_layer_cam(scales, grads, expose_gradients)
+    if gradcam_output:
+        outputs, scales = [*outputs, gradcam_output], [*scales, scales[0]]
+        maps.append(builder.build(scales[0], grads=grads))
+    for name, tensor, layers in zip(outputs, maps, scales, strict=True):
+        out.graph.node.append(helper.make_node("Identity", [tensor], [name]))
+        out.graph.output.append(
+            helper.make_tensor_value_info(
+                name, onnx.TensorProto.FLOAT, ["N", 1, layers[0].height, layers[0].width]
+            )
+        )
+    onnx.checker.check_model(out)
+    return out
+
+
+class _Tail:
+    """The network from ``layer`` on, cut out of the model, to perturb that layer's activation."""
+
+    def __init__(self, model: onnx.ModelProto, layer: FineLayer) -> None:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        logits = _logits_tensor(model, find_head(model))
+        self.layer = layer.tensor
+        self.input = model.graph.input[0].name
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        for name in (layer.tensor, logits):
+            probe.graph.output.append(
+                helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+        self.probe = ort.InferenceSession(probe.SerializeToString(), providers=providers)
+        # An ensemble's other members still read the image: the tail then takes both.
+        tail = onnx.utils.Extractor(probe).extract_model([self.input, layer.tensor], [logits])
+        used = {i for n in tail.graph.node for i in n.input}
+        for unused in [i for i in tail.graph.input if i.name not in used]:
+            tail.graph.input.remove(unused)
+        self.tail = ort.InferenceSession(tail.SerializeToString(), providers=providers)
+        self.reads_image = self.input in {i.name for i in self.tail.get_inputs()}
+
+    def activation(self, x: np.ndarray) -> np.ndarray:
+        """The layer's activation for one image [C, H, W] -> [1, C, h, w]."""
+        out: np.ndarray = self.probe.run([self.layer], {self.input: x[None]})[0]
+        return out
+
+    def slope(
+        self, x: np.ndarray, activation: np.ndarray, direction: np.ndarray, eps: float = EPS
+    ) -> np.ndarray:
+        """Central difference of the logits [classes] along ``direction``, steps of ``eps``."""
+        image = {self.input: x[None]} if self.reads_image else {}
+        up = self.tail.run(None, {**image, self.layer: activation + eps * direction})[0]
+        down = self.tail.run(None, {**image, self.layer: activation - eps * direction})[0]
+        out: np.ndarray = (up - down)[0] / (2 * eps)
+        return out
+
+
+def check_layer_maps(
+    model: onnx.ModelProto, scales: list[list[FineLayer]], batch: np.ndarray
+) -> float:
+    """Largest relative error of the graph's Layer-CAM gradients against central differences.
+
+    Every element of the gradient counts in Layer-CAM, not only its mean, so the check is a
+    directional derivative along a random direction V over the whole block: ``<grad, V>``
+    against (logit(A + eps V) - logit(A - eps V)) / (2 eps), for every class, relative to
+    ``|grad|`` (a map shifted by one cell or an unmasked ReLU6 is off by O(1)). The graph's maps
+    must also equal the Layer-CAM sum computed here from the same gradients and activations.
+    """
+    import onnxruntime as ort
+
+    names = [f"layercam_check_{i}" for i in range(len(scales))]
+    checked = add_layer_maps(model, scales, names, expose_gradients=True)
+    session = ort.InferenceSession(checked.SerializeToString(), providers=["CPUExecutionProvider"])
+    tails = {layer.tensor: _Tail(model, layer) for layers in scales for layer in layers}
+    input_name = session.get_inputs()[0].name
+    classes = int(find_head(model).kernel.shape[1])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for x in batch:
+        for c in range(classes):
+            wanted = names + [f"{GRADIENT_PREFIX}{t}" for t in tails]
+            values = session.run(wanted, {input_name: x[None], LABEL: np.array([c])})
+            out = dict(zip(wanted, values, strict=True))
+            for name, layers in zip(names, scales, strict=True):
+                expected = np.zeros_like(out[name][0, 0])
+                for layer in layers:
+                    tail = tails[layer.tensor]
+                    activation = tail.activation(x)
+                    grad = out[f"{GRADIENT_PREFIX}{layer.tensor}"]
+                    direction = rng.standard_normal(activation.shape).astype(np.float32)
+                    numeric = tail.slope(x, activation, direction, DIRECTION_EPS)[c]
+                    exact = float((grad * direction).sum())
+                    norm = max(float(np.linalg.norm(grad)), 1e-9)
+                    worst = max(worst, abs(numeric - exact) / norm)
+                    above = activation[0] - activation[0].mean(axis=(1, 2), keepdims=True)
+                    expected += (np.maximum(grad[0], 0) * above).sum(axis=0)
+                diff = float(np.abs(out[name][0, 0] - expected).max())
+                if not diff <= LAYER_MAP_MAX_DIFF * max(float(np.abs(expected).max()), 1e-6):
+                    raise GateError(f"Layer-CAM map {name} differs from its definition by {diff}")
+    if not worst <= GRADIENT_MAX_REL_ERROR:
+        raise GateError(
+            f"Layer-CAM gradients disagree with finite differences: relative error {worst:.3f} "
+            f"> {GRADIENT_MAX_REL_ERROR}"
+        )
+    return worst
+
+
 def check_alphas(
     model: onnx.ModelProto, layer: FineLayer, batch: np.ndarray, channels: int = 6
 ) -> float:
@@ -345,33 +544,13 @@ def check_alphas(
     head = find_head(model)
     checked = add_fine_maps(model, [layer], "gradcam_check_maps", expose_alphas=True)
     session = ort.InferenceSession(checked.SerializeToString(), providers=["CPUExecutionProvider"])
-    logits_name = _logits_tensor(model, head)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.append(
-        helper.make_tensor_value_info(layer.tensor, onnx.TensorProto.FLOAT, None)
-    )
-    probe.graph.output.append(
-        helper.make_tensor_value_info(logits_name, onnx.TensorProto.FLOAT, None)
-    )
-    probe_session = ort.InferenceSession(
-        probe.SerializeToString(), providers=["CPUExecutionProvider"]
-    )
+    tail = _Tail(model, layer)
     input_name = session.get_inputs()[0].name
-    # An ensemble's other members still read the image: the tail then takes both.
-    tail = onnx.utils.Extractor(probe).extract_model([input_name, layer.tensor], [logits_name])
-    used = {i for n in tail.graph.node for i in n.input}
-    for unused in [i for i in tail.graph.input if i.name not in used]:
-        tail.graph.input.remove(unused)
-    tail_session = ort.InferenceSession(
-        tail.SerializeToString(), providers=["CPUExecutionProvider"]
-    )
-    tail_inputs = {i.name for i in tail_session.get_inputs()}
     worst = 0.0
     rng = np.random.default_rng(0)
     classes = int(head.kernel.shape[1])
     for x in batch:
-        activation = probe_session.run([layer.tensor], {input_name: x[None]})[0]
+        activation = tail.activation(x)
         all_alphas = np.stack(  # [classes, channels]
             [
                 session.run([ALPHAS], {input_name: x[None], LABEL: np.array([c])})[0][0, 0]
@@ -386,11 +565,8 @@ def check_alphas(
         )
         for k in channels_checked:
             step = np.zeros_like(activation)
-            step[:, k] = EPS
-            image = {input_name: x[None]} if input_name in tail_inputs else {}
-            up = tail_session.run(None, {**image, layer.tensor: activation + step})[0]
-            down = tail_session.run(None, {**image, layer.tensor: activation - step})[0]
-            numeric = (up - down)[0] / (2 * EPS) / (layer.height * layer.width)
+            step[:, k] = 1.0
+            numeric = tail.slope(x, activation, step) / (layer.height * layer.width)
             exact = all_alphas[:, k]
             worst = max(worst, float(np.abs(numeric - exact).max()) / scale)
     if not worst <= ALPHA_MAX_REL_ERROR:

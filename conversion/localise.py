@@ -76,9 +76,6 @@ class Localisation:
     images: int
 
 
-MULTI_SCALE = "multi_scale_average"
-
-
 def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A [rows, cols] map to (width, height) pixels, bilinear between cell centres."""
     positive = np.maximum(cam, 0).astype(np.float32)
@@ -138,7 +135,17 @@ def measure_split(
     on every image of ``part`` whose reference did not plainly fail, with the baselines."""
     import onnxruntime as ort
 
-    from app.inference.explain import CLASS_MAPS, FINE_MAPS, LABEL, multi_scale
+    from app.inference.explain import (
+        CLASS_MAPS,
+        FINE_MAPS,
+        LABEL,
+        LAYER_CAM_GEOMETRIC,
+        LAYER_CAM_OUTPUTS,
+        MULTI_SCALE,
+        Explainer,
+        geometric_mean,
+        multi_scale,
+    )
     from app.inference.preprocess import prepare
     from app.inference.spec import ModelSpec
     from conversion.images import read_labels
@@ -146,7 +153,7 @@ def measure_split(
     session = ort.InferenceSession(str(cam_path), providers=["CPUExecutionProvider"])
     spec = ModelSpec.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
     names = [o.name for o in session.get_outputs()]
-    wanted = [n for n in (CLASS_MAPS, FINE_MAPS) if n in names]
+    wanted = [n for n in (CLASS_MAPS, FINE_MAPS, *LAYER_CAM_OUTPUTS) if n in names]
     samples = read_labels(split_csv, images_dir, part)
     maps: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
     masks: list[np.ndarray] = []
@@ -168,14 +175,20 @@ def measure_split(
         feeds[LABEL] = np.array([label], np.int64)
         outputs = dict(zip(wanted, session.run(wanted, feeds), strict=True))
         for n in wanted:
-            maps[n].append(outputs[n][0, 0 if n == FINE_MAPS else label])
+            maps[n].append(outputs[n][0, label if n == CLASS_MAPS else 0])
         masks.append(mask)
     if sheet is not None:
         cv2.imwrite(str(sheet), overlay_sheet(shown, shown_masks)[..., ::-1])
     base = baselines(masks)
-    if CLASS_MAPS in maps and FINE_MAPS in maps:  # what the server shows (Explainer.class_map)
+    # The combinations the server shows (Explainer.class_map): now, and before Layer-CAM.
+    if CLASS_MAPS in maps and FINE_MAPS in maps:
         maps[MULTI_SCALE] = [
             multi_scale(c, f) for c, f in zip(maps[CLASS_MAPS], maps[FINE_MAPS], strict=True)
+        ]
+    if all(n in maps for n in LAYER_CAM_OUTPUTS):
+        coarse, fine = (maps[n] for n in LAYER_CAM_OUTPUTS)
+        maps[LAYER_CAM_GEOMETRIC] = [
+            geometric_mean(c, f) for c, f in zip(coarse, fine, strict=True)
         ]
     return {
         "split": part,
@@ -183,6 +196,7 @@ def measure_split(
         "dropped": len(samples) - len(masks),
         "reference": "classical segmentation (conversion/localise.py), not an outline by a "
         "dermatologist",
+        "shown": Explainer(cam_path, spec).shown,
         "maps": {
             n: {"grid": list(maps[n][0].shape), **asdict(score(maps[n], masks))} for n in maps
         },

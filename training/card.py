@@ -157,6 +157,9 @@ def _localisation_rows(maps: dict[str, Any], prefix: str = "") -> str:
     )
 
 
+_SHOWN_BEFORE = "multi_scale_average"  # what the service showed before Layer-CAM (issue 19)
+
+
 def _localisation_section() -> str:
     """How well the explanation maps point at the lesion, from models/card/localisation.json."""
     path = Path("models") / "card" / "localisation.json"
@@ -165,6 +168,21 @@ def _localisation_section() -> str:
     doc = json.loads(path.read_text())
     rows = _localisation_rows(doc["maps"])
     base = doc["baselines"]
+    shown = doc.get("shown", _SHOWN_BEFORE)
+    figures = doc["maps"][shown]
+    met = figures["pointing"] >= 0.9 and figures["mass"] >= 0.65
+    before = doc["maps"].get(_SHOWN_BEFORE)
+    versus = (
+        f" (the explanation shown before, `{_SHOWN_BEFORE}`: {before['pointing'] * 100:.1f}% and "
+        f"{before['mass']:.2f})"
+        if before and shown != _SHOWN_BEFORE
+        else ""
+    )
+    verdict = (
+        "It **meets both targets** (pointing >= 90 %, mass >= 0.65) on this split"
+        if met
+        else "It **misses the targets** (pointing >= 90 %, mass >= 0.65) on this split"
+    )
     return f"""
 ## Explanations: do the heat maps point at the lesion?
 Measured with `python -m conversion localise models/skin_lesion_cam.onnx --split {doc["split"]}` on
@@ -174,6 +192,8 @@ skin, Otsu, morphology, the component nearest the centre). It dropped {doc["drop
 {doc["images"]} images where it plainly failed (nothing plausible found). Of the first 60 checked
 by eye at 200x150 (`models/card/lesion_references.png`), 3 were dropped and about 4 of the 57 kept
 are wrong or partial (a hair tuft, a neighbouring patch, a dot, a fragment of a faint lesion).
+The share inside the lesion is of the map as the API returns it (its positive part, upsampled
+bilinearly to the model's view), with no floor subtracted.
 
 | map (grid) | pointing game: peak inside the lesion | share of the map inside the lesion |
 |---|---|---|
@@ -182,14 +202,56 @@ are wrong or partial (a hair tuft, a neighbouring patch, a dot, a fragment of a 
 | baseline: a uniform map | | {base["uniform_mass"]:.2f} |
 
 {_previous_localisation()}
-The service shows `multi_scale_average`: the last block's exact class map averaged with Grad-CAM
-on each member's finer block before the last stride (the members' maps summed; their weights are
-checked against finite differences of the model's logits when it is built). It was the best of
-the three on the **val** split (pointing 70.9 %, against 68.2 % for the last block and 54.1 % for
-the finer block; `--split val`), and it points at the lesion more often than the previous
-model's map, but it **misses the targets (pointing >= 90 %, mass >= 0.65) and still loses to
-simply pointing at the centre**, where dermoscopy puts the lesion. So the map is a view of the
-model's evidence, not a lesion finder; a segmentation is not a dermatologist's outline either.
+The service shows `{shown}`: {figures["pointing"] * 100:.1f}% and {figures["mass"]:.2f} here{versus}.
+{verdict}. {_SHOWN_TEXT.get(shown, "")}
+{_candidates()}
+A map that points at the lesion is a view of the model's evidence, not a lesion finder, and
+pointing at the image centre, where dermoscopy puts the lesion, is nearly as good a pointer; a
+classical segmentation is not a dermatologist's outline either.
+"""
+
+
+_SHOWN_TEXT = {
+    "layer_cam_geometric": (
+        "It is Layer-CAM (each activation weighted by its own positive gradient of the class's "
+        "logit) on each member's block at stride 16 (`layer_cam`) and at stride 8 "
+        "(`layer_cam_fine`), the members summed, each activation taken relative to its mean over "
+        "the image (the evidence a place adds beyond the image's average place, which is what "
+        "the pooled head reads); the two maps, each scaled to a peak of 1, are combined by their "
+        "geometric mean on the 19x25 grid. The gradients are one ONNX backward pass, checked "
+        "element by element against finite differences of the model's logits when it is built. "
+        "The geometric mean is of degree one: it does not sharpen the map, so its mass inside "
+        "the lesion is not a contrast setting (a product of the maps, or a power of one, "
+        "raises that figure without pointing any better, and was not used)."
+    ),
+    "multi_scale_average": (
+        "It is the last block's exact class map averaged with Grad-CAM on each member's finer "
+        "block before the last stride."
+    ),
+}
+
+
+def _candidates() -> str:
+    """The val table the shown map was chosen from (models/card/localisation_candidates.json)."""
+    path = Path("models") / "card" / "localisation_candidates.json"
+    if not path.is_file():
+        return ""
+    doc = json.loads(path.read_text())
+    rows = "\n".join(
+        f"| {c['name']} | {c['pointing'] * 100:.1f}% | {c['mass']:.2f} | {c['cost']} |"
+        for c in doc["candidates"]
+    )
+    return f"""
+It was chosen on the **val** split only ({doc["images"]} images with a reference), as the map
+with the most mass inside the lesion among those pointing at it in >= 90 % of images, within the
+cost budget (an explanation <= 3x a prediction); the test figures above were measured once, after.
+{doc["note"]}
+
+| candidate (val) | pointing | share inside | cost of the ONNX run vs a prediction's |
+|---|---|---|---|
+{rows}
+| baseline: the image centre | {doc["baselines"]["centre_pointing"] * 100:.1f}% | | |
+| baseline: a uniform map | | {doc["baselines"]["uniform_mass"]:.2f} | |
 """
 
 

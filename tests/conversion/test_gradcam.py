@@ -56,3 +56,28 @@ def test_the_check_fails_on_a_wrong_backward_pass(
     monkeypatch.setattr(gradcam._Builder, "backward", no_masks)
     with pytest.raises(GateError, match="finite differences"):
         gradcam.check_alphas(model, gradcam.fine_layers(model)[0], batch)
+
+
+def test_layer_cam_gradients_match_finite_differences_on_two_grids(
+    model: onnx.ModelProto, batch: np.ndarray
+) -> None:
+    scales = gradcam.scale_layers(model)
+    # one block per member on each grid, the second grid finer than the first
+    assert [len(layers) for layers in scales] == [3, 3]
+    (coarse,), (fine,) = ({(la.height, la.width) for la in layers} for layers in scales)
+    assert fine[0] > coarse[0] and fine[1] > coarse[1]
+    assert gradcam.check_layer_maps(model, scales, batch[:1]) <= gradcam.GRADIENT_MAX_REL_ERROR
+
+
+def test_layer_cam_check_fails_on_a_wrong_backward_pass(
+    model: onnx.ModelProto, batch: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Forget the ReLU6 masks: the gradient flows where the forward pass was cut off.
+    original = gradcam._Builder.backward
+
+    def no_masks(self: gradcam._Builder, node: onnx.NodeProto, grad: str) -> str:
+        return grad if node.op_type == "Clip" else original(self, node, grad)
+
+    monkeypatch.setattr(gradcam._Builder, "backward", no_masks)
+    with pytest.raises(GateError, match="Layer-CAM gradients disagree"):
+        gradcam.check_layer_maps(model, gradcam.scale_layers(model)[:1], batch[:1])

@@ -30,7 +30,7 @@ def test_explain_returns_the_prediction_and_a_heat_map(
     assert body["prediction"]["probabilities"] == predicted["probabilities"]
     explanation = body["explanation"]
     assert explanation["label"] == predicted["label"]  # the top class by default
-    assert "Grad-CAM" in explanation["method"] and "not an outline" in explanation["caveat"]
+    assert "CAM" in explanation["method"] and "not an outline" in explanation["caveat"]
     assert "second opinion" in body["disclaimer"]
     rows, columns = explanation["grid"]
     assert rows >= 3 and columns >= 3  # the last feature map of a 160x120 input

@@ -82,11 +82,15 @@ def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(cv2.resize(positive, size, interpolation=cv2.INTER_LINEAR))
 
 
-def score(maps: list[np.ndarray], masks: list[np.ndarray]) -> Localisation:
+def score(maps: list[np.ndarray], masks: list[np.ndarray], smooth_px: float = 0) -> Localisation:
+    """Pointing game and mean share of the positive map inside the lesion, on the maps upsampled
+    to the masks' size (and smoothed by a Gaussian of ``smooth_px`` pixels where given)."""
     hits, mass = [], []
     for cam, mask in zip(maps, masks, strict=True):
         h, w = mask.shape
         heat = upsample(cam, (w, h))
+        if smooth_px:
+            heat = cv2.GaussianBlur(heat, (0, 0), smooth_px)
         y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
         hits.append(bool(mask[y, x]))
         total = float(heat.sum())
@@ -200,6 +204,210 @@ def measure_split(
         "maps": {
             n: {"grid": list(maps[n][0].shape), **asdict(score(maps[n], masks))} for n in maps
         },
+        "baselines": {
+            "centre_pointing": base["centre"].pointing,
+            "uniform_mass": base["uniform"].mass,
+        },
+    }
+
+
+def _unit(cam: np.ndarray) -> np.ndarray:
+    positive = np.maximum(cam, 0).astype(np.float32)
+    peak = float(positive.max())
+    out: np.ndarray = positive / np.float32(peak) if peak > 0 else positive
+    return out
+
+
+def _on(cam: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
+    """The positive part of ``cam`` resized bilinearly to ``grid`` (rows, columns)."""
+    positive = np.maximum(cam, 0).astype(np.float32)
+    return np.asarray(cv2.resize(positive, (grid[1], grid[0]), interpolation=cv2.INTER_LINEAR))
+
+
+def _geometric(*cams: np.ndarray) -> np.ndarray:
+    grid = cams[-1].shape
+    product = np.prod([_unit(_on(c, grid)) for c in cams], axis=0)
+    return _unit(product ** (1 / len(cams)))
+
+
+def _average(*cams: np.ndarray) -> np.ndarray:
+    grid = cams[-1].shape
+    return _unit(np.sum([_unit(_on(c, grid)) for c in cams], axis=0))
+
+
+def _member_maps(activation: np.ndarray, gradient: np.ndarray) -> dict[str, np.ndarray]:
+    """One member's maps on one block: activation and gradient [channels, h, w]."""
+    positive = np.maximum(gradient, 0)
+    squared = gradient**2
+    # Grad-CAM++ (Chattopadhyay et al., 2018), the closed form for an exponential of the score
+    denominator = 2 * squared + activation.sum(axis=(1, 2), keepdims=True) * gradient**3
+    safe = np.where(denominator != 0, denominator, 1)
+    alphas = np.where(denominator != 0, squared / safe, 0)
+    return {
+        "gc": np.tensordot(gradient.mean(axis=(1, 2)), activation, 1),
+        "pp": np.tensordot((alphas * positive).sum(axis=(1, 2)), activation, 1),
+        "lc": (positive * activation).sum(axis=0),
+        "lcmed": (positive * (activation - np.median(activation, axis=(1, 2), keepdims=True))).sum(
+            0
+        ),
+        "lcmean": (positive * (activation - activation.mean(axis=(1, 2), keepdims=True))).sum(0),
+    }
+
+
+# name, cost class (how far back the backward pass goes), how to build the map from the
+# members' summed maps m[(block, method)], and a Gaussian in pixels of the model's view.
+_CANDIDATES: list[tuple[str, str, Any, float]] = [
+    ("Grad-CAM = CAM, last block (`class_maps`)", "last", lambda m: m["L", "gc"], 0),
+    ("Layer-CAM, last block", "last", lambda m: m["L", "lc"], 0),
+    ("Grad-CAM++, last block", "last", lambda m: m["L", "pp"], 0),
+    ("Grad-CAM, stride 16 (`fine_maps`)", "16", lambda m: m["16", "gc"], 0),
+    ("Grad-CAM++, stride 16", "16", lambda m: m["16", "pp"], 0),
+    ("Layer-CAM, stride 16", "16", lambda m: m["16", "lc"], 0),
+    ("Layer-CAM minus image median, stride 16", "16", lambda m: m["16", "lcmed"], 0),
+    ("Layer-CAM minus image mean, stride 16 (`layer_cam`)", "16", lambda m: m["16", "lcmean"], 0),
+    ("Grad-CAM, stride 8", "8", lambda m: m["8", "gc"], 0),
+    ("Grad-CAM++, stride 8", "8", lambda m: m["8", "pp"], 0),
+    ("Layer-CAM, stride 8", "8", lambda m: m["8", "lc"], 0),
+    ("Layer-CAM minus image median, stride 8", "8", lambda m: m["8", "lcmed"], 0),
+    ("Layer-CAM minus image mean, stride 8 (`layer_cam_fine`)", "8", lambda m: m["8", "lcmean"], 0),
+    (
+        "previous: average of last-block CAM and stride-16 Grad-CAM (`multi_scale_average`)",
+        "16",
+        lambda m: _average(m["L", "gc"], m["16", "gc"]),
+        0,
+    ),
+    ("Layer-CAM stride 16, smoothed 3 px", "16", lambda m: m["16", "lc"], 3),
+    ("Layer-CAM 16 + 8, average", "8", lambda m: _average(m["16", "lc"], m["8", "lc"]), 0),
+    ("Layer-CAM 16 x 8, geometric mean", "8", lambda m: _geometric(m["16", "lc"], m["8", "lc"]), 0),
+    (
+        "Layer-CAM 16 x 8, geometric mean, smoothed 3 px",
+        "8",
+        lambda m: _geometric(m["16", "lc"], m["8", "lc"]),
+        3,
+    ),
+    (
+        "CAM last x Layer-CAM 16 x 8, geometric mean",
+        "8",
+        lambda m: _geometric(m["L", "gc"], m["16", "lc"], m["8", "lc"]),
+        0,
+    ),
+    (
+        "Layer-CAM minus median 16 x 8, geometric mean",
+        "8",
+        lambda m: _geometric(m["16", "lcmed"], m["8", "lcmed"]),
+        0,
+    ),
+    (
+        "Layer-CAM minus mean 16 + 8, average",
+        "8",
+        lambda m: _average(m["16", "lcmean"], m["8", "lcmean"]),
+        0,
+    ),
+    (
+        "Layer-CAM minus mean 16 x 8, geometric mean (`layer_cam_geometric`)",
+        "8",
+        lambda m: _geometric(m["16", "lcmean"], m["8", "lcmean"]),
+        0,
+    ),
+    (
+        "CAM last x Layer-CAM minus mean 16 x 8, geometric mean",
+        "8",
+        lambda m: _geometric(m["L", "gc"], m["16", "lcmean"], m["8", "lcmean"]),
+        0,
+    ),
+    (
+        "sharpened, not a candidate: Layer-CAM 16 cubed",
+        "16",
+        lambda m: _unit(m["16", "lc"]) ** 3,
+        0,
+    ),
+]
+
+
+def sweep_candidates(
+    model_path: Path, images_dir: Path, split_csv: Path, part: str = "val"
+) -> dict[str, Any]:
+    """The table the shown map was chosen from, on ``part`` (val: never choose on test).
+
+    Grad-CAM, Grad-CAM++ and Layer-CAM on the last block and on each member's stride-16 and
+    stride-8 blocks (conversion/gradcam.py scale_layers), and combinations of them, all of the
+    predicted class, from one ONNX backward pass per image, scored like ``measure_split``.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    from app.inference.explain import LABEL
+    from app.inference.preprocess import prepare
+    from app.inference.spec import ModelSpec
+    from conversion.cam import find_head
+    from conversion.gradcam import _Builder, scale_layers
+    from conversion.images import read_labels
+
+    source = onnx.load(str(model_path))
+    head = find_head(source)
+    producer = {o: n for n in source.graph.node for o in n.output}
+    top = producer[head.feature_map]
+    members = list(top.input) if top.op_type == "Concat" else [head.feature_map]
+    scales = scale_layers(source)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(source)
+    builder = _Builder(probe, head, "sweep")
+    starts = [layer.tensor for layers in scales for layer in layers]
+    grads = builder.gradients(builder.seed(), starts)
+    fetch = [*members, *starts]
+    for tensor in starts:
+        fetch.append(f"d:{tensor}")
+        probe.graph.node.append(helper.make_node("Identity", [grads[tensor]], [fetch[-1]]))
+    for name in fetch:
+        probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    spec = ModelSpec.from_metadata({p.key: p.value for p in source.metadata_props})
+    input_name = session.get_inputs()[0].name
+    probabilities = session.get_outputs()[0].name
+    kernel = head.kernel
+    width = kernel.shape[0] // len(members)
+    samples = read_labels(split_csv, images_dir, part)
+    maps: dict[str, list[np.ndarray]] = {name: [] for name, *_ in _CANDIDATES}
+    masks: list[np.ndarray] = []
+    for sample in tqdm(samples, desc=f"explanation candidates ({part})", unit="img"):
+        upload = prepare(sample.path.read_bytes(), spec)
+        mask = lesion_mask(upload.resized)
+        if mask is None:
+            continue
+        x = {input_name: upload.tensor[None]}
+        label = int(np.argmax(session.run([probabilities], {**x, LABEL: np.array([0])})[0][0]))
+        values = dict(zip(fetch, session.run(fetch, {**x, LABEL: np.array([label])}), strict=True))
+        summed: dict[tuple[str, str], np.ndarray] = {}
+        for j, member in enumerate(members):
+            activation = values[member][0]
+            weights = kernel[j * width : (j + 1) * width, label] / activation[0].size
+            gradient = np.broadcast_to(weights[:, None, None], activation.shape)
+            found = {("L", k): v for k, v in _member_maps(activation, gradient).items()}
+            for tag, layers in zip(("16", "8"), scales, strict=True):
+                layer = layers[j]
+                grad = values[f"d:{layer.tensor}"].reshape(values[layer.tensor][0].shape)
+                parts = _member_maps(values[layer.tensor][0], grad)
+                found |= {(tag, k): v for k, v in parts.items()}
+            for key, value in found.items():
+                summed[key] = summed[key] + value if key in summed else value
+        for name, _, build, _ in _CANDIDATES:
+            maps[name].append(build(summed))
+        masks.append(mask)
+    base = baselines(masks)
+    rows = []
+    for name, cost, _, smooth_px in _CANDIDATES:
+        figures = score(maps[name], masks, smooth_px)
+        rows.append(
+            {"name": name, "backward_to": cost, "pointing": figures.pointing, "mass": figures.mass}
+        )
+    return {
+        "split": part,
+        "images": len(samples),
+        "dropped": len(samples) - len(masks),
+        "reference": "classical segmentation (conversion/localise.py), not an outline by a "
+        "dermatologist",
+        "candidates": rows,
         "baselines": {
             "centre_pointing": base["centre"].pointing,
             "uniform_mass": base["uniform"].mass,

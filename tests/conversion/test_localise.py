@@ -46,7 +46,8 @@ def test_the_sweep_scores_the_shipped_maps_like_the_cam_model(
     assert swept["dropped"] == measured["dropped"] and measured["images"] == 5
     rows = {row["name"]: row for row in swept["candidates"]}
     pairs = {
-        "layer_cam_geometric": "Layer-CAM minus mean 16 x 8, geometric mean (`layer_cam_geometric`)",
+        "layer_cam_geometric": "Layer-CAM minus mean 16 x 8, geometric mean "
+        "(`layer_cam_geometric`)",
         "multi_scale_average": "previous: average of last-block CAM and stride-16 Grad-CAM "
         "(`multi_scale_average`)",
         "layer_cam": "Layer-CAM minus image mean, stride 16 (`layer_cam`)",

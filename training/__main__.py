@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     ens.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
     ens.add_argument("-o", "--out", type=Path, default=Path("models/skin_lesion.h5"))
 
+    adj = sub.add_parser(
+        "adjust", help="refit a calibrated HDF5's logit adjustment, temperature and threshold"
+    )
+    adj.add_argument("model", type=Path, nargs="?", default=Path("models/skin_lesion.h5"))
+    adj.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
+    adj.add_argument("--split", type=Path, default=None, help="split CSV (default: committed)")
+
     lev = sub.add_parser("levers", help="val figures of a fleet run's members and ensembles")
     lev.add_argument("run", type=Path, help="the folder `training.portable fleet` wrote")
     lev.add_argument("-o", "--out", type=Path, default=Path("models/card/levers.json"))
@@ -115,6 +122,17 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = assemble(args.members, args.out, args.images, args.checkpoint)
         print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "members")}))
+        return 0
+
+    if args.command == "adjust":
+        from training.ensemble import readjust
+
+        summary = readjust(args.model, args.images, args.split)
+        print(
+            json.dumps(
+                {k: v for k, v in summary.items() if k not in ("config", "members", "history")}
+            )
+        )
         return 0
 
     if args.command == "levers":

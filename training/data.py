@@ -30,6 +30,11 @@ def load_images(
     return out
 
 
+def part_labels(rows: list[dict[str, str]], part: str) -> np.ndarray:
+    """The class indices of one part of the split, in the split file's order."""
+    return np.array([HAM10000_LABELS.index(r["dx"]) for r in rows if r["split"] == part], np.int64)
+
+
 def load_split_arrays(
     image_dir: Path,
     rows: list[dict[str, str]],
@@ -40,7 +45,7 @@ def load_split_arrays(
     """(images uint8, labels int) for one part of the split, cached per size."""
     chosen = [r for r in rows if r["split"] == part]
     ids = [r["image_id"] for r in chosen]
-    labels = np.array([HAM10000_LABELS.index(r["dx"]) for r in chosen], np.int64)
+    labels = part_labels(rows, part)
     path = CACHE_DIR / f"{part}-{size[0]}x{size[1]}-{len(ids)}.npy"
     if cache and path.is_file():
         return np.load(path), labels

@@ -76,7 +76,7 @@ def assemble(
     members: list[Path], out: Path, images: Path, checkpoint: str = "best"
 ) -> dict[str, object]:
     """Build, check against the members, calibrate on val and write ``out``."""
-    from training.data import load_split_arrays
+    from training.data import load_split_arrays, part_labels
     from training.models import logits_model
     from training.split import read_split
     from training.train import finalise
@@ -84,7 +84,8 @@ def assemble(
     model = build_ensemble(members, checkpoint)
     summaries = [read_member(m) for m in members]
     size = tuple(summaries[0]["config"]["size"])
-    x_val, y_val = load_split_arrays(images, read_split(), "val", size)  # type: ignore[arg-type]
+    rows = read_split()
+    x_val, y_val = load_split_arrays(images, rows, "val", size)  # type: ignore[arg-type]
     logits = logits_model(model).predict(x_val.astype(np.float32), batch_size=128, verbose=0)
     _check_mean_of_members(model, members, checkpoint, x_val[:32])
     archs = sorted({s["config"]["arch"] for s in summaries})
@@ -111,7 +112,49 @@ def assemble(
             max(s["history"][-1]["seconds"] for s in summaries) / 60, 1
         ),  # in parallel, on the GPU machine
     }
-    return finalise(model, x_val, y_val, out, size, summary)  # type: ignore[arg-type]
+    return finalise(
+        model,
+        x_val,
+        y_val,
+        out,
+        size,  # type: ignore[arg-type]
+        summary,
+        train_labels=part_labels(rows, "train"),
+    )
+
+
+def readjust(model_path: Path, images: Path, split_csv: Path | None = None) -> dict[str, object]:
+    """Refit an already calibrated HDF5's logit adjustment, temperature and melanoma threshold on
+    val (the members need not be here): undo its folded temperature and adjustment, then
+    ``finalise`` again. Running it twice gives the same file."""
+    import h5py
+    import keras
+
+    from training.data import load_split_arrays, part_labels
+    from training.models import add_to_logits, fold_temperature
+    from training.split import SPLIT_CSV, read_split
+    from training.train import SPEC_ATTR, finalise
+
+    with h5py.File(model_path, "r") as fh:
+        spec = json.loads(fh.attrs[SPEC_ATTR])
+    summary_path = model_path.with_suffix(".training.json")
+    summary: dict[str, Any] = json.loads(summary_path.read_text())
+    model = keras.models.load_model(model_path, compile=False)
+    fold_temperature(model, 1 / float(spec.get("temperature") or 1.0))  # back to raw logits
+    previous = summary.get("logit_adjustment")
+    if previous:
+        add_to_logits(model, -np.asarray(previous["offsets"], np.float32))
+    size = (int(spec["input_width"]), int(spec["input_height"]))
+    rows = read_split(split_csv or SPLIT_CSV)
+    x_val, y_val = load_split_arrays(images, rows, "val", size, cache=split_csv is None)
+    kept = {
+        k: v
+        for k, v in summary.items()
+        if k in ("config", "history", "members", "best_val_bma", "train_minutes")
+    }
+    return finalise(
+        model, x_val, y_val, model_path, size, kept, train_labels=part_labels(rows, "train")
+    )
 
 
 def _check_mean_of_members(model: Any, members: list[Path], checkpoint: str, x: np.ndarray) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from app.inference.spec import HAM10000_LABELS
@@ -80,6 +81,13 @@ def build_model(
 def logits_model(model: keras.Model) -> keras.Model:
     """The same graph, stopping before the softmax (for temperature fitting)."""
     return keras.Model(model.inputs, model.get_layer("logits").output)
+
+
+def add_to_logits(model: keras.Model, offsets: np.ndarray) -> None:
+    """Add a constant per class to the logits: folded into the Dense layer's bias."""
+    dense = model.get_layer("logits")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel, bias + offsets.astype(bias.dtype)])
 
 
 def fold_temperature(model: keras.Model, temperature: float) -> None:

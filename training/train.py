@@ -16,7 +16,9 @@ import numpy as np
 from app.inference.spec import HAM10000_LABELS, HAM10000_NAMES
 from conversion.metrics import balanced_accuracy
 from training.calibration import (
+    class_prior,
     expected_calibration_error,
+    fit_logit_adjustment,
     fit_temperature,
     sensitivity_specificity,
     softmax,
@@ -202,7 +204,9 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         "best_val_bma": best_bma,
         "train_minutes": (time.perf_counter() - started) / 60,
     }
-    return finalise(model, x_val, y_val, cfg.out, cfg.size, summary, cfg.mel_sensitivity)
+    return finalise(
+        model, x_val, y_val, cfg.out, cfg.size, summary, cfg.mel_sensitivity, train_labels=y_train
+    )
 
 
 def finalise(
@@ -213,17 +217,27 @@ def finalise(
     size: tuple[int, int],
     summary: dict[str, object],
     mel_sensitivity: float = 0.85,
+    train_labels: np.ndarray | None = None,
 ) -> dict[str, object]:
-    """Calibrate on val, set the melanoma threshold, and write ``out`` (.h5) with its spec.
+    """Adjust the logits for the class prior, calibrate on val, set the melanoma threshold, and
+    write ``out`` (.h5) with its spec.
 
-    Temperature scaling is folded into the Dense ``logits`` layer; the threshold is the largest
-    melanoma probability that keeps ``mel_sensitivity`` on val. Writes ``<out>.training.json``
-    with ``summary`` and the calibration figures.
+    With ``train_labels``, the logit adjustment (``fit_logit_adjustment``: tau chosen on val) is
+    added to the Dense ``logits`` bias first; temperature scaling is then fitted on the adjusted
+    logits and folded into the same layer; the threshold is the largest melanoma probability
+    that keeps ``mel_sensitivity`` on val. Writes ``<out>.training.json`` with ``summary`` and
+    the calibration figures.
     """
-    from training.models import fold_temperature, logits_model
+    from training.models import add_to_logits, fold_temperature, logits_model
 
     x = x_val.astype(np.float32)
     val_logits = logits_model(model).predict(x, batch_size=128, verbose=0)  # type: ignore[arg-type]
+    adjustment = None
+    if train_labels is not None:
+        prior = class_prior(train_labels, len(HAM10000_LABELS))
+        adjustment = fit_logit_adjustment(val_logits, y_val, prior, MEL, mel_sensitivity)
+        add_to_logits(model, adjustment.offsets)  # type: ignore[arg-type]
+        val_logits = val_logits + adjustment.offsets
     temperature = fit_temperature(val_logits, y_val)
     ece_before = expected_calibration_error(softmax(val_logits, axis=1), y_val)
     fold_temperature(model, temperature)  # type: ignore[arg-type]
@@ -242,6 +256,7 @@ def finalise(
     summary = {
         **summary,
         "final_val_bma": balanced_accuracy(y_val, val_probs.argmax(1), len(HAM10000_LABELS)),
+        "logit_adjustment": adjustment.as_dict() if adjustment else None,
         "temperature": temperature,
         "val_ece_before": ece_before,
         "val_ece_after": ece_after,
@@ -259,6 +274,7 @@ def finalise(
         "input_offset": 0.0,
         "resample_via": list(SOURCE_SIZE),
         "temperature": temperature,
+        "logit_adjustment": adjustment.tau if adjustment else None,
         "mel_threshold": mel_threshold,
         "training_data": TRAINING_DATA,
         "license": DATA_LICENSE,

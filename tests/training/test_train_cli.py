@@ -13,11 +13,7 @@ import pytest
 pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
 
 
-def test_train_cli_writes_a_loadable_calibrated_hdf5(tmp_path: Path, fixtures_dir: Path) -> None:
-    keras = pytest.importorskip("keras")
-    from training.__main__ import main
-
-    images = fixtures_dir / "images"
+def _tiny_split(tmp_path: Path, images: Path) -> Path:
     with (images / "labels.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     split = tmp_path / "split.csv"
@@ -26,6 +22,15 @@ def test_train_cli_writes_a_loadable_calibrated_hdf5(tmp_path: Path, fixtures_di
         writer.writeheader()
         for i, row in enumerate(rows):  # alternate: one image of each class in each part
             writer.writerow({**row, "split": "train" if i % 2 == 0 else "val"})
+    return split
+
+
+def test_train_cli_writes_a_loadable_calibrated_hdf5(tmp_path: Path, fixtures_dir: Path) -> None:
+    keras = pytest.importorskip("keras")
+    from training.__main__ import main
+
+    images = fixtures_dir / "images"
+    split = _tiny_split(tmp_path, images)
     out = tmp_path / "tiny.h5"
     code = main(
         [
@@ -63,3 +68,18 @@ def test_train_cli_writes_a_loadable_calibrated_hdf5(tmp_path: Path, fixtures_di
     assert spec["temperature"] > 0 and 0 <= spec["mel_threshold"] <= 1
     summary = json.loads(out.with_suffix(".training.json").read_text())
     assert len(summary["history"]) == 1
+    chosen = summary["logit_adjustment"]
+    assert spec["logit_adjustment"] == chosen["tau"]
+    assert len(chosen["offsets"]) == 7 and chosen["val"][0]["tau"] == 0.0
+
+    # `adjust` undoes the folded temperature and adjustment and refits them: twice is once.
+    adjust = ["adjust", str(out), "--images", str(images), "--split", str(split)]
+    assert main(adjust) == 0
+    first = keras.models.load_model(out, compile=False).get_layer("logits").get_weights()
+    assert main(adjust) == 0
+    second = keras.models.load_model(out, compile=False).get_layer("logits").get_weights()
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # ...and the same as training wrote, which fitted them on the same val images.
+    readjusted = keras.models.load_model(out, compile=False).predict(x, verbose=0)
+    np.testing.assert_allclose(readjusted, probs, atol=1e-4)

@@ -22,7 +22,6 @@ no Python server answers faster, so it is what this load generator can measure h
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import json
 import multiprocessing
@@ -40,8 +39,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import psutil
+
+from app.config import usable_cpus
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = REPO / "tests" / "fixtures" / "images" / "ISIC_0024329.jpg"
@@ -89,68 +89,81 @@ def _probe_loop(url: str, seconds: float, out: Connection) -> None:
     out.close()
 
 
-async def _burst(url: str, pid: int, clients: int, seconds: float) -> dict[str, Any]:
-    image = IMAGE.read_bytes()
-    latency: dict[str, list[float]] = {"200": [], "503": [], "other": []}
-    probes: list[float] = []
-    timeouts = 0
+def _burst(url: str, pid: int, clients: int, seconds: float, procs: int) -> dict[str, Any]:
+    """``clients`` upload loops over ``procs`` load processes (benchmarks.loadgen), the
+    probers, and the server's RSS and CPU sampled from here."""
+    from benchmarks.loadgen import run_worker, upload_request
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = upload_request(parts.netloc, "/api/v1/predict", IMAGE.read_bytes())
+    spawn = multiprocessing.get_context("spawn")
+    start_at = time.time() + 3.0  # every process imported and waiting, then all at once
+    workers: list[tuple[Any, Connection]] = []
+    for i in range(procs):
+        receiver, sender = spawn.Pipe(duplex=False)
+        share = clients // procs + (1 if i < clients % procs else 0)
+        args = (host, port, request, share, start_at, seconds, 10.0, i == 0, sender)
+        process = spawn.Process(target=run_worker, args=args, daemon=True)
+        process.start()
+        workers.append((process, receiver))
+    own_receiver, own_sender = spawn.Pipe(duplex=False)
+    own_prober = spawn.Process(target=_probe_loop, args=(url, seconds, own_sender), daemon=True)
+    server = psutil.Process(pid)
+    time.sleep(max(0.0, start_at - time.time()))
+    own_prober.start()
+    loaders = [psutil.Process(p.pid) for p, _ in workers if p.pid is not None]
+    server_cpu = _cpu_s(server)
+    loader_cpu = sum(_cpu_s(p) for p in loaders)
     peak = _rss_mb(pid)
     end = time.monotonic() + seconds
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=10)
-    receiver, sender = multiprocessing.get_context("spawn").Pipe(duplex=False)
-    own_prober = multiprocessing.get_context("spawn").Process(
-        target=_probe_loop, args=(url, seconds, sender), daemon=True
-    )
-    own_prober.start()
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-
-        async def client() -> None:
-            nonlocal timeouts
-            while time.monotonic() < end:
-                form = aiohttp.FormData()
-                form.add_field("image", image, filename="a.jpg", content_type="image/jpeg")
-                started = time.perf_counter()
-                try:
-                    async with session.post(url + "/api/v1/predict", data=form) as r:
-                        await r.read()
-                        key = str(r.status) if str(r.status) in latency else "other"
-                        latency[key].append(time.perf_counter() - started)
-                except TimeoutError:
-                    timeouts += 1
-                except aiohttp.ClientError:
-                    latency["other"].append(time.perf_counter() - started)
-
-        async def prober() -> None:
-            nonlocal peak
-            while time.monotonic() < end:
-                started = time.perf_counter()
-                try:
-                    async with session.get(url + "/health/ready") as r:
-                        await r.read()
-                        probes.append(time.perf_counter() - started)
-                except (TimeoutError, aiohttp.ClientError):
-                    probes.append(10.0)
-                peak = max(peak, _rss_mb(pid))
-                await asyncio.sleep(0.2)
-
-        await asyncio.gather(*(client() for _ in range(clients)), prober())
+    while time.monotonic() < end:
+        time.sleep(0.2)
+        peak = max(peak, _rss_mb(pid))
+    server_cpu = _cpu_s(server) - server_cpu
+    loader_cpu = sum(_cpu_s(p) for p in loaders) - loader_cpu
+    latency: dict[str, list[float]] = {"200": [], "503": [], "other": []}
+    timeouts, connects = 0, 0
+    errors: dict[str, int] = {}
+    timeout_kinds: dict[str, int] = {}
+    probes: list[float] = []
+    for process, receiver in workers:
+        if not receiver.poll(seconds + 30):
+            raise RuntimeError("a load process sent nothing back")
+        part = receiver.recv()
+        process.join(5)
+        for key, values in part["latency"].items():
+            latency[key] += values
+        timeouts += part["timeouts"]
+        for where, n in part["timeout_kinds"].items():
+            timeout_kinds[where] = timeout_kinds.get(where, 0) + n
+        connects += part["connects"]
+        for why, n in part["errors"].items():
+            errors[why] = errors.get(why, 0) + n
+        probes += part["probes"]
     own_times: list[float] = []
     own_failures: dict[str, int] = {"no answer from the prober process": 1}
-    if receiver.poll(30):
-        own_times, own_failures = receiver.recv()
+    if own_receiver.poll(30):
+        own_times, own_failures = own_receiver.recv()
     own_prober.join(5)
+    answered = sum(len(v) for v in latency.values())
     return {
         "clients": clients,
         "seconds": seconds,
+        "load_processes": procs,
+        "answers_per_s": round(answered / seconds),
+        "connects": connects,
         "ok_200": {"n": len(latency["200"]), "p50_ms": _pct(latency["200"], 0.5)},
         "refused_503": {
             "n": len(latency["503"]),
             "p50_ms": _pct(latency["503"], 0.5),
             "p99_ms": _pct(latency["503"], 0.99),
         },
-        "other_errors": len(latency["other"]),
+        "other_errors": len(latency["other"]) + sum(errors.values()),
+        "error_kinds": errors
+        | ({"other status": len(latency["other"])} if latency["other"] else {}),
         "client_timeouts_10s": timeouts,
+        "timeouts_stuck": timeout_kinds,
         "ready_probe": {
             "n": len(probes),
             "p50_ms": _pct(probes, 0.5),
@@ -162,8 +175,22 @@ async def _burst(url: str, pid: int, clients: int, seconds: float) -> dict[str, 
             "p50_ms": _pct(own_times, 0.5),
             "p99_ms": _pct(own_times, 0.99),
         },
+        # CPU seconds over the burst (of 2 cores x seconds): who spent the machine
+        "cpu_s": {"server": round(server_cpu, 1), "load_generator": round(loader_cpu, 1)},
         "rss_peak_mb": peak,
     }
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    """User + system CPU seconds of ``process`` and its children so far."""
+    total = 0.0
+    for p in (process, *process.children(recursive=True)):
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 NGINX_FLOOR = """
@@ -234,14 +261,16 @@ def _service() -> Iterator[_Target]:
         yield _Target(srv.url, srv.process.pid)
 
 
-def measure(clients: int, seconds: float, idle: float, floor: bool = False) -> dict[str, Any]:
+def measure(
+    clients: int, seconds: float, idle: float, floor: bool = False, procs: int = 2
+) -> dict[str, Any]:
     from benchmarks.machine import cpu_info, git_state, load_average
 
     started = datetime.now(UTC)
     load_before = load_average()
     with _nginx_floor() if floor else _service() as target:
         before = _rss_mb(target.pid)
-        result = asyncio.run(_burst(target.url, target.pid, clients, seconds))
+        result = _burst(target.url, target.pid, clients, seconds, procs)
         time.sleep(idle)
         result |= {
             "rss_before_mb": before,
@@ -374,11 +403,17 @@ def main() -> None:
     parser.add_argument(
         "--floor", action="store_true", help="the same load against nginx refusing every upload"
     )
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=usable_cpus(),
+        help="load generator processes (default: one per usable core)",
+    )
     args = parser.parse_args()
-    result = measure(args.clients, args.seconds, args.idle, args.floor)
+    result = measure(args.clients, args.seconds, args.idle, args.floor, args.procs)
     result["command"] = (
         f"python -m benchmarks.overload --clients {args.clients} --seconds {args.seconds:g} "
-        f"--idle {args.idle:g}" + (" --floor" if args.floor else "")
+        f"--idle {args.idle:g} --procs {args.procs}" + (" --floor" if args.floor else "")
     )
     if args.label:
         result["label"] = args.label

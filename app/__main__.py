@@ -83,7 +83,9 @@ def serve(settings: Settings) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         # uvicorn exits with status 3 itself when the lifespan start-up fails.
-        uvicorn.run(app, **options)
+        from app.http_protocol import FairAcceptServer
+
+        FairAcceptServer(uvicorn.Config(app, **options)).run()
     return 0
 
 

@@ -11,11 +11,17 @@ never asked for and drops it, within the body deadlines, so the client reads its
 socket with unread data sends a reset, which can destroy the answer before the client reads it)
 and its next request comes on the same connection instead of queueing behind a thousand new
 ones in the listen backlog, where the health probes wait too.
+
+Under the real server the refusal comes earlier still: app.http_protocol asks :func:`front_door`
+as soon as an upload's headers are parsed and writes the same 503 itself, with no ASGI scope, no
+task and no Litestar. This class then refuses only what reaches it (the test client, an upload
+pipelined behind another request, or one admitted in the same loop turn as the last place).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Collection
 
@@ -23,8 +29,16 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
 from app.error_responses import error_body
-from app.logs import AccessLog
+from app.logs import AccessLog, log_access
 from app.metrics import Metrics
+
+RETRY_AFTER_S = 1
+_front_door: AdmissionControl | None = None
+
+
+def front_door() -> AdmissionControl | None:
+    """The admission control of this process's app (the last one built), for the server."""
+    return _front_door
 
 
 class AdmissionControl:
@@ -44,6 +58,44 @@ class AdmissionControl:
         self.in_flight = 0
         # The same access line and X-Request-ID as every answer inside Litestar gets.
         self._refusal = AccessLog(self._refuse)
+        # Each route's counters, resolved once: a refusal must cost next to nothing.
+        self._counters = {
+            path: (
+                metrics.requests.labels(path, "POST", "503"),
+                metrics.latency.labels(path, "POST"),
+            )
+            for path in self.paths
+        }
+        global _front_door
+        _front_door = self
+
+    @property
+    def full(self) -> bool:
+        return self.in_flight >= self.limit
+
+    def refusal_body(self) -> bytes:
+        detail = f"{self.in_flight} uploads are in progress; try again shortly"
+        return json.dumps(error_body("overloaded", detail)).encode()
+
+    def refusal_headers(self, body: bytes) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(RETRY_AFTER_S).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+
+    def refused(self, path: str, seconds: float, request_id: str | None = None) -> None:
+        """Count a refusal in /metrics and, given its id, write its access line."""
+        requests, latency = self._counters[path]
+        requests.inc()
+        latency.observe(seconds)
+        if request_id is not None:
+            log_access("POST", path, 503, seconds, request_id)
+
+    @staticmethod
+    def request_id() -> str:
+        return secrets.token_hex(6)  # as AccessLog's
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         counted = (
@@ -66,20 +118,12 @@ class AdmissionControl:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The 503 itself; ``self._refusal`` wraps it in AccessLog for its line and id."""
         started = time.perf_counter()
-        path = scope["path"]
-        detail = f"{self.in_flight} uploads are in progress; try again shortly"
-        body = json.dumps(error_body("overloaded", detail)).encode()
+        body = self.refusal_body()
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-                (b"cache-control", b"no-store"),
-            ],
+            "headers": self.refusal_headers(body),
         }
         await send(start)
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        self.metrics.requests.labels(path, "POST", "503").inc()
-        self.metrics.latency.labels(path, "POST").observe(time.perf_counter() - started)
+        self.refused(scope["path"], time.perf_counter() - started)

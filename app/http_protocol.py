@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol, bounded where an answer comes before its request's body.
+"""uvicorn's httptools protocol, bounded where an answer comes before its request's body, and
+a uvicorn server that accepts new connections as fast as the loop turns.
 
 AdmissionControl answers 503 as soon as an upload's headers arrive and keeps the connection.
 uvicorn then reads the rest of that body and drops it, so the client reads its answer and can
@@ -10,15 +11,28 @@ send its next request on the same connection. Two gaps of uvicorn's are closed h
 - once the body has all arrived, the keep-alive timer is armed again (uvicorn cancels it on
   every read and arms it only when a response completes, so an early answer's connection would
   otherwise stay open, idle, for ever).
+
+It also writes AdmissionControl's 503 itself, as soon as the headers of an upload beyond the
+bound are parsed: no ASGI scope, task, receive channel or Litestar, only the status, the headers
+and the body (with the same X-Request-ID, access line and /metrics count). The body that
+follows is read at the lowest priority (``_DrainQueue``). Figures: benchmarks/RESULTS.md,
+"Overload (issue 16)".
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import socket
+import time
+import weakref
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from app.admission import AdmissionControl, front_door
 from app.config import Settings
 
 
@@ -30,16 +44,144 @@ def _body_limits() -> tuple[float, float]:
     return settings.body_idle_s, settings.body_deadline_s
 
 
+# CPU time of the loop thread a turn may spend reading refused bodies: how long a new request or
+# a probe waits, at most, for the loop to get to it (a turn or two), once it has the CPU.
+DRAIN_TURN_CPU_S = 0.01
+DRAIN_MIN, DRAIN_MAX = 8, 1024
+
+
+class _DrainQueue:
+    """Connections answered before their body arrived, read at the lowest priority.
+
+    A refused upload's client sends the rest of its body (and then its next request) anyway.
+    Read as it comes, 1,000 such clients made every loop iteration read about one body from each
+    (0.1-0.25 s a turn on 2 cores), and every other request, a health probe included, waited two
+    or three turns. Here such a connection stops being read once it is answered, and each loop
+    iteration resumes only as many as its CPU budget allows (``DRAIN_TURN_CPU_S``), in the
+    order they were answered: new requests and probes are read in the next turn.
+
+    The budget is CPU time, measured on the loop's own thread: a fixed count of connections per
+    turn was either too many for short turns or too few to keep up, and wall time would count
+    the time other threads and processes held the cores.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: collections.deque[EarlyAnswerProtocol] = collections.deque()
+        self.scheduled = False
+        self.per_turn = 32.0  # connections resumed per turn, adapted to the budget
+        self._resumed = 0  # by the last turn
+        self._cpu = 0.0  # the loop thread's CPU time at the last turn
+
+    def add(self, protocol: EarlyAnswerProtocol) -> None:
+        self.waiting.append(protocol)
+        if not self.scheduled:
+            self.scheduled = True
+            self._cpu = time.thread_time()
+            self._resumed = 0
+            self.loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        # call_soon from a callback runs in the next iteration, after the next poll.
+        self.scheduled = False
+        cpu = time.thread_time()
+        if self._resumed:  # what the last turn's connections cost: aim the next at the budget
+            each = max(cpu - self._cpu, 1e-6) / self._resumed
+            target = DRAIN_TURN_CPU_S / each
+            self.per_turn = min(max((self.per_turn + target) / 2, DRAIN_MIN), DRAIN_MAX)
+        self._cpu = cpu
+        self._resumed = min(int(self.per_turn), len(self.waiting))
+        for _ in range(self._resumed):
+            self.waiting.popleft().resume_drain()
+        if self.waiting:
+            self.scheduled = True
+            self.loop.call_soon(self._turn)
+
+
+_drain_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _DrainQueue] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _drain_queue(loop: asyncio.AbstractEventLoop) -> _DrainQueue:
+    queue = _drain_queues.get(loop)
+    if queue is None:
+        queue = _drain_queues[loop] = _DrainQueue(loop)
+    return queue
+
+
+class _NoEvent:
+    def set(self) -> None:
+        pass
+
+
+class _Refused:
+    """The request cycle of a refusal this protocol answered itself: complete at once.
+
+    uvicorn's protocol only asks its cycle whether the response is complete (then it drops the
+    body) and sets its message event (nobody waits on it here).
+    """
+
+    response_complete = True
+    disconnected = False
+    keep_alive = True
+    message_event = _NoEvent()
+
+
+REFUSED = _Refused()
+
+
 class EarlyAnswerProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that bounds the body it reads after the response is complete."""
+    """HttpToolsProtocol that refuses excess uploads itself and bounds the body it reads after
+    the response is complete."""
 
     _request_complete = False
+    _queued = False  # in the drain queue, reading paused
     _drain_timer: asyncio.TimerHandle | None = None
     _drain_deadline = 0.0
 
     def on_message_begin(self) -> None:
         self._request_complete = False
         super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        gate = front_door()
+        if (
+            gate is not None
+            and gate.full
+            and self.parser.get_method() == b"POST"
+            # Answers go out in order: not while an earlier request is still being answered.
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.pipeline
+        ):
+            path = self.root_path + httptools.parse_url(self.url).path.decode("ascii", "replace")
+            if path in gate.paths:
+                self._refuse(gate, path)
+                return
+        super().on_headers_complete()
+
+    def _refuse(self, gate: AdmissionControl, path: str) -> None:
+        """AdmissionControl's 503, written here: the body that follows is read and dropped."""
+        started = time.perf_counter()
+        request_id = gate.request_id()
+        keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+        body = gate.refusal_body()
+        headers = [
+            *self.server_state.default_headers,  # date, server: as every answer's
+            *gate.refusal_headers(body),
+            (b"x-request-id", request_id.encode()),
+        ]
+        if not keep_alive:
+            headers.append((b"connection", b"close"))
+        head = b"".join(b"%s: %s\r\n" % header for header in headers)
+        self.transport.write(b"".join((STATUS_LINE[503], head, b"\r\n", body)))
+        self.cycle = REFUSED  # type: ignore[assignment]
+        gate.refused(path, time.perf_counter() - started, request_id)
+        if keep_alive:
+            self.on_response_complete()
+        else:
+            self.server_state.total_requests += 1
+            self.transport.close()
 
     def on_message_complete(self) -> None:
         self._request_complete = True
@@ -61,6 +203,28 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._request_complete or self.transport.is_closing():
+            return
+        # The body is still to come: it is read when the drain queue gets to this connection.
+        self._unset_keepalive_if_required()
+        self.flow.pause_reading()
+        if not self._queued:
+            self._queued = True
+            _drain_queue(self.loop).add(self)
+
+    def resume_drain(self) -> None:
+        """The drain queue's turn: read the rest of the body, within the body deadlines."""
+        self._queued = False
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if self._request_complete:  # it had all arrived already: an ordinary keep-alive
+            if not self.pipeline and self.timeout_keep_alive_task is None:
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
             return
         idle_s, deadline_s = _body_limits()
         self._drain_deadline = self.loop.time() + deadline_s
@@ -84,3 +248,45 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
             self._drain_timer.cancel()
             self._drain_timer = None
         super().connection_lost(exc)
+
+
+ACCEPTORS = 32  # listening handles on the one socket: connections accepted per loop iteration
+
+
+class FairAcceptServer(uvicorn.Server):
+    """uvicorn's server, accepting up to ``ACCEPTORS`` new connections per loop iteration.
+
+    libuv (uvloop) accepts one connection per listening handle per loop iteration. Under 1,000
+    clients an iteration reads every busy connection once (0.1-0.2 s here), so new connections
+    were accepted at 5-10 a second: measured with ``ss``, 400-700 sat in the accept queue for
+    seconds, 720-774 of 1,000 clients timed out at 10 s without a single answer, and a probe on a
+    fresh connection (a kubelet's) timed out every time. Each extra handle on a duplicate of the
+    listening socket's descriptor is polled and accepted from on its own, so one iteration
+    accepts up to ``ACCEPTORS``; when fewer are waiting, the others' accept() just says EAGAIN.
+    """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started or self.config.ssl is not None:
+            return
+        config, loop = self.config, asyncio.get_running_loop()
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            # What uvicorn's own startup passes (its factory is local to that method).
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+            return protocol
+
+        listening = [s for server in self.servers for s in server.sockets]
+        for sock in listening:
+            for _ in range(ACCEPTORS - 1):
+                copy = socket.socket(fileno=socket.dup(sock.fileno()))
+                # listen() again on the shared socket: the same backlog, or it would shrink
+                server = await loop.create_server(
+                    create_protocol, sock=copy, backlog=config.backlog
+                )
+                self.servers.append(server)

@@ -86,19 +86,26 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            ms = round((time.perf_counter() - started) * 1000, 2)
-            ACCESS.info(
-                "%s %s %d %.2f ms %s",
-                method,
-                scope["path"],
-                status,
-                ms,
-                request_id,
-                extra={
-                    "method": method,
-                    "path": scope["path"],  # never the query string
-                    "status": status,
-                    "ms": ms,
-                    "request_id": request_id,
-                },
-            )
+            log_access(method, scope["path"], status, time.perf_counter() - started, request_id)
+
+
+def log_access(method: str, path: str, status: int, seconds: float, request_id: str) -> None:
+    """The access line of one answer (AccessLog's, and app.http_protocol's early refusals)."""
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return
+    ms = round(seconds * 1000, 2)
+    ACCESS.info(
+        "%s %s %d %.2f ms %s",
+        method,
+        path,
+        status,
+        ms,
+        request_id,
+        extra={
+            "method": method,
+            "path": path,  # never the query string
+            "status": status,
+            "ms": ms,
+            "request_id": request_id,
+        },
+    )

@@ -210,3 +210,27 @@ def test_a_refused_body_that_stalls_is_cut_off(
     assert extra.recv(1) == b""  # closed by the server once APP_BODY_IDLE_S passed
     extra.close()
     held.close()
+
+
+def _listening_inode(port: int) -> str:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in rows.readlines()[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                    return fields[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_the_listening_socket_is_polled_by_many_handles(small_server: Server) -> None:
+    """libuv accepts one connection per listening handle per loop turn: with one handle, under
+    1,000 clients, new connections (probes too) waited seconds in the accept queue. The server
+    polls ACCEPTORS descriptors of the one listening socket (app.http_protocol)."""
+    from app.http_protocol import ACCEPTORS
+
+    inode = _listening_inode(int(urlsplit(small_server.url).port or 0))
+    fds = Path(f"/proc/{small_server.process.pid}/fd")
+    handles = [fd for fd in fds.iterdir() if fd.readlink().name == f"socket:[{inode}]"]
+    assert len(handles) == ACCEPTORS > 1
+    # and every connection still gets its answer
+    assert httpx.get(small_server.url + "/health/live", timeout=10).status_code == 200

@@ -9,18 +9,24 @@ from litestar.di import Provide
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app import deps
+from app.admission import front_door
 from app.db.engine import DatabaseProbe
 from app.inference.service import InferenceService
 
 
 async def dependency_checks(probe: DatabaseProbe | None) -> dict[str, dict[str, Any]]:
-    """Each dependency a request needs: ``{"ok": bool, "ms": float, "detail"?: str}``."""
+    """Each dependency a request needs: ``{"ok": bool, "ms": float, "detail"?: str,
+    "age_ms"?: float}`` (``age_ms``: a recent good answer, given while the server is busy)."""
     checks: dict[str, dict[str, Any]] = {}
     if probe is not None:
-        result = await probe.check()  # SELECT 1 within 1 s, shared by concurrent probes
+        gate = front_door()
+        # within 1 s, shared by concurrent probes; under overload a good answer < 2 s old
+        result = await probe.check(busy=gate is not None and gate.full)
         checks["database"] = {"ok": result.ok, "ms": round(result.ms, 1)}
         if result.detail:
             checks["database"]["detail"] = result.detail
+        if result.age_ms:
+            checks["database"]["age_ms"] = result.age_ms
     return checks
 
 

@@ -151,24 +151,33 @@ TRIM_EVERY_S = 10.0
 
 
 async def _return_memory_when_idle(service: InferenceService) -> None:
-    """Give freed heap back to the system once a burst is over.
+    """Give memory back to the system once a burst is over.
 
-    After 1,000 clients for 20 s the process kept ~60 MB more than before, idle: glibc keeps
-    freed memory in its arenas. ``malloc_trim(0)`` returns it; it runs only when nothing is
-    queued or decoding at two checks in a row, so it never competes with requests.
+    After 1,000 clients for 20 s the idle process kept 141-156 MB more than before: about
+    110 MB in onnxruntime's CPU arena, grown for the largest micro-batches and never shrunk,
+    the rest freed heap that glibc keeps. ``Classifier.release_memory`` shrinks the arenas
+    and ``malloc_trim(0)`` returns the freed heap; both run only when nothing is queued or
+    decoding at two checks in a row, so they never compete with requests
+    (benchmarks/RESULTS.md, "Overload", and ``python -m benchmarks.arena``).
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
-        return
+    except (OSError, AttributeError):  # not glibc (musl, macOS): the arenas only
+        trim = None
+
+    def release() -> None:
+        service.classifier.release_memory()
+        if trim is not None:
+            trim(0)
+
     quiet = 0
     while True:
         await asyncio.sleep(TRIM_EVERY_S)
         busy = service.batcher.depth or service.decoding
         quiet = 0 if busy else quiet + 1
         if quiet == 2:
-            await asyncio.to_thread(trim, 0)
+            await asyncio.to_thread(release)
 
 
 def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> Litestar:

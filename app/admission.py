@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
@@ -33,6 +33,7 @@ from app.logs import AccessLog, log_access
 from app.metrics import Metrics
 
 RETRY_AFTER_S = 1
+ReadyAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
 _front_door: AdmissionControl | None = None
 
 
@@ -66,6 +67,8 @@ class AdmissionControl:
             )
             for path in self.paths
         }
+        # /health/ready's answer when it needs no wait (set by create_app), for the server.
+        self.ready_at_once: Callable[[], ReadyAnswer | None] | None = None
         global _front_door
         _front_door = self
 
@@ -85,13 +88,22 @@ class AdmissionControl:
             (b"cache-control", b"no-store"),
         ]
 
-    def refused(self, path: str, seconds: float, request_id: str | None = None) -> None:
-        """Count a refusal in /metrics and, given its id, write its access line."""
+    def refused(self, path: str, seconds: float) -> None:
+        """Count a refusal in /metrics (its access line is AccessLog's)."""
         requests, latency = self._counters[path]
         requests.inc()
         latency.observe(seconds)
-        if request_id is not None:
-            log_access("POST", path, 503, seconds, request_id)
+
+    def answered(
+        self, method: str, path: str, status: int, seconds: float, request_id: str
+    ) -> None:
+        """Count an answer the server wrote itself (app.http_protocol) and write its line."""
+        if method == "POST" and status == 503:
+            self.refused(path, seconds)
+        else:
+            self.metrics.requests.labels(path, method, str(status)).inc()
+            self.metrics.latency.labels(path, method).observe(seconds)
+        log_access(method, path, status, seconds, request_id)
 
     @staticmethod
     def request_id() -> str:

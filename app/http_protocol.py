@@ -15,8 +15,10 @@ send its next request on the same connection. Two gaps of uvicorn's are closed h
 It also writes AdmissionControl's 503 itself, as soon as the headers of an upload beyond the
 bound are parsed: no ASGI scope, task, receive channel or Litestar, only the status, the headers
 and the body (with the same X-Request-ID, access line and /metrics count). The body that
-follows is read at the lowest priority (``_DrainQueue``). Figures: benchmarks/RESULTS.md,
-"Overload (issue 16)".
+follows is read at the lowest priority (``_DrainQueue``). While admission is full it answers
+``GET /health/ready`` the same way when the answer needs no wait (app.routes.health
+``ready_at_once``: the model ready and a good database check under 2 s old). Figures:
+benchmarks/RESULTS.md, "Overload (issue 16)".
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ class _NoEvent:
         pass
 
 
-class _Refused:
-    """The request cycle of a refusal this protocol answered itself: complete at once.
+class _Answered:
+    """The request cycle of a request this protocol answered itself: complete at once.
 
     uvicorn's protocol only asks its cycle whether the response is complete (then it drops the
     body) and sets its message event (nobody waits on it here).
@@ -128,12 +130,13 @@ class _Refused:
     message_event = _NoEvent()
 
 
-REFUSED = _Refused()
+ANSWERED = _Answered()
+READY_PATH = "/health/ready"
 
 
 class EarlyAnswerProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that refuses excess uploads itself and bounds the body it reads after
-    the response is complete."""
+    """HttpToolsProtocol that, under overload, refuses excess uploads and answers the readiness
+    probe itself, and bounds the body it reads after the response is complete."""
 
     _request_complete = False
     _queued = False  # in the drain queue, reading paused
@@ -149,34 +152,48 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
         if (
             gate is not None
             and gate.full
-            and self.parser.get_method() == b"POST"
             # Answers go out in order: not while an earlier request is still being answered.
             and (self.cycle is None or self.cycle.response_complete)
             and not self.pipeline
         ):
+            method = self.parser.get_method()
             path = self.root_path + httptools.parse_url(self.url).path.decode("ascii", "replace")
-            if path in gate.paths:
-                self._refuse(gate, path)
+            if method == b"POST" and path in gate.paths:
+                body = gate.refusal_body()
+                self._answer(gate, "POST", path, 503, gate.refusal_headers(body), body)
                 return
+            if method == b"GET" and path == READY_PATH and gate.ready_at_once is not None:
+                ready = gate.ready_at_once()  # None: it needs a check of its own
+                if ready is not None:
+                    self._answer(gate, "GET", path, *ready)
+                    return
         super().on_headers_complete()
 
-    def _refuse(self, gate: AdmissionControl, path: str) -> None:
-        """AdmissionControl's 503, written here: the body that follows is read and dropped."""
+    def _answer(
+        self,
+        gate: AdmissionControl,
+        method: str,
+        path: str,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        """An answer written here, with no ASGI cycle: the body that follows, if any, is read
+        and dropped (``_DrainQueue``)."""
         started = time.perf_counter()
         request_id = gate.request_id()
         keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
-        body = gate.refusal_body()
         headers = [
             *self.server_state.default_headers,  # date, server: as every answer's
-            *gate.refusal_headers(body),
+            *headers,
             (b"x-request-id", request_id.encode()),
         ]
         if not keep_alive:
             headers.append((b"connection", b"close"))
         head = b"".join(b"%s: %s\r\n" % header for header in headers)
-        self.transport.write(b"".join((STATUS_LINE[503], head, b"\r\n", body)))
-        self.cycle = REFUSED  # type: ignore[assignment]
-        gate.refused(path, time.perf_counter() - started, request_id)
+        self.transport.write(b"".join((STATUS_LINE[status], head, b"\r\n", body)))
+        self.cycle = ANSWERED  # type: ignore[assignment]
+        gate.answered(method, path, status, time.perf_counter() - started, request_id)
         if keep_alive:
             self.on_response_complete()
         else:

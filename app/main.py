@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -271,5 +272,10 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     )
     # Outside Litestar's router and middleware: a refusal costs no routing (app/admission.py).
     uploads = [r.path for r in app.routes if r.path.startswith("/api/") and "POST" in r.methods]
-    app.asgi_handler = AdmissionControl(app.asgi_handler, settings.uploads_max, uploads, metrics)
+    admission = AdmissionControl(app.asgi_handler, settings.uploads_max, uploads, metrics)
+    # Under overload the server answers the readiness probe itself when it needs no wait,
+    # with the headers PrivateResponses gives every answer (app/http_protocol.py).
+    private = [(b"cache-control", b"no-store"), (b"content-security-policy", CSP)]
+    admission.ready_at_once = functools.partial(health.ready_at_once, app.state, private)
+    app.asgi_handler = admission
     return app

@@ -229,14 +229,23 @@ class DatabaseProbe:
         now = time.monotonic()
         if self._last is not None and now - self._last[0] < self.max_age:
             return self._last[1]
-        if busy and self._last is not None and self._last[1].ok:
-            age = now - self._last[0]
-            if age < BUSY_MAX_AGE_S:
-                if age > BUSY_REFRESH_S:
-                    self._start()
-                return replace(self._last[1], age_ms=round(age * 1000, 1))
+        recent = self.recent() if busy else None
+        if recent is not None:
+            return recent
         # shield: one caller's cancellation (a client hanging up) leaves the check running.
         return await asyncio.shield(self._start())
+
+    def recent(self) -> Probe | None:
+        """The last answer if it was good and is under ``BUSY_MAX_AGE_S`` old, with a fresh
+        check started behind it once it is ``BUSY_REFRESH_S`` old; else None. On the loop."""
+        if self._last is None or not self._last[1].ok:
+            return None
+        age = time.monotonic() - self._last[0]
+        if age >= BUSY_MAX_AGE_S:
+            return None
+        if age > BUSY_REFRESH_S:
+            self._start()
+        return replace(self._last[1], age_ms=round(age * 1000, 1))
 
     def _start(self) -> asyncio.Task[Probe]:
         """The check in flight, or a new one; its answer is kept for the next caller."""

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from litestar import Controller, Response, get
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app import deps
-from app.admission import front_door
-from app.db.engine import DatabaseProbe
+from app.admission import ReadyAnswer, front_door
+from app.db.engine import DatabaseProbe, Probe
 from app.inference.service import InferenceService
+
+
+def _database_check(result: Probe) -> dict[str, Any]:
+    check: dict[str, Any] = {"ok": result.ok, "ms": round(result.ms, 1)}
+    if result.detail:
+        check["detail"] = result.detail
+    if result.age_ms:
+        check["age_ms"] = result.age_ms
+    return check
 
 
 async def dependency_checks(probe: DatabaseProbe | None) -> dict[str, dict[str, Any]]:
@@ -21,13 +32,61 @@ async def dependency_checks(probe: DatabaseProbe | None) -> dict[str, dict[str, 
     if probe is not None:
         gate = front_door()
         # within 1 s, shared by concurrent probes; under overload a good answer < 2 s old
-        result = await probe.check(busy=gate is not None and gate.full)
-        checks["database"] = {"ok": result.ok, "ms": round(result.ms, 1)}
-        if result.detail:
-            checks["database"]["detail"] = result.detail
-        if result.age_ms:
-            checks["database"]["age_ms"] = result.age_ms
+        checks["database"] = _database_check(await probe.check(busy=gate is not None and gate.full))
     return checks
+
+
+def readiness(
+    service: InferenceService, checks: dict[str, dict[str, Any]]
+) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+    """/health/ready's status, body and headers once the model is loaded."""
+    down = [name for name, check in checks.items() if not check["ok"]]
+    classifier = service.classifier
+    body = {
+        "status": "unavailable" if down else "ready",
+        "down": down,
+        "checks": checks,
+        "model": classifier.spec.name,
+        "version": classifier.spec.version,
+        "sha256": classifier.sha256,
+        "providers": classifier.providers,
+        "queue_depth": service.batcher.depth,
+        # "quality only" when the model has no features output (the upstream model)
+        "gate": service.gate.mode,
+    }
+    status = HTTP_503_SERVICE_UNAVAILABLE if down else HTTP_200_OK
+    return status, body, {"Retry-After": "5"} if down else None
+
+
+def ready_at_once(state: State, headers: list[tuple[bytes, bytes]]) -> ReadyAnswer | None:
+    """/health/ready's answer when it needs no wait: the model ready and a good database check
+    under 2 s old (its refresh started behind it); None otherwise, and the route answers.
+
+    app.http_protocol writes it itself while admission is full, so an overloaded server's probe
+    waits for no ASGI task and no Litestar (``headers``: what the middleware adds to every
+    answer, Cache-Control and the CSP).
+    """
+    service = deps.ready_service_or_none(state)
+    if service is None:
+        return None
+    checks: dict[str, dict[str, Any]] = {}
+    probe = deps.database_probe(state)
+    if probe is not None:
+        recent = probe.recent()
+        if recent is None:
+            return None
+        checks["database"] = _database_check(recent)
+    status, body, _ = readiness(service, checks)  # only good checks reach here: never down
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    return (
+        status,
+        [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            *headers,
+        ],
+        payload,
+    )
 
 
 class HealthController(Controller):
@@ -61,24 +120,8 @@ class HealthController(Controller):
                 headers={"Retry-After": "1"},
             )
         checks = await dependency_checks(probe)
-        down = [name for name, check in checks.items() if not check["ok"]]
-        classifier = service.classifier
-        return Response(
-            {
-                "status": "unavailable" if down else "ready",
-                "down": down,
-                "checks": checks,
-                "model": classifier.spec.name,
-                "version": classifier.spec.version,
-                "sha256": classifier.sha256,
-                "providers": classifier.providers,
-                "queue_depth": service.batcher.depth,
-                # "quality only" when the model has no features output (the upstream model)
-                "gate": service.gate.mode,
-            },
-            status_code=HTTP_503_SERVICE_UNAVAILABLE if down else HTTP_200_OK,
-            headers={"Retry-After": "5"} if down else None,
-        )
+        status, body, headers = readiness(service, checks)
+        return Response(body, status_code=status, headers=headers)
 
 
 handlers: list[Any] = [HealthController]

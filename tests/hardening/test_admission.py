@@ -234,3 +234,29 @@ def test_the_listening_socket_is_polled_by_many_handles(small_server: Server) ->
     assert len(handles) == ACCEPTORS > 1
     # and every connection still gets its answer
     assert httpx.get(small_server.url + "/health/live", timeout=10).status_code == 200
+
+
+def test_while_full_the_ready_probe_answers_as_the_route_does(
+    small_server: Server, fixture_images: list[tuple[Path, str]]
+) -> None:
+    """While admission is full the server answers /health/ready itself (app.http_protocol):
+    the same body, the headers every answer gets, its id and its count in /metrics."""
+    calm = httpx.get(small_server.url + "/health/ready", timeout=10)
+    assert calm.status_code == 200, calm.text
+    body = multipart(fixture_images[0][0].read_bytes())
+    held = hold_all_places(small_server, body)
+    try:
+        busy = [httpx.get(small_server.url + "/health/ready", timeout=10) for _ in range(3)]
+    finally:
+        release(held, body)
+    for r in busy:
+        assert r.status_code == 200, r.text
+        assert r.json().keys() == calm.json().keys()
+        assert r.json()["status"] == "ready" and r.json()["checks"]["database"]["ok"]
+        assert r.headers["cache-control"] == "no-store"
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert r.headers["x-request-id"] and r.headers["content-type"] == "application/json"
+    # a reused database answer says how old it is
+    assert any("age_ms" in r.json()["checks"]["database"] for r in busy)
+    metrics = httpx.get(small_server.url + "/metrics", timeout=10).text
+    assert re.search(r'route="/health/ready",status="200"\} ([4-9]|\d\d)', metrics), metrics

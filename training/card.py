@@ -170,7 +170,6 @@ def _localisation_section() -> str:
     base = doc["baselines"]
     shown = doc.get("shown", _SHOWN_BEFORE)
     figures = doc["maps"][shown]
-    met = figures["pointing"] >= 0.9 and figures["mass"] >= 0.65
     before = doc["maps"].get(_SHOWN_BEFORE)
     versus = (
         f" (the explanation shown before, `{_SHOWN_BEFORE}`: {before['pointing'] * 100:.1f}% and "
@@ -178,10 +177,21 @@ def _localisation_section() -> str:
         if before and shown != _SHOWN_BEFORE
         else ""
     )
-    verdict = (
-        "It **meets both targets** (pointing >= 90 %, mass >= 0.65) on this split"
-        if met
-        else "It **misses the targets** (pointing >= 90 %, mass >= 0.65) on this split"
+    points, holds = figures["pointing"] >= 0.9, figures["mass"] >= 0.65
+    verdict = {
+        (True, True): "It **meets both targets** (pointing >= 90 %, mass >= 0.65) on this split",
+        (True, False): "It **meets the pointing target** (>= 90 %) and **misses the mass target** "
+        f"(>= 0.65) on this split, by {0.65 - figures['mass']:.3f}",
+        (False, True): "It **misses the pointing target** (>= 90 %) and meets the mass target "
+        "(>= 0.65) on this split",
+        (False, False): "It **misses the targets** (pointing >= 90 %, mass >= 0.65) on this split",
+    }[points, holds]
+    centre = (
+        f"points at the lesion more often than the image centre ({base['centre_pointing']:.1%}), "
+        "where dermoscopy puts the lesion, but not by much"
+        if figures["pointing"] > base["centre_pointing"]
+        else f"points at the lesion no more often than the image centre "
+        f"({base['centre_pointing']:.1%}), where dermoscopy puts the lesion"
     )
     return f"""
 ## Explanations: do the heat maps point at the lesion?
@@ -205,8 +215,7 @@ bilinearly to the model's view), with no floor subtracted.
 The service shows `{shown}`: {figures["pointing"] * 100:.1f}% and {figures["mass"]:.2f} here{versus}.
 {verdict}. {_SHOWN_TEXT.get(shown, "")}
 {_candidates()}
-A map that points at the lesion is a view of the model's evidence, not a lesion finder, and
-pointing at the image centre, where dermoscopy puts the lesion, is nearly as good a pointer; a
+The shown map {centre}. It is a view of the model's evidence, not a lesion finder, and a
 classical segmentation is not a dermatologist's outline either.
 """
 
@@ -495,7 +504,7 @@ def render(
         if kind == "int8":
             return _quantised(entry, manifest)
         if kind == "cam":
-            return "fp32 + class maps, for Grad-CAM explanations only"
+            return "fp32 + class and Layer-CAM maps, for explanations only"
         if kind == "fp16":
             check = entry.get("check", {})
             return (

@@ -27,6 +27,6 @@ class ReportData:
     model_sha256: str
     # The gate's reasons when a clinician analysed an image the gate refused, else None.
     outside_intended_use: str | None = None
-    # The Grad-CAM overlay (PNG) printed beside the image, with what it is and is not.
+    # The Layer-CAM overlay (PNG) printed beside the image, with what it is and is not.
     explanation_png: bytes | None = None
     explanation_caveat: str = ""

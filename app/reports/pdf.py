@@ -142,7 +142,7 @@ def build_report(data: ReportData) -> bytes:
         pair.append_layout_element(Image(thumb, size=(thumb.width, thumb.height)))
         pair.append_layout_element(Image(heat, size=(heat.width, heat.height)))
         pair.append_layout_element(_p("The image", 8, "#495057"))
-        pair.append_layout_element(_p("Where the model looked (Grad-CAM)", 8, "#495057"))
+        pair.append_layout_element(_p("Where the model looked (Layer-CAM)", 8, "#495057"))
         pair.no_borders()
         layout.append_layout_element(pair)
         layout.append_layout_element(_p(data.explanation_caveat, 7, "#495057"))

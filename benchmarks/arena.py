@@ -74,7 +74,7 @@ def _one(config: str, model: str, out: Connection) -> None:
     grown = _rss_mb()
     per_image = {}
     for batch in (1, 8):
-        times = [run(batch) / batch for _ in range(max(3, 40 // batch))]
+        times = [run(batch) / batch for _ in range(max(10, 160 // batch))]
         per_image[str(batch)] = round(statistics.median(times) * 1000, 3)
     if config == "shrink-when-idle":
         idle = ort.RunOptions()

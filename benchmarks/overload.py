@@ -1,18 +1,25 @@
 """Overload: many clients at once against the real server, loopback only, bounded in time.
 
-``python -m benchmarks.overload [--clients 1000] [--seconds 20] [--idle 30] [--json PATH]
-[--label TEXT] [--floor]``
+``python -m benchmarks.overload [--clients 1000] [--seconds 20] [--idle 30] [--procs N]
+[--json PATH] [--label TEXT] [--floor]``
 
 Every client posts a 600x450 HAM10000 JPEG to ``/api/v1/predict`` in a loop with a 10 s client
 timeout, while a prober asks ``/health/ready`` every 200 ms. Reported: how fast the 200s and
 the 503s come back (a refusal should be cheap), client timeouts, the ready probe's latency,
 and the server's RSS before, at the peak, and after ``--idle`` seconds of quiet (memory should
-come back after a burst). The load generator runs on the same machine: on 2 cores its own CPU
+come back after a burst), with the answers a second and the CPU seconds that the server and the
+load generator used. The load generator runs on the same machine: on 2 cores its own CPU
 competes with the server's, so read the figures as a bound, not a capacity.
 
-The in-loop prober shares the load generator's event loop with the 1,000 clients, so its figure
-includes that loop's own lag. A second prober runs in a process of its own and opens a fresh
-connection per probe, as a kubelet or nginx health check does (``ready_probe_own_process``).
+The clients are benchmarks.loadgen's: raw asyncio Protocols on uvloop over ``--procs``
+processes (one per usable core by default), each sending one pre-built request, whole body and
+all, on a kept connection. aiohttp in one process, used until the issue 16 rework, topped out
+near 1,200 answers a second even against nginx: in a closed loop of 1,000 clients p50 is about
+1,000 / answers a second, so it, not the server, set the 503 latency.
+
+The in-loop prober runs in the first load process, on one kept connection. A second prober
+runs in a process of its own and opens a fresh connection per probe, as a kubelet or nginx
+health check does (``ready_probe_own_process``).
 
 ``--floor`` runs the same load against nginx answering every upload 503 (the same JSON body and
 ``Retry-After``) before reading the body, which it then reads and drops to keep the connection:
@@ -327,9 +334,18 @@ def section(runs: list[dict[str, Any]]) -> list[str]:
         first = f"{before[0]:.1f} → " if before else ""
         return first + (f"{after[0]:.1f}" if after else "—")
 
+    def generator(run: dict[str, Any]) -> str:
+        procs = run.get("load_processes")
+        return f"raw ×{procs}" if procs else "aiohttp"
+
+    def cpu(run: dict[str, Any]) -> str:
+        used = run.get("cpu_s")
+        return f"{used['server']:.0f} / {used['load_generator']:.0f}" if used else "—"
+
     rows = []
     for run in runs:
         rss = (run.get("rss_before_mb"), run.get("rss_peak_mb"), run.get("rss_after_idle_mb"))
+        idle = run.get("idle_s", 30)
         rows.append(
             [
                 str(run.get("created_utc", ""))[:16].replace("T", " ") or run["_file"][:10],
@@ -337,13 +353,16 @@ def section(runs: list[dict[str, Any]]) -> list[str]:
                 str(run.get("git", {}).get("sha", "—"))
                 + ("*" if run.get("git", {}).get("dirty") else ""),
                 load(run),
+                generator(run),
+                fmt(run.get("answers_per_s"), 0),
+                cpu(run),
                 f"{run['ok_200']['n']} / {fmt(run['ok_200']['p50_ms'], 0)}",
                 f"{run['refused_503']['n']}",
                 pair(run["refused_503"]),
                 f"{run['other_errors']} / {run['client_timeouts_10s']}",
                 pair(run["ready_probe"]),
                 own(run.get("ready_probe_own_process")),
-                " → ".join(fmt(v, 0) for v in rss),
+                " → ".join(fmt(v, 0) for v in rss) + ("" if idle == 30 else f" ({idle:g} s idle)"),
             ]
         )
     return [
@@ -351,10 +370,16 @@ def section(runs: list[dict[str, Any]]) -> list[str]:
         "clients post a 600x450 JPEG to `/api/v1/predict` in a loop for 20 s, 10 s client "
         "timeout, on loopback, the load generator on the same cores; then 30 s idle. Issue 16's "
         f"targets: {TARGETS}. Times in ms (p50 / p99); load: the 1-minute load average before "
-        "and after the run (the machine is shared); RSS in MB, before → peak → after idle. "
-        "ready in loop: the prober shares the load generator's event loop; own process: a fresh "
-        "connection per probe from a process of its own, as a kubelet's. The floor rows are "
-        "nginx answering every upload 503 (`--floor`): what this load generator can measure.",
+        "and after the run (the machine is shared with other sessions' test suites and "
+        "training: at load 4-9 every process, nginx included, waits for a core); generator: "
+        "aiohttp in one process (the first rows) or benchmarks.loadgen's raw uvloop clients "
+        "over N processes (in a closed loop p50 ≈ clients / answers a second, and aiohttp "
+        "could not pass ~1,200 a second even against nginx); CPU: seconds the server / the load "
+        "generator used over the 20 s (of 40 on 2 cores); RSS in MB, before → peak → after "
+        "idle. ready in loop: a kept connection in the first load process; own process: a "
+        "fresh connection per probe from a process of its own, as a kubelet's. The floor rows "
+        "are nginx answering every upload 503 (`--floor`): what this load generator can "
+        "measure on this machine at that load.",
         "",
         *table(
             [
@@ -362,6 +387,9 @@ def section(runs: list[dict[str, Any]]) -> list[str]:
                 "what",
                 "commit",
                 "load",
+                "generator",
+                "answers/s",
+                "CPU s server / gen",
                 "200s n / p50",
                 "503s n",
                 "503 p50 / p99",
@@ -374,7 +402,50 @@ def section(runs: list[dict[str, Any]]) -> list[str]:
         ),
         "\\* the commit plus uncommitted changes (the row's label says which).",
         "",
+        *arena_section(),
         *machines_and_commands(runs),
+    ]
+
+
+def arena_section() -> list[str]:
+    """The onnxruntime arena levers (``python -m benchmarks.arena``), newest run."""
+    from benchmarks.markdown import fmt, table
+
+    kept = sorted((REPO / "benchmarks" / "results" / "arena").glob("*.json"))
+    if not kept:
+        return []
+    run = json.loads(kept[-1].read_text())
+    load = run.get("load_average_before", [None])[0], run.get("load_average_after", [None])[0]
+    rows = [
+        [
+            name,
+            fmt(s["ms_per_image_batch1"], 2),
+            fmt(s["ms_per_image_batch8"], 2),
+            fmt(s["rss_loaded_mb"], 0),
+            fmt(s["rss_after_batches_mb"], 0),
+            fmt(s["rss_after_trim_mb"], 0),
+        ]
+        for name, s in run["summary"].items()
+    ]
+    return [
+        "What holds the memory after a burst: onnxruntime's CPU arena, grown for the largest "
+        "micro-batches (`python -m benchmarks.arena`, module docstring: the shipped model, one "
+        f"intra-op thread, a fresh process per configuration, {run['rounds']} interleaved "
+        f"rounds, medians; load {fmt(load[0], 1)} → {fmt(load[1], 1)}, commit "
+        f"{run.get('git', {}).get('sha', '—')}). Kept: `shrink-when-idle` (the server's idle "
+        "trimmer calls `Classifier.release_memory`, then `malloc_trim`).",
+        "",
+        *table(
+            [
+                "configuration",
+                "ms / image, batch 1",
+                "ms / image, batch 8",
+                "RSS loaded",
+                "after batches 1-32",
+                "after trim",
+            ],
+            rows,
+        ),
     ]
 
 

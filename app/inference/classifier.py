@@ -189,9 +189,10 @@ class Classifier:
 
         The arena keeps the largest batch's memory for good: after 1,000 clients the idle
         server stayed 141 MB above its pre-burst RSS. A run with arena shrinkage frees every
-        arena region not in use when it ends. Run that way always, or with the arena off, an
-        image of a batch of 8 took 1.6-1.8 times as long (python -m benchmarks.arena); one
-        batch-1 run when idle costs nothing under load.
+        arena region not in use when it ends. Shrinking after every run made an image of a
+        batch of 8 take 1.55 times as long, and the arena off 1.04-1.07 times (more in runs at
+        a higher load; python -m benchmarks.arena); one batch-1 run when idle costs nothing
+        under load.
         """
         feeds = {self.input_name: np.zeros((1, *self.input_shape), np.float32)}
         for session in (self.session, self._solo_session):

@@ -219,7 +219,7 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._request_complete or self.transport.is_closing():
+        if self._request_complete or self.transport.is_closing() or not self._has_body():
             return
         # The body is still to come: it is read when the drain queue gets to this connection.
         self._unset_keepalive_if_required()
@@ -227,6 +227,14 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
         if not self._queued:
             self._queued = True
             _drain_queue(self.loop).add(self)
+
+    def _has_body(self) -> bool:
+        """Whether the request has a body to come (an answer written at its headers, as the
+        protocol's own, comes before httptools has seen the end of a request without one)."""
+        return any(
+            (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding"
+            for name, value in self.headers
+        )
 
     def resume_drain(self) -> None:
         """The drain queue's turn: read the rest of the body, within the body deadlines."""

@@ -114,20 +114,10 @@ def _open_session(model_path: Path, requested: str, threads: int) -> ort.Inferen
 class Classifier:
     """Wraps an onnxruntime session; thread-safe for concurrent ``run`` calls."""
 
-    def __init__(
-        self, model_path: Path, providers: str = "auto", threads: int = 1, solo_threads: int = 1
-    ) -> None:
-        """Args:
-        threads: intra-op threads of the session that runs while other work is in flight.
-        solo_threads: more threads for a run with the machine to itself (``run(solo=True)``):
-            a second CPU session of the same file, opened only when it has more threads.
-        """
+    def __init__(self, model_path: Path, providers: str = "auto", threads: int = 1) -> None:
         if not model_path.is_file():
             raise ModelLoadError(f"model file not found: {model_path}")
         self.session = _open_session(model_path, providers, threads)
-        self._solo_session: ort.InferenceSession | None = None
-        if solo_threads > threads and self.session.get_providers()[0] == "CPUExecutionProvider":
-            self._solo_session = _open_session(model_path, "cpu", solo_threads)
         try:
             meta = self.session.get_modelmeta().custom_metadata_map
             self.spec = ModelSpec.from_metadata(dict(meta))
@@ -144,13 +134,12 @@ class Classifier:
         self.distribution: Distribution | None = None
         self._check_shapes()
         log.info(
-            "loaded %s (%s, sha256 %s…) on %s with %d intra-op threads (%d alone)",
+            "loaded %s (%s, sha256 %s…) on %s with %d intra-op threads",
             model_path.name,
             self.spec.name,
             self.sha256[:12],
             self.providers[0],
             threads,
-            solo_threads if self._solo_session is not None else threads,
         )
 
     def _check_shapes(self) -> None:
@@ -181,8 +170,6 @@ class Classifier:
         """Run dummy batches so the first real request does not pay for allocation."""
         for batch in (1, 2)[: max(1, runs)]:
             self.run(np.zeros((batch, *self.input_shape), np.float32))
-        if self._solo_session is not None:
-            self.run(np.zeros((1, *self.input_shape), np.float32), solo=True)
 
     def release_memory(self) -> None:
         """Give back what the CPU memory arenas grew to for big batches (call when idle).
@@ -195,30 +182,20 @@ class Classifier:
         under load.
         """
         feeds = {self.input_name: np.zeros((1, *self.input_shape), np.float32)}
-        for session in (self.session, self._solo_session):
-            if session is not None:
-                session.run(self.output_names[:1], feeds, _SHRINK_ARENAS)
+        self.session.run(self.output_names[:1], feeds, _SHRINK_ARENAS)
 
-    @property
-    def has_solo_session(self) -> bool:
-        return self._solo_session is not None
-
-    def run(self, batch: np.ndarray, solo: bool = False) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 batch in the model's layout -> rows of (N, classes [+ 1]).
 
         Each row is the class probabilities, then, when the gate has a distribution check,
         the image's distribution score: one array, so the micro-batcher hands out rows
         without knowing about the gate.
-
-        Args:
-            solo: nothing else is running: use the session with ``solo_threads``, if any.
         """
-        session = self._solo_session if solo and self._solo_session is not None else self.session
         feeds = {self.input_name: batch}
         if self.distribution is None or not self.has_features:
-            probs = session.run(self.output_names[:1], feeds)[0]
+            probs = self.session.run(self.output_names[:1], feeds)[0]
             return np.asarray(probs, dtype=np.float32)
-        probs, features = session.run([self.output_names[0], FEATURES], feeds)
+        probs, features = self.session.run([self.output_names[0], FEATURES], feeds)
         scores = self.distribution.scores(np.asarray(features, np.float32))
         return np.column_stack([probs, scores]).astype(np.float32)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -106,12 +105,6 @@ class InferenceService:
             queue_max=max(settings.queue_max, settings.batch_max),
             concurrency=workers,
             observer=observer,
-            # Alone, one image may use every core (the classifier's solo session, if any):
-            # at concurrency 1 the second core would otherwise idle through the model.
-            run_solo=functools.partial(classifier.run, solo=True)
-            if classifier.has_solo_session
-            else None,
-            busy=lambda: self._decoding > 0,
         )
 
     async def start(self) -> None:
@@ -295,12 +288,11 @@ def load_gate(settings: Settings, classifier: Classifier) -> Gate:
 def open_classifier(settings: Settings) -> Classifier:
     """The served model's session; raises ModelLoadError.
 
-    One intra-op thread per run while ``ort_threads`` runs share the cores (PITFALLS.md), and
-    ``ort_threads`` for a run with the machine to itself.
+    One intra-op thread per run, ``ort_threads`` runs at once (PITFALLS.md). A second session
+    with every core for a lone request was measured and not kept: its threads spin between
+    runs (2x the CPU per request at concurrency 1) and it was slower on a busy machine.
     """
-    return Classifier(
-        settings.model_path, settings.providers, threads=1, solo_threads=settings.ort_threads
-    )
+    return Classifier(settings.model_path, settings.providers, threads=1)
 
 
 def load_service(

@@ -44,16 +44,22 @@ def test_each_member_has_a_finer_block_with_correct_weights(
         assert gradcam.check_alphas(model, layer, batch) <= gradcam.ALPHA_MAX_REL_ERROR
 
 
-def test_the_check_fails_on_a_wrong_backward_pass(
-    model: onnx.ModelProto, batch: np.ndarray, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Forget the ReLU6 masks: the gradient flows where the forward pass was cut off.
+@pytest.fixture
+def without_relu6_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong backward pass: forget the ReLU6 masks, so the gradient flows where the forward
+    pass was cut off."""
     original = gradcam._Builder.backward
 
     def no_masks(self: gradcam._Builder, node: onnx.NodeProto, grad: str) -> str:
         return grad if node.op_type == "Clip" else original(self, node, grad)
 
     monkeypatch.setattr(gradcam._Builder, "backward", no_masks)
+
+
+@pytest.mark.usefixtures("without_relu6_masks")
+def test_the_check_fails_on_a_wrong_backward_pass(
+    model: onnx.ModelProto, batch: np.ndarray
+) -> None:
     with pytest.raises(GateError, match="finite differences"):
         gradcam.check_alphas(model, gradcam.fine_layers(model)[0], batch)
 
@@ -69,15 +75,9 @@ def test_layer_cam_gradients_match_finite_differences_on_two_grids(
     assert gradcam.check_layer_maps(model, scales, batch[:1]) <= gradcam.GRADIENT_MAX_REL_ERROR
 
 
+@pytest.mark.usefixtures("without_relu6_masks")
 def test_layer_cam_check_fails_on_a_wrong_backward_pass(
-    model: onnx.ModelProto, batch: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    model: onnx.ModelProto, batch: np.ndarray
 ) -> None:
-    # Forget the ReLU6 masks: the gradient flows where the forward pass was cut off.
-    original = gradcam._Builder.backward
-
-    def no_masks(self: gradcam._Builder, node: onnx.NodeProto, grad: str) -> str:
-        return grad if node.op_type == "Clip" else original(self, node, grad)
-
-    monkeypatch.setattr(gradcam._Builder, "backward", no_masks)
     with pytest.raises(GateError, match="Layer-CAM gradients disagree"):
         gradcam.check_layer_maps(model, gradcam.scale_layers(model)[:1], batch[:1])

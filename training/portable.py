@@ -37,10 +37,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from app.files import atomic_path, atomic_write
 from app.inference.spec import HAM10000_LABELS
 
 log = logging.getLogger(__name__)
@@ -348,6 +350,19 @@ def augmenter(cfg: MemberConfig):  # type: ignore[no-untyped-def]
 # -- training -----------------------------------------------------------------------------------
 
 
+def _save_weights(model: Any, path: Path) -> None:
+    """``model.save_weights`` replacing ``path`` whole (Keras wants the .weights.h5 suffix, so
+    the temporary name keeps it)."""
+    partial = path.with_name(f".partial.{path.name}")
+    model.save_weights(partial)
+    os.replace(partial, path)
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as partial, partial.open("wb") as fh:
+        np.save(fh, array)
+
+
 def _callbacks(
     cfg: MemberConfig,
     out: Path,
@@ -414,14 +429,16 @@ def _callbacks(
                 fits = epoch + 1 + int((budget_s - elapsed) / (per_epoch * 1.05))
                 self.state["epochs"] = max(cfg.warmup_epochs + 1, min(cfg.max_epochs, fits))
                 log.info("%s: %.1f s/epoch -> %d epochs", cfg.name, per_epoch, self.state["epochs"])
+            # Every file is replaced whole: a member killed mid-write (preempted, or the test
+            # that kills one) resumes from the last complete epoch, never a torn file.
             if bma > self.state["best_bma"]:
                 self.state["best_bma"] = bma
-                model.save_weights(out / BEST)
-                np.save(out / "val_logits_best.npy", logits)
-            model.save_weights(out / LAST)
-            np.save(out / "val_logits_last.npy", logits)
+                _save_weights(model, out / BEST)
+                _save_array(out / "val_logits_best.npy", logits)
+            _save_weights(model, out / LAST)
+            _save_array(out / "val_logits_last.npy", logits)
             self.state["seconds"] = elapsed
-            state_path.write_text(json.dumps(self.state))
+            atomic_write(state_path, json.dumps(self.state))
             log.info(
                 "%s epoch %d/%d: loss %.4f val BMA %.4f (%.0f s)",
                 cfg.name,
@@ -435,7 +452,11 @@ def _callbacks(
                 self.model.stop_training = True
 
     return [
-        keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
+        # Keras writes its backup in place; with two kept, a torn latest falls back to the one
+        # before it (the epoch is then trained again: history may hold it twice).
+        keras.callbacks.BackupAndRestore(
+            str(out / "backup"), delete_checkpoint=False, double_checkpoint=True
+        ),
         Recipe(),
     ]
 

@@ -115,14 +115,21 @@ def test_a_killed_member_resumes_where_it_stopped_and_members_merge_exactly(
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(_member_cmd(packed, out, cfg, False), cwd=ROOT, env=env)
     deadline = time.monotonic() + 240
-    while not (out / "state.json").is_file():  # the first epoch has been checkpointed
-        assert proc.poll() is None, "the member stopped before its first checkpoint"
+
+    def epochs_done() -> int:  # state.json is replaced whole, so it reads complete or absent
+        state = out / "state.json"
+        return len(json.loads(state.read_text())["history"]) if state.is_file() else 0
+
+    while epochs_done() < 2:  # two epochs checkpointed: Keras keeps the one before the latest
+        assert proc.poll() is None, "the member stopped before its second checkpoint"
         assert time.monotonic() < deadline
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = len(json.loads((out / "state.json").read_text())["history"])
+    done_before = epochs_done()
     assert done_before < cfg.max_epochs, "killed too late to test resuming"
+    # As if the kill had landed mid-write: the latest backup is torn, the one before it whole.
+    (out / "backup" / "latest.weights.h5").write_bytes(b"torn by a kill")
 
     subprocess.run(_member_cmd(packed, out, cfg, True), cwd=ROOT, env=env, check=True)
     member = json.loads((out / "member.json").read_text())

@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from app.inference.explain import geometric_mean, multi_scale, unit_peak
+
 MIN_AREA, MAX_AREA = 0.01, 0.85  # share of the frame: outside, the segmentation failed
 BORDER = 0.08  # the ring whose median colour is taken as skin
 
@@ -147,8 +149,6 @@ def measure_split(
         LAYER_CAM_OUTPUTS,
         MULTI_SCALE,
         Explainer,
-        geometric_mean,
-        multi_scale,
     )
     from app.inference.preprocess import prepare
     from app.inference.spec import ModelSpec
@@ -211,30 +211,6 @@ def measure_split(
     }
 
 
-def _unit(cam: np.ndarray) -> np.ndarray:
-    positive = np.maximum(cam, 0).astype(np.float32)
-    peak = float(positive.max())
-    out: np.ndarray = positive / np.float32(peak) if peak > 0 else positive
-    return out
-
-
-def _on(cam: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
-    """The positive part of ``cam`` resized bilinearly to ``grid`` (rows, columns)."""
-    positive = np.maximum(cam, 0).astype(np.float32)
-    return np.asarray(cv2.resize(positive, (grid[1], grid[0]), interpolation=cv2.INTER_LINEAR))
-
-
-def _geometric(*cams: np.ndarray) -> np.ndarray:
-    grid = cams[-1].shape
-    product = np.prod([_unit(_on(c, grid)) for c in cams], axis=0)
-    return _unit(product ** (1 / len(cams)))
-
-
-def _average(*cams: np.ndarray) -> np.ndarray:
-    grid = cams[-1].shape
-    return _unit(np.sum([_unit(_on(c, grid)) for c in cams], axis=0))
-
-
 def _member_maps(activation: np.ndarray, gradient: np.ndarray) -> dict[str, np.ndarray]:
     """One member's maps on one block: activation and gradient [channels, h, w]."""
     positive = np.maximum(gradient, 0)
@@ -273,52 +249,57 @@ _CANDIDATES: list[tuple[str, str, Any, float]] = [
     (
         "previous: average of last-block CAM and stride-16 Grad-CAM (`multi_scale_average`)",
         "16",
-        lambda m: _average(m["L", "gc"], m["16", "gc"]),
+        lambda m: multi_scale(m["L", "gc"], m["16", "gc"]),
         0,
     ),
     ("Layer-CAM stride 16, smoothed 3 px", "16", lambda m: m["16", "lc"], 3),
-    ("Layer-CAM 16 + 8, average", "8", lambda m: _average(m["16", "lc"], m["8", "lc"]), 0),
-    ("Layer-CAM 16 x 8, geometric mean", "8", lambda m: _geometric(m["16", "lc"], m["8", "lc"]), 0),
+    ("Layer-CAM 16 + 8, average", "8", lambda m: multi_scale(m["16", "lc"], m["8", "lc"]), 0),
+    (
+        "Layer-CAM 16 x 8, geometric mean",
+        "8",
+        lambda m: geometric_mean(m["16", "lc"], m["8", "lc"]),
+        0,
+    ),
     (
         "Layer-CAM 16 x 8, geometric mean, smoothed 3 px",
         "8",
-        lambda m: _geometric(m["16", "lc"], m["8", "lc"]),
+        lambda m: geometric_mean(m["16", "lc"], m["8", "lc"]),
         3,
     ),
     (
         "CAM last x Layer-CAM 16 x 8, geometric mean",
         "8",
-        lambda m: _geometric(m["L", "gc"], m["16", "lc"], m["8", "lc"]),
+        lambda m: geometric_mean(m["L", "gc"], m["16", "lc"], m["8", "lc"]),
         0,
     ),
     (
         "Layer-CAM minus median 16 x 8, geometric mean",
         "8",
-        lambda m: _geometric(m["16", "lcmed"], m["8", "lcmed"]),
+        lambda m: geometric_mean(m["16", "lcmed"], m["8", "lcmed"]),
         0,
     ),
     (
         "Layer-CAM minus mean 16 + 8, average",
         "8",
-        lambda m: _average(m["16", "lcmean"], m["8", "lcmean"]),
+        lambda m: multi_scale(m["16", "lcmean"], m["8", "lcmean"]),
         0,
     ),
     (
         "Layer-CAM minus mean 16 x 8, geometric mean (`layer_cam_geometric`)",
         "8",
-        lambda m: _geometric(m["16", "lcmean"], m["8", "lcmean"]),
+        lambda m: geometric_mean(m["16", "lcmean"], m["8", "lcmean"]),
         0,
     ),
     (
         "CAM last x Layer-CAM minus mean 16 x 8, geometric mean",
         "8",
-        lambda m: _geometric(m["L", "gc"], m["16", "lcmean"], m["8", "lcmean"]),
+        lambda m: geometric_mean(m["L", "gc"], m["16", "lcmean"], m["8", "lcmean"]),
         0,
     ),
     (
         "sharpened, not a candidate: Layer-CAM 16 cubed",
         "16",
-        lambda m: _unit(m["16", "lc"]) ** 3,
+        lambda m: unit_peak(m["16", "lc"]) ** 3,
         0,
     ),
 ]

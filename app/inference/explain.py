@@ -174,29 +174,32 @@ def unit_peak(cam: np.ndarray) -> np.ndarray:
     return positive / np.float32(peak) if peak > 0 else positive
 
 
-def multi_scale(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
-    """Two maps' positive parts, each scaled to a peak of 1, averaged on the finer grid
-    (the coarse one resized bilinearly); the result scaled to a peak of 1 (all 0: none)."""
-    rows, columns = fine.shape
-    coarse_up = cv2.resize(
-        np.maximum(coarse, 0).astype(np.float32), (columns, rows), interpolation=cv2.INTER_LINEAR
-    )
-    return unit_peak(unit_peak(coarse_up) + unit_peak(fine))
+def on_grid(cam: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
+    """The positive part of ``cam`` resized bilinearly to ``grid`` (rows, columns), float32."""
+    positive: np.ndarray = np.maximum(cam, 0).astype(np.float32)
+    if positive.shape == tuple(grid):
+        return positive
+    return np.asarray(cv2.resize(positive, (grid[1], grid[0]), interpolation=cv2.INTER_LINEAR))
 
 
-def geometric_mean(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
-    """Two maps' positive parts, each scaled to a peak of 1, their geometric mean on the finer
-    grid (the coarse one resized bilinearly); the result scaled to a peak of 1 (all 0: none).
+def multi_scale(*cams: np.ndarray) -> np.ndarray:
+    """Maps' positive parts, each scaled to a peak of 1, averaged on the last (finest) one's grid
+    (the others resized bilinearly); the result scaled to a peak of 1 (all 0: none)."""
+    grid = cams[-1].shape
+    return unit_peak(np.sum([unit_peak(on_grid(c, grid)) for c in cams], axis=0))
 
-    Evidence survives only where both scales see some: a peak that only one block has (a hair,
+
+def geometric_mean(*cams: np.ndarray) -> np.ndarray:
+    """Maps' positive parts, each scaled to a peak of 1, their geometric mean on the last
+    (finest) one's grid (the others resized bilinearly); scaled to a peak of 1 (all 0: none).
+
+    Evidence survives only where every scale sees some: a peak that only one block has (a hair,
     a ruler mark at stride 8) is damped, unlike in an average. Degree one, like each map: a map
     scaled by a constant keeps its shape, so the mass it puts on the lesion is not sharpened.
     """
-    rows, columns = fine.shape
-    coarse_up = cv2.resize(
-        np.maximum(coarse, 0).astype(np.float32), (columns, rows), interpolation=cv2.INTER_LINEAR
-    )
-    return unit_peak(np.sqrt(unit_peak(coarse_up) * unit_peak(fine)))
+    grid = cams[-1].shape
+    product = np.prod([unit_peak(on_grid(c, grid)) for c in cams], axis=0)
+    return unit_peak(product ** (1 / len(cams)))
 
 
 def upright(sent: tuple[int, int], decoded: np.ndarray) -> tuple[int, int]:

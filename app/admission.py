@@ -21,7 +21,6 @@ pipelined behind another request, or one admitted in the same loop turn as the l
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Callable, Collection
 
@@ -104,10 +103,6 @@ class AdmissionControl:
             self.metrics.requests.labels(path, method, str(status)).inc()
             self.metrics.latency.labels(path, method).observe(seconds)
         log_access(method, path, status, seconds, request_id)
-
-    @staticmethod
-    def request_id() -> str:
-        return secrets.token_hex(6)  # as AccessLog's
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         counted = (

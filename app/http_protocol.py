@@ -36,6 +36,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.admission import AdmissionControl, front_door
 from app.config import Settings
+from app.logs import new_request_id
 
 
 @functools.cache
@@ -181,7 +182,7 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
         """An answer written here, with no ASGI cycle: the body that follows, if any, is read
         and dropped (``_DrainQueue``)."""
         started = time.perf_counter()
-        request_id = gate.request_id()
+        request_id = new_request_id()
         keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
         headers = [
             *self.server_state.default_headers,  # date, server: as every answer's

@@ -77,6 +77,9 @@ class Settings:
     model_path: Path = field(default_factory=default_model_path)
     providers: Providers = "auto"
     ort_threads: int = field(default_factory=usable_cpus)
+    # The decode and inference threads' niceness above the server's: when the cores are short,
+    # the event loop (refusals, health probes) runs first. 0 turns it off (lower_worker_priority).
+    worker_nice: int = 10
     dev: bool = False
     batch_max: int = 32
     max_upload_bytes: int = 16 * _MIB
@@ -199,6 +202,7 @@ class Settings:
             model_path=Path(model) if model else base.model_path,
             providers=providers,  # type: ignore[arg-type]
             ort_threads=number("ORT_THREADS", base.ort_threads, int, 1),
+            worker_nice=number("WORKER_NICE", base.worker_nice, int, 0, 19),
             dev=_truthy(get("DEV")),
             batch_max=number("BATCH_MAX", base.batch_max, int, 1),
             max_upload_bytes=number("MAX_UPLOAD_MB", base.max_upload_bytes // _MIB, int, 1) * _MIB,

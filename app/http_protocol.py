@@ -15,9 +15,10 @@ send its next request on the same connection. Two gaps of uvicorn's are closed h
 It also writes AdmissionControl's 503 itself, as soon as the headers of an upload beyond the
 bound are parsed: no ASGI scope, task, receive channel or Litestar, only the status, the headers
 and the body (with the same X-Request-ID, access line and /metrics count). The body that
-follows is read at the lowest priority (``_DrainQueue``). While admission is full it answers
-``GET /health/ready`` the same way when the answer needs no wait (app.routes.health
-``ready_at_once``: the model ready and a good database check under 2 s old). Figures:
+follows is read at the lowest priority (``_DrainQueue``). While admission is busy (full, or it
+refused an upload in the last 2 s) it answers ``GET /health/ready`` the same way when the
+answer needs no wait (app.routes.health ``ready_at_once``: the model ready and a good database
+check under 2 s old). Figures:
 benchmarks/RESULTS.md, "Overload (issue 16)".
 """
 
@@ -152,14 +153,14 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
         gate = front_door()
         if (
             gate is not None
-            and gate.full
+            and gate.busy
             # Answers go out in order: not while an earlier request is still being answered.
             and (self.cycle is None or self.cycle.response_complete)
             and not self.pipeline
         ):
             method = self.parser.get_method()
             path = self.root_path + httptools.parse_url(self.url).path.decode("ascii", "replace")
-            if method == b"POST" and path in gate.paths:
+            if method == b"POST" and path in gate.paths and gate.full:
                 body = gate.refusal_body()
                 self._answer(gate, "POST", path, 503, gate.refusal_headers(body), body)
                 return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,12 @@ import numpy as np
 
 from app.config import Settings
 from app.errors import OverloadedError
-from app.inference.batching import BatchResult, InferenceObserver, MicroBatcher, use_sched_batch
+from app.inference.batching import (
+    BatchResult,
+    InferenceObserver,
+    MicroBatcher,
+    lower_worker_priority,
+)
 from app.inference.classifier import Classifier, ModelLoadError, Prediction
 from app.inference.explain import (
     Explainer,
@@ -89,7 +95,9 @@ class InferenceService:
         # Decodes are bounded like inference: 100 concurrent uploads never decode 100 images at
         # once (memory), and OpenCV releases the GIL, so `workers` threads use `workers` cores.
         self._decode_pool = ThreadPoolExecutor(
-            workers, thread_name_prefix="decode", initializer=use_sched_batch
+            workers,
+            thread_name_prefix="decode",
+            initializer=functools.partial(lower_worker_priority, settings.worker_nice),
         )
         self._decoding = 0  # images admitted to the decode stage and not yet decoded
         self._cam_path = cam_model_path(settings.model_path, self.spec)
@@ -105,6 +113,7 @@ class InferenceService:
             queue_max=max(settings.queue_max, settings.batch_max),
             concurrency=workers,
             observer=observer,
+            nice=settings.worker_nice,
         )
 
     async def start(self) -> None:

@@ -32,7 +32,7 @@ async def dependency_checks(probe: DatabaseProbe | None) -> dict[str, dict[str, 
     if probe is not None:
         gate = front_door()
         # within 1 s, shared by concurrent probes; under overload a good answer < 2 s old
-        checks["database"] = _database_check(await probe.check(busy=gate is not None and gate.full))
+        checks["database"] = _database_check(await probe.check(busy=gate is not None and gate.busy))
     return checks
 
 

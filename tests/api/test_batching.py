@@ -167,29 +167,37 @@ async def test_service_refuses_uploads_beyond_its_bound_before_decoding_them(
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux only")
-async def test_worker_threads_run_as_batch_work_and_the_event_loop_does_not(
+async def test_worker_threads_run_as_lower_priority_batch_work_and_the_event_loop_does_not(
     classifier: Classifier, fixture_images: list[tuple[Path, str]], tmp_path: Path
 ) -> None:
-    """Decode and inference threads are SCHED_BATCH, so waking them never preempts the loop."""
-    policies: list[int] = []
+    """Decode and inference threads are SCHED_BATCH, so waking them never preempts the loop,
+    and APP_WORKER_NICE above the loop's niceness, so the loop runs first when cores are short."""
+    seen: list[tuple[int, int]] = []  # (policy, niceness) inside an inference worker
+
+    def priority() -> tuple[int, int]:
+        return os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)
 
     def run(batch: np.ndarray) -> np.ndarray:
-        policies.append(os.sched_getscheduler(0))
+        seen.append(priority())
         return classifier.run(batch)
 
-    batcher = MicroBatcher(run)
+    settings = Settings(data_dir=tmp_path, worker_nice=7)
+    batcher = MicroBatcher(run, nice=settings.worker_nice)
     await batcher.start()
-    service = load_service(Settings(data_dir=tmp_path), classifier=classifier)
+    service = load_service(settings, classifier=classifier)
     try:
         await batcher.submit(preprocess(fixture_images[0][0].read_bytes(), classifier.spec))
         decode_pool = service._decode_pool  # what the decode threads run under
-        decode_policy = await asyncio.wrap_future(decode_pool.submit(os.sched_getscheduler, 0))
+        decoding = await asyncio.wrap_future(decode_pool.submit(priority))
     finally:
         await batcher.stop()
         await service.stop()
-    assert policies == [os.SCHED_BATCH]
-    assert decode_policy == os.SCHED_BATCH
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    loop_policy, loop_nice = priority()
+    assert seen == [(os.SCHED_BATCH, min(loop_nice + 7, 19))]
+    assert decoding == (os.SCHED_BATCH, min(loop_nice + 7, 19))
+    assert loop_policy == os.SCHED_OTHER
+    assert Settings.from_env({"APP_WORKER_NICE": "0"}).worker_nice == 0
+    assert Settings().worker_nice == 10
 
 
 async def test_batcher_frees_the_places_of_cancelled_requests(tensors: list[np.ndarray]) -> None:

@@ -32,6 +32,8 @@ BAD_VALUES = [
     ("SESSION_IDLE_MINUTES", "-10"),
     ("ORT_THREADS", "0"),
     ("ORT_THREADS", "auto"),
+    ("WORKER_NICE", "-1"),
+    ("WORKER_NICE", "20"),
     ("MICROBATCH_WAIT_MS", "-1"),
     ("MICROBATCH_WAIT_MS", "1000.5"),
     ("MICROBATCH_WAIT_MS", "nan"),
@@ -60,9 +62,11 @@ def test_settings_from_env_accepts_values_at_the_bounds() -> None:
             "APP_ORT_THREADS": "1",
             "APP_LOG_LEVEL": "debug",
             "APP_UPLOADS_MAX": "1",
+            "APP_WORKER_NICE": "19",
         }
     )
     assert settings.uploads_max == 1
+    assert settings.worker_nice == 19
     assert (settings.port, settings.workers, settings.ort_threads) == (65535, 1, 1)
     assert settings.max_upload_bytes == 1024 * 1024
     assert settings.microbatch_wait_ms == 1000.0

@@ -85,7 +85,10 @@ def serve(settings: Settings) -> int:
         # uvicorn exits with status 3 itself when the lifespan start-up fails.
         from app.http_protocol import FairAcceptServer
 
-        FairAcceptServer(uvicorn.Config(app, **options)).run()
+        if settings.health_port is not None:
+            probes = f"http://{settings.host}:{settings.health_port}/health/ready"
+            print(f"Probes on {probes}", flush=True)
+        FairAcceptServer(uvicorn.Config(app, **options), settings.health_port).run()
     return 0
 
 

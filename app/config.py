@@ -70,6 +70,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    # A second port that answers only /health/live and /health/ready (plain HTTP), for a
+    # kubelet's probes: under a flood of uploads a probe on the main port queues behind a
+    # thousand new connections. None: probes use the main port. Needs APP_WORKERS=1.
+    health_port: int | None = None
     data_dir: Path = Path("data")
     database_url: str | None = None
     secret_key: str | None = None
@@ -191,10 +195,17 @@ class Settings:
                     "APP_TRUSTED_PROXIES must be addresses or networks separated by commas, "
                     f"'*' or 'none', got {part!r}"
                 ) from None
+        port = number("PORT", base.port, int, 1, 65535)
+        workers = number("WORKERS", base.workers, int, 1)
+        health_port = number("HEALTH_PORT", 0, int, 0, 65535) or None
+        if health_port is not None and health_port == port:
+            raise ConfigError(f"APP_HEALTH_PORT must differ from APP_PORT ({port})")
+        if health_port is not None and workers > 1:
+            raise ConfigError("APP_HEALTH_PORT needs APP_WORKERS=1 (one process owns the port)")
         return cls(
             host=get("HOST") or base.host,
-            port=number("PORT", base.port, int, 1, 65535),
-            workers=number("WORKERS", base.workers, int, 1),
+            port=port,
+            workers=workers,
             data_dir=Path(get("DATA_DIR") or base.data_dir),
             database_url=get("DATABASE_URL"),
             secret_key=get("SECRET_KEY"),
@@ -223,6 +234,7 @@ class Settings:
             storage=storage,
             redis_url=redis_url,
             trusted_proxies=trusted,
+            health_port=health_port,
         )
 
     @property

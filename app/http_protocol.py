@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import json
 import socket
 import time
 import weakref
@@ -37,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.admission import AdmissionControl, front_door
 from app.config import Settings
+from app.error_responses import error_body
 from app.logs import new_request_id
 
 
@@ -134,12 +136,17 @@ class _Answered:
 
 ANSWERED = _Answered()
 READY_PATH = "/health/ready"
+HEALTH_PATHS = frozenset({"/health/live", READY_PATH})
+NOT_A_PROBE = json.dumps(
+    error_body("not_found", "this port answers /health/live and /health/ready only")
+).encode()
 
 
 class EarlyAnswerProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that, under overload, refuses excess uploads and answers the readiness
     probe itself, and bounds the body it reads after the response is complete."""
 
+    health_only = False  # on APP_HEALTH_PORT: the probes' paths only
     _request_complete = False
     _queued = False  # in the drain queue, reading paused
     _drain_timer: asyncio.TimerHandle | None = None
@@ -151,6 +158,21 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         gate = front_door()
+        if self.health_only and not self.pipeline:
+            path = self.root_path + httptools.parse_url(self.url).path.decode("ascii", "replace")
+            if path not in HEALTH_PATHS and gate is None:  # no app of ours: nothing to count
+                self.transport.close()
+                return
+            if path not in HEALTH_PATHS and gate is not None:
+                body = NOT_A_PROBE
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                verb = self.parser.get_method().decode("ascii", "replace")
+                # counted as the app counts a path no route matches: no label per path sent
+                self._answer(gate, verb, "unmatched", 404, headers, body)
+                return
         if (
             gate is not None
             and gate.busy
@@ -292,13 +314,20 @@ class FairAcceptServer(uvicorn.Server):
     accepts up to ``ACCEPTORS``; when fewer are waiting, the others' accept() just says EAGAIN.
     """
 
+    def __init__(self, config: uvicorn.Config, health_port: int | None = None) -> None:
+        super().__init__(config)
+        self.health_port = health_port
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if not self.started or self.config.ssl is not None:
+        if not self.started:
             return
         config, loop = self.config, asyncio.get_running_loop()
+        listening = [s for server in self.servers for s in server.sockets]
 
-        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+        def create_protocol(
+            _loop: asyncio.AbstractEventLoop | None = None, health_only: bool = False
+        ) -> asyncio.Protocol:
             # What uvicorn's own startup passes (its factory is local to that method).
             protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
                 config=config,
@@ -306,9 +335,23 @@ class FairAcceptServer(uvicorn.Server):
                 app_state=self.lifespan.state,
                 _loop=_loop,
             )
+            if health_only and isinstance(protocol, EarlyAnswerProtocol):
+                protocol.health_only = True
             return protocol
 
-        listening = [s for server in self.servers for s in server.sockets]
+        if self.health_port is not None:
+            # Plain HTTP, probes only: its own accept queue, so a probe never waits behind the
+            # connections of a flood of uploads on the main port.
+            health = await loop.create_server(
+                functools.partial(create_protocol, health_only=True),
+                host=config.host,
+                port=self.health_port,
+                backlog=config.backlog,
+            )
+            self.servers.append(health)
+        if self.config.ssl is not None:
+            return
+
         for sock in listening:
             for _ in range(ACCEPTORS - 1):
                 copy = socket.socket(fileno=socket.dup(sock.fileno()))

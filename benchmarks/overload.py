@@ -105,12 +105,13 @@ def _probe_loop(url: str, seconds: float, nice: int, out: Connection) -> None:
 
 
 def _burst(
-    url: str, pid: int, clients: int, seconds: float, procs: int, prober_nice: int = 0
+    target: _Target, clients: int, seconds: float, procs: int, prober_nice: int = 0
 ) -> dict[str, Any]:
     """``clients`` upload loops over ``procs`` load processes (benchmarks.loadgen), the
     probers, and the server's RSS and CPU sampled from here."""
     from benchmarks.loadgen import run_worker, upload_request
 
+    url, pid = target.url, target.pid
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = upload_request(parts.netloc, "/api/v1/predict", IMAGE.read_bytes())
@@ -126,7 +127,9 @@ def _burst(
         workers.append((process, receiver))
     own_receiver, own_sender = spawn.Pipe(duplex=False)
     own_prober = spawn.Process(
-        target=_probe_loop, args=(url, seconds, prober_nice, own_sender), daemon=True
+        target=_probe_loop,
+        args=(target.probe_url or url, seconds, prober_nice, own_sender),
+        daemon=True,
     )
     server = psutil.Process(pid)
     time.sleep(max(0.0, start_at - time.time()))
@@ -242,6 +245,7 @@ http {{
 class _Target:
     url: str
     pid: int
+    probe_url: str | None = None  # where the own-process prober asks, when not ``url``
 
 
 @contextmanager
@@ -275,11 +279,17 @@ def _nginx_floor() -> Iterator[_Target]:
 
 
 @contextmanager
-def _service() -> Iterator[_Target]:
-    from tests.hardening.server import running_server
+def _service(health_port: bool = False) -> Iterator[_Target]:
+    """The service; with ``health_port`` also on APP_HEALTH_PORT, where the prober asks."""
+    from tests.hardening.server import free_port, running_server
 
-    with running_server(Path(tempfile.mkdtemp()) / "data", env={"APP_LOG_LEVEL": "WARNING"}) as srv:
-        yield _Target(srv.url, srv.process.pid)
+    env = {"APP_LOG_LEVEL": "WARNING"}
+    port = free_port() if health_port else None
+    if port is not None:
+        env["APP_HEALTH_PORT"] = str(port)
+    with running_server(Path(tempfile.mkdtemp()) / "data", env=env) as srv:
+        probes = f"http://127.0.0.1:{port}" if port is not None else None
+        yield _Target(srv.url, srv.process.pid, probes)
 
 
 def measure(
@@ -289,20 +299,22 @@ def measure(
     floor: bool = False,
     procs: int = 2,
     prober_nice: int = 0,
+    health_port: bool = False,
 ) -> dict[str, Any]:
     from benchmarks.machine import cpu_info, git_state, load_average
 
     started = datetime.now(UTC)
     load_before = load_average()
-    with _nginx_floor() if floor else _service() as target:
+    with _nginx_floor() if floor else _service(health_port) as target:
         before = _rss_mb(target.pid)
-        result = _burst(target.url, target.pid, clients, seconds, procs, prober_nice)
+        result = _burst(target, clients, seconds, procs, prober_nice)
         time.sleep(idle)
         result |= {
             "rss_before_mb": before,
             "rss_after_idle_mb": _rss_mb(target.pid),
             "idle_s": idle,
             "prober_nice": prober_nice,
+            "own_prober_port": "health" if target.probe_url else "main",
             "server": "nginx 503 floor" if floor else "service",
             "created_utc": started.isoformat(timespec="seconds"),
             "git": git_state(),
@@ -343,14 +355,16 @@ def section(runs: list[dict[str, Any]]) -> list[str]:
         middle = f" / {fmt(block['p95_ms'], 0)}" if block.get("p95_ms") is not None else ""
         return f"{fmt(block['p50_ms'], 0)}{middle} / {fmt(block['p99_ms'], 0)}"
 
-    def own(block: dict[str, Any] | None) -> str:
+    def own(run: dict[str, Any]) -> str:
+        block = run.get("ready_probe_own_process")
         if not block:
             return "—"
+        port = " on the health port" if run.get("own_prober_port") == "health" else ""
         failed = block.get("failed") or 0
         if isinstance(failed, dict):  # why: a status and what was down, or an exception
             why = ", ".join(f"{reason} ×{n}" for reason, n in failed.items())
-            return f"{pair(block)} ({block['n']} ok; failed: {why or 'none'})"
-        return f"{pair(block)} ({block['n']} ok, {failed} failed)"
+            return f"{pair(block)} ({block['n']} ok{port}; failed: {why or 'none'})"
+        return f"{pair(block)} ({block['n']} ok{port}, {failed} failed)"
 
     def load(run: dict[str, Any]) -> str:
         before, after = run.get("load_average_before"), run.get("load_average_after")
@@ -384,7 +398,7 @@ def section(runs: list[dict[str, Any]]) -> list[str]:
                 pair(run["refused_503"]),
                 f"{run['other_errors']} / {run['client_timeouts_10s']}",
                 pair(run["ready_probe"]),
-                own(run.get("ready_probe_own_process")),
+                own(run),
                 " → ".join(fmt(v, 0) for v in rss) + ("" if idle == 30 else f" ({idle:g} s idle)"),
             ]
         )
@@ -511,14 +525,28 @@ def main() -> None:
         help="niceness of the own-process ready prober (below 0 needs root): a kubelet's "
         "reserved CPU",
     )
+    parser.add_argument(
+        "--health-port",
+        action="store_true",
+        help="serve the probes on APP_HEALTH_PORT too, and ask there from the own process",
+    )
     args = parser.parse_args()
+    if args.health_port and args.floor:
+        parser.error("--health-port is the service's; the nginx floor has none")
     result = measure(
-        args.clients, args.seconds, args.idle, args.floor, args.procs, args.prober_nice
+        args.clients,
+        args.seconds,
+        args.idle,
+        args.floor,
+        args.procs,
+        args.prober_nice,
+        args.health_port,
     )
     result["command"] = (
         f"python -m benchmarks.overload --clients {args.clients} --seconds {args.seconds:g} "
         f"--idle {args.idle:g} --procs {args.procs}"
         + (f" --prober-nice {args.prober_nice}" if args.prober_nice else "")
+        + (" --health-port" if args.health_port else "")
         + (" --floor" if args.floor else "")
     )
     if args.label:

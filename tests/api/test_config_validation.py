@@ -33,6 +33,8 @@ BAD_VALUES = [
     ("ORT_THREADS", "0"),
     ("ORT_THREADS", "auto"),
     ("WORKER_NICE", "-1"),
+    ("HEALTH_PORT", "65536"),
+    ("HEALTH_PORT", "http"),
     ("WORKER_NICE", "20"),
     ("MICROBATCH_WAIT_MS", "-1"),
     ("MICROBATCH_WAIT_MS", "1000.5"),
@@ -96,3 +98,12 @@ def test_uvicorn_options_let_websocket_frames_past_the_upload_limit() -> None:
     # The keyword is one uvicorn knows, with the value it will enforce.
     config = uvicorn.Config(app="app.main:create_app", **options)
     assert config.ws_max_size == options["ws_max_size"]
+
+
+def test_the_health_port_is_a_second_port_of_one_process() -> None:
+    assert Settings.from_env({"APP_HEALTH_PORT": "8081"}).health_port == 8081
+    assert Settings.from_env({}).health_port is None
+    with pytest.raises(ConfigError, match="APP_HEALTH_PORT must differ"):
+        Settings.from_env({"APP_HEALTH_PORT": "8000"})
+    with pytest.raises(ConfigError, match="APP_WORKERS=1"):
+        Settings.from_env({"APP_HEALTH_PORT": "8081", "APP_WORKERS": "2"})

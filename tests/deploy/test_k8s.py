@@ -59,6 +59,12 @@ def test_the_pieces_fit_together() -> None:
     (app,) = deployment["spec"]["template"]["spec"]["containers"]
     assert app["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert app["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    # the probes ask on APP_HEALTH_PORT, which the Service does not expose
+    ports = {p["name"]: p["containerPort"] for p in app["ports"]}
+    probes = [app[kind]["httpGet"]["port"] for kind in ("startupProbe", "readinessProbe")]
+    probes.append(app["livenessProbe"]["httpGet"]["port"])
+    assert {ports[name] for name in probes} == {int(docs["ConfigMap"]["data"]["APP_HEALTH_PORT"])}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
     sources = {next(iter(s.values()))["name"] for s in app["envFrom"]}
     secret, config = docs["Secret"], docs["ConfigMap"]
     assert sources == {secret["metadata"]["name"], config["metadata"]["name"]}

@@ -19,16 +19,22 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.hardening.server import Server, running_server
+from tests.hardening.server import Server, free_port, running_server
 
 BOUNDARY = "hardeningboundary"
 LIMIT = 2  # APP_UPLOADS_MAX for this server: uploads in flight at once
 
 
 @pytest.fixture(scope="module")
-def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def health_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory: pytest.TempPathFactory, health_port: int) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("admission") / "data"
-    with running_server(data, env={"APP_UPLOADS_MAX": str(LIMIT), "APP_BATCH_MAX": "2"}) as server:
+    env = {"APP_UPLOADS_MAX": str(LIMIT), "APP_BATCH_MAX": "2", "APP_HEALTH_PORT": str(health_port)}
+    with running_server(data, env=env) as server:
         yield server
 
 
@@ -289,3 +295,33 @@ def test_just_after_a_refusal_the_ready_probe_still_reuses_a_recent_check(
     if elapsed >= BUSY_FOR_S:
         pytest.skip(f"this machine took {elapsed:.1f} s from the refusal to the probe")
     assert "age_ms" in after.json()["checks"]["database"], after.json()
+
+
+def test_the_health_port_answers_the_probes_and_nothing_else(
+    small_server: Server, health_port: int, fixture_images: list[tuple[Path, str]]
+) -> None:
+    """APP_HEALTH_PORT: the probes on an accept queue of their own (a flood of uploads on the
+    main port queues a probe there behind a thousand new connections); every other path is
+    404 there, so the port opens nothing else of the app."""
+    probes = f"http://127.0.0.1:{health_port}"
+    main = httpx.get(small_server.url + "/health/ready", timeout=10)
+    ready = httpx.get(probes + "/health/ready", timeout=10)
+    assert ready.status_code == 200 and main.status_code == 200, ready.text
+    assert ready.json().keys() == main.json().keys() and ready.json()["status"] == "ready"
+    assert httpx.get(probes + "/health/live", timeout=10).json() == {"status": "ok"}
+    image = fixture_images[0][0].read_bytes()
+    upload = httpx.post(
+        probes + "/api/v1/predict", files={"image": ("a.jpg", image, "image/jpeg")}, timeout=10
+    )
+    for refused in (upload, httpx.get(probes + "/", timeout=10), httpx.get(probes + "/metrics")):
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["error"] == "not_found"
+    # while every upload place is taken, the probe port still says ready
+    body = multipart(image)
+    held = hold_all_places(small_server, body)
+    try:
+        busy = httpx.get(probes + "/health/ready", timeout=10)
+    finally:
+        release(held, body)
+    assert busy.status_code == 200 and busy.json()["status"] == "ready", busy.text
+    assert small_server.output().count("Probes on http://127.0.0.1:") == 1

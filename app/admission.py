@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
@@ -73,6 +73,8 @@ class AdmissionControl:
         }
         # /health/ready's answer when it needs no wait (set by create_app), for the server.
         self.ready_at_once: Callable[[], ReadyAnswer | None] | None = None
+        # Its whole answer, database check included, for the probe port (app.probe_port).
+        self.ready_answer: Callable[[], Awaitable[ReadyAnswer]] | None = None
         global _front_door
         _front_door = self
 

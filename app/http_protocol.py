@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import json
+import logging
 import socket
+import sys
 import time
 import weakref
 
@@ -38,8 +39,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.admission import AdmissionControl, front_door
 from app.config import Settings
-from app.error_responses import error_body
 from app.logs import new_request_id
+from app.probe_port import ProbePort
 
 
 @functools.cache
@@ -136,17 +137,12 @@ class _Answered:
 
 ANSWERED = _Answered()
 READY_PATH = "/health/ready"
-HEALTH_PATHS = frozenset({"/health/live", READY_PATH})
-NOT_A_PROBE = json.dumps(
-    error_body("not_found", "this port answers /health/live and /health/ready only")
-).encode()
 
 
 class EarlyAnswerProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that, under overload, refuses excess uploads and answers the readiness
     probe itself, and bounds the body it reads after the response is complete."""
 
-    health_only = False  # on APP_HEALTH_PORT: the probes' paths only
     _request_complete = False
     _queued = False  # in the drain queue, reading paused
     _drain_timer: asyncio.TimerHandle | None = None
@@ -158,21 +154,6 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         gate = front_door()
-        if self.health_only and not self.pipeline:
-            path = self.root_path + httptools.parse_url(self.url).path.decode("ascii", "replace")
-            if path not in HEALTH_PATHS and gate is None:  # no app of ours: nothing to count
-                self.transport.close()
-                return
-            if path not in HEALTH_PATHS and gate is not None:
-                body = NOT_A_PROBE
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ]
-                verb = self.parser.get_method().decode("ascii", "replace")
-                # counted as the app counts a path no route matches: no label per path sent
-                self._answer(gate, verb, "unmatched", 404, headers, body)
-                return
         if (
             gate is not None
             and gate.busy
@@ -317,17 +298,26 @@ class FairAcceptServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, health_port: int | None = None) -> None:
         super().__init__(config)
         self.health_port = health_port
+        self.probe_port: ProbePort | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if not self.started:
             return
+        gate = front_door()
+        if self.health_port is not None and gate is not None:
+            try:
+                self.probe_port = ProbePort(self.config.host, self.health_port, gate)
+            except OSError as exc:  # as uvicorn does when its own port is taken
+                logging.getLogger("uvicorn.error").error("APP_HEALTH_PORT: %s", exc)
+                await self.lifespan.shutdown()
+                sys.exit(3)
+            await self.probe_port.start()
+        if self.config.ssl is not None:
+            return
         config, loop = self.config, asyncio.get_running_loop()
-        listening = [s for server in self.servers for s in server.sockets]
 
-        def create_protocol(
-            _loop: asyncio.AbstractEventLoop | None = None, health_only: bool = False
-        ) -> asyncio.Protocol:
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
             # What uvicorn's own startup passes (its factory is local to that method).
             protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
                 config=config,
@@ -335,23 +325,9 @@ class FairAcceptServer(uvicorn.Server):
                 app_state=self.lifespan.state,
                 _loop=_loop,
             )
-            if health_only and isinstance(protocol, EarlyAnswerProtocol):
-                protocol.health_only = True
             return protocol
 
-        if self.health_port is not None:
-            # Plain HTTP, probes only: its own accept queue, so a probe never waits behind the
-            # connections of a flood of uploads on the main port.
-            health = await loop.create_server(
-                functools.partial(create_protocol, health_only=True),
-                host=config.host,
-                port=self.health_port,
-                backlog=config.backlog,
-            )
-            self.servers.append(health)
-        if self.config.ssl is not None:
-            return
-
+        listening = [s for server in self.servers for s in server.sockets]
         for sock in listening:
             for _ in range(ACCEPTORS - 1):
                 copy = socket.socket(fileno=socket.dup(sock.fileno()))
@@ -360,3 +336,8 @@ class FairAcceptServer(uvicorn.Server):
                     create_protocol, sock=copy, backlog=config.backlog
                 )
                 self.servers.append(server)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.probe_port is not None:
+            await self.probe_port.stop()
+        await super().shutdown(sockets)

@@ -277,5 +277,6 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     # with the headers PrivateResponses gives every answer (app/http_protocol.py).
     private = [(b"cache-control", b"no-store"), (b"content-security-policy", CSP)]
     admission.ready_at_once = functools.partial(health.ready_at_once, app.state, private)
+    admission.ready_answer = functools.partial(health.ready_answer, app.state, private)
     app.asgi_handler = admission
     return app

@@ -15,6 +15,8 @@ from app.admission import ReadyAnswer, front_door
 from app.db.engine import DatabaseProbe, Probe
 from app.inference.service import InferenceService
 
+STARTING = {"status": "starting"}  # /health/ready before the model is loaded and warmed up
+
 
 def _database_check(result: Probe) -> dict[str, Any]:
     check: dict[str, Any] = {"ok": result.ok, "ms": round(result.ms, 1)}
@@ -77,12 +79,34 @@ def ready_at_once(state: State, headers: list[tuple[bytes, bytes]]) -> ReadyAnsw
             return None
         checks["database"] = _database_check(recent)
     status, body, _ = readiness(service, checks)  # only good checks reach here: never down
+    return _encoded(status, body, None, headers)
+
+
+async def ready_answer(state: State, headers: list[tuple[bytes, bytes]]) -> ReadyAnswer:
+    """/health/ready's whole answer as the route gives it, with the database check (a recent
+    good one reused under overload), for the probe port's thread (app.probe_port), which
+    answers from the last one the loop published."""
+    service = deps.ready_service_or_none(state)
+    if service is None:
+        return _encoded(HTTP_503_SERVICE_UNAVAILABLE, STARTING, {"Retry-After": "1"}, headers)
+    status, body, extra = readiness(service, await dependency_checks(deps.database_probe(state)))
+    return _encoded(status, body, extra, headers)
+
+
+def _encoded(
+    status: int,
+    body: dict[str, Any],
+    extra: dict[str, str] | None,
+    headers: list[tuple[bytes, bytes]],
+) -> ReadyAnswer:
     payload = json.dumps(body, separators=(",", ":")).encode()
+    more = [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     return (
         status,
         [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
+            *more,
             *headers,
         ],
         payload,
@@ -115,7 +139,7 @@ class HealthController(Controller):
         is not (``down``), with each check under ``checks``."""
         if service is None:
             return Response(
-                {"status": "starting"},
+                STARTING,
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
                 headers={"Retry-After": "1"},
             )

@@ -300,28 +300,46 @@ def test_just_after_a_refusal_the_ready_probe_still_reuses_a_recent_check(
 def test_the_health_port_answers_the_probes_and_nothing_else(
     small_server: Server, health_port: int, fixture_images: list[tuple[Path, str]]
 ) -> None:
-    """APP_HEALTH_PORT: the probes on an accept queue of their own (a flood of uploads on the
-    main port queues a probe there behind a thousand new connections); every other path is
-    404 there, so the port opens nothing else of the app."""
+    """APP_HEALTH_PORT: the probes answered by a thread of their own (app.probe_port) from
+    what the loop last published, so a flood of uploads on the main port delays them neither
+    in the accept queue nor behind loop turns; every other path is 404 there."""
     probes = f"http://127.0.0.1:{health_port}"
     main = httpx.get(small_server.url + "/health/ready", timeout=10)
     ready = httpx.get(probes + "/health/ready", timeout=10)
     assert ready.status_code == 200 and main.status_code == 200, ready.text
     assert ready.json().keys() == main.json().keys() and ready.json()["status"] == "ready"
+    assert ready.json()["checks"]["database"]["ok"]
+    assert ready.headers["x-request-id"] and ready.headers["cache-control"] == "no-store"
     assert httpx.get(probes + "/health/live", timeout=10).json() == {"status": "ok"}
-    image = fixture_images[0][0].read_bytes()
-    upload = httpx.post(
-        probes + "/api/v1/predict", files={"image": ("a.jpg", image, "image/jpeg")}, timeout=10
-    )
-    for refused in (upload, httpx.get(probes + "/", timeout=10), httpx.get(probes + "/metrics")):
+    refusals = [
+        httpx.post(probes + "/api/v1/predict", content=b"x" * 100, timeout=10),
+        httpx.get(probes + "/", timeout=10),
+        httpx.get(probes + "/metrics", timeout=10),
+    ]
+    for refused in refusals:
         assert refused.status_code == 404, refused.text
         assert refused.json()["error"] == "not_found"
     # while every upload place is taken, the probe port still says ready
-    body = multipart(image)
+    body = multipart(fixture_images[0][0].read_bytes())
     held = hold_all_places(small_server, body)
     try:
         busy = httpx.get(probes + "/health/ready", timeout=10)
     finally:
         release(held, body)
     assert busy.status_code == 200 and busy.json()["status"] == "ready", busy.text
+    # each probe answer is counted and logged as every other answer
+    metrics = httpx.get(small_server.url + "/metrics", timeout=10).text
+    assert re.search(r'method="GET",route="unmatched",status="404"\} [2-9]', metrics), metrics
+    assert re.search(r'method="GET",route="/health/ready",status="200"\} ', metrics), metrics
     assert small_server.output().count("Probes on http://127.0.0.1:") == 1
+
+
+def test_a_taken_health_port_stops_the_server_with_its_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"APP_HEALTH_PORT": str(port)}
+        refused = pytest.raises(RuntimeError, match=r"exited \(3\)[\s\S]*APP_HEALTH_PORT")
+        with refused, running_server(tmp_path / "data", env=env):
+            pass

@@ -20,6 +20,8 @@ pipelined behind another request, or one admitted in the same loop turn as the l
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -38,6 +40,14 @@ RETRY_AFTER_S = 1
 BUSY_FOR_S = 2.0
 ReadyAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
 _front_door: AdmissionControl | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _refusal_body(in_flight: int) -> bytes:
+    """The 503's body for ``in_flight`` uploads, encoded once: a refusal must cost next to
+    nothing (json.dumps per refusal was 2 % of the loop's time at 1,000 clients)."""
+    detail = f"{in_flight} uploads are in progress; try again shortly"
+    return json.dumps(error_body("overloaded", detail)).encode()
 
 
 def front_door() -> AdmissionControl | None:
@@ -60,6 +70,7 @@ class AdmissionControl:
         self.paths = frozenset(paths)
         self.metrics = metrics
         self.in_flight = 0
+        self.pending = 0  # admitted at their headers this loop turn, not yet in in_flight
         self._last_refusal = -BUSY_FOR_S  # time.monotonic() of the last 503
         # The same access line and X-Request-ID as every answer inside Litestar gets.
         self._refusal = AccessLog(self._refuse)
@@ -80,7 +91,22 @@ class AdmissionControl:
 
     @property
     def full(self) -> bool:
-        return self.in_flight >= self.limit
+        return self.in_flight + self.pending >= self.limit
+
+    def admit_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """An upload passed ``full`` at its headers and its ASGI task starts in the next loop
+        turn, where ``__call__`` counts it: until then it is ``pending``, so the uploads whose
+        headers arrive in the same turn see the place taken and are refused at their headers,
+        not through the ASGI stack (a task, the middleware, Litestar's send: py-spy put those
+        late refusals at 6 % or more of the loop's time at 1,000 clients). ``pending`` is reset
+        by a callback queued before the first such task, so it runs before any of them counts
+        itself, and nothing is lost if a task never comes."""
+        if not self.pending:
+            loop.call_soon(self._settle)
+        self.pending += 1
+
+    def _settle(self) -> None:
+        self.pending = 0
 
     @property
     def busy(self) -> bool:
@@ -88,8 +114,7 @@ class AdmissionControl:
         return self.full or time.monotonic() - self._last_refusal < BUSY_FOR_S
 
     def refusal_body(self) -> bytes:
-        detail = f"{self.in_flight} uploads are in progress; try again shortly"
-        return json.dumps(error_body("overloaded", detail)).encode()
+        return _refusal_body(self.in_flight)
 
     def refusal_headers(self, body: bytes) -> list[tuple[bytes, bytes]]:
         return [

@@ -163,10 +163,12 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
         ):
             method = self.parser.get_method()
             path = self.root_path + httptools.parse_url(self.url).path.decode("ascii", "replace")
-            if method == b"POST" and path in gate.paths and gate.full:
-                body = gate.refusal_body()
-                self._answer(gate, "POST", path, 503, gate.refusal_headers(body), body)
-                return
+            if method == b"POST" and path in gate.paths:
+                if gate.full:
+                    body = gate.refusal_body()
+                    self._answer(gate, "POST", path, 503, gate.refusal_headers(body), body)
+                    return
+                gate.admit_soon(self.loop)  # before super() queues its task
             if method == b"GET" and path == READY_PATH and gate.ready_at_once is not None:
                 ready = gate.ready_at_once()  # None: it needs a check of its own
                 if ready is not None:

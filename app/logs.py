@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
-import secrets
+import os
+import random
 import time
 from typing import Any
 
@@ -89,9 +90,16 @@ class AccessLog:
             log_access(method, scope["path"], status, time.perf_counter() - started, request_id)
 
 
+# Request ids correlate an answer with its log line; they guard nothing, so they need no
+# system entropy per request: under 1,000 clients os.urandom's syscall was 6 % of the event
+# loop's time (py-spy). Seeded from the system once per process, 48 bits as before.
+_REQUEST_IDS = random.Random()
+os.register_at_fork(after_in_child=_REQUEST_IDS.seed)  # a forked worker draws its own ids
+
+
 def new_request_id() -> str:
     """The id of one answer: its ``X-Request-ID`` and the end of its access line."""
-    return secrets.token_hex(6)
+    return f"{_REQUEST_IDS.getrandbits(48):012x}"
 
 
 def log_access(method: str, path: str, status: int, seconds: float, request_id: str) -> None:

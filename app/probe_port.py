@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from app.admission import AdmissionControl, ReadyAnswer
+from app.admission import AdmissionControl, ReadyAnswer, json_answer
 from app.error_responses import error_body
 from app.logs import new_request_id
 
@@ -40,13 +39,11 @@ READY_MAX_AGE_S = 2.0  # an older readiness answer means the loop is not keeping
 LIVE_MAX_AGE_S = 10.0  # a heartbeat older than this: the loop is stuck, restart the process
 LIVE, READY = "/health/live", "/health/ready"
 MAX_BODY = 64 * 1024  # probes send none; a larger one is not read (the connection is reset)
-JSON = (b"content-type", b"application/json")
 NO_STORE = (b"cache-control", b"no-store")
 
 
 def _json(status: int, body: dict[str, Any]) -> ReadyAnswer:
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    return status, [JSON, (b"content-length", str(len(payload)).encode()), NO_STORE], payload
+    return json_answer(status, body, NO_STORE)
 
 
 NOT_A_PROBE = _json(404, error_body("not_found", f"this port answers {LIVE} and {READY} only"))
@@ -123,33 +120,27 @@ def _handler_for(port: ProbePort) -> type[BaseHTTPRequestHandler]:
     class ProbeHandler(BaseHTTPRequestHandler):
         timeout = 2  # a connection that sends nothing is dropped: probes are quick
 
-        def handle_one_request(self) -> None:
-            started = time.perf_counter()
-            try:
-                super().handle_one_request()
-            finally:
-                if getattr(self, "command", None) and getattr(self, "_status", None):
-                    path = urlsplit(self.path).path
-                    counted = path if path in {LIVE, READY} else "unmatched"
-                    seconds = time.perf_counter() - started
-                    port.gate.answered(self.command, counted, self._status, seconds, self._id)
-
         def _reply(self) -> None:
+            started = time.perf_counter()
             # Read a small body before answering: closing a socket with unread data sends a
             # reset, which can destroy the answer before the client reads it.
             length = self.headers.get("Content-Length", "0")
             if length.isdigit() and 0 < int(length) <= MAX_BODY:
                 self.rfile.read(int(length))
-            status, headers, body = port.answer(self.command, urlsplit(self.path).path)
-            self._status, self._id = status, new_request_id()
+            path = urlsplit(self.path).path
+            status, headers, body = port.answer(self.command, path)
+            request_id = new_request_id()
             self.send_response(status)
             for name, value in headers:
                 self.send_header(name.decode(), value.decode())
-            self.send_header("X-Request-ID", self._id)
+            self.send_header("X-Request-ID", request_id)
             self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
+            counted = path if path in {LIVE, READY} else "unmatched"
+            seconds = time.perf_counter() - started
+            port.gate.answered(self.command, counted, status, seconds, request_id)
 
         do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _reply
 

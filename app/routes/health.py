@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from litestar import Controller, Response, get
@@ -11,11 +10,12 @@ from litestar.di import Provide
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app import deps
-from app.admission import ReadyAnswer, front_door
+from app.admission import ReadyAnswer, front_door, json_answer
 from app.db.engine import DatabaseProbe, Probe
 from app.inference.service import InferenceService
 
 STARTING = {"status": "starting"}  # /health/ready before the model is loaded and warmed up
+RETRY_AFTER_1 = (b"retry-after", b"1")
 
 
 def _database_check(result: Probe) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def ready_at_once(state: State, headers: list[tuple[bytes, bytes]]) -> ReadyAnsw
             return None
         checks["database"] = _database_check(recent)
     status, body, _ = readiness(service, checks)  # only good checks reach here: never down
-    return _encoded(status, body, None, headers)
+    return json_answer(status, body, *headers)
 
 
 async def ready_answer(state: State, headers: list[tuple[bytes, bytes]]) -> ReadyAnswer:
@@ -88,29 +88,10 @@ async def ready_answer(state: State, headers: list[tuple[bytes, bytes]]) -> Read
     answers from the last one the loop published."""
     service = deps.ready_service_or_none(state)
     if service is None:
-        return _encoded(HTTP_503_SERVICE_UNAVAILABLE, STARTING, {"Retry-After": "1"}, headers)
+        return json_answer(HTTP_503_SERVICE_UNAVAILABLE, STARTING, RETRY_AFTER_1, *headers)
     status, body, extra = readiness(service, await dependency_checks(deps.database_probe(state)))
-    return _encoded(status, body, extra, headers)
-
-
-def _encoded(
-    status: int,
-    body: dict[str, Any],
-    extra: dict[str, str] | None,
-    headers: list[tuple[bytes, bytes]],
-) -> ReadyAnswer:
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    more = [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
-    return (
-        status,
-        [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            *more,
-            *headers,
-        ],
-        payload,
-    )
+    retry = [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
+    return json_answer(status, body, *retry, *headers)
 
 
 class HealthController(Controller):

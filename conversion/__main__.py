@@ -273,7 +273,7 @@ def cmd_localise(args: argparse.Namespace) -> int:
     if args.candidates:
         if args.split == "test":
             raise SystemExit("choose explanations on val (--split val), never on test")
-        swept = sweep_candidates(args.cam, args.images, args.labels_csv, args.split)
+        swept = sweep_candidates(args.cam, args.images, args.labels_csv, args.split, args.centred)
         return _print_json(swept, args.json)
     result = measure_split(args.cam, args.images, args.labels_csv, args.split, args.sheet)
     return _print_json(result, args.json)
@@ -415,6 +415,13 @@ def parser() -> argparse.ArgumentParser:
         default=False,
         help="score every candidate explanation of the model (CAM may be the FP32 model) instead "
         "of the CAM model's outputs; val only",
+    )
+    loc.add_argument(
+        "--centred",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="with --candidates: explain the logit minus the mean logit (what the softmax reads) "
+        "instead of the logit",
     )
     add_data_flags(loc)
     loc.set_defaults(func=cmd_localise)

@@ -289,12 +289,17 @@ class _Builder:
             return self.to5d(back, xs)
         raise ConversionError(f"no backward rule for {op} ({node.name})")
 
-    def seed(self) -> str:
-        """d logit / d head map for the class given as the ``label`` input: [N, 1, C, h, w]."""
+    def seed(self, centred: bool = False) -> str:
+        """d logit / d head map for the class given as the ``label`` input: [N, 1, C, h, w].
+
+        ``centred``: of the class's logit minus the mean of all logits, the part of the logit
+        the softmax reads (evidence that raises every logit alike changes no probability).
+        """
         head, fmap = self.head, self.head.feature_map
         shape = self.shapes[fmap]
+        kernel = head.kernel - head.kernel.mean(axis=1, keepdims=True) if centred else head.kernel
         # d logit_c / d A_last = kernel[:, c] / (h*w) everywhere (the mean pool + Dense head)
-        seeds = (head.kernel.T / (shape[2] * shape[3])).astype(np.float32)[:, :, None, None]
+        seeds = (kernel.T / (shape[2] * shape[3])).astype(np.float32)[:, :, None, None]
         if LABEL not in [i.name for i in self.graph.input]:
             self.graph.input.append(
                 helper.make_tensor_value_info(LABEL, onnx.TensorProto.INT64, [1])

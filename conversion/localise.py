@@ -306,7 +306,7 @@ _CANDIDATES: list[tuple[str, str, Any, float]] = [
 
 
 def sweep_candidates(
-    model_path: Path, images_dir: Path, split_csv: Path, part: str = "val"
+    model_path: Path, images_dir: Path, split_csv: Path, part: str = "val", centred: bool = False
 ) -> dict[str, Any]:
     """The table the shown map was chosen from, on ``part`` (val: never choose on test).
 
@@ -335,7 +335,7 @@ def sweep_candidates(
     probe.CopyFrom(source)
     builder = _Builder(probe, head, "sweep")
     starts = [layer.tensor for layers in scales for layer in layers]
-    grads = builder.gradients(builder.seed(), starts)
+    grads = builder.gradients(builder.seed(centred), starts)
     fetch = [*members, *starts]
     for tensor in starts:
         fetch.append(f"d:{tensor}")
@@ -346,7 +346,7 @@ def sweep_candidates(
     spec = ModelSpec.from_metadata({p.key: p.value for p in source.metadata_props})
     input_name = session.get_inputs()[0].name
     probabilities = session.get_outputs()[0].name
-    kernel = head.kernel
+    kernel = head.kernel - head.kernel.mean(axis=1, keepdims=True) if centred else head.kernel
     width = kernel.shape[0] // len(members)
     samples = read_labels(split_csv, images_dir, part)
     maps: dict[str, list[np.ndarray]] = {name: [] for name, *_ in _CANDIDATES}
@@ -384,6 +384,7 @@ def sweep_candidates(
         )
     return {
         "split": part,
+        "gradient_of": "the logit minus the mean logit" if centred else "the logit",
         "images": len(samples),
         "dropped": len(samples) - len(masks),
         "reference": "classical segmentation (conversion/localise.py), not an outline by a "

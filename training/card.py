@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from app.inference.explain import LAYER_CAM_GEOMETRIC
+
 TARGETS = {  # issue 17 acceptance (ECE: issue 3), on the lesion-level test split
     "bma": (">=", 0.68),
     "auc_macro_ovr": (">=", 0.95),
@@ -276,6 +278,28 @@ maps were not candidates.
 {rows}
 | baseline: the image centre | {doc["baselines"]["centre_pointing"] * 100:.1f}% | | |
 | baseline: a uniform map | | {doc["baselines"]["uniform_mass"]:.2f} | |
+{_centred_candidates(doc)}"""
+
+
+def _centred_candidates(plain: dict[str, Any]) -> str:
+    """The same sweep explaining the logit minus the mean logit (localisation_candidates_centred
+    .json): the part of a logit the softmax reads, a lever that was measured and not kept."""
+    path = Path("models") / "card" / "localisation_candidates_centred.json"
+    if not path.is_file():
+        return ""
+    centred = {c["name"]: c for c in json.loads(path.read_text())["candidates"]}
+    pairs = [(c, centred[c["name"]]) for c in plain["candidates"] if c["name"] in centred]
+    shown = next((p for p in pairs if f"`{LAYER_CAM_GEOMETRIC}`" in p[0]["name"]), None)
+    if shown is None:
+        return ""
+    gains = [after["mass"] - before["mass"] for before, after in pairs]
+    return f"""
+Explaining the predicted class's logit minus the mean of the logits instead (the part of a logit
+the softmax reads: evidence that raises every logit alike changes no probability), the same
+candidates on the same images (`--centred`, `localisation_candidates_centred.json`): the shown
+map {shown[1]["pointing"] * 100:.1f}% and {shown[1]["mass"]:.3f} (the logit: \
+{shown[0]["pointing"] * 100:.1f}% and {shown[0]["mass"]:.3f}), and mass moved by \
+{min(gains):+.3f} to {max(gains):+.3f} over the candidates. Not kept: no difference.
 """
 
 

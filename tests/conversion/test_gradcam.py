@@ -81,3 +81,37 @@ def test_layer_cam_check_fails_on_a_wrong_backward_pass(
 ) -> None:
     with pytest.raises(GateError, match="Layer-CAM gradients disagree"):
         gradcam.check_layer_maps(model, gradcam.scale_layers(model)[:1], batch[:1])
+
+
+def _gradient(model: onnx.ModelProto, x: np.ndarray, label: int, centred: bool) -> np.ndarray:
+    """d (logit or centred logit) / d the first member's stride-16 activation, for one image."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    from app.inference.explain import LABEL
+    from conversion.cam import find_head
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    builder = gradcam._Builder(probe, find_head(model), "test")
+    tensor = gradcam.scale_layers(model)[0][0].tensor
+    grad = builder.gradients(builder.seed(centred), [tensor])[tensor]
+    probe.graph.node.append(helper.make_node("Identity", [grad], ["grad_out"]))
+    probe.graph.output.append(
+        helper.make_tensor_value_info("grad_out", onnx.TensorProto.FLOAT, None)
+    )
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out: np.ndarray = session.run(["grad_out"], {name: x[None], LABEL: np.array([label])})[0]
+    return out
+
+
+def test_the_centred_seed_is_the_logit_minus_the_mean_logit(
+    model: onnx.ModelProto, batch: np.ndarray
+) -> None:
+    plain = np.stack([_gradient(model, batch[0], c, centred=False) for c in range(7)])
+    centred = _gradient(model, batch[0], 2, centred=True)
+    expected = plain[2] - plain.mean(axis=0)
+    scale = float(np.abs(plain[2]).max())
+    assert float(np.abs(centred - expected).max()) <= 1e-4 * scale
+    assert float(np.abs(centred - plain[2]).max()) > 1e-2 * scale  # it is not the plain one

@@ -43,6 +43,8 @@ def model_suite(
 ) -> SuiteResult:
     """Time every engine at every thread count and batch size on the same real images."""
     suite = SuiteResult("model", quick)
+    if quick:  # one child, not one per thread count: each starts TensorFlow (~45 s on 2 cores)
+        threads = threads[:1]
     runs = runs or (10 if quick else 200)
     warmup = 1 if quick else 10
     cap = time_cap_s or (10.0 if quick else 300.0)

@@ -93,6 +93,51 @@ def _machine_section(run: dict[str, Any]) -> list[str]:
     ]
 
 
+MODEL_BUDGET_MS = 6.0  # issue 17: the served model, per image, batch 1, one thread
+
+
+def _vector_isa(flags: dict[str, bool]) -> str:
+    if flags.get("avx512f"):
+        return "AVX-512" + (" + VNNI" if flags.get("avx512_vnni") else "")
+    return "AVX2 only" if flags.get("avx2") else "no AVX2"
+
+
+def cost_by_cpu(run: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
+    """The served FP32 model's single-thread cost in every full run that timed the same file
+    (same sha256), one row per run: the CPU's vector instructions decide it, not the run."""
+    sha = (run.get("models", {}).get("fp32") or {}).get("sha256")
+    rows = []
+    for other in runs:
+        figures = other.get("suites", {}).get("model", {}).get("figures", {})
+        b1 = figures.get("t1/b1/ort_fp32/per_image")
+        same = (other.get("models", {}).get("fp32") or {}).get("sha256") == sha
+        if not sha or not same or other.get("quick") or not b1:
+            continue
+        b8 = figures.get("t1/b8/ort_fp32/per_image")
+        cpu = other.get("machine", {}).get("cpu", {})
+        rows.append(
+            [
+                f"`{other.get('_file', '?')}`",
+                str(cpu.get("model")),
+                _vector_isa(cpu.get("flags", {})),
+                f"{b1['median']:.2f}",
+                f"{b8['median']:.2f}" if b8 else "—",
+                "within" if b1["median"] <= MODEL_BUDGET_MS else "**over**",
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        f"### The served model's cost by CPU (issue 17's budget: {MODEL_BUDGET_MS:g} ms an "
+        "image, batch 1, one thread)",
+        "",
+        "Every full run that timed this FP32 file (same sha256), from the model suite; ms per "
+        "image, one thread.",
+        "",
+        *table(["run", "CPU", "vectors", "batch 1", "batch 8", "budget"], rows),
+    ]
+
+
 def int8_sweep_lines(sweep: dict[str, Any] | None) -> list[str]:
     """The INT8 recipes tried for the shipped model (``python -m conversion int8-sweep``)."""
     if not sweep:
@@ -125,6 +170,7 @@ def render(
     ab_runs: list[dict[str, Any]] | None = None,
     overload_runs: list[dict[str, Any]] | None = None,
     int8_sweep: dict[str, Any] | None = None,
+    runs: list[dict[str, Any]] | None = None,
 ) -> str:
     """The whole RESULTS.md for one result file."""
     from benchmarks.overload import section as overload_section
@@ -194,6 +240,7 @@ def render(
                 "Q/DQ pairs, so its timings below are not INT8 kernel speed."
             )
     lines += [f"- manifest: `{models.get('manifest')}`", ""]
+    lines += cost_by_cpu(run, runs or [run])
     lines += int8_sweep_lines(int8_sweep)
     for suite in SUITES:
         lines += [f"## {suite.title}", "", *borrowed(run, suite.name), *suite.section(run)]
@@ -374,5 +421,5 @@ def regenerate(results_dir: Path, result_file: Path | None = None) -> Path:
     overload_runs = load_overload_runs(results_dir / "overload")
     sweep_file = root.parent / "models" / "card" / "int8_sweep.json"
     sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else None
-    atomic_write(target, render(run, rel, ab_runs, overload_runs, sweep))
+    atomic_write(target, render(run, rel, ab_runs, overload_runs, sweep, runs))
     return target

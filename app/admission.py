@@ -92,6 +92,8 @@ class AdmissionControl:
             )
             for path in self.paths
         }
+        self._at_headers = metrics.upload_refusals.labels("headers")
+        self._in_asgi = metrics.upload_refusals.labels("asgi")
         # /health/ready's answer when it needs no wait (set by create_app), for the server.
         self.ready_at_once: Callable[[], ReadyAnswer | None] | None = None
         # Its whole answer, database check included, for the probe port (app.probe_port).
@@ -134,19 +136,20 @@ class AdmissionControl:
             (b"cache-control", b"no-store"),
         ]
 
-    def refused(self, path: str, seconds: float) -> None:
+    def refused(self, path: str, seconds: float, at_headers: bool) -> None:
         """Count a refusal in /metrics (its access line is AccessLog's)."""
         self._last_refusal = time.monotonic()
         requests, latency = self._counters[path]
         requests.inc()
         latency.observe(seconds)
+        (self._at_headers if at_headers else self._in_asgi).inc()
 
     def answered(
         self, method: str, path: str, status: int, seconds: float, request_id: str
     ) -> None:
         """Count an answer the server wrote itself (app.http_protocol) and write its line."""
         if method == "POST" and status == 503:
-            self.refused(path, seconds)
+            self.refused(path, seconds, at_headers=True)
         else:
             self.metrics.requests.labels(path, method, str(status)).inc()
             self.metrics.latency.labels(path, method).observe(seconds)
@@ -181,4 +184,4 @@ class AdmissionControl:
         }
         await send(start)
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        self.refused(scope["path"], time.perf_counter() - started)
+        self.refused(scope["path"], time.perf_counter() - started, at_headers=False)

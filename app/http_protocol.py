@@ -13,9 +13,10 @@ send its next request on the same connection. Two gaps of uvicorn's are closed h
   otherwise stay open, idle, for ever).
 
 It also writes AdmissionControl's 503 itself, as soon as the headers of an upload beyond the
-bound are parsed: no ASGI scope, task, receive channel or Litestar, only the status, the headers
-and the body (with the same X-Request-ID, access line and /metrics count). The body that
-follows is read at the lowest priority (``_DrainQueue``). While admission is busy (full, or it
+bound are parsed (counting the uploads admitted earlier in the same loop turn): no ASGI scope,
+task, receive channel or Litestar, only the status, the headers and the body (with the same
+X-Request-ID, access line and /metrics count). The body that follows is read at the lowest
+priority (``_DrainQueue``). While admission is busy (full, or it
 refused an upload in the last 2 s) it answers ``GET /health/ready`` the same way when the
 answer needs no wait (app.routes.health ``ready_at_once``: the model ready and a good database
 check under 2 s old). Figures:
@@ -156,24 +157,29 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
         gate = front_door()
         if (
             gate is not None
-            and gate.busy
             # Answers go out in order: not while an earlier request is still being answered.
             and (self.cycle is None or self.cycle.response_complete)
             and not self.pipeline
         ):
             method = self.parser.get_method()
-            path = self.root_path + httptools.parse_url(self.url).path.decode("ascii", "replace")
-            if method == b"POST" and path in gate.paths:
-                if gate.full:
-                    body = gate.refusal_body()
-                    self._answer(gate, "POST", path, 503, gate.refusal_headers(body), body)
-                    return
-                gate.admit_soon(self.loop)  # before super() queues its task
-            if method == b"GET" and path == READY_PATH and gate.ready_at_once is not None:
-                ready = gate.ready_at_once()  # None: it needs a check of its own
-                if ready is not None:
-                    self._answer(gate, "GET", path, *ready)
-                    return
+            if method == b"POST" or (method == b"GET" and gate.busy):
+                path = self.root_path + httptools.parse_url(self.url).path.decode(
+                    "ascii", "replace"
+                )
+                # Uploads are counted at their headers from the first one, calm or not: the
+                # first burst on a calm server would otherwise queue an ASGI task for every
+                # excess upload of the turn, before any of them made the gate full.
+                if method == b"POST" and path in gate.paths:
+                    if gate.full:
+                        body = gate.refusal_body()
+                        self._answer(gate, "POST", path, 503, gate.refusal_headers(body), body)
+                        return
+                    gate.admit_soon(self.loop)  # before super() queues its task
+                elif method == b"GET" and path == READY_PATH and gate.ready_at_once is not None:
+                    ready = gate.ready_at_once()  # None: it needs a check of its own
+                    if ready is not None:
+                        self._answer(gate, "GET", path, *ready)
+                        return
         super().on_headers_complete()
 
     def _answer(

@@ -93,6 +93,13 @@ class Metrics:
             "WebSocket frames dropped because a newer one arrived",
             registry=r,
         )
+        self.upload_refusals = Counter(
+            "upload_refusals",
+            "API uploads refused 503 by admission control, by where: at their headers (the "
+            "protocol, no ASGI task) or in the ASGI stack (admission middleware)",
+            ["stage"],
+            registry=r,
+        )
         self.gate_rejections = Counter(
             "gate_rejections",
             "Images refused by the intended-use gate, by failed check (one image may fail several)",

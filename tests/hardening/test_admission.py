@@ -9,7 +9,9 @@ app/http_protocol.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -165,6 +167,42 @@ def test_many_concurrent_uploads_beyond_the_bound_each_get_a_clear_503(
         r'http_requests_total\{method="POST",route="/api/v1/predict",status="503"\} (\d+)', metrics
     )
     assert refused and int(refused.group(1)) >= 40, metrics
+
+
+def _refusals(server: Server) -> dict[str, int]:
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    found = re.findall(r'upload_refusals_total\{stage="(\w+)"\} (\d+)', metrics)
+    return {stage: int(float(n)) for stage, n in found}
+
+
+def test_a_first_burst_on_a_calm_server_is_refused_at_the_headers(
+    tmp_path: Path, fixture_images: list[tuple[Path, str]]
+) -> None:
+    """Uploads whose headers arrive in the same loop turn on a calm server: those beyond the
+    bound are refused by the protocol, not each through an ASGI task. The server is stopped
+    while the headers are sent, so they all arrive in the turns right after it resumes."""
+    body = multipart(fixture_images[0][0].read_bytes())
+    with running_server(tmp_path / "data", env={"APP_UPLOADS_MAX": str(LIMIT)}) as server:
+        assert _refusals(server) == {"headers": 0, "asgi": 0}  # calm: nothing refused yet
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            socks = [open_upload(server, len(body)) for _ in range(LIMIT + 3)]
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        try:
+            for sock in socks:
+                sock.settimeout(2.0)
+            answered = []
+            for sock in socks:
+                try:
+                    answered.append(response_of(sock)[0])
+                except TimeoutError:  # admitted: its answer waits for its body
+                    sock.settimeout(30)
+            assert sorted(answered) == [503] * 3, answered
+            assert _refusals(server) == {"headers": 3, "asgi": 0}
+        finally:
+            for sock in socks:
+                sock.close()
 
 
 def test_a_refused_connection_serves_the_next_request(

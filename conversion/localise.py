@@ -297,6 +297,12 @@ _CANDIDATES: list[tuple[str, str, Any, float]] = [
         0,
     ),
     (
+        "Layer-CAM minus mean 16 x 8, geometric mean, each member at a peak of 1",
+        "8",
+        lambda m: geometric_mean(m["16", "lcmean_unit"], m["8", "lcmean_unit"]),
+        0,
+    ),
+    (
         "sharpened, not a candidate: Layer-CAM 16 cubed",
         "16",
         lambda m: unit_peak(m["16", "lc"]) ** 3,
@@ -370,6 +376,9 @@ def sweep_candidates(
                 grad = values[f"d:{layer.tensor}"].reshape(values[layer.tensor][0].shape)
                 parts = _member_maps(values[layer.tensor][0], grad)
                 found |= {(tag, k): v for k, v in parts.items()}
+            # Each member's own map at a peak of 1 as well: one vote each on where the evidence is
+            for tag in ("16", "8"):
+                found[tag, "lcmean_unit"] = unit_peak(found[tag, "lcmean"])
             for key, value in found.items():
                 summed[key] = summed[key] + value if key in summed else value
         for name, _, build, _ in _CANDIDATES:

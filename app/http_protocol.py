@@ -160,27 +160,39 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
             # Answers go out in order: not while an earlier request is still being answered.
             and (self.cycle is None or self.cycle.response_complete)
             and not self.pipeline
+            and self._answered_early(gate)
         ):
-            method = self.parser.get_method()
-            if method == b"POST" or (method == b"GET" and gate.busy):
-                path = self.root_path + httptools.parse_url(self.url).path.decode(
-                    "ascii", "replace"
-                )
-                # Uploads are counted at their headers from the first one, calm or not: the
-                # first burst on a calm server would otherwise queue an ASGI task for every
-                # excess upload of the turn, before any of them made the gate full.
-                if method == b"POST" and path in gate.paths:
-                    if gate.full:
-                        body = gate.refusal_body()
-                        self._answer(gate, "POST", path, 503, gate.refusal_headers(body), body)
-                        return
-                    gate.admit_soon(self.loop)  # before super() queues its task
-                elif method == b"GET" and path == READY_PATH and gate.ready_at_once is not None:
-                    ready = gate.ready_at_once()  # None: it needs a check of its own
-                    if ready is not None:
-                        self._answer(gate, "GET", path, *ready)
-                        return
+            return
         super().on_headers_complete()
+
+    def _answered_early(self, gate: AdmissionControl) -> bool:
+        """Refuse an upload beyond the bound, or answer a ready probe while busy; False: the
+        request goes on to the app."""
+        method = self.parser.get_method()
+        if method == b"POST":
+            path = self._path()
+            if path not in gate.paths:
+                return False
+            # Counted at their headers from the first upload, calm or not: a calm server's
+            # first burst would otherwise queue an ASGI task for every excess upload of the
+            # turn, before any of them made the gate full.
+            if gate.full:
+                body = gate.refusal_body()
+                self._answer(gate, "POST", path, 503, gate.refusal_headers(body), body)
+                return True
+            gate.admit_soon(self.loop)  # before super() queues its task
+            return False
+        if method != b"GET" or not gate.busy or gate.ready_at_once is None:
+            return False
+        path = self._path()
+        ready = gate.ready_at_once() if path == READY_PATH else None  # None: a check of its own
+        if ready is None:
+            return False
+        self._answer(gate, "GET", path, *ready)
+        return True
+
+    def _path(self) -> str:
+        return self.root_path + httptools.parse_url(self.url).path.decode("ascii", "replace")
 
     def _answer(
         self,

@@ -106,12 +106,14 @@ def cost_by_cpu(run: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
     """The served FP32 model's single-thread cost in every full run that timed the same file
     (same sha256), one row per run: the CPU's vector instructions decide it, not the run."""
     sha = (run.get("models", {}).get("fp32") or {}).get("sha256")
+    if not sha:
+        return []
     rows = []
     for other in runs:
         figures = other.get("suites", {}).get("model", {}).get("figures", {})
         b1 = figures.get("t1/b1/ort_fp32/per_image")
         same = (other.get("models", {}).get("fp32") or {}).get("sha256") == sha
-        if not sha or not same or other.get("quick") or not b1:
+        if not same or other.get("quick") or not b1:
             continue
         b8 = figures.get("t1/b8/ort_fp32/per_image")
         cpu = other.get("machine", {}).get("cpu", {})

@@ -134,6 +134,11 @@ def scale_layers(model: onnx.ModelProto, scales: int = LAYER_CAM_SCALES) -> list
     return out
 
 
+def logit_kernel(head: CamHead, centred: bool = False) -> np.ndarray:
+    """The Dense kernel [features, classes]; ``centred``: of each logit minus the mean logit."""
+    return head.kernel - head.kernel.mean(axis=1, keepdims=True) if centred else head.kernel
+
+
 class _Builder:
     """Appends the backward nodes to a copy of the model."""
 
@@ -295,9 +300,9 @@ class _Builder:
         ``centred``: of the class's logit minus the mean of all logits, the part of the logit
         the softmax reads (evidence that raises every logit alike changes no probability).
         """
-        head, fmap = self.head, self.head.feature_map
+        fmap = self.head.feature_map
         shape = self.shapes[fmap]
-        kernel = head.kernel - head.kernel.mean(axis=1, keepdims=True) if centred else head.kernel
+        kernel = logit_kernel(self.head, centred)
         # d logit_c / d A_last = kernel[:, c] / (h*w) everywhere (the mean pool + Dense head)
         seeds = (kernel.T / (shape[2] * shape[3])).astype(np.float32)[:, :, None, None]
         if LABEL not in [i.name for i in self.graph.input]:

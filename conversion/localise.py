@@ -328,7 +328,7 @@ def sweep_candidates(
     from app.inference.preprocess import prepare
     from app.inference.spec import ModelSpec
     from conversion.cam import find_head
-    from conversion.gradcam import _Builder, scale_layers
+    from conversion.gradcam import _Builder, logit_kernel, scale_layers
     from conversion.images import read_labels
 
     source = onnx.load(str(model_path))
@@ -352,7 +352,7 @@ def sweep_candidates(
     spec = ModelSpec.from_metadata({p.key: p.value for p in source.metadata_props})
     input_name = session.get_inputs()[0].name
     probabilities = session.get_outputs()[0].name
-    kernel = head.kernel - head.kernel.mean(axis=1, keepdims=True) if centred else head.kernel
+    kernel = logit_kernel(head, centred)
     width = kernel.shape[0] // len(members)
     samples = read_labels(split_csv, images_dir, part)
     maps: dict[str, list[np.ndarray]] = {name: [] for name, *_ in _CANDIDATES}

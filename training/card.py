@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.inference.explain import LAYER_CAM_GEOMETRIC
-
 TARGETS = {  # issue 17 acceptance (ECE: issue 3), on the lesion-level test split
     "bma": (">=", 0.68),
     "auc_macro_ovr": (">=", 0.95),
@@ -288,8 +286,12 @@ def _centred_candidates(plain: dict[str, Any]) -> str:
     if not path.is_file():
         return ""
     centred = {c["name"]: c for c in json.loads(path.read_text())["candidates"]}
+    localisation = Path("models") / "card" / "localisation.json"
+    if not localisation.is_file():
+        return ""
+    shown_map = json.loads(localisation.read_text()).get("shown", _SHOWN_BEFORE)
     pairs = [(c, centred[c["name"]]) for c in plain["candidates"] if c["name"] in centred]
-    shown = next((p for p in pairs if f"`{LAYER_CAM_GEOMETRIC}`" in p[0]["name"]), None)
+    shown = next((p for p in pairs if f"`{shown_map}`" in p[0]["name"]), None)
     if shown is None:
         return ""
     gains = [after["mass"] - before["mass"] for before, after in pairs]

@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     adj.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
     adj.add_argument("--split", type=Path, default=None, help="split CSV (default: committed)")
 
+    head = sub.add_parser(
+        "head", help="blend an ensemble HDF5's head with a joint head fitted on train features"
+    )
+    head.add_argument("model", type=Path, nargs="?", default=Path("models/skin_lesion.h5"))
+    head.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
+    head.add_argument("-o", "--out", type=Path, default=None, help="default: replace the model")
+
     lev = sub.add_parser("levers", help="val figures of a fleet run's members and ensembles")
     lev.add_argument("run", type=Path, help="the folder `training.portable fleet` wrote")
     lev.add_argument("-o", "--out", type=Path, default=Path("models/card/levers.json"))
@@ -133,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
                 {k: v for k, v in summary.items() if k not in ("config", "members", "history")}
             )
         )
+        return 0
+
+    if args.command == "head":
+        from training.head import refit_head
+
+        summary = refit_head(args.model, args.images, args.out)
+        print(json.dumps(summary["head"]))
         return 0
 
     if args.command == "levers":

@@ -123,35 +123,41 @@ def assemble(
     )
 
 
-def readjust(model_path: Path, images: Path, split_csv: Path | None = None) -> dict[str, object]:
-    """Refit an already calibrated HDF5's logit adjustment, temperature and melanoma threshold on
-    val (the members need not be here): undo its folded temperature and adjustment, then
-    ``finalise`` again. Running it twice gives the same file."""
+def raw_model(model_path: Path) -> tuple[Any, dict[str, Any], tuple[int, int]]:
+    """A calibrated HDF5 with its folded temperature and logit adjustment undone: the raw
+    logits again. Returns the model, its ``.training.json`` summary and its (width, height)."""
     import h5py
     import keras
 
-    from training.data import load_split_arrays, part_labels
     from training.models import add_to_logits, fold_temperature
-    from training.split import SPLIT_CSV, read_split
-    from training.train import SPEC_ATTR, finalise
+    from training.train import SPEC_ATTR
 
     with h5py.File(model_path, "r") as fh:
         spec = json.loads(fh.attrs[SPEC_ATTR])
-    summary_path = model_path.with_suffix(".training.json")
-    summary: dict[str, Any] = json.loads(summary_path.read_text())
+    summary: dict[str, Any] = json.loads(model_path.with_suffix(".training.json").read_text())
     model = keras.models.load_model(model_path, compile=False)
     fold_temperature(model, 1 / float(spec.get("temperature") or 1.0))  # back to raw logits
     previous = summary.get("logit_adjustment")
     if previous:
         add_to_logits(model, -np.asarray(previous["offsets"], np.float32))
-    size = (int(spec["input_width"]), int(spec["input_height"]))
+    return model, summary, (int(spec["input_width"]), int(spec["input_height"]))
+
+
+KEPT = ("config", "history", "members", "best_val_bma", "train_minutes", "head")
+
+
+def readjust(model_path: Path, images: Path, split_csv: Path | None = None) -> dict[str, object]:
+    """Refit an already calibrated HDF5's logit adjustment, temperature and melanoma threshold on
+    val (the members need not be here): undo its folded temperature and adjustment, then
+    ``finalise`` again. Running it twice gives the same file."""
+    from training.data import load_split_arrays, part_labels
+    from training.split import SPLIT_CSV, read_split
+    from training.train import finalise
+
+    model, summary, size = raw_model(model_path)
     rows = read_split(split_csv or SPLIT_CSV)
     x_val, y_val = load_split_arrays(images, rows, "val", size, cache=split_csv is None)
-    kept = {
-        k: v
-        for k, v in summary.items()
-        if k in ("config", "history", "members", "best_val_bma", "train_minutes")
-    }
+    kept = {k: v for k, v in summary.items() if k in KEPT}
     return finalise(
         model, x_val, y_val, model_path, size, kept, train_labels=part_labels(rows, "train")
     )

@@ -88,3 +88,16 @@ def test_card_reproduce_accuracy_command_parses_and_names_real_files() -> None:
     assert (REPO / args.labels).is_file(), f"{args.labels} does not exist"
     with (REPO / args.labels).open(newline="") as fh:
         assert any(r.get("split") == args.split for r in csv.DictReader(fh))
+
+
+def test_card_shows_the_joint_head_chosen_on_val_beside_the_mean_head() -> None:
+    head = _json(MODELS / "skin_lesion.training.json")["head"]
+    card = _render()
+    section = card.split("## The joint head (val split)")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith(("| blend", "| the members"))]
+    assert len(rows) == len(head["val"])
+    (chosen,) = [line for line in rows if "**chosen**" in line]
+    assert f"C = {head['c']:g} " in chosen
+    assert f"| {max(r['bma'] for r in head['val'][1:]):.3f} |" in chosen  # the best val BMA
+    comparison = card.split("## This model beside the one it replaced")[1].split("\n## ")[0]
+    assert "this ensemble with the members' mean head" in comparison

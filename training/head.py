@@ -1,0 +1,156 @@
+"""A joint head for the ensemble, fitted on the train split's pooled features.
+
+The assembled ensemble's Dense head is the mean of its members' heads: each member learnt to
+read only its own backbone. A multinomial logistic regression on all the members' pooled
+features at once (the same 3 x 1280 numbers the head reads) can weigh one member's evidence
+against another's. It is blended half and half with the members' mean head, each first
+scaled by its own temperature fitted on val, so neither head's logit scale decides the blend,
+and the half that is the members' head keeps what they learnt from augmented images.
+
+Both heads are linear in the same features, so the blend is one Dense layer again: the graph,
+its cost, the gate's features and the explanation model are unchanged in shape. The inverse
+regularisation strength C is chosen on **val** (the highest balanced accuracy after the usual
+``finalise``: logit adjustment, temperature, melanoma threshold); the test split is not read.
+
+    python -m training head models/skin_lesion.h5
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.inference.spec import HAM10000_LABELS
+from conversion.metrics import balanced_accuracy
+from training.calibration import class_prior, fit_logit_adjustment, fit_temperature
+
+log = logging.getLogger(__name__)
+
+C_GRID = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3)
+MEMBERS_SHARE = 0.5  # the members' mean head's share of the blend, fixed before any fit
+MEL = HAM10000_LABELS.index("mel")
+
+
+@dataclass(frozen=True)
+class Linear:
+    """logits = features @ kernel + bias."""
+
+    kernel: np.ndarray  # [F, classes]
+    bias: np.ndarray  # [classes]
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(features @ self.kernel + self.bias)
+
+    def scaled(self, factor: float) -> Linear:
+        return Linear(self.kernel * factor, self.bias * factor)
+
+
+def blend(a: Linear, b: Linear, share_a: float) -> Linear:
+    """One linear head whose logits are share_a * a + (1 - share_a) * b."""
+    return Linear(
+        share_a * a.kernel + (1 - share_a) * b.kernel, share_a * a.bias + (1 - share_a) * b.bias
+    )
+
+
+def fit_joint_head(features: np.ndarray, labels: np.ndarray, c: float) -> Linear:
+    """Multinomial logistic regression on standardised features, the standardisation folded
+    into the kernel and bias so the head reads the raw pooled features."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0) + 1e-6
+    with warnings.catch_warnings():  # lbfgs may stop at max_iter at the weakest C: still usable
+        warnings.simplefilter("ignore")
+        fit = LogisticRegression(C=c, max_iter=500).fit((features - mean) / scale, labels)
+    kernel = (fit.coef_ / scale).T  # [F, classes]
+    bias = fit.intercept_ - (fit.coef_ * (mean / scale)).sum(axis=1)
+    return Linear(kernel.astype(np.float32), bias.astype(np.float32))
+
+
+def val_scores(logits: np.ndarray, labels: np.ndarray, prior: np.ndarray) -> dict[str, float]:
+    """What ``finalise`` would make of these logits on val: BMA, macro AUC and melanoma
+    specificity at the chosen logit adjustment."""
+    adjustment = fit_logit_adjustment(logits, labels, prior, MEL)
+    row = next(r for r in adjustment.table if r["tau"] == adjustment.tau)
+    return {
+        "tau": adjustment.tau,
+        "bma": float(row["bma"]),
+        "macro_auc": float(row["macro_auc"]),
+        "mel_specificity": float(row.get("mel_specificity", float("nan"))),
+    }
+
+
+def choose_head(
+    members: Linear,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    grid: tuple[float, ...] = C_GRID,
+) -> tuple[Linear, dict[str, Any]]:
+    """The blended head with the best val BMA over ``grid``, and the table it was chosen from
+    (the members' head alone is its first row)."""
+    (f_train, y_train), (f_val, y_val) = train, val
+    prior = class_prior(y_train, len(HAM10000_LABELS))
+    calibrated = members.scaled(1 / fit_temperature(members(f_val), y_val))
+    table: list[dict[str, Any]] = [{"c": None, **val_scores(members(f_val), y_val, prior)}]
+    best: tuple[float, Linear] | None = None
+    for c in grid:
+        joint = fit_joint_head(f_train, y_train, c)
+        joint = joint.scaled(1 / fit_temperature(joint(f_val), y_val))
+        head = blend(calibrated, joint, MEMBERS_SHARE)
+        scores = val_scores(head(f_val), y_val, prior)
+        table.append({"c": c, **scores})
+        log.info("C=%g: val %s", c, scores)
+        if best is None or scores["bma"] > best[0]:
+            best = (scores["bma"], head)
+    assert best is not None
+    chosen = next(r for r in table[1:] if r["bma"] == best[0])
+    return best[1], {
+        "kind": "blend of the members' mean head and a joint logistic regression",
+        "members_share": MEMBERS_SHARE,
+        "c": chosen["c"],
+        "val": table,
+    }
+
+
+def refit_head(model_path: Path, images: Path, out: Path | None = None) -> dict[str, object]:
+    """Replace an ensemble HDF5's head by the blended joint head, then calibrate as usual."""
+    import keras
+
+    from training.data import load_split_arrays, part_labels
+    from training.ensemble import KEPT, raw_model
+    from training.split import read_split
+    from training.train import finalise
+
+    model, summary, size = raw_model(model_path)
+    if summary.get("head"):
+        raise ValueError(f"{model_path} already has a fitted head; start from the members' one")
+    rows = read_split()
+    pooled = keras.Model(model.inputs, model.get_layer("gap").output)
+    parts = {}
+    for part in ("train", "val"):
+        x, y = load_split_arrays(images, rows, part, size)
+        parts[part] = (pooled.predict(x.astype(np.float32), batch_size=128, verbose=0), y)
+    dense = model.get_layer("logits")
+    members = Linear(*dense.get_weights())
+    head, record = choose_head(members, parts["train"], parts["val"])
+    dense.set_weights([head.kernel.astype(np.float32), head.bias.astype(np.float32)])
+    f_val, y_val = parts["val"]
+    record["val_bma_before_calibration"] = balanced_accuracy(
+        y_val, head(f_val).argmax(1), len(HAM10000_LABELS)
+    )
+    kept = {k: v for k, v in summary.items() if k in KEPT}
+    x_val, _ = load_split_arrays(images, rows, "val", size)
+    return finalise(
+        model,
+        x_val,
+        y_val,
+        out or model_path,
+        size,
+        {**kept, "head": record},
+        train_labels=part_labels(rows, "train"),
+    )

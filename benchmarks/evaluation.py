@@ -153,8 +153,10 @@ def _accuracy_section(run: dict[str, Any]) -> list[str]:
     params = suite.get("params", {})
     engines = [e for e in ("keras", "fp32", "int8") if f"{e}/bma" in figs]
     measures = ("accuracy", "bma", "auc_macro_ovr", "ece", "mel_sensitivity", "mel_specificity")
+    # AUC and ECE live in 0-1: two decimals would round a 0.948 up to a target of 0.95.
+    digits = {"auc_macro_ovr": 3, "ece": 3}
     rows = [
-        [m, *[fmt(figs.get(f"{e}/{m}", {}).get("median")) for e in engines]]
+        [m, *[fmt(figs.get(f"{e}/{m}", {}).get("median"), digits.get(m, 2)) for e in engines]]
         for m in measures
         if any(f"{e}/{m}" in figs for e in engines)
     ]

@@ -117,34 +117,38 @@ def choose_head(
     }
 
 
-def refit_head(model_path: Path, images: Path, out: Path | None = None) -> dict[str, object]:
+def refit_head(
+    model_path: Path, images: Path, out: Path | None = None, split_csv: Path | None = None
+) -> dict[str, object]:
     """Replace an ensemble HDF5's head by the blended joint head, then calibrate as usual."""
     import keras
 
     from training.data import load_split_arrays, part_labels
     from training.ensemble import KEPT, raw_model
-    from training.split import read_split
+    from training.split import SPLIT_CSV, read_split
     from training.train import finalise
 
     model, summary, size = raw_model(model_path)
     if summary.get("head"):
         raise ValueError(f"{model_path} already has a fitted head; start from the members' one")
-    rows = read_split()
+    rows = read_split(split_csv or SPLIT_CSV)
+    cache = split_csv is None  # the cache is keyed by the committed split's sizes
     pooled = keras.Model(model.inputs, model.get_layer("gap").output)
-    parts = {}
-    for part in ("train", "val"):
-        x, y = load_split_arrays(images, rows, part, size)
-        parts[part] = (pooled.predict(x.astype(np.float32), batch_size=128, verbose=0), y)
+    x_val, y_val = load_split_arrays(images, rows, "val", size, cache=cache)
+    x_train, y_train = load_split_arrays(images, rows, "train", size, cache=cache)
+    parts = {
+        part: (pooled.predict(x.astype(np.float32), batch_size=128, verbose=0), y)
+        for part, (x, y) in (("train", (x_train, y_train)), ("val", (x_val, y_val)))
+    }
+    del x_train  # the largest array: not needed past its features
     dense = model.get_layer("logits")
     members = Linear(*dense.get_weights())
     head, record = choose_head(members, parts["train"], parts["val"])
     dense.set_weights([head.kernel.astype(np.float32), head.bias.astype(np.float32)])
-    f_val, y_val = parts["val"]
     record["val_bma_before_calibration"] = balanced_accuracy(
-        y_val, head(f_val).argmax(1), len(HAM10000_LABELS)
+        y_val, head(parts["val"][0]).argmax(1), len(HAM10000_LABELS)
     )
     kept = {k: v for k, v in summary.items() if k in KEPT}
-    x_val, _ = load_split_arrays(images, rows, "val", size)
     return finalise(
         model,
         x_val,

@@ -83,3 +83,18 @@ def test_train_cli_writes_a_loadable_calibrated_hdf5(tmp_path: Path, fixtures_di
     # ...and the same as training wrote, which fitted them on the same val images.
     readjusted = keras.models.load_model(out, compile=False).predict(x, verbose=0)
     np.testing.assert_allclose(readjusted, probs, atol=1e-4)
+
+    # `head` blends the head with a joint one fitted on the train part, then calibrates again.
+    before = keras.models.load_model(out, compile=False).get_layer("logits").get_weights()[0]
+    head = ["head", str(out), "--images", str(images), "--split", str(split)]
+    assert main(head) == 0
+    after = keras.models.load_model(out, compile=False)
+    assert not np.allclose(after.get_layer("logits").get_weights()[0], before)
+    summary = json.loads(out.with_suffix(".training.json").read_text())
+    assert summary["head"]["c"] in [r["c"] for r in summary["head"]["val"][1:]]
+    assert summary["head"]["val"][0]["c"] is None  # the members' head alone, for comparison
+    np.testing.assert_allclose(after.predict(x, verbose=0).sum(axis=1), 1.0, atol=1e-5)
+    assert main(adjust) == 0  # a later adjust keeps the head's record
+    assert json.loads(out.with_suffix(".training.json").read_text())["head"] == summary["head"]
+    with pytest.raises(ValueError, match="already has a fitted head"):
+        main(head)

@@ -143,6 +143,7 @@ def raw_model(model_path: Path) -> tuple[Any, dict[str, Any], tuple[int, int]]:
     return model, summary, (int(spec["input_width"]), int(spec["input_height"]))
 
 
+# What a refit carries over from the summary it replaces (finalise writes the rest afresh).
 KEPT = ("config", "history", "members", "best_val_bma", "train_minutes", "head")
 
 

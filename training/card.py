@@ -471,7 +471,10 @@ weigh one member's evidence against another's. The head shipped is a blend: {sha
 members' mean head plus {1 - share:g} x the joint one, each scaled by its own temperature on val
 first. The blend is one Dense layer, so the graph, its cost, the gate's features and the
 explanation model keep their shape. C (the regression's inverse regularisation) is the one with
-the best **val** BMA after the usual logit adjustment; the share was fixed before any fit.
+the best **val** BMA after the usual logit adjustment. The share, and the plain (not
+class-weighted) regression, came from a first look on val: shares 0.25, 0.5 and 0.75 and
+square-root class weights were tried with features from the ONNX model; 0.5 was kept as the even
+split and not tuned further.
 `python -m training head models/skin_lesion.h5`; each row as `finalise` would calibrate it:
 
 | head | tau | val BMA | val macro AUC | val melanoma specificity at 85 % sensitivity | |

@@ -341,7 +341,7 @@ def _architecture(cfg: dict[str, Any]) -> str:
     )
 
 
-def _issue17_section(metrics: dict[str, Any]) -> str:
+def _issue17_section(metrics: dict[str, Any], training: dict[str, Any]) -> str:
     """Levers measured on val, the previous model beside this one on test, INT8 recipes."""
     card = Path("models/card")
     out = []
@@ -388,8 +388,8 @@ weights). Best epoch by val BMA. Figures from `python -m training levers {lev["r
 - **Distillation** was not tried: the GPU lease (15 minutes in all) was spent on the members.
 - Flip test-time augmentation did not help the earlier model (below) and was not repeated.
 """)
-    out.append(_head_section())
-    out.append(_adjustment_section(metrics))
+    out.append(_head_section(training))
+    out.append(_adjustment_section(training))
     previous_path = card / "previous_metrics.json"
     if previous_path.is_file():
         prev = json.loads(previous_path.read_text())
@@ -447,9 +447,8 @@ UNADJUSTED = "unadjusted_metrics.json"  # the test figures of the model before t
 MEAN_HEAD = "mean_head_metrics.json"  # ... and of the ensemble with its members' mean head
 
 
-def _head_section() -> str:
+def _head_section(training: dict[str, Any]) -> str:
     """The joint head (``python -m training head``): what it is and its val table."""
-    training = json.loads(Path("models/skin_lesion.training.json").read_text())
     head = training.get("head")
     if not head:
         return ""
@@ -487,9 +486,8 @@ split was read once, after the choice (the comparison table below).
 """
 
 
-def _adjustment_section(metrics: dict[str, Any]) -> str:
+def _adjustment_section(training: dict[str, Any]) -> str:
     """The logit adjustment's tau, chosen on val, and what it did on test."""
-    training = json.loads(Path("models/skin_lesion.training.json").read_text())
     fit = training.get("logit_adjustment")
     if not fit:
         return ""
@@ -638,7 +636,7 @@ def render(
 - **Out of scope:** diagnosis; clinical (non-dermoscopic) photos; phone photos (not validated);
   lesions outside the 7 classes; children; non-pigmented lesions; screening without a clinician.
 {_gate_section(manifest)}{_localisation_section()}
-{_issue17_section(metrics)}
+{_issue17_section(metrics, training)}
 ## Factors
 HAM10000 comes from two sites (Vienna, Queensland) and is **mostly light skin**. Performance on
 darker skin types, other dermatoscopes and other sites is unknown. df and vasc have fewer than

@@ -96,21 +96,20 @@ def choose_head(
     (the members' head alone is its first row)."""
     (f_train, y_train), (f_val, y_val) = train, val
     prior = class_prior(y_train, len(HAM10000_LABELS))
-    calibrated = members.scaled(1 / fit_temperature(members(f_val), y_val))
-    table: list[dict[str, Any]] = [{"c": None, **val_scores(members(f_val), y_val, prior)}]
-    best: tuple[float, Linear] | None = None
+    own = members(f_val)
+    calibrated = members.scaled(1 / fit_temperature(own, y_val))
+    table: list[dict[str, Any]] = [{"c": None, **val_scores(own, y_val, prior)}]
+    heads = []
     for c in grid:
         joint = fit_joint_head(f_train, y_train, c)
         joint = joint.scaled(1 / fit_temperature(joint(f_val), y_val))
         head = blend(calibrated, joint, MEMBERS_SHARE)
-        scores = val_scores(head(f_val), y_val, prior)
-        table.append({"c": c, **scores})
-        log.info("C=%g: val %s", c, scores)
-        if best is None or scores["bma"] > best[0]:
-            best = (scores["bma"], head)
-    assert best is not None
-    chosen = next(r for r in table[1:] if r["bma"] == best[0])
-    return best[1], {
+        table.append({"c": c, **val_scores(head(f_val), y_val, prior)})
+        heads.append(head)
+        log.info("C=%g: val %s", c, table[-1])
+    # max() keeps the first of equals: the strongest regularisation among ties
+    chosen, head = max(zip(table[1:], heads, strict=True), key=lambda pair: pair[0]["bma"])
+    return head, {
         "kind": "blend of the members' mean head and a joint logistic regression",
         "members_share": MEMBERS_SHARE,
         "c": chosen["c"],
@@ -137,17 +136,15 @@ def refit_head(
     pooled = keras.Model(model.inputs, model.get_layer("gap").output)
     x_val, y_val = load_split_arrays(images, rows, "val", size, cache=cache)
     x_train, y_train = load_split_arrays(images, rows, "train", size, cache=cache)
-    parts = {
-        part: (pooled.predict(x.astype(np.float32), batch_size=128, verbose=0), y)
-        for part, (x, y) in (("train", (x_train, y_train)), ("val", (x_val, y_val)))
-    }
-    del x_train  # the largest array: not needed past its features
+    f_val, f_train = (
+        pooled.predict(x.astype(np.float32), batch_size=128, verbose=0) for x in (x_val, x_train)
+    )
     dense = model.get_layer("logits")
     members = Linear(*dense.get_weights())
-    head, record = choose_head(members, parts["train"], parts["val"])
+    head, record = choose_head(members, (f_train, y_train), (f_val, y_val))
     dense.set_weights([head.kernel.astype(np.float32), head.bias.astype(np.float32)])
     record["val_bma_before_calibration"] = balanced_accuracy(
-        y_val, head(parts["val"][0]).argmax(1), len(HAM10000_LABELS)
+        y_val, head(f_val).argmax(1), len(HAM10000_LABELS)
     )
     kept = {k: v for k, v in summary.items() if k in KEPT}
     return finalise(

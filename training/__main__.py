@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     head.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
     head.add_argument("-o", "--out", type=Path, default=None, help="default: replace the model")
     head.add_argument("--split", type=Path, default=None, help="split CSV (default: committed)")
+    head.add_argument(
+        "--flips",
+        action="store_true",
+        help="fit on the train images and their 3 flips (measured on val, not kept)",
+    )
 
     lev = sub.add_parser("levers", help="val figures of a fleet run's members and ensembles")
     lev.add_argument("run", type=Path, help="the folder `training.portable fleet` wrote")
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "head":
         from training.head import refit_head
 
-        summary = refit_head(args.model, args.images, args.out, args.split)
+        summary = refit_head(args.model, args.images, args.out, args.split, args.flips)
         print(json.dumps(summary["head"]))
         return 0
 

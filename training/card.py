@@ -388,7 +388,7 @@ weights). Best epoch by val BMA. Figures from `python -m training levers {lev["r
 - **Distillation** was not tried: the GPU lease (15 minutes in all) was spent on the members.
 - Flip test-time augmentation did not help the earlier model (below) and was not repeated.
 """)
-    out.append(_head_section(training))
+    out.append(_head_section(training, card / "head_flips.json"))
     out.append(_adjustment_section(training))
     previous_path = card / "previous_metrics.json"
     if previous_path.is_file():
@@ -447,20 +447,50 @@ UNADJUSTED = "unadjusted_metrics.json"  # the test figures of the model before t
 MEAN_HEAD = "mean_head_metrics.json"  # ... and of the ensemble with its members' mean head
 
 
-def _head_section(training: dict[str, Any]) -> str:
-    """The joint head (``python -m training head``): what it is and its val table."""
-    head = training.get("head")
-    if not head:
-        return ""
+def _head_rows(head: dict[str, Any], chosen: str) -> str:
+    """One table row per head of a ``python -m training head`` record's val table."""
 
     def name(c: float | None) -> str:
         return "the members' mean head alone" if c is None else f"blend, C = {c:g}"
 
-    rows = "\n".join(
+    return "\n".join(
         f"| {name(r['c'])} | {r['tau']:.2f} | {r['bma']:.3f} | {r['macro_auc']:.3f} | "
-        f"{r['mel_specificity']:.3f} |" + (" **chosen** |" if r["c"] == head["c"] else " |")
+        f"{r['mel_specificity']:.3f} |" + (f" {chosen} |" if r["c"] == head["c"] else " |")
         for r in head["val"]
     )
+
+
+def _head_section(training: dict[str, Any], flips_path: Path) -> str:
+    """The joint head (``python -m training head``): what it is, its val table, and the
+    flipped-train-images lever (``--flips``) beside it when its record is in the card."""
+    head = training.get("head")
+    if not head:
+        return ""
+    rows = _head_rows(head, "**chosen**")
+    flips = ""
+    if flips_path.is_file():
+        tried = json.loads(flips_path.read_text())
+        best = next(r for r in tried["val"] if r["c"] == tried["c"])
+        kept = next(r for r in head["val"] if r["c"] == head["c"])
+        blends = tried["val"][1:]
+
+        def span(key: str) -> str:
+            return f"{min(r[key] for r in blends):.3f}-{max(r[key] for r in blends):.3f}"
+
+        verdict = "**kept**" if best["bma"] > kept["bma"] else "**not kept**"
+        alone = tried["val"][0]["bma"]
+        flips = f"""
+Tried on val: the regression fitted on the train images and their three flips
+(`--flips`, 4 x the features; `{flips_path.name}`), {verdict}. Its best blend by val BMA
+is {best["bma"]:.3f} (C = {tried["c"]:g}), against {kept["bma"]:.3f} for the chosen head and
+{alone:.3f} for the members' mean head alone. Across C its macro AUC was {span("macro_auc")}
+(chosen head {kept["macro_auc"]:.3f}) and its melanoma specificity {span("mel_specificity")}
+(chosen head {kept["mel_specificity"]:.3f}). BMA is the criterion, as for the head itself.
+
+| head, flipped train images | tau | val BMA | val macro AUC | val melanoma specificity at 85 % sensitivity | |
+|---|---|---|---|---|---|
+{_head_rows(tried, "best BMA")}
+"""
     share = head["members_share"]
     return f"""## The joint head (val split)
 The members' heads each read only their own backbone; their mean was the first head. A
@@ -483,7 +513,7 @@ split and not tuned further.
 Train features come from backbones trained on the same images, so the regression alone fits
 train far better than val; the blend and the choice of C on val keep that in check. The test
 split was read once, after the choice (the comparison table below).
-"""
+{flips}"""
 
 
 def _adjustment_section(training: dict[str, Any]) -> str:

@@ -86,6 +86,12 @@ def val_scores(logits: np.ndarray, labels: np.ndarray, prior: np.ndarray) -> dic
     }
 
 
+def flip_views(images: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The images [N, H, W, 3] and their left-right, up-down and both-ways flips: a lesion
+    seen through a dermatoscope has no up or left."""
+    return (images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1])
+
+
 def choose_head(
     members: Linear,
     train: tuple[np.ndarray, np.ndarray],
@@ -118,9 +124,17 @@ def choose_head(
 
 
 def refit_head(
-    model_path: Path, images: Path, out: Path | None = None, split_csv: Path | None = None
+    model_path: Path,
+    images: Path,
+    out: Path | None = None,
+    split_csv: Path | None = None,
+    flips: bool = False,
 ) -> dict[str, object]:
-    """Replace an ensemble HDF5's head by the blended joint head, then calibrate as usual."""
+    """Replace an ensemble HDF5's head by the blended joint head, then calibrate as usual.
+
+    ``flips``: fit the regression on the train images and their three flips (``flip_views``),
+    a lever measured on val and not kept (the card's table of it).
+    """
     import keras
 
     from training.data import load_split_arrays, part_labels
@@ -136,13 +150,20 @@ def refit_head(
     pooled = keras.Model(model.inputs, model.get_layer("gap").output)
     x_val, y_val = load_split_arrays(images, rows, "val", size, cache=cache)
     x_train, y_train = load_split_arrays(images, rows, "train", size, cache=cache)
-    f_val, f_train = (
-        pooled.predict(x.astype(np.float32), batch_size=128, verbose=0) for x in (x_val, x_train)
-    )
+
+    def features(x: np.ndarray) -> np.ndarray:
+        return np.asarray(pooled.predict(x.astype(np.float32), batch_size=128, verbose=0))
+
+    f_val = features(x_val)
+    # one view at a time: four float copies of the train split at once need ~10 GB
+    views = flip_views(x_train) if flips else (x_train,)
+    f_train = np.concatenate([features(view) for view in views])
+    y_train = np.tile(y_train, len(views))
     dense = model.get_layer("logits")
     members = Linear(*dense.get_weights())
     head, record = choose_head(members, (f_train, y_train), (f_val, y_val))
     dense.set_weights([head.kernel.astype(np.float32), head.bias.astype(np.float32)])
+    record["train_views"] = "the images and their three flips" if flips else "the images"
     record["val_bma_before_calibration"] = balanced_accuracy(
         y_val, head(f_val).argmax(1), len(HAM10000_LABELS)
     )

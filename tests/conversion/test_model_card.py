@@ -94,6 +94,7 @@ def test_card_shows_the_joint_head_chosen_on_val_beside_the_mean_head() -> None:
     head = _json(MODELS / "skin_lesion.training.json")["head"]
     card = _render()
     section = card.split("## The joint head (val split)")[1].split("\n## ")[0]
+    section = section.split("Tried on val:")[0]  # the flips lever's own table follows
     rows = [line for line in section.splitlines() if line.startswith(("| blend", "| the members"))]
     assert len(rows) == len(head["val"])
     (chosen,) = [line for line in rows if "**chosen**" in line]
@@ -101,3 +102,21 @@ def test_card_shows_the_joint_head_chosen_on_val_beside_the_mean_head() -> None:
     assert f"| {max(r['bma'] for r in head['val'][1:]):.3f} |" in chosen  # the best val BMA
     comparison = card.split("## This model beside the one it replaced")[1].split("\n## ")[0]
     assert "this ensemble with the members' mean head" in comparison
+
+
+def test_card_shows_the_flipped_train_images_lever_and_whether_it_was_kept() -> None:
+    head = _json(MODELS / "skin_lesion.training.json")["head"]
+    tried = _json(MODELS / "card" / "head_flips.json")
+    section = _render().split("## The joint head (val split)")[1].split("\n## ")[0]
+    text = section.split("Tried on val:")[1]
+    rows = [line for line in text.splitlines() if line.startswith(("| blend", "| the members"))]
+    assert len(rows) == len(tried["val"])
+    (best,) = [line for line in rows if "best BMA" in line]
+    assert f"| {max(r['bma'] for r in tried['val'][1:]):.3f} |" in best
+    verdict = "**kept**" if _chosen_bma(tried) > _chosen_bma(head) else "**not kept**"
+    assert verdict in text.split("\n\n")[0]
+
+
+def _chosen_bma(record: dict[str, Any]) -> float:
+    """The val BMA of the C a ``python -m training head`` record chose."""
+    return float(next(r["bma"] for r in record["val"] if r["c"] == record["c"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.head import C_GRID, Linear, blend, choose_head, fit_joint_head
+from training.head import C_GRID, Linear, blend, choose_head, fit_joint_head, flip_views
 
 CLASSES = 7
 
@@ -69,3 +69,16 @@ def test_a_blend_at_either_end_is_that_head(share: float) -> None:
     b = Linear(rng.normal(size=(3, CLASSES)), rng.normal(size=CLASSES))
     x = rng.normal(size=(2, 3))
     np.testing.assert_allclose(blend(a, b, share)(x), (a if share else b)(x), rtol=1e-6)
+
+
+def test_flip_views_are_the_image_and_its_three_flips() -> None:
+    images = np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3)
+
+    views = flip_views(images)
+
+    assert len(views) == 4 and all(v.shape == images.shape for v in views)
+    np.testing.assert_array_equal(views[0], images)
+    np.testing.assert_array_equal(views[1][:, :, ::-1], images)  # left-right
+    np.testing.assert_array_equal(views[2][:, ::-1], images)  # up-down
+    np.testing.assert_array_equal(views[3][:, ::-1, ::-1], images)
+    assert len({v.tobytes() for v in views}) == 4  # four different pictures

@@ -86,6 +86,25 @@ def test_train_cli_writes_a_loadable_calibrated_hdf5(tmp_path: Path, fixtures_di
 
     # `head` blends the head with a joint one fitted on the train part, then calibrates again.
     before = keras.models.load_model(out, compile=False).get_layer("logits").get_weights()[0]
+    flipped = tmp_path / "flipped.h5"  # the lever not kept: train images and their flips
+    assert (
+        main(
+            [
+                "head",
+                str(out),
+                "-o",
+                str(flipped),
+                "--images",
+                str(images),
+                "--split",
+                str(split),
+                "--flips",
+            ]
+        )
+        == 0
+    )
+    flips_record = json.loads(flipped.with_suffix(".training.json").read_text())["head"]
+    assert flips_record["train_views"] == "the images and their three flips"
     head = ["head", str(out), "--images", str(images), "--split", str(split)]
     assert main(head) == 0
     after = keras.models.load_model(out, compile=False)
@@ -93,6 +112,9 @@ def test_train_cli_writes_a_loadable_calibrated_hdf5(tmp_path: Path, fixtures_di
     summary = json.loads(out.with_suffix(".training.json").read_text())
     assert summary["head"]["c"] in [r["c"] for r in summary["head"]["val"][1:]]
     assert summary["head"]["val"][0]["c"] is None  # the members' head alone, for comparison
+    assert summary["head"]["train_views"] == "the images"
+    assert flips_record["val"][0] == summary["head"]["val"][0]  # the same members' head
+    assert flips_record["val"][1:] != summary["head"]["val"][1:]  # fitted on other features
     np.testing.assert_allclose(after.predict(x, verbose=0).sum(axis=1), 1.0, atol=1e-5)
     assert main(adjust) == 0  # a later adjust keeps the head's record
     assert json.loads(out.with_suffix(".training.json").read_text())["head"] == summary["head"]

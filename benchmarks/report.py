@@ -171,7 +171,7 @@ def render(
     plots: list[str],
     ab_runs: list[dict[str, Any]] | None = None,
     overload_runs: list[dict[str, Any]] | None = None,
-    int8_sweep: dict[str, Any] | None = None,
+    int8_sweeps: list[dict[str, Any]] | None = None,
     runs: list[dict[str, Any]] | None = None,
 ) -> str:
     """The whole RESULTS.md for one result file."""
@@ -243,7 +243,8 @@ def render(
             )
     lines += [f"- manifest: `{models.get('manifest')}`", ""]
     lines += cost_by_cpu(run, runs or [run])
-    lines += int8_sweep_lines(int8_sweep)
+    for sweep in int8_sweeps or []:  # the card's, then other CPUs' (benchmarks/results/int8)
+        lines += int8_sweep_lines(sweep)
     for suite in SUITES:
         lines += [f"## {suite.title}", "", *borrowed(run, suite.name), *suite.section(run)]
     lines += ["## Floor gap: candidates", "", *_ab_section(ab_runs or [])]
@@ -421,7 +422,9 @@ def regenerate(results_dir: Path, result_file: Path | None = None) -> Path:
 
     ab_runs = [json.loads(p.read_text()) for p in sorted((results_dir / "ab").glob("*.json"))]
     overload_runs = load_overload_runs(results_dir / "overload")
-    sweep_file = root.parent / "models" / "card" / "int8_sweep.json"
-    sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else None
-    atomic_write(target, render(run, rel, ab_runs, overload_runs, sweep, runs))
+    card_sweep = root.parent / "models" / "card" / "int8_sweep.json"
+    sweep_files = [card_sweep] if card_sweep.is_file() else []
+    sweep_files += sorted((results_dir / "int8").glob("*.json"))
+    sweeps = [json.loads(p.read_text()) for p in sweep_files]
+    atomic_write(target, render(run, rel, ab_runs, overload_runs, sweeps, runs))
     return target

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.report import int8_sweep_lines
+from benchmarks.report import int8_sweep_lines, render
 
 SWEEP = Path(__file__).resolve().parents[2] / "models" / "card" / "int8_sweep.json"
 
@@ -24,3 +24,16 @@ def test_every_recipe_is_a_row_with_its_gates_and_speed_ups() -> None:
 
 def test_no_sweep_no_section() -> None:
     assert int8_sweep_lines(None) == []
+
+
+def test_results_show_each_cpu_s_sweep_in_turn() -> None:
+    sweep = json.loads(SWEEP.read_text())
+    other = {**sweep, "cpu": {**sweep["cpu"], "model": "Another CPU", "avx512_vnni": False}}
+    other["recipes"] = [{**r, "speedup": {"batch1": 0.5, "batch8": 0.75}} for r in sweep["recipes"]]
+
+    text = render({"suites": {}}, [], int8_sweeps=[sweep, other])
+
+    first = text.index(f"{sweep['cpu']['model']}, with")
+    second = text.index("Another CPU, without AVX512-VNNI")
+    assert first < second
+    assert text[second:].count("| 0.50x | 0.75x |") == len(sweep["recipes"])

@@ -4,6 +4,10 @@ service's own decode, preprocessing and ORT session on a pool of two threads.
 No framework, no middleware, no micro-batcher, no validation beyond finding the file part: the
 least any Python HTTP server can spend on this work. Runs in its own venv (floor.txt) with the
 repository on PYTHONPATH, so ``app.inference`` is the same code the service runs.
+
+With ``PEER_GATE`` (a gate file) it also runs the service's intended-use gate, its quality
+checks and its distribution check, and answers 422 for what the gate refuses: the floor with
+the one feature that costs model-side work, so the service's gap to it is the HTTP stack's.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from typing import Any
 import cv2
 
 from app.inference.classifier import Classifier
-from app.inference.preprocess import preprocess
+from app.inference.gate import Gate, ImageRejectedError
+from app.inference.preprocess import prepare
 
 cv2.setNumThreads(1)  # as the service: two cores serve two requests
 CLASSIFIER = Classifier(Path(os.environ["PEER_MODEL"]), "cpu", threads=1)
+GATE = Gate.load(Path(os.environ["PEER_GATE"])) if os.environ.get("PEER_GATE") else None
+CLASSIFIER.distribution = GATE.distribution if GATE else None
 CLASSIFIER.warm_up()
 LABELS = CLASSIFIER.spec.labels
 POOL = ThreadPoolExecutor(int(os.environ.get("PEER_THREADS", "2")))
@@ -34,7 +41,14 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def classify(data: bytes) -> bytes:
-    probs = CLASSIFIER.run(preprocess(data, CLASSIFIER.spec)[None])[0].tolist()
+    """The answer's JSON; raises ImageRejectedError when the gate (if any) refuses the image."""
+    upload = prepare(data, CLASSIFIER.spec)
+    if GATE is not None:
+        result = GATE.check_quality(upload.rgb, upload.size, resized=upload.resized)
+    row = CLASSIFIER.run(upload.tensor[None])[0]
+    if GATE is not None:
+        GATE.check_distribution(result, CLASSIFIER.distribution_score(row))
+    probs = row[: len(LABELS)].tolist()
     top = max(range(len(probs)), key=probs.__getitem__)
     return json.dumps(
         {"label": LABELS[top], "probabilities": dict(zip(LABELS, probs, strict=True))}
@@ -75,4 +89,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 400, b'{"error": "no file part"}')
         return
     loop = asyncio.get_running_loop()
-    await respond(send, 200, await loop.run_in_executor(POOL, classify, data))
+    try:
+        answer = await loop.run_in_executor(POOL, classify, data)
+    except ImageRejectedError:
+        await respond(send, 422, b'{"error": "image_rejected"}')
+        return
+    await respond(send, 200, answer)

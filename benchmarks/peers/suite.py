@@ -6,6 +6,8 @@ requirement file ``benchmarks/peers/<name>.txt`` (``<name>.in`` holds the loose 
 were frozen from). A full run builds a missing venv; ``--quick`` builds nothing and skips a peer
 whose venv is missing, saying so. The peers import ``app.inference`` from this checkout
 (PYTHONPATH), so decode, preprocessing and the ORT session are the service's own code.
+``floor_gated`` is the floor's venv and app running the service's input gate too: the service
+against it is the HTTP stack's cost, and it against the floor is the gate's.
 
 Every round starts each server cold (its cold start is one sample), sends every image once for
 the parity check in the first round, then measures latency at concurrency 1 and throughput at
@@ -30,7 +32,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -63,16 +65,22 @@ from benchmarks.stats import Figure
 from benchmarks.suite import Suite
 from benchmarks.targets import Verdict, check, fig
 
+if TYPE_CHECKING:
+    from app.inference.spec import ModelSpec
+
 log = logging.getLogger(__name__)
 
 PEERS_DIR = Path(__file__).resolve().parent
 WORK = REPO / "benchmarks" / ".work" / "peers"
 MB = 1e6
 # The order of a round (reversed every other round). The service first: it is the reference.
-NAMES = ("service", "service_noauth", "floor", "bentoml", "pytriton")
+NAMES = ("service", "service_noauth", "floor", "floor_gated", "bentoml", "pytriton")
 SERVICES = ("service", "service_noauth")  # this project's server, with and without API auth
+# The floor with the service's input gate: same venv and app as the floor, PEER_GATE set.
+VENV_OF = {"floor_gated": "floor"}
 LABELS = {
     "floor": "bare ASGI + ORT, 1 process × 2 threads (floor)",
+    "floor_gated": "the floor + the service's input gate (quality and distribution checks)",
     "bentoml": "BentoML, 1 worker × 2 threads",
     "pytriton": "PyTriton (bundled Triton), 2 instances, dynamic batching",
 }
@@ -89,7 +97,7 @@ class Peer:
 
 
 def venv_python(name: str) -> Path:
-    return WORK / name / "bin" / "python"
+    return WORK / VENV_OF.get(name, name) / "bin" / "python"
 
 
 def ensure_venv(name: str, build: bool) -> Path | None:
@@ -210,15 +218,17 @@ def make_peer(name: str, models: ModelSet, data_dir: Path, labels: list[str]) ->
         )
         return Peer(target, _multipart("image"), _json_label, None)
     python, port = str(venv_python(name)), free_port()
-    env = peer_env(models.serving, name)
-    if name == "floor":
+    env = peer_env(models.serving, VENV_OF.get(name, name))
+    if name == "floor_gated":
+        env["PEER_GATE"] = str(_gate_file(models.serving))
+    if name in ("floor", "floor_gated"):
         argv: tuple[str, ...] = (
             python, "-m", "uvicorn", "floor_app:app", "--app-dir", str(PEERS_DIR),
             "--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
             "--no-access-log", "--log-level", "warning",
         )  # fmt: skip
         target = Target(name, argv, env, port, "/predict", "image", LABELS[name], PEERS_DIR)
-        return Peer(target, _multipart("image"), _json_label, WORK / name)
+        return Peer(target, _multipart("image"), _json_label, WORK / VENV_OF.get(name, name))
     if name == "bentoml":
         argv = (
             python, "-m", "bentoml", "serve", "bentoml_service:SkinLesion",
@@ -406,7 +416,7 @@ def peers_suite(
             names.append(name)
             continue
         try:
-            venv = ensure_venv(name, build)
+            venv = ensure_venv(VENV_OF.get(name, name), build)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             suite.skip(name, f"building its venv failed: {exc}")
             continue
@@ -418,7 +428,8 @@ def peers_suite(
             )
             continue
         names.append(name)
-        suite.params["pins"][name] = (PEERS_DIR / f"{name}.txt").read_text().splitlines()
+        pins = PEERS_DIR / f"{VENV_OF.get(name, name)}.txt"
+        suite.params["pins"][name] = pins.read_text().splitlines()
     measured = Rounds()
     load_set = list(samples)  # less what the service's input gate refuses, if anything
     parity: dict[str, list[str]] = {}
@@ -449,7 +460,7 @@ def peers_suite(
     sizes["service_noauth"] = sizes["service"]
     for name in names:
         if name not in SERVICES and name not in failed:
-            sizes[name] = tree_bytes(WORK / name) / MB
+            sizes[name] = tree_bytes(WORK / VENV_OF.get(name, name)) / MB
     _record(suite, measured, parity, sizes, names, failed)
     refused = [s.name for s in samples if s not in load_set]
     suite.params["refused_by_service"] = refused
@@ -462,10 +473,21 @@ def peers_suite(
     return suite
 
 
-def _labels(model: Path) -> list[str]:
+def _spec(model: Path) -> ModelSpec:
     from app.inference.classifier import Classifier
 
-    return list(Classifier(model, "cpu", 1).spec.labels)
+    return Classifier(model, "cpu", 1).spec
+
+
+def _labels(model: Path) -> list[str]:
+    return list(_spec(model).labels)
+
+
+def _gate_file(model: Path) -> Path:
+    """The served model's gate file, as the service finds it."""
+    from app.inference.gate import gate_path
+
+    return gate_path(model, _spec(model))
 
 
 def _record(
@@ -500,15 +522,15 @@ def _record(
             ]
             same = sum(a == b for a, b in pairs)
             suite.add(f"{name}/parity_top_class", Figure.value(same, "images", len(pairs)))
-    for subject in (s for s in SERVICES if s in ok):
-        for name in ok:
-            if name == subject or name == "service":
-                continue
-            key = f"ratio/{subject}_vs_{name}"
-            p50 = zip(m.p50[subject], m.p50[name], strict=False)
-            suite.add(f"{key}/p50_c1", Figure.of([s / p for s, p in p50], "x"))
-            rps = zip(m.rps[subject], m.rps[name], strict=False)
-            suite.add(f"{key}/rps_c8", Figure.of([s / p for s, p in rps], "x"))
+    pairs = [(s, n) for s in SERVICES if s in ok for n in ok if n not in (s, "service")]
+    if "floor_gated" in ok and "floor" in ok:
+        pairs.append(("floor_gated", "floor"))  # what the gate costs, on its own
+    for subject, name in pairs:
+        key = f"ratio/{subject}_vs_{name}"
+        p50 = zip(m.p50[subject], m.p50[name], strict=False)
+        suite.add(f"{key}/p50_c1", Figure.of([s / p for s, p in p50], "x"))
+        rps = zip(m.rps[subject], m.rps[name], strict=False)
+        suite.add(f"{key}/rps_c8", Figure.of([s / p for s, p in rps], "x"))
     suite.params["errors"] = m.errors
     suite.params["failed_starts"] = m.failed_starts
     for name, count in m.failed_starts.items():
@@ -529,7 +551,7 @@ def _record(
 # RESULTS.md section and targets (benchmarks.suite.Suite)
 
 
-PEER_ORDER = ("service", "service_noauth", "floor", "bentoml", "pytriton")
+PEER_ORDER = NAMES
 
 
 def _peers_section(run: dict[str, Any]) -> list[str]:
@@ -559,7 +581,8 @@ def _peers_section(run: dict[str, Any]) -> list[str]:
             ]
         )
     ratios = []
-    for subject, name in [(s, n) for s in PEER_ORDER[:2] for n in PEER_ORDER[1:]]:
+    pairs = [(s, n) for s in SERVICES for n in PEER_ORDER[1:]] + [("floor_gated", "floor")]
+    for subject, name in pairs:
         p50 = figs.get(f"ratio/{subject}_vs_{name}/p50_c1")
         rps = figs.get(f"ratio/{subject}_vs_{name}/rps_c8")
         if p50 and rps:
@@ -600,7 +623,9 @@ def _peers_section(run: dict[str, Any]) -> list[str]:
         "images (of those sent) on which the server's top class equals the service's.",
         "",
         "Median per-round ratios, the service (with API auth, and without it) over each other "
-        "server (range over rounds): p50 below 1 and req/s above 1 mean the service is ahead.",
+        "server (range over rounds): p50 below 1 and req/s above 1 mean the service is ahead. "
+        "The floor with the gate shares the service's model-side work, so the service over it "
+        "is what the HTTP stack costs, and it over the floor is what the gate costs.",
         "",
         *table(["ratio", "p50 c=1", "req/s c=8", "rounds"], ratios),
         "The changes tried to close the gap to the floor (the issue's candidates: one pool hop, "

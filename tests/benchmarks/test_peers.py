@@ -54,6 +54,61 @@ def test_floor_finds_the_file_part_of_a_multipart_body() -> None:
     assert namespace["file_part"](body, content_type) == b"\xff\xd8\xff\r\n--not-the-end"
 
 
+# Drives the floor's ASGI callable with one upload and prints the status it answers.
+_FLOOR_ONCE = """
+import asyncio, sys
+from benchmarks.load import BOUNDARY, multipart_body
+from benchmarks.images import Sample
+import floor_app
+
+async def once(data):
+    body = multipart_body("image", Sample("x.jpg", data))
+    scope = {"type": "http", "path": "/predict", "method": "POST",
+             "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())]}
+    sent = []
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+    async def send(message):
+        sent.append(message)
+    await floor_app.app(scope, receive, send)
+    return sent[0]["status"]
+
+print(asyncio.run(once(open(sys.argv[1], "rb").read())))
+"""
+
+
+@pytest.mark.parametrize(
+    ("gated", "image", "status"),
+    [(True, "lesion", 200), (True, "black", 422), (False, "black", 200)],
+)
+def test_the_gated_floor_refuses_what_the_service_s_gate_refuses(
+    tmp_path: Path, gated: bool, image: str, status: int
+) -> None:
+    import cv2
+    import numpy as np
+
+    path = REPO / "tests" / "fixtures" / "images" / "ISIC_0024329.jpg"
+    if image == "black":
+        path = tmp_path / "black.jpg"
+        cv2.imwrite(str(path), np.zeros((450, 600, 3), np.uint8))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{REPO}:{REPO / 'benchmarks' / 'peers'}",
+        "PEER_MODEL": str(REPO / "models" / "skin_lesion.onnx"),
+    }
+    if gated:
+        env["PEER_GATE"] = str(peers._gate_file(REPO / "models" / "skin_lesion.onnx"))
+    done = subprocess.run(
+        [sys.executable, "-c", _FLOOR_ONCE, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == str(status)
+
+
 def test_quick_builds_nothing_and_says_which_venv_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,6 +144,7 @@ def _peers_run() -> dict[str, Any]:
     rounds = {
         "service": ([6.0, 6.2, 5.9], [300.0, 310.0, 305.0]),
         "floor": ([5.5, 5.6, 5.4], [330.0, 320.0, 325.0]),
+        "floor_gated": ([5.8, 5.9, 5.7], [310.0, 305.0, 300.0]),
         "bentoml": ([9.0, 9.5, 8.8], [180.0, 170.0, 190.0]),
         "pytriton": ([9.5, 9.0, 9.9], [200.0, 210.0, 190.0]),
     }
@@ -102,6 +158,10 @@ def _peers_run() -> dict[str, Any]:
             ratios_rps = [s / p for s, p in zip(rounds["service"][1], rps, strict=True)]
             figures[f"ratio/service_vs_{name}/p50_c1"] = Figure.of(ratios_p50, "x").as_dict()
             figures[f"ratio/service_vs_{name}/rps_c8"] = Figure.of(ratios_rps, "x").as_dict()
+    gate_p50 = [g / f for g, f in zip(rounds["floor_gated"][0], rounds["floor"][0], strict=True)]
+    gate_rps = [g / f for g, f in zip(rounds["floor_gated"][1], rounds["floor"][1], strict=True)]
+    figures["ratio/floor_gated_vs_floor/p50_c1"] = Figure.of(gate_p50, "x").as_dict()
+    figures["ratio/floor_gated_vs_floor/rps_c8"] = Figure.of(gate_rps, "x").as_dict()
     params = {"rounds": 3, "servers": {n: n for n in rounds}}
     return {"suites": {"peers": {"figures": figures, "params": params, "skipped": {}}}}
 
@@ -120,6 +180,7 @@ def test_peers_section_has_the_issue_columns_and_the_ratios() -> None:
     for column in ("p50 c=1 ms", "p99 c=1 ms", "req/s c=8", "RSS MB", "cold start s", "venv MB"):
         assert column in text
     assert "| service / floor | 1.09 (1.09–1.11) | 0.94 (0.91–0.97) | 3 |" in text
+    assert "| floor_gated / floor | 1.05 (1.05–1.06) | 0.94 (0.92–0.95) | 3 |" in text
     assert "43/43" in text
 
 

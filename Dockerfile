@@ -29,7 +29,9 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv
 # Code and models stay root-owned (read-only to the app user); only /data is writable.
 COPY app ./app
-COPY models/manifest.json models/*.onnx ./models/
+# The intended-use gate (thresholds and arrays) beside the model: the server refuses to start
+# without it.
+COPY models/manifest.json models/*.onnx models/*_gate.json models/*_gate.npz ./models/
 USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8000

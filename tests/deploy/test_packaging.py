@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -103,6 +105,30 @@ def test_dockerfile_code_and_models_are_root_owned(name: str) -> None:
     for args in shipped:
         assert "--chown" not in args and "--chmod" not in args, args
     assert any(w == "RUN" and "chown app:app /data" in a for w, a in final)
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_what_the_image_copies_into_models_is_enough_to_serve(name: str, tmp_path: Path) -> None:
+    """The model alone does not start the server: its intended-use gate (a JSON file and its
+    arrays) must sit beside it. The files the final stage's COPY selects, and only those, must
+    bring the real server to ready with its full gate."""
+    from tests.hardening.server import running_server
+
+    ins = _instructions(REPO / name)
+    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM") :]
+    (args,) = [a for w, a in final if w == "COPY" and a.split()[-1].rstrip("/") == "./models"]
+    models = tmp_path / "models"
+    models.mkdir()
+    for pattern in args.split()[:-1]:
+        matches = sorted(REPO.glob(pattern))
+        assert matches, f"{name}: COPY {pattern} matches nothing"
+        for match in matches:
+            shutil.copy2(match, models / match.name)
+    preferred = json.loads((models / "manifest.json").read_text())["preferred"]
+    env = {"APP_MODEL_PATH": str(models / preferred)}
+    with running_server(tmp_path / "data", env=env, log_dir=tmp_path) as server:
+        ready = httpx.get(server.url + "/health/ready", timeout=10).json()
+    assert ready["gate"] == "quality+distribution"
 
 
 def test_compose_has_app_and_postgres_with_healthchecks_and_volumes() -> None:

@@ -460,6 +460,11 @@ def _head_rows(head: dict[str, Any], chosen: str) -> str:
     )
 
 
+def _chosen_row(head: dict[str, Any]) -> dict[str, Any]:
+    """The val row of the C a ``python -m training head`` record chose."""
+    return next(r for r in head["val"] if r["c"] == head["c"])
+
+
 def _head_section(training: dict[str, Any], flips_path: Path) -> str:
     """The joint head (``python -m training head``): what it is, its val table, and the
     flipped-train-images lever (``--flips``) beside it when its record is in the card."""
@@ -470,8 +475,7 @@ def _head_section(training: dict[str, Any], flips_path: Path) -> str:
     flips = ""
     if flips_path.is_file():
         tried = json.loads(flips_path.read_text())
-        best = next(r for r in tried["val"] if r["c"] == tried["c"])
-        kept = next(r for r in head["val"] if r["c"] == head["c"])
+        best, kept = _chosen_row(tried), _chosen_row(head)
         blends = tried["val"][1:]
 
         def span(key: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -78,6 +79,13 @@ NAMES = ("service", "service_noauth", "floor", "floor_gated", "bentoml", "pytrit
 SERVICES = ("service", "service_noauth")  # this project's server, with and without API auth
 # The floor with the service's input gate: same venv and app as the floor, PEER_GATE set.
 VENV_OF = {"floor_gated": "floor"}
+
+
+def venv_of(name: str) -> str:
+    """The venv (and pins file) a server runs from: its own, or the one it shares."""
+    return VENV_OF.get(name, name)
+
+
 LABELS = {
     "floor": "bare ASGI + ORT, 1 process × 2 threads (floor)",
     "floor_gated": "the floor + the service's input gate (quality and distribution checks)",
@@ -97,7 +105,7 @@ class Peer:
 
 
 def venv_python(name: str) -> Path:
-    return WORK / VENV_OF.get(name, name) / "bin" / "python"
+    return WORK / venv_of(name) / "bin" / "python"
 
 
 def ensure_venv(name: str, build: bool) -> Path | None:
@@ -218,7 +226,7 @@ def make_peer(name: str, models: ModelSet, data_dir: Path, labels: list[str]) ->
         )
         return Peer(target, _multipart("image"), _json_label, None)
     python, port = str(venv_python(name)), free_port()
-    env = peer_env(models.serving, VENV_OF.get(name, name))
+    env = peer_env(models.serving, venv_of(name))
     if name == "floor_gated":
         env["PEER_GATE"] = str(_gate_file(models.serving))
     if name in ("floor", "floor_gated"):
@@ -228,7 +236,7 @@ def make_peer(name: str, models: ModelSet, data_dir: Path, labels: list[str]) ->
             "--no-access-log", "--log-level", "warning",
         )  # fmt: skip
         target = Target(name, argv, env, port, "/predict", "image", LABELS[name], PEERS_DIR)
-        return Peer(target, _multipart("image"), _json_label, WORK / VENV_OF.get(name, name))
+        return Peer(target, _multipart("image"), _json_label, WORK / venv_of(name))
     if name == "bentoml":
         argv = (
             python, "-m", "bentoml", "serve", "bentoml_service:SkinLesion",
@@ -416,7 +424,7 @@ def peers_suite(
             names.append(name)
             continue
         try:
-            venv = ensure_venv(VENV_OF.get(name, name), build)
+            venv = ensure_venv(venv_of(name), build)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             suite.skip(name, f"building its venv failed: {exc}")
             continue
@@ -428,7 +436,7 @@ def peers_suite(
             )
             continue
         names.append(name)
-        pins = PEERS_DIR / f"{VENV_OF.get(name, name)}.txt"
+        pins = PEERS_DIR / f"{venv_of(name)}.txt"
         suite.params["pins"][name] = pins.read_text().splitlines()
     measured = Rounds()
     load_set = list(samples)  # less what the service's input gate refuses, if anything
@@ -460,7 +468,7 @@ def peers_suite(
     sizes["service_noauth"] = sizes["service"]
     for name in names:
         if name not in SERVICES and name not in failed:
-            sizes[name] = tree_bytes(WORK / VENV_OF.get(name, name)) / MB
+            sizes[name] = tree_bytes(WORK / venv_of(name)) / MB
     _record(suite, measured, parity, sizes, names, failed)
     refused = [s.name for s in samples if s not in load_set]
     suite.params["refused_by_service"] = refused
@@ -473,6 +481,7 @@ def peers_suite(
     return suite
 
 
+@functools.cache  # one ORT session for the labels and the gate file, not one each
 def _spec(model: Path) -> ModelSpec:
     from app.inference.classifier import Classifier
 

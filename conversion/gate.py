@@ -37,11 +37,11 @@ from app.inference.gate import (
     FEATURES,
     GATE_SCHEMA,
     HIGHER_IS_WORSE,
-    VIEW_SIZE,
     Block,
     Distribution,
     gate_path,
     measure,
+    view_size,
 )
 from app.inference.preprocess import prepare
 from app.inference.spec import ModelSpec
@@ -173,12 +173,13 @@ class Scorer:
         self.blocks = feature_blocks(meta)
         self.input = self.session.get_inputs()[0].name
         self.has_features = FEATURES in [o.name for o in self.session.get_outputs()]
+        self.view = view_size(self.spec)
         model = onnx.load(str(model_path))
         self.head = find_head(model) if self.has_features else None
 
     def _prepare(self, data: bytes) -> tuple[dict[str, float], np.ndarray]:
         upload = prepare(data, self.spec)
-        return measure(upload.rgb, upload.size, upload.resized), upload.tensor
+        return measure(upload.rgb, upload.size, upload.resized, self.view), upload.tensor
 
     def score(self, uploads: Iterable[bytes], total: int | None = None, desc: str = "") -> Scored:
         quality: dict[str, list[float]] = {}
@@ -285,12 +286,13 @@ def quality_thresholds(train: dict[str, np.ndarray], spec: ModelSpec) -> dict[st
     (darker vignettes, softer optics) vary more than HAM10000's, and an image bad enough to
     retake lies far beyond it (measured on the dev set's degraded images), so the line sits
     halfway out. too_small is the model's input size, and at least the checks' own view
-    (160x120): below it the model and the checks would see pixels invented by upsampling.
+    (at least 160x120): below it the model and the checks would see pixels invented by
+    upsampling.
     """
     out: dict[str, float] = {}
     for name, values in train.items():
         if name == "too_small":
-            out[name] = float(max(min(spec.input_size), min(VIEW_SIZE)))
+            out[name] = float(max(min(spec.input_size), min(view_size(spec))))
         elif name in HIGHER_IS_WORSE:  # brightness: halfway from the tail to white
             tail = float(np.quantile(values, 1 - QUALITY_TAIL))
             out[name] = round(tail + (255 - tail) * QUALITY_MARGIN, 2)
@@ -408,6 +410,7 @@ def fit_gate(
         "model": spec.name,
         "quality": {
             "thresholds": thresholds,
+            "view": list(scorer.view),
             "how": (
                 f"halfway out from the train split's {QUALITY_TAIL} tail; too_small at the "
                 "model's input size"

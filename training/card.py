@@ -97,6 +97,7 @@ def _gate_section(manifest: dict[str, Any]) -> str:
     figures = doc.get("figures", {})
     fr = figures.get("false_rejects", {})
     thresholds = ", ".join(f"`{k}` {v:g}" for k, v in doc["quality"]["thresholds"].items())
+    view = "x".join(str(v) for v in doc["quality"].get("view", (160, 120)))
     dist = doc.get("distribution")
     groups = "\n".join(
         f"| {g} | {v['images']} | {v['rejected'] * 100:.1f}% | {v['by_quality_checks'] * 100:.1f}% |"
@@ -123,7 +124,8 @@ def _gate_section(manifest: dict[str, Any]) -> str:
 ### The intended-use gate
 Every entry point refuses (422 `image_rejected`, with the reasons in plain words) what the model
 cannot judge. Thresholds live in `{entry["path"]}`, refitted by `python -m conversion build`.
-- **Quality checks** on a fixed 160x120 view of the decoded image: {thresholds}. Each sits halfway
+- **Quality checks** on a fixed {view} view of the decoded image (the model's own input picture
+  where it is at least 160x120, so they cost no resize of their own): {thresholds}. Each sits halfway
   from the train split's 0.1 % tail to the end of its scale; `too_small` is the model's input.
 {distribution}- **False rejects:** {fr.get("test", 0) * 100:.2f}% of the {fr.get("test_images")} test images,
   {fr.get("val", 0) * 100:.2f}% of val{full}.

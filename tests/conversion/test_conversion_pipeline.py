@@ -271,4 +271,10 @@ def test_build_writes_manifest_and_triton_repo(
             assert entry["name"] == [value.name] and entry["dims"] == dims
             assert entry["data_type"] == ["TYPE_FP32"]
     assert on_disk["files"]["gate"]["mode"] == "quality+distribution"
+    # the quality checks' view: the model's own picture where it is large enough, else 160x120
+    gate_doc = json.loads((out / on_disk["files"]["gate"]["path"]).read_text())
+    meta = {p.key: p.value for p in model.metadata_props}
+    width, height = ModelSpec.from_metadata(meta).input_size
+    large = width >= 160 and height >= 120
+    assert gate_doc["quality"]["view"] == ([width, height] if large else [160, 120])
     assert (model_dir / "labels.txt").read_text().split() == list(HAM10000_LABELS)

@@ -17,6 +17,7 @@ from app.inference.gate import (
     describe,
     gate_path,
     measure,
+    quality_view,
 )
 from app.inference.spec import ModelSpec
 
@@ -78,7 +79,7 @@ def test_each_check_refuses_its_own_fault(
         gate.check_quality(bad, (bad.shape[1], bad.shape[0]))
     reason = next(r for r in info.value.result.reasons if r.check == check)
     assert reason.threshold == gate.quality[check]
-    assert reason.value == measure(bad, (bad.shape[1], bad.shape[0]))[check]
+    assert reason.value == measure(bad, (bad.shape[1], bad.shape[0]), view_size=gate.view)[check]
     assert str(info.value).startswith("Not analysed:")
 
 
@@ -114,3 +115,38 @@ def test_a_gate_file_is_required_and_checked(tmp_path: Path) -> None:
     (tmp_path / "x_gate.json").write_text(json.dumps(shipped))
     with pytest.raises(GateFileError, match="does not match"):
         Gate.load(tmp_path / "x_gate.json")
+
+
+def test_the_checks_measure_the_model_picture_itself_not_a_resize_of_their_own(
+    gate: Gate, lesion: np.ndarray
+) -> None:
+    # the served model's input size is the shipped gate's view: no second resize
+    assert gate.view == ModelSpec.from_metadata(ort_meta(default_model_path())).input_size
+    picture = cv2.resize(lesion, gate.view, interpolation=cv2.INTER_AREA)
+    assert quality_view(lesion, picture, gate.view) is picture
+    # a picture of another size (an older model's) is not used: the view is made to the gate's
+    other = quality_view(lesion, cv2.resize(lesion, (160, 120)), gate.view)
+    assert other.shape[:2] == (gate.view[1], gate.view[0])
+    # and the scores the gate reports are those of that picture
+    result = gate.check_quality(lesion, (600, 450), resized=picture)
+    assert result.scores == measure(np.zeros((2, 2, 3), np.uint8), (600, 450), picture, gate.view)
+
+
+def test_a_gate_file_names_its_view_and_older_files_keep_160x120(tmp_path: Path) -> None:
+    shipped = json.loads(gate_path(default_model_path(), ModelSpec(name="skin_lesion")).read_text())
+    shipped["distribution"] = None
+    del shipped["quality"]["view"]
+    (tmp_path / "old_gate.json").write_text(json.dumps(shipped))
+    assert Gate.load(tmp_path / "old_gate.json").view == (160, 120)
+    for bad in ([100, 75], [200], "200x150", [200.0, 150.0]):
+        shipped["quality"]["view"] = bad
+        (tmp_path / "bad_gate.json").write_text(json.dumps(shipped))
+        with pytest.raises(GateFileError, match="quality view"):
+            Gate.load(tmp_path / "bad_gate.json")
+
+
+def ort_meta(model: Path) -> dict[str, str]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)

@@ -24,18 +24,31 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
-from tests.hardening.images import scan_bomb, zero_png
+from tests.hardening.images import odd_inputs, scan_bomb, zero_png
 from tests.hardening.server import running_server
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 LIMIT_S = 5.0
+# Of tests/hardening/images.py odd_inputs (all of which test_odd_inputs.py decodes in process):
+# one of each kind of refusal, sent through every entry point.
+REPLAYED_ODD_INPUTS = (
+    "JPEG claiming 65535x65535",
+    "JPEG claiming lossless coding",
+    "PNG RGBA, fully transparent",
+    "PNG with a 20 MB zTXt bomb",
+    "DICOM HSV (retired)",
+    "DICOM RLE, garbage",
+    "DICOM pixel data twice",
+    "DICOM JPEG holding a PNG",
+)
 
 
 def _corpus() -> dict[str, bytes]:
     from conversion.devset import _text_page, jpeg
 
     lesion = (FIXTURES / "images" / "ISIC_0024329.jpg").read_bytes()
+    odd = odd_inputs(lesion)
     return {
         "JPEG scan bomb (20,000 scans)": scan_bomb(),
         "PNG decompression bomb": (FIXTURES / "generated" / "png_bomb.png").read_bytes(),
@@ -47,6 +60,7 @@ def _corpus() -> dict[str, bytes]:
         "JPEG header, garbage after": lesion[:600] + bytes(50_000),
         "printed document": jpeg(_text_page(np.random.default_rng(1), 800, 600, (250, 250, 245))),
         "black frame": jpeg(np.zeros((450, 600, 3), np.uint8)),
+        **{name: odd[name] for name in REPLAYED_ODD_INPUTS},
     }
 
 

@@ -33,6 +33,9 @@ PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 # Header bytes before the pixel data: room for an ICC profile and private tags; a file of
 # millions of tiny elements took 3 s to parse at 15 MB.
 MAX_HEADER_BYTES = 1 << 20
+# The colour spaces whose samples reach the model as RGB: pydicom converts the YBR_FULL pair
+# (and the JPEG decoders do, for JPEG frames); any other 3-sample label is refused.
+COLOUR_SPACES = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422"})
 
 
 def is_dicom(data: bytes) -> bool:
@@ -80,6 +83,9 @@ def _read(data: bytes, pixels: bool) -> tuple[Any, int, int]:
         kind = str(dataset.get("PhotometricInterpretation", "unknown"))
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
         width, height = int(dataset.Columns), int(dataset.Rows)
+        # pydicom parses an element when it is first read: read here every one used later, so
+        # a damaged value (an odd length for a US, say) is this 400, not an error elsewhere.
+        dataset.get("BitsAllocated"), dataset.get("BitsStored")
     except (Exception, RecursionError) as exc:  # malformed values surface as many types
         raise ImageError(f"unreadable DICOM header: {type(exc).__name__}") from exc
     _transfer_syntax(dataset)
@@ -91,6 +97,13 @@ def _read(data: bytes, pixels: bool) -> tuple[Any, int, int]:
         raise UnsupportedImageError(
             f"this DICOM image is not colour ({kind}, {samples} sample(s) per pixel): the model "
             "was trained on colour dermoscopic images only"
+        )
+    if kind not in COLOUR_SPACES:
+        # pydicom hands out the samples of any other label (HSV, a blank one) unconverted, and
+        # they would be judged as if they were RGB: wrong colours, a confident answer.
+        raise UnsupportedImageError(
+            f"this DICOM image's colour space {kind[:32]!r} is not one of "
+            f"{', '.join(sorted(COLOUR_SPACES))}"
         )
     return dataset, width, height
 

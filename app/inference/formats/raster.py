@@ -22,6 +22,11 @@ from app.inference.formats.jpeg_markers import JPEG_MAGIC, inspect_jpeg
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # PNG colour type -> samples a decoded pixel holds (a palette expands to RGB).
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+_PNG_ALPHA_TYPES = {4, 6}  # grey + alpha, RGBA; the others may carry a tRNS chunk instead
+# More of the picture than this not fully opaque and it is refused: a viewer shows the page
+# behind those pixels, the model would judge the colours stored under them. Below it (rounded
+# or anti-aliased corners of an export) the alpha is dropped, as the upstream app did.
+MAX_TRANSPARENT_SHARE = 0.05
 
 
 def reduced_flag(info: ImageInfo, target: tuple[int, int]) -> int:
@@ -121,3 +126,46 @@ class Png(_Raster):
             self.name, width, height, _PNG_CHANNELS.get(colour, 4), 2 if bits > 8 else 1
         )
         return within_budget(info, max_pixels)
+
+    def decode(
+        self, data: bytes, target: tuple[int, int] | None, max_pixels: int
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        if may_be_transparent(data):
+            refuse_transparent(data, self.header(data, max_pixels))
+        return super().decode(data, target, max_pixels)
+
+
+def may_be_transparent(data: bytes) -> bool:
+    """An alpha channel (colour types 4, 6) or a tRNS chunk before the image data."""
+    if len(data) > 25 and data[25] in _PNG_ALPHA_TYPES:
+        return True
+    offset = 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        if kind == b"tRNS":
+            return True
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        offset += 12 + length
+    return False
+
+
+def refuse_transparent(data: bytes, info: ImageInfo) -> None:
+    """400 when over MAX_TRANSPARENT_SHARE of the picture is not fully opaque.
+
+    Decoded with its alpha first and let go before the colour decode, so the two never hold
+    memory at once (a fully opaque RGBA export costs a second decode, nothing more).
+    """
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ImageError(f"corrupt or truncated {info.format} image")
+    if pixels.ndim != 3 or pixels.shape[2] not in (2, 4):
+        return  # the decoder dropped the transparency: nothing hidden from the model
+    alpha = pixels[..., -1]
+    share = float(np.count_nonzero(alpha < np.iinfo(alpha.dtype).max)) / alpha.size
+    del pixels, alpha
+    if share > MAX_TRANSPARENT_SHARE:
+        raise ImageError(
+            f"{share:.0%} of the image is transparent: the model would judge colours that a "
+            "viewer does not show; send the photo without transparency"
+        )

@@ -1,5 +1,8 @@
 """A/B of the service from two checkouts: ``python -m benchmarks.ab A_DIR B_DIR [--rounds N]``.
 
+A setting is an A/B of one checkout against itself: ``python -m benchmarks.ab . .
+--env-b APP_MICROBATCH_MAX=1`` runs B with that environment on top of A's.
+
 Both run ``python -m app`` from their own working tree (API auth off, so the token check's
 database write does not drown a small change), cold in every round, A-B then B-A, with the
 peers suite's measurement (c=1 latency, c=8 throughput, the server's CPU time per request at
@@ -36,7 +39,15 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--requests", type=int, default=300, help="at c=1; 4x that at c=8")
     p.add_argument("--label", help="what B changes; with it the result is recorded in results/ab/")
+    p.add_argument(
+        "--env-b",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for B's server only (repeatable)",
+    )
     args = p.parse_args()
+    env_b = dict(parse_env(item) for item in args.env_b)
     logging.basicConfig(level=logging.WARNING)
     models = resolve_models()
     samples, _ = upload_images()
@@ -45,7 +56,10 @@ def main() -> int:
         peers = []
         for name, tree in (("A", args.a), ("B", args.b)):
             target = service_target(models, Path(tmp) / name)
-            target = dataclasses.replace(target, name=name, workdir=tree.resolve())
+            extra = env_b if name == "B" else {}
+            target = dataclasses.replace(
+                target, name=name, workdir=tree.resolve(), env={**target.env, **extra}
+            )
             peers.append(Peer(target, _multipart("image"), _json_label, None))
         for r in range(args.rounds):
             for peer in peers if r % 2 == 0 else peers[::-1]:
@@ -72,12 +86,20 @@ def main() -> int:
         ratio = np.array(per_round["B"]) / np.array(per_round["A"])
         print(f"B/A {what}: median {np.median(ratio):.3f} ({ratio.min():.3f}–{ratio.max():.3f})")
     if args.label:
-        path = record(args.label, rounds, args.requests)
+        path = record(args.label, rounds, args.requests, env_b)
         print(f"recorded: {path}")
     return 0
 
 
-def record(label: str, rounds: Rounds, requests: int) -> Path:
+def parse_env(item: str) -> tuple[str, str]:
+    """``NAME=VALUE`` -> (NAME, VALUE); argparse reports anything else."""
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--env-b wants NAME=VALUE, not {item!r}")
+    return name, value
+
+
+def record(label: str, rounds: Rounds, requests: int, env_b: dict[str, str] | None = None) -> Path:
     """Write one A/B result for RESULTS.md's floor-gap section."""
     from benchmarks import machine
 
@@ -90,6 +112,7 @@ def record(label: str, rounds: Rounds, requests: int) -> Path:
         "created_utc": now.isoformat(timespec="seconds"),
         "command": "python -m benchmarks.ab A B --label ...",
         "requests": {"c1": requests, "c8": 4 * requests},
+        "env_b": env_b or {},
         "machine": machine.describe(),
         "p50_c1_ms": rounds.p50,
         "rps_c8": rounds.rps,

@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -107,7 +108,8 @@ class InferenceService:
         # on 2 cores (PITFALLS.md); the classifier is created with threads=1 for this reason.
         self.batcher = MicroBatcher(
             classifier.run,
-            max_batch=settings.microbatch_max,
+            # 0 (auto) is chosen by load_service; a service built without it batches nothing.
+            max_batch=settings.microbatch_max or 1,
             max_wait_ms=settings.microbatch_wait_ms,
             # A full batch upload must fit in the queue, or the batch endpoint could never succeed.
             queue_max=max(settings.queue_max, settings.batch_max),
@@ -320,4 +322,62 @@ def load_service(
     # that the first busy batch of that size pays instead.
     gate = load_gate(settings, classifier)
     classifier.warm_up()
+    if settings.microbatch_max == 0:
+        chosen = choose_max_batch(classifier, max(1, settings.ort_threads))
+        settings = replace(settings, microbatch_max=chosen)
     return InferenceService(classifier, settings, observer, gate, on_rejected)
+
+
+GPU_MAX_BATCH = 8  # on a GPU bigger batches pay (tests/gpu, benchmarks.providers)
+
+
+def choose_max_batch(
+    classifier: Classifier, workers: int = 1, rounds: int = 3, batch: int = 4, margin: float = 0.95
+) -> int:
+    """The micro-batcher's largest batch on this machine: ``batch`` when runs of that many
+    images cost less CPU per image than single runs by at least ``1 - margin``, else 1.
+
+    Measured as the server runs them, ``workers`` threads at once (their caches compete:
+    on an Intel Xeon a batch of 4 cost 3-7 % less per image on one thread and 8-32 % more on
+    two), interleaved, by each thread's own CPU time (one intra-op thread runs there), which
+    other work on the machine moves less than the wall clock; about 0.1 s at start-up.
+    On a GPU: GPU_MAX_BATCH, unmeasured.
+    """
+    if classifier.providers[0] != "CPUExecutionProvider":
+        return GPU_MAX_BATCH
+    inputs = {n: np.zeros((n, *classifier.input_shape), np.float32) for n in (1, batch)}
+    classifier.run(inputs[batch])  # its first run allocates
+
+    def cost(n: int) -> float:
+        """CPU seconds per image, ``workers`` threads each running ``batch`` images."""
+        spent: list[float] = []
+
+        def work() -> None:
+            started = time.thread_time()
+            for _ in range(batch // n):
+                classifier.run(inputs[n])
+            spent.append(time.thread_time() - started)
+
+        threads = [threading.Thread(target=work) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sum(spent) / (workers * batch)
+
+    per_image: dict[int, list[float]] = {1: [], batch: []}
+    for _ in range(rounds):
+        for n in per_image:
+            per_image[n].append(cost(n))
+    single, batched = (float(np.median(per_image[n])) for n in (1, batch))
+    chosen = batch if batched < margin * single else 1
+    log.info(
+        "micro-batching: largest batch %d (CPU ms per image, %d worker(s) at once: %.2f alone, "
+        "%.2f in a batch of %d)",
+        chosen,
+        workers,
+        single * 1000,
+        batched * 1000,
+        batch,
+    )
+    return chosen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -216,3 +217,27 @@ async def test_batcher_frees_the_places_of_cancelled_requests(tensors: list[np.n
         release.set()
         assert len(await live) == 2
         await running
+
+
+def test_the_largest_batch_is_chosen_by_measuring_this_cpu(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from app.config import default_model_path
+    from app.inference.service import choose_max_batch
+
+    real = Classifier(default_model_path(), "cpu", 1)
+    with caplog.at_level(logging.INFO, logger="app.inference.service"):
+        assert choose_max_batch(real, workers=2) in (1, 4)
+    assert "CPU ms per image, 2 worker(s) at once" in caplog.text
+    # The rule on the same measured path: a margin every batch meets, and one none can.
+    assert choose_max_batch(real, rounds=1, margin=100.0) == 4
+    assert choose_max_batch(real, workers=2, rounds=1, margin=0.0) == 1
+
+
+def test_auto_micro_batching_is_resolved_when_the_service_loads(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    auto = load_service(Settings(data_dir=tmp_path, ort_threads=1), classifier=classifier)
+    assert auto.batcher.max_batch in (1, 4)
+    fixed = Settings(data_dir=tmp_path, ort_threads=1, microbatch_max=2)
+    assert load_service(fixed, classifier=classifier).batcher.max_batch == 2

@@ -74,6 +74,10 @@ def test_settings_from_env_accepts_values_at_the_bounds() -> None:
     assert settings.microbatch_wait_ms == 1000.0
     assert settings.log_level == "DEBUG"
     assert Settings.from_env({"APP_PORT": "1", "APP_MICROBATCH_WAIT_MS": "0"}).port == 1
+    # the largest micro-batch: measured at start-up unless set (0 stands for auto inside)
+    assert Settings.from_env({}).microbatch_max == 0
+    assert Settings.from_env({"APP_MICROBATCH_MAX": "Auto"}).microbatch_max == 0
+    assert Settings.from_env({"APP_MICROBATCH_MAX": "3"}).microbatch_max == 3
 
 
 @pytest.mark.parametrize(

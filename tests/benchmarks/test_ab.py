@@ -24,3 +24,22 @@ def test_ab_rows_give_the_median_ratio_and_cpu_time_where_it_was_recorded() -> N
     [new_row] = [line for line in lines if line.startswith("| newer")]
     assert "| 1.00 (0.90–1.10) | 1.00 (0.90–1.20) | — | not kept |" in old_row
     assert "| 1.10 (1.00–1.20) | not kept |" in new_row
+
+
+def test_a_setting_for_b_is_name_equals_value_and_recorded(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+    import json
+
+    import pytest
+
+    from benchmarks import ab
+    from benchmarks.peers.suite import Rounds
+
+    assert ab.parse_env("APP_MICROBATCH_MAX=1") == ("APP_MICROBATCH_MAX", "1")
+    assert ab.parse_env("APP_X=a=b") == ("APP_X", "a=b")
+    for bad in ("APP_X", "=1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ab.parse_env(bad)
+    monkeypatch.setattr(ab, "AB_DIR", tmp_path)
+    path = ab.record("one batch", Rounds(), 30, {"APP_MICROBATCH_MAX": "1"})
+    assert json.loads(path.read_text())["env_b"] == {"APP_MICROBATCH_MAX": "1"}

@@ -51,6 +51,9 @@ from app.inference.preprocess import (
 
 log = logging.getLogger(__name__)
 
+GPU_MAX_BATCH = 8  # on a GPU bigger batches pay (tests/gpu, benchmarks.providers)
+BACKLOG_BATCH = 8  # whatever the chosen batch, when more than this wait (MicroBatcher)
+
 
 @dataclass(frozen=True, slots=True)
 class Analysis:
@@ -110,6 +113,7 @@ class InferenceService:
             classifier.run,
             # 0 (auto) is chosen by load_service; a service built without it batches nothing.
             max_batch=settings.microbatch_max or 1,
+            backlog_batch=BACKLOG_BATCH,
             max_wait_ms=settings.microbatch_wait_ms,
             # A full batch upload must fit in the queue, or the batch endpoint could never succeed.
             queue_max=max(settings.queue_max, settings.batch_max),
@@ -328,9 +332,6 @@ def load_service(
     return InferenceService(classifier, settings, observer, gate, on_rejected)
 
 
-GPU_MAX_BATCH = 8  # on a GPU bigger batches pay (tests/gpu, benchmarks.providers)
-
-
 def choose_max_batch(
     classifier: Classifier, workers: int = 1, rounds: int = 3, batch: int = 4, margin: float = 0.95
 ) -> int:
@@ -369,6 +370,9 @@ def choose_max_batch(
     for _ in range(rounds):
         for n in per_image:
             per_image[n].append(cost(n))
+    # The concurrent batches grew the memory arena: give it back, or the idle server keeps
+    # it until its first quiet spell (create_app's _return_memory_when_idle).
+    classifier.release_memory()
     single, batched = (float(np.median(per_image[n])) for n in (1, batch))
     chosen = batch if batched < margin * single else 1
     log.info(

@@ -68,6 +68,37 @@ async def test_batcher_groups_concurrent_requests_and_matches_single_runs(
     assert recorder.depths[-1] == 0
 
 
+async def test_batcher_takes_bigger_batches_only_when_a_backlog_builds(
+    classifier: Classifier, tensors: list[np.ndarray]
+) -> None:
+    """Single runs while few wait; when more than ``backlog_batch`` wait, batches of it, so a
+    busy event loop (one turn per batch) cannot starve the inference threads."""
+    recorder = Recorder()
+    batcher = MicroBatcher(
+        classifier.run,
+        max_batch=1,
+        backlog_batch=4,
+        max_wait_ms=0,
+        queue_max=64,
+        concurrency=1,
+        observer=recorder,
+    )
+    await batcher.start()
+    try:
+        many = (tensors * 2)[:12]
+        results = await batcher.submit_many(many)  # 12 queued at once: a backlog
+        assert recorder.sizes == [4, 4, 1, 1, 1, 1]  # 12 > 4, 8 > 4, then 4 is not
+        for tensor, result in zip(many, results, strict=True):
+            np.testing.assert_allclose(
+                result.probabilities, classifier.run(tensor[None])[0], atol=1e-5
+            )
+        recorder.sizes.clear()
+        await asyncio.gather(*(batcher.submit(t) for t in tensors[:3]))  # no backlog: one by one
+        assert recorder.sizes == [1, 1, 1]
+    finally:
+        await batcher.stop()
+
+
 async def test_batcher_answers_a_lone_request_without_waiting_for_company(
     classifier: Classifier, tensors: list[np.ndarray]
 ) -> None:

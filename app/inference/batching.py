@@ -91,10 +91,10 @@ class MicroBatcher:
     Args:
         run: the blocking batch function (float32 (N, ...) -> (N, classes)); thread-safe.
         max_batch: most items per ``run`` call while the queue is short.
-        backlog_batch: most items per call when more than that many wait (None or less than
-            ``max_batch``: ``max_batch``): a backlog means the event loop is short of time, and each batch
-            costs it one turn however large (at 1,000 clients, batches of 1 alone halved the
-            answers that were predictions).
+        backlog_batch: most items per call when more than that many wait (None, or less
+            than ``max_batch``: ``max_batch``). A backlog means the event loop is short of
+            time, and each batch costs it one turn however large (at 1,000 clients, batches
+            of 1 alone halved the answers that were predictions).
         max_wait_ms: longest a partial batch waits for company while all slots are busy.
         queue_max: most items waiting; beyond it ``submit`` raises OverloadedError.
         concurrency: ``run`` calls in flight at once (each on its own thread).

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -109,10 +109,11 @@ class InferenceService:
         self._explainer_loading = asyncio.Lock()
         # intra_op=1 per session.run and `workers` runs in flight beat one run with intra_op=N
         # on 2 cores (PITFALLS.md); the classifier is created with threads=1 for this reason.
+        self._measure_batch = settings.microbatch_max == 0
+        self._measuring: asyncio.Task[int] | None = None
         self.batcher = MicroBatcher(
             classifier.run,
-            # 0 (auto) is chosen by load_service; a service built without it batches nothing.
-            max_batch=settings.microbatch_max or 1,
+            max_batch=settings.microbatch_max or 1,  # 0 (auto): measured in start()
             backlog_batch=BACKLOG_BATCH,
             max_wait_ms=settings.microbatch_wait_ms,
             # A full batch upload must fit in the queue, or the batch endpoint could never succeed.
@@ -124,8 +125,24 @@ class InferenceService:
 
     async def start(self) -> None:
         await self.batcher.start()
+        if self._measure_batch:
+            # Off the start-up path: ready at once with single runs (bigger ones for a
+            # backlog), the measured batch about 0.1-0.3 s later.
+            self._measuring = asyncio.get_running_loop().create_task(self.measure_batch())
+
+    async def measure_batch(self) -> int:
+        """APP_MICROBATCH_MAX=auto: choose_max_batch on this machine, then batch that much."""
+        chosen = await asyncio.to_thread(
+            choose_max_batch, self.classifier, self.batcher.concurrency
+        )
+        self.batcher.max_batch = chosen
+        return chosen
 
     async def stop(self) -> None:
+        if self._measuring is not None:
+            self._measuring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._measuring
         await self.batcher.stop()
         self._decode_pool.shutdown(wait=True)
 
@@ -326,9 +343,6 @@ def load_service(
     # that the first busy batch of that size pays instead.
     gate = load_gate(settings, classifier)
     classifier.warm_up()
-    if settings.microbatch_max == 0:
-        chosen = choose_max_batch(classifier, max(1, settings.ort_threads))
-        settings = replace(settings, microbatch_max=chosen)
     return InferenceService(classifier, settings, observer, gate, on_rejected)
 
 
@@ -341,7 +355,7 @@ def choose_max_batch(
     Measured as the server runs them, ``workers`` threads at once (their caches compete:
     on an Intel Xeon a batch of 4 cost 3-7 % less per image on one thread and 8-32 % more on
     two), interleaved, by each thread's own CPU time (one intra-op thread runs there), which
-    other work on the machine moves less than the wall clock; about 0.1 s at start-up.
+    other work on the machine moves less than the wall clock; about 0.1 s on an AVX-512 CPU.
     On a GPU: GPU_MAX_BATCH, unmeasured.
     """
     if classifier.providers[0] != "CPUExecutionProvider":

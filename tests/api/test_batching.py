@@ -265,10 +265,23 @@ def test_the_largest_batch_is_chosen_by_measuring_this_cpu(
     assert choose_max_batch(real, workers=2, rounds=1, margin=0.0) == 1
 
 
-def test_auto_micro_batching_is_resolved_when_the_service_loads(
+async def test_auto_micro_batching_is_measured_after_start_off_the_start_up_path(
     classifier: Classifier, tmp_path: Path
 ) -> None:
     auto = load_service(Settings(data_dir=tmp_path, ort_threads=1), classifier=classifier)
-    assert auto.batcher.max_batch in (1, 4)
-    fixed = Settings(data_dir=tmp_path, ort_threads=1, microbatch_max=2)
-    assert load_service(fixed, classifier=classifier).batcher.max_batch == 2
+    assert auto.batcher.max_batch == 1  # ready at once, single runs until measured
+    await auto.start()
+    try:
+        assert auto._measuring is not None
+        assert await auto._measuring in (1, 4)
+        assert auto.batcher.max_batch == auto._measuring.result()
+    finally:
+        await auto.stop()
+    fixed = load_service(
+        Settings(data_dir=tmp_path, ort_threads=1, microbatch_max=2), classifier=classifier
+    )
+    await fixed.start()
+    try:
+        assert fixed._measuring is None and fixed.batcher.max_batch == 2
+    finally:
+        await fixed.stop()

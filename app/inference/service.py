@@ -10,10 +10,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +132,7 @@ class InferenceService:
     async def measure_batch(self) -> int:
         """APP_MICROBATCH_MAX=auto: choose_max_batch on this machine, then batch that much."""
         chosen = await asyncio.to_thread(
-            choose_max_batch, self.classifier, self.batcher.concurrency
+            choose_max_batch, self.classifier, self._decode_pool, self.batcher.concurrency
         )
         self.batcher.max_batch = chosen
         return chosen
@@ -347,15 +346,22 @@ def load_service(
 
 
 def choose_max_batch(
-    classifier: Classifier, workers: int = 1, rounds: int = 3, batch: int = 4, margin: float = 0.95
+    classifier: Classifier,
+    pool: Executor,
+    workers: int = 1,
+    rounds: int = 3,
+    batch: int = 4,
+    margin: float = 0.95,
 ) -> int:
     """The micro-batcher's largest batch on this machine: ``batch`` when runs of that many
     images cost less CPU per image than single runs by at least ``1 - margin``, else 1.
 
-    Measured as the server runs them, ``workers`` threads at once (their caches compete:
-    on an Intel Xeon a batch of 4 cost 3-7 % less per image on one thread and 8-32 % more on
-    two), interleaved, by each thread's own CPU time (one intra-op thread runs there), which
-    other work on the machine moves less than the wall clock; about 0.1 s on an AVX-512 CPU.
+    Measured as the server runs them, ``workers`` threads at once (their caches compete: on
+    an Intel Xeon a batch of 4 cost 3-7 % less per image on one thread and 8-32 % more on
+    two), on ``pool``'s threads, which live on (threads started for it left 20-30 MB of heap
+    to the idle server), interleaved, by each thread's own CPU time (one intra-op thread runs
+    there), which other work on the machine moves less than the wall clock; about 0.1 s on an
+    AVX-512 CPU.
     On a GPU: GPU_MAX_BATCH, unmeasured.
     """
     if classifier.providers[0] != "CPUExecutionProvider":
@@ -373,11 +379,8 @@ def choose_max_batch(
                 classifier.run(inputs[n])
             spent.append(time.thread_time() - started)
 
-        threads = [threading.Thread(target=work) for _ in range(workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        for running in [pool.submit(work) for _ in range(workers)]:
+            running.result()
         return sum(spent) / (workers * batch)
 
     per_image: dict[int, list[float]] = {1: [], batch: []}

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -257,12 +258,13 @@ def test_the_largest_batch_is_chosen_by_measuring_this_cpu(
     from app.inference.service import choose_max_batch
 
     real = Classifier(default_model_path(), "cpu", 1)
-    with caplog.at_level(logging.INFO, logger="app.inference.service"):
-        assert choose_max_batch(real, workers=2) in (1, 4)
-    assert "CPU ms per image, 2 worker(s) at once" in caplog.text
-    # The rule on the same measured path: a margin every batch meets, and one none can.
-    assert choose_max_batch(real, rounds=1, margin=100.0) == 4
-    assert choose_max_batch(real, workers=2, rounds=1, margin=0.0) == 1
+    with ThreadPoolExecutor(2) as pool:
+        with caplog.at_level(logging.INFO, logger="app.inference.service"):
+            assert choose_max_batch(real, pool, workers=2) in (1, 4)
+        assert "CPU ms per image, 2 worker(s) at once" in caplog.text
+        # The rule on the same measured path: a margin every batch meets, and one none can.
+        assert choose_max_batch(real, pool, rounds=1, margin=100.0) == 4
+        assert choose_max_batch(real, pool, workers=2, rounds=1, margin=0.0) == 1
 
 
 async def test_auto_micro_batching_is_measured_after_start_off_the_start_up_path(

@@ -107,6 +107,10 @@ def record(label: str, rounds: Rounds, requests: int, env_b: dict[str, str] | No
     now = datetime.now(UTC)
     slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:40]
     path = AB_DIR / f"{now:%Y-%m-%d}-{slug}.json"
+    n = 2
+    while path.exists():  # the same label twice in a day: keep both runs
+        path = AB_DIR / f"{now:%Y-%m-%d}-{slug}-{n}.json"
+        n += 1
     data = {
         "label": label,
         "created_utc": now.isoformat(timespec="seconds"),

@@ -43,3 +43,5 @@ def test_a_setting_for_b_is_name_equals_value_and_recorded(tmp_path, monkeypatch
     monkeypatch.setattr(ab, "AB_DIR", tmp_path)
     path = ab.record("one batch", Rounds(), 30, {"APP_MICROBATCH_MAX": "1"})
     assert json.loads(path.read_text())["env_b"] == {"APP_MICROBATCH_MAX": "1"}
+    again = ab.record("one batch", Rounds(), 30)  # the same label the same day: both kept
+    assert again != path and path.exists() and json.loads(again.read_text())["env_b"] == {}

@@ -242,6 +242,11 @@ def odd_inputs(lesion: bytes, seed: int = 0) -> dict[str, bytes]:
         "PNG RGBA, opaque": transparent(255),
         "PNG RGBA, fully transparent": transparent(0),
         "PNG RGBA, half transparent": transparent(128),
+        "PNG 16-bit RGBA, fully transparent": bytes(
+            cv2.imencode(
+                ".png", np.dstack([bgr, np.zeros(rgb.shape[:2], np.uint8)]).astype(np.uint16) * 257
+            )[1]
+        ),
         "PNG 16-bit RGB": bytes(cv2.imencode(".png", bgr.astype(np.uint16) * 257)[1]),
         "PNG interlaced, 4000x3000 claimed, one row sent": raw_png(
             4000, 3000, rows=b"\x00", interlace=1

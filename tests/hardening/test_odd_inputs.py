@@ -53,7 +53,14 @@ def test_the_valid_encodings_are_read_as_the_same_lesion(spec: ModelSpec) -> Non
         assert np.abs(picture - reference).mean() < 6, name  # JPEG re-encoding only
 
 
-@pytest.mark.parametrize("name", ["PNG RGBA, fully transparent", "PNG RGBA, half transparent"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "PNG RGBA, fully transparent",
+        "PNG RGBA, half transparent",
+        "PNG 16-bit RGBA, fully transparent",
+    ],
+)
 def test_a_transparent_png_is_refused_not_judged_on_hidden_colours(
     spec: ModelSpec, name: str
 ) -> None:

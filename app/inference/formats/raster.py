@@ -162,7 +162,8 @@ def refuse_transparent(data: bytes, info: ImageInfo) -> None:
     if pixels.ndim != 3 or pixels.shape[2] not in (2, 4):
         return  # the decoder dropped the transparency: nothing hidden from the model
     alpha = pixels[..., -1]
-    share = float(np.count_nonzero(alpha < np.iinfo(alpha.dtype).max)) / alpha.size
+    opaque = 65535 if alpha.dtype == np.uint16 else 255  # PNG alpha is 8 or 16 bits
+    share = float(np.count_nonzero(alpha < opaque)) / alpha.size
     del pixels, alpha
     if share > MAX_TRANSPARENT_SHARE:
         raise ImageError(

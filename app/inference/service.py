@@ -106,10 +106,10 @@ class InferenceService:
         self._cam_path = cam_model_path(settings.model_path, self.spec)
         self._explainer: Explainer | None = None
         self._explainer_loading = asyncio.Lock()
-        # intra_op=1 per session.run and `workers` runs in flight beat one run with intra_op=N
-        # on 2 cores (PITFALLS.md); the classifier is created with threads=1 for this reason.
         self._measure_batch = settings.microbatch_max == 0
         self._measuring: asyncio.Task[int] | None = None
+        # intra_op=1 per session.run and `workers` runs in flight beat one run with intra_op=N
+        # on 2 cores (PITFALLS.md); the classifier is created with threads=1 for this reason.
         self.batcher = MicroBatcher(
             classifier.run,
             max_batch=settings.microbatch_max or 1,  # 0 (auto): measured in start()
@@ -130,10 +130,15 @@ class InferenceService:
             self._measuring = asyncio.get_running_loop().create_task(self.measure_batch())
 
     async def measure_batch(self) -> int:
-        """APP_MICROBATCH_MAX=auto: choose_max_batch on this machine, then batch that much."""
-        chosen = await asyncio.to_thread(
-            choose_max_batch, self.classifier, self._decode_pool, self.batcher.concurrency
-        )
+        """APP_MICROBATCH_MAX=auto: choose_max_batch on this machine, then batch that much
+        (single runs if the measurement fails: serving goes on either way)."""
+        try:
+            chosen = await asyncio.to_thread(
+                choose_max_batch, self.classifier, self._decode_pool, self.batcher.concurrency
+            )
+        except Exception:
+            log.exception("micro-batching: the measurement failed; single runs")
+            return self.batcher.max_batch
         self.batcher.max_batch = chosen
         return chosen
 
@@ -358,11 +363,10 @@ def choose_max_batch(
 
     Measured as the server runs them, ``workers`` threads at once (their caches compete: on
     an Intel Xeon a batch of 4 cost 3-7 % less per image on one thread and 8-32 % more on
-    two), on ``pool``'s threads, which live on (threads started for it left 20-30 MB of heap
-    to the idle server), interleaved, by each thread's own CPU time (one intra-op thread runs
-    there), which other work on the machine moves less than the wall clock; about 0.1 s on an
-    AVX-512 CPU.
-    On a GPU: GPU_MAX_BATCH, unmeasured.
+    two), on ``pool``'s threads (the service's own, none started for it), interleaved, by
+    each thread's own CPU time (one intra-op thread runs there), which other work on the
+    machine moves less than the wall clock; about 0.1 s on an AVX-512 CPU. On a GPU:
+    GPU_MAX_BATCH, unmeasured.
     """
     if classifier.providers[0] != "CPUExecutionProvider":
         return GPU_MAX_BATCH

@@ -287,3 +287,18 @@ async def test_auto_micro_batching_is_measured_after_start_off_the_start_up_path
         assert fixed._measuring is None and fixed.batcher.max_batch == 2
     finally:
         await fixed.stop()
+
+
+async def test_a_failed_batch_measurement_leaves_single_runs_and_says_so(
+    classifier: Classifier, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = load_service(Settings(data_dir=tmp_path, ort_threads=1), classifier=classifier)
+    service._decode_pool.shutdown()  # the measurement's threads are gone: it cannot run
+    await service.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="app.inference.service"):
+            assert service._measuring is not None and await service._measuring == 1
+        assert "the measurement failed; single runs" in caplog.text
+        assert service.batcher.max_batch == 1
+    finally:
+        await service.stop()

@@ -229,7 +229,9 @@ def test_browser_document_upload_shows_the_retake_message(
     from conversion.devset import _text_page, jpeg
 
     document = tmp_path / "referral-letter.jpg"
-    document.write_bytes(jpeg(_text_page(np.random.default_rng(11), 800, 600, (250, 250, 245))))
+    # Cream paper: a near-white page is refused as colourless before the model runs; this one
+    # reaches the distribution check, whose message the test reads.
+    document.write_bytes(jpeg(_text_page(np.random.default_rng(11), 800, 600, (245, 235, 220))))
     page = browser.new_page()  # type: ignore[attr-defined]
     blocked: list[str] = []  # anything the page's Content-Security-Policy refused
     page.on(

@@ -390,6 +390,13 @@ def fit_gate(
         s_full = scorer.score(_read(full), len(full), "fullres")
         figures["false_rejects"]["fullres"] = int(rejected(s_full, thresholds, dist).sum())
         figures["false_rejects"]["fullres_images"] = len(full)
+    # By name, so the card can say what got through (counts alone hide that it was, say,
+    # every crop of one fundus photograph).
+    figures["accepted_dev_items"] = [
+        f"{item.group}/{item.name}"
+        for item, refused in zip(dev_items, rej_dev, strict=True)
+        if not refused
+    ]
     figures["rejection_by_group"] = {
         g: {
             "images": int((group_of == g).sum()),

@@ -104,6 +104,12 @@ def _gate_section(manifest: dict[str, Any]) -> str:
         for g, v in figures.get("rejection_by_group", {}).items()
     )
     auroc = figures.get("auroc_test_vs_non_dermoscopic", {})
+    accepted = figures.get("accepted_dev_items")
+    passed = (
+        f"\nDev-set images the gate let through: {', '.join(f'`{a}`' for a in accepted)}.\n"
+        if accepted
+        else ("\nThe gate let no dev-set image through.\n" if accepted is not None else "")
+    )
     full = (
         f"; {fr['fullres']} of the {fr['fullres_images']} full-resolution originals"
         if "fullres" in fr
@@ -135,7 +141,7 @@ cannot judge. Thresholds live in `{entry["path"]}`, refitted by `python -m conve
 | group | images | refused | by quality checks alone |
 |---|---|---|---|
 {groups}
-
+{passed}
 **Limits.** The gate is not a guarantee: a real lesion photographed badly may be refused, and an
 out-of-scope lesion (or a lesion-like texture) photographed well may pass. It learnt "dermoscopy"
 from one dataset (HAM10000): other dermatoscopes may be refused more often than these figures say.

@@ -120,3 +120,14 @@ def test_card_shows_the_flipped_train_images_lever_and_whether_it_was_kept() -> 
 def _chosen_bma(record: dict[str, Any]) -> float:
     """The val BMA of the C a ``python -m training head`` record chose."""
     return float(next(r["bma"] for r in record["val"] if r["c"] == record["c"]))
+
+
+def test_card_names_the_dev_set_images_the_gate_let_through() -> None:
+    gate = _json(MODELS / "skin_lesion_gate.json")
+    accepted = gate["figures"]["accepted_dev_items"]
+    card = _render()
+    if accepted:
+        (line,) = [x for x in card.splitlines() if x.startswith("Dev-set images the gate let")]
+        assert all(f"`{name}`" in line for name in accepted)
+    else:
+        assert "The gate let no dev-set image through." in card

@@ -179,7 +179,7 @@ class Scorer:
 
     def _prepare(self, data: bytes) -> tuple[dict[str, float], np.ndarray]:
         upload = prepare(data, self.spec)
-        return measure(upload.rgb, upload.size, upload.resized, self.view), upload.tensor
+        return measure(upload.rgb, upload.size, self.view, upload.resized), upload.tensor
 
     def score(self, uploads: Iterable[bytes], total: int | None = None, desc: str = "") -> Scored:
         quality: dict[str, list[float]] = {}

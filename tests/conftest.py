@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,38 +43,27 @@ def make_dicom() -> Callable[..., bytes]:
     import io
 
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from tests.hardening.images import dicom_file
 
     def build(source: bytes, jpeg: bool = True, grey: bool = False, frames: int = 1) -> bytes:
         rgb = np.array(Image.open(io.BytesIO(source)).convert("RGB"))
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"  # VL Photographic
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-        ds.Modality, ds.PatientName = "XC", "Test^Patient"
-        ds.Rows, ds.Columns = rgb.shape[:2]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        if frames > 1:
-            ds.NumberOfFrames = frames
+        count = frames if frames > 1 else None
+        tags: dict[str, Any] = {"frames": count, "patient": "Test^Patient"}
         if grey:
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.PixelData = np.ascontiguousarray(rgb[..., 1]).tobytes() * frames
-        elif jpeg:
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL_422"
-            ds.PlanarConfiguration = 0
-            ds.PixelData = encapsulate([source] * frames)
-            ds["PixelData"].VR = "OB"
-        else:
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "RGB"
-            ds.PlanarConfiguration = 0
-            ds.PixelData = rgb.tobytes() * frames
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        return buf.getvalue()
+            grey_pixels = np.ascontiguousarray(rgb[..., 1]).tobytes() * frames
+            return dicom_file(
+                *rgb.shape[:2], grey_pixels, photometric="MONOCHROME2", samples=1, **tags
+            )
+        if jpeg:
+            return dicom_file(
+                *rgb.shape[:2],
+                fragments=[source] * frames,
+                photometric="YBR_FULL_422",
+                syntax=JPEGBaseline8Bit,
+                **tags,
+            )
+        return dicom_file(*rgb.shape[:2], rgb.tobytes() * frames, **tags)
 
     return build

@@ -104,12 +104,14 @@ def _gate_section(manifest: dict[str, Any]) -> str:
         for g, v in figures.get("rejection_by_group", {}).items()
     )
     auroc = figures.get("auroc_test_vs_non_dermoscopic", {})
-    accepted = figures.get("accepted_dev_items")
-    passed = (
-        f"\nDev-set images the gate let through: {', '.join(f'`{a}`' for a in accepted)}.\n"
-        if accepted
-        else ("\nThe gate let no dev-set image through.\n" if accepted is not None else "")
-    )
+    accepted = figures.get("accepted_dev_items")  # absent from gate files before 2026-12-06
+    passed = ""
+    if accepted:
+        passed = (
+            f"\nDev-set images the gate let through: {', '.join(f'`{a}`' for a in accepted)}.\n"
+        )
+    elif accepted is not None:
+        passed = "\nThe gate let no dev-set image through.\n"
     full = (
         f"; {fr['fullres']} of the {fr['fullres_images']} full-resolution originals"
         if "fullres" in fr

@@ -350,6 +350,22 @@ def load_service(
     return InferenceService(classifier, settings, observer, gate, on_rejected)
 
 
+def _cpu_per_image(
+    classifier: Classifier, pool: Executor, batch: np.ndarray, runs: int, workers: int
+) -> float:
+    """CPU seconds per image when ``workers`` threads of ``pool`` each run ``batch`` ``runs``
+    times at once, by each thread's own CPU time."""
+
+    def work() -> float:
+        started = time.thread_time()
+        for _ in range(runs):
+            classifier.run(batch)
+        return time.thread_time() - started
+
+    spent = [running.result() for running in [pool.submit(work) for _ in range(workers)]]
+    return sum(spent) / (workers * runs * len(batch))
+
+
 def choose_max_batch(
     classifier: Classifier,
     pool: Executor,
@@ -372,25 +388,10 @@ def choose_max_batch(
         return GPU_MAX_BATCH
     inputs = {n: np.zeros((n, *classifier.input_shape), np.float32) for n in (1, batch)}
     classifier.run(inputs[batch])  # its first run allocates
-
-    def cost(n: int) -> float:
-        """CPU seconds per image, ``workers`` threads each running ``batch`` images."""
-        spent: list[float] = []
-
-        def work() -> None:
-            started = time.thread_time()
-            for _ in range(batch // n):
-                classifier.run(inputs[n])
-            spent.append(time.thread_time() - started)
-
-        for running in [pool.submit(work) for _ in range(workers)]:
-            running.result()
-        return sum(spent) / (workers * batch)
-
     per_image: dict[int, list[float]] = {1: [], batch: []}
     for _ in range(rounds):
-        for n in per_image:
-            per_image[n].append(cost(n))
+        for n, x in inputs.items():
+            per_image[n].append(_cpu_per_image(classifier, pool, x, batch // n, workers))
     # The concurrent batches grew the memory arena: give it back, or the idle server keeps
     # it until its first quiet spell (create_app's _return_memory_when_idle).
     classifier.release_memory()

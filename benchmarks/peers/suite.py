@@ -79,6 +79,11 @@ NAMES = ("service", "service_noauth", "floor", "floor_gated", "bentoml", "pytrit
 SERVICES = ("service", "service_noauth")  # this project's server, with and without API auth
 # The floor with the service's input gate: same venv and app as the floor, PEER_GATE set.
 VENV_OF = {"floor_gated": "floor"}
+# The per-round ratios recorded and reported: each service over every other server, and the
+# floor with the gate over the floor (what the gate costs, on its own).
+RATIOS = [(s, n) for s in SERVICES for n in NAMES if n not in (s, "service")] + [
+    ("floor_gated", "floor")
+]
 
 
 def venv_of(name: str) -> str:
@@ -531,10 +536,7 @@ def _record(
             ]
             same = sum(a == b for a, b in pairs)
             suite.add(f"{name}/parity_top_class", Figure.value(same, "images", len(pairs)))
-    pairs = [(s, n) for s in SERVICES if s in ok for n in ok if n not in (s, "service")]
-    if "floor_gated" in ok and "floor" in ok:
-        pairs.append(("floor_gated", "floor"))  # what the gate costs, on its own
-    for subject, name in pairs:
+    for subject, name in (p for p in RATIOS if set(p) <= set(ok)):
         key = f"ratio/{subject}_vs_{name}"
         p50 = zip(m.p50[subject], m.p50[name], strict=False)
         suite.add(f"{key}/p50_c1", Figure.of([s / p for s, p in p50], "x"))
@@ -560,9 +562,6 @@ def _record(
 # RESULTS.md section and targets (benchmarks.suite.Suite)
 
 
-PEER_ORDER = NAMES
-
-
 def _peers_section(run: dict[str, Any]) -> list[str]:
     suite = run.get("suites", {}).get("peers", {})
     figs = suite.get("figures", {})
@@ -572,7 +571,7 @@ def _peers_section(run: dict[str, Any]) -> list[str]:
     params = suite.get("params", {})
     servers = params.get("servers", {})
     rows = []
-    for name in PEER_ORDER:
+    for name in NAMES:
         if f"{name}/rps_c8" not in figs:
             continue
         parity = figs.get(f"{name}/parity_top_class", {})
@@ -590,8 +589,7 @@ def _peers_section(run: dict[str, Any]) -> list[str]:
             ]
         )
     ratios = []
-    pairs = [(s, n) for s in SERVICES for n in PEER_ORDER[1:]] + [("floor_gated", "floor")]
-    for subject, name in pairs:
+    for subject, name in RATIOS:
         p50 = figs.get(f"ratio/{subject}_vs_{name}/p50_c1")
         rps = figs.get(f"ratio/{subject}_vs_{name}/rps_c8")
         if p50 and rps:

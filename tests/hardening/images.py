@@ -6,6 +6,7 @@ import io
 import re
 import struct
 import zlib
+from typing import Any
 
 import cv2
 import numpy as np
@@ -56,19 +57,38 @@ def scan_bomb(repeats: int = 20_000, size: tuple[int, int] = (8000, 5000)) -> by
     return data[:eoi] + scan * repeats + data[eoi:]
 
 
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples a stored pixel holds
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+def _png(ihdr: tuple[int, int, int, int, int], idat: bytes, extra: bytes = b"") -> bytes:
+    """A PNG of an IHDR (width, height, depth, colour type, interlace), ``extra`` chunks and
+    already compressed image data, whatever the header claims."""
+    width, height, depth, colour, interlace = ihdr
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + extra
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _zero_row(width: int, bit_depth: int, colour_type: int) -> bytes:
+    return b"\x00" + bytes((width * _PNG_CHANNELS[colour_type] * bit_depth + 7) // 8)
+
+
 def zero_png(width: int, height: int, bit_depth: int, colour_type: int) -> bytes:
     """A valid PNG of zeros, compressed row by row so the test never holds the decoded image."""
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
-    row = b"\x00" + bytes(width * channels * bit_depth // 8)
+    row = _zero_row(width, bit_depth, colour_type)
     deflate = zlib.compressobj(9)
     idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return _png((width, height, bit_depth, colour_type, 0), idat)
 
 
 def with_transfer_syntax(dicom: bytes, uid: str | None) -> bytes:
@@ -101,11 +121,6 @@ BAD_TRANSFER_SYNTAXES = {
 }
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-
 def raw_png(
     width: int,
     height: int,
@@ -118,17 +133,9 @@ def raw_png(
     """A PNG of zeros (or of ``rows``, filter bytes included) with ``extra`` chunks before
     its image data, whatever its header claims."""
     if rows is None:
-        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour_type]
-        row = b"\x00" + bytes((width * channels * bit_depth + 7) // 8)
-        rows = row * height
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, interlace)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + extra
-        + _png_chunk(b"IDAT", zlib.compress(rows, 9))
-        + _png_chunk(b"IEND", b"")
-    )
+        rows = _zero_row(width, bit_depth, colour_type) * height
+    ihdr = (width, height, bit_depth, colour_type, interlace)
+    return _png(ihdr, zlib.compress(rows, 9), extra)
 
 
 def _with_sof(
@@ -143,17 +150,23 @@ def _with_sof(
     return bytes(data)
 
 
-def _dicom(
-    rgb: np.ndarray,
+def dicom_file(
+    rows: int,
+    columns: int,
+    pixels: bytes = b"",
+    *,
+    fragments: list[bytes] | None = None,
     photometric: str = "RGB",
+    samples: int = 3,
     bits: int = 8,
-    pixels: bytes | None = None,
     frames: int | None = None,
     planar: int = 0,
     syntax: str | None = None,
-    fragments: list[bytes] | None = None,
+    patient: str | None = None,
 ) -> bytes:
-    """A VL Photographic DICOM with the given tags, written even where they are inconsistent."""
+    """A VL Photographic Image DICOM file (pydicom) with the given tags, written as given even
+    where they disagree with each other or with the data: ``pixels`` stored as they are, or
+    ``fragments`` encapsulated (compressed frames, for a compressed ``syntax``)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -166,20 +179,20 @@ def _dicom(
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
     ds.Modality = "XC"
-    ds.Rows, ds.Columns = rgb.shape[:2]
+    if patient is not None:
+        ds.PatientName = patient
+    ds.Rows, ds.Columns = rows, columns
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = (
-        3,
-        photometric,
-        planar,
-    )
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = samples, photometric
+    if samples > 1:
+        ds.PlanarConfiguration = planar
     if frames is not None:
         ds.NumberOfFrames = frames
     if fragments is not None:
         ds.PixelData = encapsulate(fragments)
         ds["PixelData"].VR = "OB"
     else:
-        ds.PixelData = rgb.tobytes() if pixels is None else pixels
+        ds.PixelData = pixels
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -214,6 +227,11 @@ def odd_inputs(lesion: bytes, seed: int = 0) -> dict[str, bytes]:
         return save(
             Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], alpha, np.uint8)])), "PNG"
         )
+
+    def _dicom(photometric: str = "RGB", **tags: Any) -> bytes:
+        """The lesion's pixels (unless given) in a DICOM with these tags."""
+        tags.setdefault("pixels", rgb.tobytes())
+        return dicom_file(*rgb.shape[:2], photometric=photometric, **tags)
 
     text = b"k\x00" + b"v" * 1000
     out = {
@@ -261,28 +279,27 @@ def odd_inputs(lesion: bytes, seed: int = 0) -> dict[str, bytes]:
             225,
             extra=_png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(bytes(20_000_000), 9)),
         ),
-        "DICOM RGB": _dicom(rgb),
+        "DICOM RGB": _dicom(),
         "DICOM RGB, planar": _dicom(
-            rgb, pixels=np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes(), planar=1
+            pixels=np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes(), planar=1
         ),
-        "DICOM RGB, 16-bit": _dicom(rgb, bits=16, pixels=(rgb.astype("<u2") * 257).tobytes()),
-        "DICOM RGB, 32-bit": _dicom(rgb, bits=32, pixels=rgb.astype("<u4").tobytes()),
-        "DICOM HSV (retired)": _dicom(rgb, photometric="HSV"),
-        "DICOM YBR_PARTIAL_420 uncompressed": _dicom(rgb, photometric="YBR_PARTIAL_420"),
-        "DICOM with a blank colour space": _dicom(rgb, photometric=""),
-        "DICOM 0 frames": _dicom(rgb, frames=0),
-        "DICOM 1000 frames, one sent": _dicom(rgb, frames=1000),
-        "DICOM pixel data short": _dicom(rgb, pixels=rgb.tobytes()[:1000]),
-        "DICOM pixel data twice": _dicom(rgb, pixels=rgb.tobytes() * 2),
-        "DICOM RLE, garbage": _dicom(rgb, syntax=RLELossless, fragments=[bytes(1000)]),
+        "DICOM RGB, 16-bit": _dicom(bits=16, pixels=(rgb.astype("<u2") * 257).tobytes()),
+        "DICOM RGB, 32-bit": _dicom(bits=32, pixels=rgb.astype("<u4").tobytes()),
+        "DICOM HSV (retired)": _dicom(photometric="HSV"),
+        "DICOM YBR_PARTIAL_420 uncompressed": _dicom(photometric="YBR_PARTIAL_420"),
+        "DICOM with a blank colour space": _dicom(photometric=""),
+        "DICOM 0 frames": _dicom(frames=0),
+        "DICOM 1000 frames, one sent": _dicom(frames=1000),
+        "DICOM pixel data short": _dicom(pixels=rgb.tobytes()[:1000]),
+        "DICOM pixel data twice": _dicom(pixels=rgb.tobytes() * 2),
+        "DICOM RLE, garbage": _dicom(syntax=RLELossless, fragments=[bytes(1000)]),
         "DICOM JPEG, cut in two fragments": _dicom(
-            rgb, "YBR_FULL_422", syntax=JPEGBaseline8Bit, fragments=[lesion[:5000], lesion[5000:]]
+            "YBR_FULL_422", syntax=JPEGBaseline8Bit, fragments=[lesion[:5000], lesion[5000:]]
         ),
         "DICOM JPEG holding a PNG": _dicom(
-            rgb, "YBR_FULL_422", syntax=JPEGBaseline8Bit, fragments=[save(image, "PNG")]
+            "YBR_FULL_422", syntax=JPEGBaseline8Bit, fragments=[save(image, "PNG")]
         ),
         "DICOM JPEG holding a greyscale JPEG": _dicom(
-            rgb,
             "YBR_FULL_422",
             syntax=JPEGBaseline8Bit,
             fragments=[save(image.convert("L"), "JPEG")],

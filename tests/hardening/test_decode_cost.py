@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from app.inference.preprocess import (
     inspect_jpeg,
     read_header,
 )
-from tests.hardening.images import progressive_jpeg, scan_bomb, zero_png
+from tests.hardening.images import dicom_file, progressive_jpeg, scan_bomb, zero_png
 from tests.hardening.server import REPO, Server
 
 
@@ -91,29 +90,16 @@ def test_many_tiny_marker_segments_are_refused() -> None:
 
 
 def test_scan_bomb_inside_a_dicom_is_refused() -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGExtended12Bit, generate_uid
+    from pydicom.uid import JPEGExtended12Bit
 
     bomb = scan_bomb(repeats=2_000, size=(800, 600))
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
     # Progressive JPEG in DICOM: the retired "JPEG Full Progression" syntaxes; pydicom hands
     # any JPEG frame to Pillow, so the Extended syntax carries it just the same.
-    meta.TransferSyntaxUID = JPEGExtended12Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Rows, ds.Columns = 600, 800
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = encapsulate([bomb])
-    ds["PixelData"].VR = "OB"
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    data = dicom_file(
+        600, 800, fragments=[bomb], photometric="YBR_FULL_422", syntax=JPEGExtended12Bit
+    )
     with pytest.raises(ImageError, match="scans"):
-        decode_image(buf.getvalue())
+        decode_image(data)
 
 
 def test_decoded_bytes_are_budgeted_not_only_pixels(server: Server) -> None:

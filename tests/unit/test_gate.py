@@ -79,7 +79,7 @@ def test_each_check_refuses_its_own_fault(
         gate.check_quality(bad, (bad.shape[1], bad.shape[0]))
     reason = next(r for r in info.value.result.reasons if r.check == check)
     assert reason.threshold == gate.quality[check]
-    assert reason.value == measure(bad, (bad.shape[1], bad.shape[0]), view_size=gate.view)[check]
+    assert reason.value == measure(bad, (bad.shape[1], bad.shape[0]), gate.view)[check]
     assert str(info.value).startswith("Not analysed:")
 
 
@@ -123,13 +123,13 @@ def test_the_checks_measure_the_model_picture_itself_not_a_resize_of_their_own(
     # the served model's input size is the shipped gate's view: no second resize
     assert gate.view == ModelSpec.from_metadata(ort_meta(default_model_path())).input_size
     picture = cv2.resize(lesion, gate.view, interpolation=cv2.INTER_AREA)
-    assert quality_view(lesion, picture, gate.view) is picture
+    assert quality_view(lesion, gate.view, picture) is picture
     # a picture of another size (an older model's) is not used: the view is made to the gate's
-    other = quality_view(lesion, cv2.resize(lesion, (160, 120)), gate.view)
+    other = quality_view(lesion, gate.view, cv2.resize(lesion, (160, 120)))
     assert other.shape[:2] == (gate.view[1], gate.view[0])
     # and the scores the gate reports are those of that picture
     result = gate.check_quality(lesion, (600, 450), resized=picture)
-    assert result.scores == measure(np.zeros((2, 2, 3), np.uint8), (600, 450), picture, gate.view)
+    assert result.scores == measure(np.zeros((2, 2, 3), np.uint8), (600, 450), gate.view, picture)
 
 
 def test_a_gate_file_names_its_view_and_older_files_keep_160x120(tmp_path: Path) -> None:

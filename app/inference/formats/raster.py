@@ -74,7 +74,12 @@ class _Raster:
     def decode(
         self, data: bytes, target: tuple[int, int] | None, max_pixels: int
     ) -> tuple[np.ndarray, tuple[int, int]]:
-        info = self.header(data, max_pixels)
+        return self._pixels(data, self.header(data, max_pixels), target)
+
+    def _pixels(
+        self, data: bytes, info: ImageInfo, target: tuple[int, int] | None
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """The decode itself, of an image whose header passed the budgets."""
         flag = reduced_flag(info, target) if target else cv2.IMREAD_COLOR
         # IMREAD_COLOR(_RGB) and the REDUCED variants apply the EXIF orientation tag, for JPEG
         # and PNG (seen with OpenCV 5.0; tests/unit/test_preprocess.py checks all 8 against PIL).
@@ -130,9 +135,10 @@ class Png(_Raster):
     def decode(
         self, data: bytes, target: tuple[int, int] | None, max_pixels: int
     ) -> tuple[np.ndarray, tuple[int, int]]:
+        info = self.header(data, max_pixels)  # the budgets, before either decode
         if may_be_transparent(data):
-            refuse_transparent(data, self.header(data, max_pixels))
-        return super().decode(data, target, max_pixels)
+            refuse_transparent(data)
+        return self._pixels(data, info, target)
 
 
 def may_be_transparent(data: bytes) -> bool:
@@ -150,7 +156,7 @@ def may_be_transparent(data: bytes) -> bool:
     return False
 
 
-def refuse_transparent(data: bytes, info: ImageInfo) -> None:
+def refuse_transparent(data: bytes) -> None:
     """400 when over MAX_TRANSPARENT_SHARE of the picture is not fully opaque.
 
     Decoded with its alpha first and let go before the colour decode, so the two never hold
@@ -158,7 +164,7 @@ def refuse_transparent(data: bytes, info: ImageInfo) -> None:
     """
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
-        raise ImageError(f"corrupt or truncated {info.format} image")
+        raise ImageError("corrupt or truncated png image")
     if pixels.ndim != 3 or pixels.shape[2] not in (2, 4):
         return  # the decoder dropped the transparency: nothing hidden from the model
     alpha = pixels[..., -1]

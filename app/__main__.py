@@ -15,12 +15,12 @@ from app.logs import configure_logging
 WS_FRAME_MARGIN = 1024 * 1024
 
 
-def early_answer_protocol() -> type:
-    """uvicorn's httptools protocol with the bounds of app.http_protocol (imported only to
-    serve: it loads uvicorn)."""
-    from app.http_protocol import EarlyAnswerProtocol
+def early_answer_protocol() -> Any:
+    """uvicorn's httptools protocol with the bounds of app.http_protocol, as a factory (imported
+    only to serve: it loads uvicorn)."""
+    from app.http_protocol import buffered_early_answer_protocol
 
-    return EarlyAnswerProtocol
+    return buffered_early_answer_protocol
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

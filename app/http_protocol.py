@@ -2,8 +2,9 @@
 a uvicorn server that accepts new connections as fast as the loop turns.
 
 AdmissionControl answers 503 as soon as an upload's headers arrive and keeps the connection.
-uvicorn then reads the rest of that body and drops it, so the client reads its answer and can
-send its next request on the same connection. Two gaps of uvicorn's are closed here:
+The rest of that body is dropped (on Linux in the kernel, unread: ``BufferedReads``), so the
+client reads its answer and can send its next request on the same connection. Two gaps of
+uvicorn's are closed here:
 
 - the rest of the body must keep arriving, as an admitted one must (``APP_BODY_IDLE_S``
   between chunks, ``APP_BODY_DEADLINE_S`` in all), else the connection closes: a client that
@@ -15,7 +16,7 @@ send its next request on the same connection. Two gaps of uvicorn's are closed h
 It also writes AdmissionControl's 503 itself, as soon as the headers of an upload beyond the
 bound are parsed (counting the uploads admitted earlier in the same loop turn): no ASGI scope,
 task, receive channel or Litestar, only the status, the headers and the body (with the same
-X-Request-ID, access line and /metrics count). The body that follows is read at the lowest
+X-Request-ID, access line and /metrics count). The body that follows is dropped at the lowest
 priority (``_DrainQueue``). While admission is busy (full, or it
 refused an upload in the last 2 s) it answers ``GET /health/ready`` the same way when the
 answer needs no wait (app.routes.health ``ready_at_once``: the model ready and a good database
@@ -31,8 +32,10 @@ import functools
 import logging
 import socket
 import sys
+import threading
 import time
 import weakref
+from typing import Any
 
 import httptools
 import uvicorn
@@ -59,7 +62,7 @@ DRAIN_MIN, DRAIN_MAX = 8, 1024
 
 
 class _DrainQueue:
-    """Connections answered before their body arrived, read at the lowest priority.
+    """Connections answered before their body arrived, dropped (or read) at the lowest priority.
 
     A refused upload's client sends the rest of its body (and then its next request) anyway.
     Read as it comes, 1,000 such clients made every loop iteration read about one body from each
@@ -71,6 +74,12 @@ class _DrainQueue:
     The budget is CPU time, measured on the loop's own thread: a fixed count of connections per
     turn was either too many for short turns or too few to keep up, and wall time would count
     the time other threads and processes held the cores.
+
+    Dropping a body in the kernel made a refusal cheap enough to do at once, without the queue:
+    the 503s' p50 fell to 110-135 ms at 1,000 clients, but the loop turns grew so long that the
+    admitted uploads, which need a turn at each hand-off, were answered a third as often (about
+    350 against 1,100 in 20 s, whatever the workers' niceness). The queue paces the refused
+    connections' next requests as it paced their bodies.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -140,6 +149,35 @@ ANSWERED = _Answered()
 READY_PATH = "/health/ready"
 
 
+# Linux's TCP drops received bytes without copying them when recv is given MSG_TRUNC (tcp(7)):
+# a refused body then costs neither the copy into uvloop's buffer nor the bytes object.
+_DROP_IN_KERNEL = sys.platform == "linux" and hasattr(socket, "MSG_TRUNC")
+_DISCARD_FLAGS = getattr(socket, "MSG_TRUNC", 0) | getattr(socket, "MSG_DONTWAIT", 0)
+_DISCARD_CHUNK = 256 * 1024
+_discard_buffer = bytearray(_DISCARD_CHUNK)  # recv_into's length bound; never written to
+
+
+def _discard(fd: int, family: int, count: int) -> int:
+    """Drop up to ``count`` bytes waiting on the socket ``fd``; how many were dropped."""
+    sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+    dropped = 0
+    try:
+        while dropped < count:
+            n = sock.recv_into(
+                _discard_buffer, min(count - dropped, _DISCARD_CHUNK), _DISCARD_FLAGS
+            )
+            if n <= 0:
+                break
+            dropped += n
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:  # the connection failed: uvloop sees it when reading resumes
+        pass
+    finally:
+        sock.detach()  # the descriptor stays the transport's
+    return dropped
+
+
 class EarlyAnswerProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that, under overload, refuses excess uploads and answers the readiness
     probe itself, and bounds the body it reads after the response is complete."""
@@ -148,12 +186,30 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
     _queued = False  # in the drain queue, reading paused
     _drain_timer: asyncio.TimerHandle | None = None
     _drain_deadline = 0.0
+    _messages = 0  # requests begun on this connection
+    _queued_message = 0  # the request whose body the drain queue is to drop
+    _answered_before_body = False  # the request was answered before its body had all arrived
+    _body_seen = 0  # body bytes of this request the parser has passed on
+    _skip = 0  # body bytes of an answered request still to drop before the parser reads again
+    reading_head = True  # no request's headers parsed yet: reads stay small (BufferedReads)
+
+    @property
+    def skipping(self) -> bool:
+        """A body is being dropped in the kernel: reads only need to say that more came."""
+        return self._skip > 0
 
     def on_message_begin(self) -> None:
+        self._messages += 1
         self._request_complete = False
+        self._body_seen = 0
         super().on_message_begin()
 
+    def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
+        super().on_body(body)
+
     def on_headers_complete(self) -> None:
+        self.reading_head = False
         gate = front_door()
         if (
             gate is not None
@@ -226,13 +282,20 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_message_complete(self) -> None:
-        self._request_complete = True
         super().on_message_complete()
-        if self._drain_timer is None:
+        self._body_complete()
+
+    def _body_complete(self) -> None:
+        """The request has all arrived (parsed, or its body dropped): the next read is a new
+        request's headers, and a connection answered early is an ordinary keep-alive again."""
+        self._request_complete = True
+        self.reading_head = True
+        if not self._answered_before_body:
             return
-        # The body of a request answered early has all arrived: an ordinary keep-alive again.
-        self._drain_timer.cancel()
-        self._drain_timer = None
+        self._answered_before_body = False
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         if (
             not self.transport.is_closing()
             and not self.pipeline
@@ -246,9 +309,12 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self._request_complete or self.transport.is_closing() or not self._has_body():
             return
-        # The body is still to come: it is read when the drain queue gets to this connection.
+        # The body is still to come, unasked for: it is dropped when the drain queue gets to this
+        # connection, and the keep-alive timer waits for its end.
         self._unset_keepalive_if_required()
+        self._answered_before_body = True
         self.flow.pause_reading()
+        self._queued_message = self._messages
         if not self._queued:
             self._queued = True
             _drain_queue(self.loop).add(self)
@@ -261,27 +327,67 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
             for name, value in self.headers
         )
 
+    def _content_length(self) -> int | None:
+        length = None
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                return None
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    return None
+        return length
+
+    def _start_drop(self) -> None:
+        """Drop the rest of an answered request's body of known length without reading it: what
+        has arrived at once, in the kernel, and what comes later as it wakes a read. The parser
+        starts afresh at the next request. The rest must keep arriving as an admitted body's
+        must (the body deadlines)."""
+        length = self._content_length()
+        assert length is not None
+        self._skip = length - self._body_seen
+        self.parser = httptools.HttpRequestParser(self)
+        self._drop_waiting()
+        if self._skip:
+            idle_s, deadline_s = _body_limits()
+            self._drain_deadline = self.loop.time() + deadline_s
+            self._drain_timer = self.loop.call_later(idle_s, self._drain_expired)
+
+    def _drop_waiting(self) -> None:
+        """Drop in the kernel what has arrived of the body being skipped."""
+        sock = self.transport.get_extra_info("socket")
+        self._skip -= _discard(sock.fileno(), sock.family, self._skip)
+        if not self._skip:
+            self._body_complete()
+
     def resume_drain(self) -> None:
-        """The drain queue's turn: read the rest of the body, within the body deadlines."""
+        """The drain queue's turn: drop the rest of the body, within the body deadlines."""
         self._queued = False
         if self.transport.is_closing():
             return
         self.flow.resume_reading()
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
-        if self._request_complete:  # it had all arrived already: an ordinary keep-alive
-            if not self.pipeline and self.timeout_keep_alive_task is None:
-                self.timeout_keep_alive_task = self.loop.call_later(
-                    self.timeout_keep_alive, self.timeout_keep_alive_handler
-                )
+        if self._request_complete or self._messages != self._queued_message:
+            return  # it had all arrived already: an ordinary keep-alive (_body_complete)
+        if _DROP_IN_KERNEL and self._content_length() is not None:
+            self._start_drop()
             return
+        # A chunked body (or no MSG_TRUNC): the parser reads it and finds its end.
         idle_s, deadline_s = _body_limits()
         self._drain_deadline = self.loop.time() + deadline_s
         self._drain_timer = self.loop.call_later(idle_s, self._drain_expired)
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        if self._skip:  # a read woke up by the rest of a body being dropped (BufferedReads)
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
+            if self._skip:
+                self._drop_waiting()
+            else:
+                self._body_complete()
+        if data:
+            super().data_received(data)
         if self._drain_timer is not None:  # still draining: the next chunk has idle_s again
             self._drain_timer.cancel()
             idle_s, _ = _body_limits()
@@ -301,6 +407,75 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
 
 
 ACCEPTORS = 32  # listening handles on the one socket: connections accepted per loop iteration
+
+
+HEAD_READ = 16 * 1024  # a request's headers, and the start of its body
+BODY_READ = 256 * 1024  # as uvloop's own reads
+WAKE_READ = 64  # while a refused body is dropped in the kernel
+
+
+class _ReadBuffers(threading.local):
+    """One read buffer per event loop thread, shared by its connections: the parser copies what
+    it keeps before the next read."""
+
+    def __init__(self) -> None:
+        self.body = memoryview(bytearray(BODY_READ))
+        self.head = self.body[:HEAD_READ]
+        self.wake = self.body[:WAKE_READ]
+
+
+_read_buffers = _ReadBuffers()
+
+
+class BufferedReads(asyncio.BufferedProtocol):
+    """An EarlyAnswerProtocol read through buffers of its choosing.
+
+    uvloop reads a plain Protocol's data 256 KiB at a time, so a refused upload's whole body
+    (about 200 KB in the overload suite) had been read, copied into bytes and parsed (httptools
+    copies it again for on_body) before its headers were judged. Until a request's headers are
+    parsed this reads 16 KiB; the rest of a refused body is then dropped in the kernel
+    (EarlyAnswerProtocol._start_drop), and what arrives later only wakes a 64-byte read. uvloop
+    reads through get_buffer only for a protocol that is not an asyncio.Protocol, hence a
+    wrapper rather than a subclass. Figures: benchmarks/RESULTS.md, "Overload (issue 16)".
+    """
+
+    __slots__ = ("_view", "http")
+
+    def __init__(self, http: EarlyAnswerProtocol) -> None:
+        self.http = http
+        self._view = _read_buffers.body
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.http.skipping:  # a few bytes to learn that more has come, dropped unread
+            self._view = _read_buffers.wake
+        elif self.http.reading_head:
+            self._view = _read_buffers.head
+        else:
+            self._view = _read_buffers.body
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.http.data_received(self._view[:nbytes])  # type: ignore[arg-type]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.http.connection_made(transport)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.http.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.http.eof_received()  # type: ignore[func-returns-value]
+
+    def pause_writing(self) -> None:
+        self.http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.http.resume_writing()
+
+
+def buffered_early_answer_protocol(**kwargs: Any) -> BufferedReads:
+    """uvicorn's ``http`` protocol factory: an EarlyAnswerProtocol with BufferedReads."""
+    return BufferedReads(EarlyAnswerProtocol(**kwargs))
 
 
 class FairAcceptServer(uvicorn.Server):
@@ -337,9 +512,9 @@ class FairAcceptServer(uvicorn.Server):
             return
         config, loop = self.config, asyncio.get_running_loop()
 
-        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.BaseProtocol:
             # What uvicorn's own startup passes (its factory is local to that method).
-            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            protocol: asyncio.BaseProtocol = config.http_protocol_class(  # type: ignore[call-arg]
                 config=config,
                 server_state=self.server_state,
                 app_state=self.lifespan.state,

@@ -311,6 +311,34 @@ def test_small_refused_bodies_sent_together_are_each_answered_in_order(
     assert [a[:12] for a in answers] == [b"HTTP/1.1 503", b"HTTP/1.1 503", b"HTTP/1.1 200"]
 
 
+def test_a_refused_chunked_body_is_read_to_its_end(
+    small_server: Server, fixture_images: list[tuple[Path, str]]
+) -> None:
+    """A chunked body has no length to drop by: the parser reads it and finds its end, and the
+    request behind it is answered."""
+    upload = multipart(fixture_images[0][0].read_bytes())
+    body = os.urandom(300_000)
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 65536]), body[i : i + 65536])
+        for i in range(0, len(body), 65536)
+    )
+    chunked = (
+        (
+            f"POST /api/v1/predict HTTP/1.1\r\nHost: {urlsplit(small_server.url).netloc}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        + chunks
+        + b"0\r\n\r\n"
+    )
+    held = hold_all_places(small_server, upload)
+    try:
+        answers = _answers_to(small_server, chunked, _ready(small_server))
+    finally:
+        release(held, upload)
+    assert [a[:12] for a in answers] == [b"HTTP/1.1 503", b"HTTP/1.1 200"]
+
+
 @pytest.fixture(scope="module")
 def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("admission-drain") / "data"

@@ -152,26 +152,22 @@ READY_PATH = "/health/ready"
 # Linux's TCP drops received bytes without copying them when recv is given MSG_TRUNC (tcp(7)):
 # a refused body then costs neither the copy into uvloop's buffer nor the bytes object.
 _DROP_IN_KERNEL = sys.platform == "linux" and hasattr(socket, "MSG_TRUNC")
-_DISCARD_FLAGS = getattr(socket, "MSG_TRUNC", 0) | getattr(socket, "MSG_DONTWAIT", 0)
-_DISCARD_CHUNK = 256 * 1024
-_discard_buffer = bytearray(_DISCARD_CHUNK)  # recv_into's length bound; never written to
+_DROP_FLAGS = getattr(socket, "MSG_TRUNC", 0) | getattr(socket, "MSG_DONTWAIT", 0)
+_DROP_CHUNK = 256 * 1024
+_drop_buffer = bytearray(_DROP_CHUNK)  # recv_into's length bound; never written to
 
 
-def _discard(fd: int, family: int, count: int) -> int:
+def _drop_received(fd: int, family: int, count: int) -> int:
     """Drop up to ``count`` bytes waiting on the socket ``fd``; how many were dropped."""
     sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
     dropped = 0
     try:
         while dropped < count:
-            n = sock.recv_into(
-                _discard_buffer, min(count - dropped, _DISCARD_CHUNK), _DISCARD_FLAGS
-            )
+            n = sock.recv_into(_drop_buffer, min(count - dropped, _DROP_CHUNK), _DROP_FLAGS)
             if n <= 0:
                 break
             dropped += n
-    except (BlockingIOError, InterruptedError):
-        pass
-    except OSError:  # the connection failed: uvloop sees it when reading resumes
+    except OSError:  # nothing more yet (EAGAIN), or the connection failed: uvloop will see it
         pass
     finally:
         sock.detach()  # the descriptor stays the transport's
@@ -339,13 +335,11 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
                     return None
         return length
 
-    def _start_drop(self) -> None:
-        """Drop the rest of an answered request's body of known length without reading it: what
-        has arrived at once, in the kernel, and what comes later as it wakes a read. The parser
-        starts afresh at the next request. The rest must keep arriving as an admitted body's
-        must (the body deadlines)."""
-        length = self._content_length()
-        assert length is not None
+    def _start_drop(self, length: int) -> None:
+        """Drop the rest of an answered request's body of ``length`` bytes without reading it:
+        what has arrived at once, in the kernel, and what comes later as it wakes a read. The
+        parser starts afresh at the next request. The rest must keep arriving as an admitted
+        body's must (the body deadlines)."""
         self._skip = length - self._body_seen
         self.parser = httptools.HttpRequestParser(self)
         self._drop_waiting()
@@ -357,7 +351,8 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
     def _drop_waiting(self) -> None:
         """Drop in the kernel what has arrived of the body being skipped."""
         sock = self.transport.get_extra_info("socket")
-        self._skip -= _discard(sock.fileno(), sock.family, self._skip)
+        if sock is not None:  # else the reads that wake drop it
+            self._skip -= _drop_received(sock.fileno(), sock.family, self._skip)
         if not self._skip:
             self._body_complete()
 
@@ -369,8 +364,9 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
         self.flow.resume_reading()
         if self._request_complete or self._messages != self._queued_message:
             return  # it had all arrived already: an ordinary keep-alive (_body_complete)
-        if _DROP_IN_KERNEL and self._content_length() is not None:
-            self._start_drop()
+        length = self._content_length() if _DROP_IN_KERNEL else None
+        if length is not None:
+            self._start_drop(length)
             return
         # A chunked body (or no MSG_TRUNC): the parser reads it and finds its end.
         idle_s, deadline_s = _body_limits()

@@ -36,9 +36,13 @@ ALPHAS = "gradcam_alphas"  # [N, 1, channels]: exposed only in the copy that is 
 ALPHA_MAX_REL_ERROR = 0.05  # measured 0.018; a wrong stride, pad or kernel gives O(1)
 EPS = 1e-3  # smaller: float32 noise; larger: steps cross ReLU6 kinks (measured)
 LAYER_CAM_SCALES = 2  # stride 16 and stride 8 (a stride-4 block pointed worse on val: 89 %)
-GRADIENT_MAX_REL_ERROR = 0.05  # directional derivatives; a shifted or unmasked map gives O(1)
+# Directional derivatives, relative to |grad|. float32 noise depends on the CPU's kernels: on the
+# shipped model the worst of six images was under 0.01 with AVX-512, 0.053 on an AVX2-only EPYC
+# (2026-12-06, which failed the 0.05 this bound once was); a backward pass without the ReLU6
+# masks gives 1.77, and a shifted map O(1). 0.2 is 4x the noise seen and 9x below that defect.
+GRADIENT_MAX_REL_ERROR = 0.2
 # A random direction moves every element, so it crosses more ReLU6 kinks than EPS on one channel:
-# at 1e-3 up to 0.08 of |grad| off, at 1e-4 under 0.01 (measured; float32 noise is below that).
+# at 1e-3 up to 0.08 of |grad| off; at 1e-4 the error is float32 noise (3e-4: no better).
 DIRECTION_EPS = 1e-4
 LAYER_MAP_MAX_DIFF = 1e-4  # the graph's maps against numpy's from the same tensors, relative
 

@@ -303,7 +303,9 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._request_complete or self.transport.is_closing() or not self._has_body():
+        # An answer written at the headers comes before httptools has seen even a bodiless
+        # request end: the headers say whether a body is to come.
+        if self._request_complete or self.transport.is_closing() or self._body_length() == 0:
             return
         # The body is still to come, unasked for: it is dropped when the drain queue gets to this
         # connection, and the keep-alive timer waits for its end.
@@ -315,16 +317,10 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
             self._queued = True
             _drain_queue(self.loop).add(self)
 
-    def _has_body(self) -> bool:
-        """Whether the request has a body to come (an answer written at its headers, as the
-        protocol's own, comes before httptools has seen the end of a request without one)."""
-        return any(
-            (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding"
-            for name, value in self.headers
-        )
-
-    def _content_length(self) -> int | None:
-        length = None
+    def _body_length(self) -> int | None:
+        """The request's body length from its headers: 0 without a body, None when only the
+        parser can find its end (chunked, or a length that is not a number)."""
+        length = 0
         for name, value in self.headers:
             if name == b"transfer-encoding":
                 return None
@@ -338,15 +334,18 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
     def _start_drop(self, length: int) -> None:
         """Drop the rest of an answered request's body of ``length`` bytes without reading it:
         what has arrived at once, in the kernel, and what comes later as it wakes a read. The
-        parser starts afresh at the next request. The rest must keep arriving as an admitted
-        body's must (the body deadlines)."""
+        parser starts afresh at the next request."""
         self._skip = length - self._body_seen
         self.parser = httptools.HttpRequestParser(self)
         self._drop_waiting()
         if self._skip:
-            idle_s, deadline_s = _body_limits()
-            self._drain_deadline = self.loop.time() + deadline_s
-            self._drain_timer = self.loop.call_later(idle_s, self._drain_expired)
+            self._arm_body_deadlines()
+
+    def _arm_body_deadlines(self) -> None:
+        """The rest of an answered body must keep arriving, as an admitted body's must."""
+        idle_s, deadline_s = _body_limits()
+        self._drain_deadline = self.loop.time() + deadline_s
+        self._drain_timer = self.loop.call_later(idle_s, self._drain_expired)
 
     def _drop_waiting(self) -> None:
         """Drop in the kernel what has arrived of the body being skipped."""
@@ -364,14 +363,11 @@ class EarlyAnswerProtocol(HttpToolsProtocol):
         self.flow.resume_reading()
         if self._request_complete or self._messages != self._queued_message:
             return  # it had all arrived already: an ordinary keep-alive (_body_complete)
-        length = self._content_length() if _DROP_IN_KERNEL else None
+        length = self._body_length() if _DROP_IN_KERNEL else None
         if length is not None:
             self._start_drop(length)
-            return
-        # A chunked body (or no MSG_TRUNC): the parser reads it and finds its end.
-        idle_s, deadline_s = _body_limits()
-        self._drain_deadline = self.loop.time() + deadline_s
-        self._drain_timer = self.loop.call_later(idle_s, self._drain_expired)
+        else:  # a chunked body (or no MSG_TRUNC): the parser reads it and finds its end
+            self._arm_body_deadlines()
 
     def data_received(self, data: bytes) -> None:
         if self._skip:  # a read woke up by the rest of a body being dropped (BufferedReads)

@@ -52,16 +52,20 @@ def multipart(image: bytes) -> bytes:
     )
 
 
+def upload_head(server: Server, framing: str) -> bytes:
+    """The request line and headers of a POST /api/v1/predict; ``framing`` is its
+    Content-Length or Transfer-Encoding header."""
+    return (
+        f"POST /api/v1/predict HTTP/1.1\r\nHost: {urlsplit(server.url).netloc}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n{framing}\r\n\r\n"
+    ).encode()
+
+
 def open_upload(server: Server, body_length: int) -> socket.socket:
     """Send the request line and headers of a POST /api/v1/predict, and no body yet."""
     url = urlsplit(server.url)
     sock = socket.create_connection((url.hostname, url.port), timeout=30)
-    head = (
-        f"POST /api/v1/predict HTTP/1.1\r\nHost: {url.netloc}\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {body_length}\r\n\r\n"
-    )
-    sock.sendall(head.encode())
+    sock.sendall(upload_head(server, f"Content-Length: {body_length}"))
     return sock
 
 
@@ -256,11 +260,7 @@ def _answers_to(server: Server, *requests: bytes) -> list[bytes]:
 
 
 def _upload(server: Server, body: bytes) -> bytes:
-    return (
-        f"POST /api/v1/predict HTTP/1.1\r\nHost: {urlsplit(server.url).netloc}\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    return upload_head(server, f"Content-Length: {len(body)}") + body
 
 
 def _ready(server: Server) -> bytes:
@@ -322,15 +322,7 @@ def test_a_refused_chunked_body_is_read_to_its_end(
         b"%x\r\n%s\r\n" % (len(body[i : i + 65536]), body[i : i + 65536])
         for i in range(0, len(body), 65536)
     )
-    chunked = (
-        (
-            f"POST /api/v1/predict HTTP/1.1\r\nHost: {urlsplit(small_server.url).netloc}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n"
-        ).encode()
-        + chunks
-        + b"0\r\n\r\n"
-    )
+    chunked = upload_head(small_server, "Transfer-Encoding: chunked") + chunks + b"0\r\n\r\n"
     held = hold_all_places(small_server, upload)
     try:
         answers = _answers_to(small_server, chunked, _ready(small_server))

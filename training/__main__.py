@@ -94,6 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         help="fit on the train images and their 3 flips (measured on val, not kept)",
     )
 
+    ft = sub.add_parser(
+        "finetune", help="fine-tune an ensemble HDF5's top blocks on cached augmented activations"
+    )
+    ft.add_argument("model", type=Path, nargs="?", default=Path("models/skin_lesion.h5"))
+    ft.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
+    ft.add_argument("-o", "--out", type=Path, required=True)
+    ft.add_argument("--work", type=Path, default=Path("training/runs/finetune"))
+    ft.add_argument("--split", type=Path, default=None, help="split CSV (default: committed)")
+    ft.add_argument("--views", type=int, default=8)
+    ft.add_argument("--epochs", type=int, default=30)
+    ft.add_argument("--lr", type=float, default=3e-4)
+    ft.add_argument("--resume", action="store_true", help="continue from the last epoch")
+
     lev = sub.add_parser("levers", help="val figures of a fleet run's members and ensembles")
     lev.add_argument("run", type=Path, help="the folder `training.portable fleet` wrote")
     lev.add_argument("-o", "--out", type=Path, default=Path("models/card/levers.json"))
@@ -153,6 +166,17 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = refit_head(args.model, args.images, args.out, args.split, args.flips)
         print(json.dumps(summary["head"]))
+        return 0
+
+    if args.command == "finetune":
+        from training.finetune import FinetuneConfig, finetune
+
+        cfg = FinetuneConfig(views=args.views, epochs=args.epochs, lr=args.lr)
+        summary = finetune(
+            args.model, args.images, args.out, args.work, cfg, args.split, args.resume
+        )
+        record = summary["finetune"]
+        print(json.dumps({k: v for k, v in record.items() if k != "history"}))  # type: ignore[union-attr]
         return 0
 
     if args.command == "levers":

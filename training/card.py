@@ -399,6 +399,7 @@ weights). Best epoch by val BMA. Figures from `python -m training levers {lev["r
 - Flip test-time augmentation did not help the earlier model (below) and was not repeated.
 """)
     out.append(_head_section(training, card / "head_flips.json"))
+    out.append(_finetune_section(card / "finetune.json", training))
     out.append(_adjustment_section(training))
     previous_path = card / "previous_metrics.json"
     if previous_path.is_file():
@@ -451,6 +452,60 @@ CPU: {sw["cpu"]["model"]}, {vnni} AVX512-VNNI. Needed: the build's gates and at 
 **Verdict: {sw["verdict"]}.** The FP16 file for the CUDA provider is described below.
 """)
     return "\n".join(out)
+
+
+def _finetune_section(path: Path, training: dict[str, Any]) -> str:
+    """The CPU fine-tune of the members' tops (``python -m training finetune``), when its
+    record is in the card: each run's chosen, best-AUC and last epochs on val against the model
+    it started from."""
+    if not path.is_file():
+        return ""
+    tried = json.loads(path.read_text())
+    first = tried["runs"][0]
+    before = first["before"]
+    rows = []
+    for run in tried["runs"]:
+        history = run["history"]
+        shown: dict[int, list[str]] = {}
+        best_auc = max(history, key=lambda r: r["val_macro_auc"])["epoch"]
+        for epoch, why in (
+            (run["best_epoch"], "best by the criterion"),
+            (best_auc, "highest val macro AUC"),
+            (history[-1]["epoch"], "last"),
+        ):
+            shown.setdefault(epoch, []).append(why)
+        for epoch in sorted(shown):
+            r = history[epoch - 1]
+            rows.append(
+                f"| {run['config']['lr']:g} | {epoch} of {len(history)} | {r['val_bce']:.3f} | "
+                f"{r['val_bma']:.3f} | {r['val_macro_auc']:.4f} | "
+                f"{r['val_mel_specificity']:.3f} | {', '.join(shown[epoch])} |"
+            )
+    table = "\n".join(rows)
+    top_auc = max(r["val_macro_auc"] for run in tried["runs"] for r in run["history"])
+    after_one = ", ".join(f"{run['history'][0]['val_macro_auc']:.4f}" for run in tried["runs"])
+    kept = "kept" if "finetune" in training else f"**{tried['verdict']}**"
+    return f"""## Fine-tuning the members' tops on this CPU (val split), {kept}
+The members stopped after 17-18 of 60 planned epochs, and no GPU was lent in later sessions.
+`python -m training finetune` cuts each MobileNetV2 member after `{first["cut"]}` (stride 16),
+caches the frozen bottoms' activations for the train images and {first["config"]["views"] - 1}
+augmented views of each (the members' own augmentation), and trains the three tops (blocks
+13-16 and `Conv_1`, BatchNorm frozen) and the shared head together on them, one view per image
+and epoch: 11 s an epoch on {tried["cpu"]}, against hours for whole members. The epoch is
+chosen by val class-balanced cross-entropy; the other figures are as `finalise` would calibrate
+them, and every epoch is in `{path.name}`. The model it starts from (the shipped one) has val
+balanced cross-entropy {before["val_bce"]:.3f}, BMA {before["val_bma"]:.3f}, macro AUC
+{before["val_macro_auc"]:.4f} and melanoma specificity {before["val_mel_specificity"]:.3f}.
+
+| peak learning rate | epoch | val balanced CE | val BMA | val macro AUC | val melanoma specificity at 85 % sensitivity | |
+|---|---|---|---|---|---|---|
+{table}
+
+The best val macro AUC of any epoch is {top_auc:.4f}, against {before["val_macro_auc"]:.4f} for
+the model it started from; after the first epoch it was already {after_one}. The tops were
+trained on these same train images, so more training on them, however the pictures the frozen
+bottoms see are augmented, fits train rather than val. The test split was not read for it.
+"""
 
 
 UNADJUSTED = "unadjusted_metrics.json"  # the test figures of the model before the adjustment

@@ -131,3 +131,21 @@ def test_card_names_the_dev_set_images_the_gate_let_through() -> None:
         assert all(f"`{name}`" in line for name in accepted)
     else:
         assert "The gate let no dev-set image through." in card
+
+
+def test_card_shows_the_cpu_fine_tune_of_the_tops_and_its_verdict() -> None:
+    tried = _json(MODELS / "card" / "finetune.json")
+    training = _json(MODELS / "skin_lesion.training.json")
+    section = _render().split("## Fine-tuning the members' tops")[1].split("\n## ")[0]
+    assert ("kept" if "finetune" in training else "**not kept**") in section.splitlines()[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and " of " in line]
+    for run in tried["runs"]:
+        lr = f"| {run['config']['lr']:g} |"
+        chosen = [r for r in rows if r.startswith(lr) and "best by the criterion" in r]
+        assert len(chosen) == 1 and f"| {run['best_epoch']} of {len(run['history'])} |" in chosen[0]
+        assert any(r.startswith(lr) and r.endswith("last |") for r in rows)
+    best = max(r["val_macro_auc"] for run in tried["runs"] for r in run["history"])
+    assert (
+        f"any epoch is {best:.4f}, against {tried['runs'][0]['before']['val_macro_auc']:.4f}"
+        in section
+    )

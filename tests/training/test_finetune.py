@@ -1,0 +1,146 @@
+"""Fine-tuning the ensemble's tops on cached activations: the cut is an identity, the criterion is
+class-balanced, BatchNorm stays frozen, and a killed run resumes from its last epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.finetune import balanced_cross_entropy
+
+SIZE = (64, 48)  # the smallest MobileNetV2 input with a stride-16 grid of more than one cell
+
+
+def test_balanced_cross_entropy_weighs_each_class_once() -> None:
+    logits = np.log(np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.5, 0.5]]))
+    labels = np.array([0, 0, 0, 1])
+    # class 0: -log 0.9 three times; class 1: -log 0.5 once; the mean of the two class means
+    expected = (-np.log(0.9) - np.log(0.5)) / 2
+    assert balanced_cross_entropy(logits, labels) == pytest.approx(expected)
+    # the plain mean would be dominated by the frequent class
+    assert balanced_cross_entropy(logits, labels) > float(np.mean(-np.log([0.9, 0.9, 0.9, 0.5])))
+
+
+def _split(tmp_path: Path, images: Path) -> Path:
+    import csv
+
+    with (images / "labels.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    split = tmp_path / "split.csv"
+    with split.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["image_id", "lesion_id", "dx", "split"])
+        writer.writeheader()
+        for i, row in enumerate(rows):
+            writer.writerow({**row, "split": "train" if i % 2 == 0 else "val"})
+    return split
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) -> tuple[Path, Path]:
+    """A calibrated two-member MobileNetV2-0.35 ensemble HDF5 (random weights) and its split."""
+    pytest.importorskip("keras")
+    from training.data import load_split_arrays, part_labels
+    from training.ensemble import build_ensemble
+    from training.models import build_model
+    from training.portable import BEST, MEMBER_JSON
+    from training.split import read_split
+    from training.train import finalise
+
+    tmp = tmp_path_factory.mktemp("finetune")
+    members = []
+    for seed in (1, 2):
+        folder = tmp / f"m{seed}"
+        folder.mkdir()
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        build_model("mobilenetv2_035", SIZE, None).save_weights(folder / BEST)
+        config = {"name": f"m{seed}", "arch": "mobilenetv2_035", "size": list(SIZE)}
+        (folder / MEMBER_JSON).write_text(json.dumps({"config": config}))
+        members.append(folder)
+    split = _split(tmp, fixtures_dir / "images")
+    rows = read_split(split)
+    x_val, y_val = load_split_arrays(fixtures_dir / "images", rows, "val", SIZE, cache=False)
+    out = tmp / "ensemble.h5"
+    finalise(
+        build_ensemble(members),
+        x_val,
+        y_val,
+        out,
+        SIZE,
+        {"config": {"arch": "ensemble of 2", "size": list(SIZE)}},
+        train_labels=part_labels(rows, "train"),
+    )
+    return out, split
+
+
+@pytest.mark.tensorflow
+@pytest.mark.slow
+def test_bottoms_then_tops_are_the_whole_model(ensemble: tuple[Path, Path]) -> None:
+    from training.ensemble import raw_model
+    from training.finetune import per_member, split_members, top_model
+    from training.models import logits_model
+
+    model, _, _ = raw_model(ensemble[0])
+    bottoms, tops = split_members(model)
+    assert len(bottoms) == len(tops) == 2
+    x = np.random.default_rng(0).uniform(0, 255, (4, SIZE[1], SIZE[0], 3)).astype(np.float32)
+    cuts = np.concatenate([b.predict(x / 127.5 - 1, verbose=0) for b in bottoms], axis=-1)
+    trainer = top_model(model, tops)
+    widths = [int(t.shape[-1]) for t in trainer.inputs]
+    np.testing.assert_allclose(
+        trainer.predict(per_member(cuts, widths), verbose=0),
+        logits_model(model).predict(x, verbose=0),
+        atol=1e-4,
+    )
+
+
+@pytest.mark.tensorflow
+@pytest.mark.slow
+def test_finetune_trains_the_tops_keeps_batch_norm_and_resumes(
+    ensemble: tuple[Path, Path], fixtures_dir: Path, tmp_path: Path
+) -> None:
+    import keras
+
+    from training.__main__ import main
+
+    model_path, split = ensemble
+    work, out = tmp_path / "work", tmp_path / "tuned.h5"
+    args = ["finetune", str(model_path), "--images", str(fixtures_dir / "images")]
+    args += ["--split", str(split), "--work", str(work), "-o", str(out), "--views", "2"]
+    assert main([*args, "--epochs", "2", "--lr", "0.01"]) == 0
+
+    record = json.loads(out.with_suffix(".training.json").read_text())["finetune"]
+    history = record["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert record["best_epoch"] == min(history, key=lambda r: r["val_bce"])["epoch"]
+    assert sorted(p.name for p in work.glob("*.npy")) == [
+        "train_view0.npy",
+        "train_view1.npy",
+        "val.npy",
+    ]
+    before = keras.models.load_model(model_path, compile=False)
+    after = keras.models.load_model(out, compile=False)
+    top = "block_16_project"
+    bn = "block_16_project_BN"
+    b0, a0 = before.get_layer("backbone_0"), after.get_layer("backbone_0")
+    assert not np.allclose(b0.get_layer(top).get_weights()[0], a0.get_layer(top).get_weights()[0])
+    bottom = "block_5_project"  # below the cut: frozen
+    np.testing.assert_array_equal(
+        b0.get_layer(bottom).get_weights()[0], a0.get_layer(bottom).get_weights()[0]
+    )
+    for w_before, w_after in zip(
+        b0.get_layer(bn).get_weights()[2:], a0.get_layer(bn).get_weights()[2:], strict=True
+    ):
+        np.testing.assert_array_equal(w_before, w_after)  # moving mean and variance
+
+    # A resumed run keeps the epochs done and the cached views, and trains the rest.
+    stamps = {p.name: p.stat().st_mtime_ns for p in work.glob("*.npy")}
+    assert main([*args, "--epochs", "3", "--lr", "0.01", "--resume"]) == 0
+    resumed = json.loads(out.with_suffix(".training.json").read_text())["finetune"]["history"]
+    assert [row["epoch"] for row in resumed] == [1, 2, 3]
+    assert resumed[:2] == history
+    assert {p.name: p.stat().st_mtime_ns for p in work.glob("*.npy")} == stamps

@@ -221,6 +221,31 @@ def degraded(paths: list[Path], rng: np.random.Generator) -> Iterator[Item]:
             yield Item(f"degraded_{kind}", path.stem, jpeg(degrade(rgb, kind, rng)))
 
 
+ROUND_FIELDS = (1.0, 1.15)  # the disc's diameter over the picture's height
+
+
+def in_a_disc(rgb: np.ndarray, diameter: float) -> np.ndarray:
+    """``rgb`` black outside a centred disc ``diameter`` pixels wide, as a dermatoscope's lens
+    frames a picture."""
+    height, width = rgb.shape[:2]
+    inside = np.zeros((height, width), np.uint8)
+    cv2.circle(inside, (width // 2, height // 2), int(diameter / 2), 255, -1, cv2.LINE_AA)
+    return (rgb * (inside[..., None] / 255.0)).astype(np.uint8)
+
+
+def round_field(paths: list[Path]) -> Iterator[Item]:
+    """HAM10000 images framed in a round field of view (``ROUND_FIELDS``): dermoscopy that
+    the gate should accept (the service fills the black, app.inference.field_of_view)."""
+    for path in paths:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot decode {path}")
+        rgb = np.ascontiguousarray(bgr[..., ::-1])
+        for ratio in ROUND_FIELDS:
+            framed = in_a_disc(rgb, ratio * rgb.shape[0])
+            yield Item(f"round_field_{ratio:g}", path.stem, jpeg(framed))
+
+
 def out_of_scope(seed: int = SEED) -> list[Item]:
     """Every non-dermoscopic group, the same items for the same seed."""
     rng = np.random.default_rng(seed)

@@ -176,9 +176,10 @@ class Scorer:
         self.view = view_size(self.spec)
         model = onnx.load(str(model_path))
         self.head = find_head(model) if self.has_features else None
+        self.fill_field = True  # as the server does; False only to measure what the fill does
 
     def _prepare(self, data: bytes) -> tuple[dict[str, float], np.ndarray]:
-        upload = prepare(data, self.spec)
+        upload = prepare(data, self.spec, fill_field=self.fill_field)
         return measure(upload.rgb, upload.size, self.view, upload.resized), upload.tensor
 
     def score(self, uploads: Iterable[bytes], total: int | None = None, desc: str = "") -> Scored:
@@ -333,7 +334,7 @@ def fit_gate(
 ) -> dict[str, Any]:
     """Add the features output if possible, fit the gate, write the gate file(s); returns the
     gate document (thresholds and the measured figures)."""
-    from conversion.devset import degraded, out_of_scope
+    from conversion.devset import degraded, out_of_scope, round_field
     from conversion.images import DEFAULT_IMAGES, DEFAULT_SPLIT, read_labels
 
     images_dir = images_dir or DEFAULT_IMAGES
@@ -385,6 +386,18 @@ def fit_gate(
         "test_quality_only": _rate(rejected(s_test, thresholds, None)),
         "test_images": len(test),
     }
+    # Dermoscopy framed by a round lens, which the gate should let through like the rest.
+    framed = list(round_field([test[i].path for i in pick]))
+    framed_group = np.asarray([i.group for i in framed])
+    for key, fill in (("round_field", True), ("round_field_left_black", False)):
+        scorer.fill_field = fill
+        s_framed = scorer.score((i.data for i in framed), len(framed), key)
+        rej_framed = rejected(s_framed, thresholds, dist)
+        figures["false_rejects"][key] = {
+            g: _rate(rej_framed[framed_group == g]) for g in sorted(set(framed_group))
+        }
+    scorer.fill_field = True
+    figures["false_rejects"]["round_field_images"] = len(pick)
     if fullres_dir is not None and fullres_dir.is_dir():
         full = sorted(fullres_dir.glob("*.jpg"))
         s_full = scorer.score(_read(full), len(full), "fullres")

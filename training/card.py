@@ -117,6 +117,19 @@ def _gate_section(manifest: dict[str, Any]) -> str:
         if "fullres" in fr
         else ""
     )
+    framed = fr.get("round_field")  # absent from gate files before 2026-12-06 (later session)
+    round_field = (
+        f"- **A dermatoscope's round field of view:** {fr['round_field_images']} test images framed "
+        "black outside a centred disc, as wide as the picture is high and 1.15 x that, were refused "
+        + " and ".join(f"{v * 100:.1f}%" for v in framed.values())
+        + " of the time. The black outside is filled from the disc first (each pixel takes its "
+        "mirror image across the disc's edge, `app/inference/field_of_view.py`); left black, "
+        + " and ".join(f"{v * 100:.1f}%" for v in fr["round_field_left_black"].values())
+        + " were refused. The share filled is in the gate's scores "
+        "(`field_of_view_filled`). Fundus photographs have a round field too: see the limits.\n"
+        if framed
+        else ""
+    )
     distribution = (
         f"- **Distribution check:** {dist['method']}: Mahalanobis distance to the nearest class "
         f"mean (shared covariance, Ledoit-Wolf) on pooled features of {len(dist['blocks'])} depths "
@@ -137,7 +150,7 @@ cannot judge. Thresholds live in `{entry["path"]}`, refitted by `python -m conve
   from the train split's 0.1 % tail to the end of its scale; `too_small` is the model's input.
 {distribution}- **False rejects:** {fr.get("test", 0) * 100:.2f}% of the {fr.get("test_images")} test images,
   {fr.get("val", 0) * 100:.2f}% of val{full}.
-- **Dev set** (`conversion/devset.py`: packaged sample photos, LFW faces, rendered documents and
+{round_field}- **Dev set** (`conversion/devset.py`: packaged sample photos, LFW faces, rendered documents and
   screens, synthetic frames, and HAM10000 test images degraded):
 
 | group | images | refused | by quality checks alone |

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from app.inference.field_of_view import fill_outside
 from app.inference.preprocess import decode_image, resize_rgb
 from app.inference.spec import HAM10000_LABELS
 
@@ -26,7 +27,7 @@ def load_images(
     out = np.empty((len(image_ids), size[1], size[0], 3), np.uint8)
     for i, image_id in enumerate(tqdm(image_ids, desc=desc, unit="img")):
         data = (image_dir / f"{image_id}.jpg").read_bytes()
-        out[i] = resize_rgb(decode_image(data, via or size), size, via)
+        out[i] = fill_outside(resize_rgb(decode_image(data, via or size), size, via))[0]
     return out
 
 
@@ -46,7 +47,8 @@ def load_split_arrays(
     chosen = [r for r in rows if r["split"] == part]
     ids = [r["image_id"] for r in chosen]
     labels = part_labels(rows, part)
-    path = CACHE_DIR / f"{part}-{size[0]}x{size[1]}-{len(ids)}.npy"
+    # "fov": round fields of view filled (app.inference.field_of_view), as the server does
+    path = CACHE_DIR / f"{part}-{size[0]}x{size[1]}-{len(ids)}-fov.npy"
     if cache and path.is_file():
         return np.load(path), labels
     images = load_images(image_dir, ids, size, desc=f"{part} {size[0]}x{size[1]}")

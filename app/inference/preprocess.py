@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from app.inference.field_of_view import fill_outside
 from app.inference.formats import format_of
 from app.inference.formats.base import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from app.inference.formats.base import ImageError as ImageError
@@ -138,16 +139,23 @@ class Prepared:
     size: tuple[int, int]  # (width, height) as sent
     resized: np.ndarray  # uint8 RGB at the model's input size (the gate measures it too)
     tensor: np.ndarray  # float32 model input, no batch axis
+    filled: float = 0.0  # share of ``resized`` that was a round field of view's black outside
 
 
 def prepare(
-    data: bytes, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True
+    data: bytes,
+    spec: ModelSpec,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    reduced: bool = True,
+    fill_field: bool = True,
 ) -> Prepared:
     """Image bytes -> every stage of the one preprocessing path (serving, the gate, explanations,
-    evaluation), so all of them see exactly the same pixels."""
+    evaluation), so all of them see exactly the same pixels. ``fill_field=False`` leaves a round
+    field of view's black outside as it is (only to measure what the fill does)."""
     rgb, size = decode_sized(data, decode_target(spec), max_pixels, reduced)
     resized = resize_rgb(rgb, spec.input_size, spec.resample_via)
-    return Prepared(rgb, size, resized, to_model_input(resized, spec))
+    resized, filled = fill_outside(resized) if fill_field else (resized, 0.0)
+    return Prepared(rgb, size, resized, to_model_input(resized, spec), filled)
 
 
 def preprocess(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 GPU_MAX_BATCH = 8  # on a GPU bigger batches pay (tests/gpu, benchmarks.providers)
 BACKLOG_BATCH = 8  # whatever the chosen batch, when more than this wait (MicroBatcher)
+FILLED = "field_of_view_filled"  # gate score: share of the picture filled (field_of_view.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,9 @@ class InferenceService:
         t0 = time.perf_counter()
         upload = prepare(data, self.spec, self.max_pixels)
         gate = self.gate.check_quality(upload.rgb, upload.size, override, upload.resized)
+        if upload.filled:  # said, not hidden: an integrator sees what was changed
+            scores = {**gate.scores, FILLED: round(upload.filled, 4)}
+            gate = dataclasses.replace(gate, scores=scores)
         return upload.tensor, (time.perf_counter() - t0) * 1000, gate
 
     def _gated(self, decode: Callable[[], Any]) -> Any:

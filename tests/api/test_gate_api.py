@@ -140,3 +140,29 @@ def test_the_server_does_not_start_without_its_gate(api_settings: Settings, tmp_
     (tmp_path / "skin_lesion_gate.json").write_text(json.dumps(gate))
     with pytest.raises(ModelLoadError, match="does not match"):  # its statistics are not there
         load_service(replace(api_settings, model_path=model), classifier=Classifier(model, "cpu"))
+
+
+def test_a_round_field_of_view_is_filled_then_judged(
+    client: TestClient[Litestar], fixture_images: list[tuple[Path, str]]
+) -> None:
+    """Black outside a disc as wide as the picture is high: as a dermatoscope's lens leaves it.
+    Left black, the gate refused 600 of 600 such val images; filled, 10."""
+    import cv2
+
+    from tests.unit.test_field_of_view import disc
+
+    refused, answered = [], 0
+    for path, _ in fixture_images:
+        rgb = cv2.imread(str(path))
+        framed, inside = disc(rgb, rgb.shape[0])
+        _, data = cv2.imencode(".jpg", framed, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        r = client.post("/api/v1/predict", files={"image": (path.name, data.tobytes())})
+        if r.status_code == 422:
+            refused.append(path.name)
+            continue
+        assert r.status_code == 200, r.text
+        answered += 1
+        filled = r.json()["gate"]["scores"]["field_of_view_filled"]  # said, not hidden
+        assert abs(filled - (1 - inside.mean())) < 0.03
+    assert len(refused) <= 2, refused
+    assert answered >= len(fixture_images) - 2

@@ -210,13 +210,17 @@ def degrade(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     raise ValueError(kind)
 
 
+def _read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot decode {path}")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
 def degraded(paths: list[Path], rng: np.random.Generator) -> Iterator[Item]:
     """Each image once per degradation (a HAM10000 image decoded as the service would)."""
     for path in paths:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"cannot decode {path}")
-        rgb = np.ascontiguousarray(bgr[..., ::-1])
+        rgb = _read_rgb(path)
         for kind in DEGRADATIONS:
             yield Item(f"degraded_{kind}", path.stem, jpeg(degrade(rgb, kind, rng)))
 
@@ -237,10 +241,7 @@ def round_field(paths: list[Path]) -> Iterator[Item]:
     """HAM10000 images framed in a round field of view (``ROUND_FIELDS``): dermoscopy that
     the gate should accept (the service fills the black, app.inference.field_of_view)."""
     for path in paths:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"cannot decode {path}")
-        rgb = np.ascontiguousarray(bgr[..., ::-1])
+        rgb = _read_rgb(path)
         for ratio in ROUND_FIELDS:
             framed = in_a_disc(rgb, ratio * rgb.shape[0])
             yield Item(f"round_field_{ratio:g}", path.stem, jpeg(framed))

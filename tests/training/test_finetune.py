@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.training.tiny_split import alternating_split
 from training.finetune import balanced_cross_entropy
 
 SIZE = (64, 48)  # the smallest MobileNetV2 input with a stride-16 grid of more than one cell
@@ -22,20 +23,6 @@ def test_balanced_cross_entropy_weighs_each_class_once() -> None:
     assert balanced_cross_entropy(logits, labels) == pytest.approx(expected)
     # the plain mean would be dominated by the frequent class
     assert balanced_cross_entropy(logits, labels) > float(np.mean(-np.log([0.9, 0.9, 0.9, 0.5])))
-
-
-def _split(tmp_path: Path, images: Path) -> Path:
-    import csv
-
-    with (images / "labels.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    split = tmp_path / "split.csv"
-    with split.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["image_id", "lesion_id", "dx", "split"])
-        writer.writeheader()
-        for i, row in enumerate(rows):
-            writer.writerow({**row, "split": "train" if i % 2 == 0 else "val"})
-    return split
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +48,7 @@ def ensemble(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) -> tu
         config = {"name": f"m{seed}", "arch": "mobilenetv2_035", "size": list(SIZE)}
         (folder / MEMBER_JSON).write_text(json.dumps({"config": config}))
         members.append(folder)
-    split = _split(tmp, fixtures_dir / "images")
+    split = alternating_split(tmp, fixtures_dir / "images")
     rows = read_split(split)
     x_val, y_val = load_split_arrays(fixtures_dir / "images", rows, "val", SIZE, cache=False)
     out = tmp / "ensemble.h5"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -10,19 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.training.tiny_split import alternating_split
+
 pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
-
-
-def _tiny_split(tmp_path: Path, images: Path) -> Path:
-    with (images / "labels.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    split = tmp_path / "split.csv"
-    with split.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["image_id", "lesion_id", "dx", "split"])
-        writer.writeheader()
-        for i, row in enumerate(rows):  # alternate: one image of each class in each part
-            writer.writerow({**row, "split": "train" if i % 2 == 0 else "val"})
-    return split
 
 
 def test_train_cli_writes_a_loadable_calibrated_hdf5(tmp_path: Path, fixtures_dir: Path) -> None:
@@ -30,7 +19,7 @@ def test_train_cli_writes_a_loadable_calibrated_hdf5(tmp_path: Path, fixtures_di
     from training.__main__ import main
 
     images = fixtures_dir / "images"
-    split = _tiny_split(tmp_path, images)
+    split = alternating_split(tmp_path, images)
     out = tmp_path / "tiny.h5"
     code = main(
         [

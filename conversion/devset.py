@@ -225,7 +225,7 @@ def degraded(paths: list[Path], rng: np.random.Generator) -> Iterator[Item]:
             yield Item(f"degraded_{kind}", path.stem, jpeg(degrade(rgb, kind, rng)))
 
 
-ROUND_FIELDS = (1.0, 1.15)  # the disc's diameter over the picture's height
+ROUND_FIELDS = (0.6, 1.0, 1.15)  # the disc's diameter over the picture's height (0.6: a phone)
 
 
 def in_a_disc(rgb: np.ndarray, diameter: float) -> np.ndarray:
@@ -237,14 +237,27 @@ def in_a_disc(rgb: np.ndarray, diameter: float) -> np.ndarray:
     return (rgb * (inside[..., None] / 255.0)).astype(np.uint8)
 
 
+def in_round_field(rgb: np.ndarray, ratio: float) -> np.ndarray:
+    """``rgb`` in a disc ``ratio`` x its height wide; below 1, the disc keeps ``rgb``'s own
+    height and sits in a black frame 1 / ``ratio`` x as large, as a phone's camera sees a
+    dermatoscope's lens (the skin keeps its resolution)."""
+    height, width = rgb.shape[:2]
+    if ratio >= 1:
+        return in_a_disc(rgb, ratio * height)
+    frame = np.zeros((round(height / ratio), round(width / ratio), 3), np.uint8)
+    top, left = (frame.shape[0] - height) // 2, (frame.shape[1] - width) // 2
+    frame[top : top + height, left : left + width] = in_a_disc(rgb, height)
+    return frame
+
+
 def round_field(paths: list[Path]) -> Iterator[Item]:
     """HAM10000 images framed in a round field of view (``ROUND_FIELDS``): dermoscopy that
-    the gate should accept (the service fills the black, app.inference.field_of_view)."""
+    the gate should accept (the service crops to a small disc and fills the black,
+    app.inference.field_of_view)."""
     for path in paths:
         rgb = _read_rgb(path)
         for ratio in ROUND_FIELDS:
-            framed = in_a_disc(rgb, ratio * rgb.shape[0])
-            yield Item(f"round_field_{ratio:g}", path.stem, jpeg(framed))
+            yield Item(f"round_field_{ratio:g}", path.stem, jpeg(in_round_field(rgb, ratio)))
 
 
 def out_of_scope(seed: int = SEED) -> list[Item]:

@@ -180,7 +180,7 @@ class Scorer:
 
     def _prepare(self, data: bytes) -> tuple[dict[str, float], np.ndarray]:
         upload = prepare(data, self.spec, fill_field=self.fill_field)
-        return measure(upload.rgb, upload.size, self.view, upload.resized), upload.tensor
+        return measure(upload.rgb, upload.seen_size, self.view, upload.resized), upload.tensor
 
     def score(self, uploads: Iterable[bytes], total: int | None = None, desc: str = "") -> Scored:
         quality: dict[str, list[float]] = {}

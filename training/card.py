@@ -118,18 +118,27 @@ def _gate_section(manifest: dict[str, Any]) -> str:
         else ""
     )
     framed = fr.get("round_field")  # absent from gate files before 2026-12-06 (later session)
-    round_field = (
-        f"- **A dermatoscope's round field of view:** {fr['round_field_images']} test images framed "
-        "black outside a centred disc, as wide as the picture is high and 1.15 x that, were refused "
-        + " and ".join(f"{v * 100:.1f}%" for v in framed.values())
-        + " of the time. The black outside is filled from the disc first (each pixel takes its "
-        "mirror image across the disc's edge, `app/inference/field_of_view.py`); left black, "
-        + " and ".join(f"{v * 100:.1f}%" for v in fr["round_field_left_black"].values())
-        + " were refused. The share filled is in the gate's scores "
-        "(`field_of_view_filled`). Fundus photographs have a round field too: see the limits.\n"
-        if framed
-        else ""
-    )
+    round_field = ""
+    if framed:  # absent from gate files before the 2026-12-06 afternoon
+        ratios = [key.removeprefix("round_field_") for key in framed]
+        left_black = fr["round_field_left_black"]
+        rows = "\n".join(
+            f"| {ratio} | {framed[key] * 100:.1f}% | {left_black[key] * 100:.1f}% |"
+            for ratio, key in zip(ratios, framed, strict=True)
+        )
+        round_field = f"""- **A dermatoscope's round field of view:** {fr["round_field_images"]} test images framed
+  black outside a centred disc (its diameter over the picture's height below; under 1, the
+  picture keeps its size inside a larger black frame, as a phone's camera sees the lens). The
+  service crops to a small disc and fills the black outside a larger one with each pixel's mirror
+  image across the disc's edge (`app/inference/field_of_view.py`); the gate scores say so
+  (`field_of_view_cropped`, `field_of_view_filled`). Fundus photographs have a round field too:
+  see the limits.
+
+| disc diameter / picture height | refused | refused, left black |
+|---|---|---|
+{rows}
+
+"""
     distribution = (
         f"- **Distribution check:** {dist['method']}: Mahalanobis distance to the nearest class "
         f"mean (shared covariance, Ledoit-Wolf) on pooled features of {len(dist['blocks'])} depths "
@@ -158,7 +167,8 @@ cannot judge. Thresholds live in `{entry["path"]}`, refitted by `python -m conve
 {groups}
 {passed}
 **Limits.** The gate is not a guarantee: a real lesion photographed badly may be refused, and an
-out-of-scope lesion (or a lesion-like texture) photographed well may pass. It learnt "dermoscopy"
+out-of-scope lesion (or a lesion-like texture) photographed well may pass, and so may a fundus
+photograph, whose round field is cropped and filled like a dermatoscope's. It learnt "dermoscopy"
 from one dataset (HAM10000): other dermatoscopes may be refused more often than these figures say.
 Measured (for the previous model's gate) on 300 test images altered as another device might show
 them: a random colour cast of up

@@ -71,17 +71,6 @@ class Explanation:
     method: str
 
 
-def crop_box(width: int, height: int, aspect: float) -> tuple[int, int, int, int]:
-    """(x, y, w, h) that ``center_crop_to_aspect`` keeps of a width x height image."""
-    if abs(width / height - aspect) < 0.01:
-        return 0, 0, width, height
-    if width / height > aspect:
-        kept = round(height * aspect)
-        return (width - kept) // 2, 0, kept, height
-    kept = round(width / aspect)
-    return 0, (height - kept) // 2, width, kept
-
-
 class Explainer:
     """One onnxruntime session of the CAM model; thread-safe like any session."""
 
@@ -162,7 +151,7 @@ class Explainer:
             bool(cam.max() > 0),
             encode_png(overlay, fast=True),
             cam,
-            crop_box(*upright(upload.size, upload.rgb), width / height),
+            upload.view_crop(width / height),
             self.method,
         )
 
@@ -200,11 +189,3 @@ def geometric_mean(*cams: np.ndarray) -> np.ndarray:
     grid = cams[-1].shape
     product = np.prod([unit_peak(on_grid(c, grid)) for c in cams], axis=0)
     return unit_peak(product ** (1 / len(cams)))
-
-
-def upright(sent: tuple[int, int], decoded: np.ndarray) -> tuple[int, int]:
-    """The upload's (width, height) as shown: an EXIF rotation of 90 degrees swaps the header's."""
-    width, height = sent
-    if width != height and (decoded.shape[1] > decoded.shape[0]) != (width > height):
-        return height, width
-    return width, height

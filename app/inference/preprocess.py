@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from app.inference.field_of_view import fill_outside
+from app.inference.field_of_view import disc_box, fill_outside
 from app.inference.formats import format_of
 from app.inference.formats.base import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from app.inference.formats.base import ImageError as ImageError
@@ -131,15 +131,50 @@ def decode_target(spec: ModelSpec) -> tuple[int, int]:
     return max(model[0], MIN_DECODE[0]), max(model[1], MIN_DECODE[1])
 
 
+def crop_box(width: int, height: int, aspect: float) -> tuple[int, int, int, int]:
+    """(x, y, w, h) that ``center_crop_to_aspect`` keeps of a width x height image."""
+    if abs(width / height - aspect) < 0.01:
+        return 0, 0, width, height
+    if width / height > aspect:
+        kept = round(height * aspect)
+        return (width - kept) // 2, 0, kept, height
+    kept = round(width / aspect)
+    return 0, (height - kept) // 2, width, kept
+
+
+def upright(sent: tuple[int, int], decoded: np.ndarray) -> tuple[int, int]:
+    """The upload's (width, height) as shown: an EXIF rotation of 90 degrees swaps the header's."""
+    width, height = sent
+    if width != height and (decoded.shape[1] > decoded.shape[0]) != (width > height):
+        return height, width
+    return width, height
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """One upload on its way to the model, each stage kept for whoever needs it."""
 
-    rgb: np.ndarray  # decoded, EXIF-upright, possibly reduced
+    rgb: np.ndarray  # decoded, EXIF-upright, possibly reduced; a small disc's box of it only
     size: tuple[int, int]  # (width, height) as sent
     resized: np.ndarray  # uint8 RGB at the model's input size (the gate measures it too)
     tensor: np.ndarray  # float32 model input, no batch axis
     filled: float = 0.0  # share of ``resized`` that was a round field of view's black outside
+    # (x, y, w, h) in the upload's upright pixels that ``rgb`` shows, when a small round field
+    # of view was cropped to (field_of_view.disc_box); None: the whole picture
+    box: tuple[int, int, int, int] | None = None
+
+    @property
+    def seen_size(self) -> tuple[int, int]:
+        """(width, height) in the upload's pixels of what the model's view is taken from."""
+        return self.box[2:] if self.box else self.size
+
+    def view_crop(self, aspect: float) -> tuple[int, int, int, int]:
+        """(x, y, w, h) in the upload's upright pixels of the centre crop the model saw."""
+        if self.box is None:
+            return crop_box(*upright(self.size, self.rgb), aspect)
+        x, y, w, h = self.box
+        cx, cy, cw, ch = crop_box(w, h, aspect)
+        return x + cx, y + cy, cw, ch
 
 
 def prepare(
@@ -153,9 +188,16 @@ def prepare(
     evaluation), so all of them see exactly the same pixels. ``fill_field=False`` leaves a round
     field of view's black outside as it is (only to measure what the fill does)."""
     rgb, size = decode_sized(data, decode_target(spec), max_pixels, reduced)
+    box = None
+    found = disc_box(rgb, spec.input_size[0] / spec.input_size[1])
+    if found is not None:  # a dermatoscope on a phone: a small disc in black, cropped to
+        x, y, w, h = found
+        scale = upright(size, rgb)[0] / rgb.shape[1]  # a reduced decode is smaller than sent
+        box = (round(x * scale), round(y * scale), round(w * scale), round(h * scale))
+        rgb = rgb[y : y + h, x : x + w]
     resized = resize_rgb(rgb, spec.input_size, spec.resample_via)
     resized, filled = fill_outside(resized) if fill_field else (resized, 0.0)
-    return Prepared(rgb, size, resized, to_model_input(resized, spec), filled)
+    return Prepared(rgb, size, resized, to_model_input(resized, spec), filled, box)
 
 
 def preprocess(

@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 
 GPU_MAX_BATCH = 8  # on a GPU bigger batches pay (tests/gpu, benchmarks.providers)
 BACKLOG_BATCH = 8  # whatever the chosen batch, when more than this wait (MicroBatcher)
-FILLED = "field_of_view_filled"  # gate score: share of the picture filled (field_of_view.py)
+# Gate scores that say what field_of_view.py changed: the share of the upload a small round
+# field of view was cropped to, and the share of the model's picture filled.
+CROPPED, FILLED = "field_of_view_cropped", "field_of_view_filled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +160,15 @@ class InferenceService:
         ``override``). Returns the model input, the milliseconds it took and the gate so far."""
         t0 = time.perf_counter()
         upload = prepare(data, self.spec, self.max_pixels)
-        gate = self.gate.check_quality(upload.rgb, upload.size, override, upload.resized)
-        if upload.filled:  # said, not hidden: an integrator sees what was changed
-            scores = {**gate.scores, FILLED: round(upload.filled, 4)}
-            gate = dataclasses.replace(gate, scores=scores)
+        gate = self.gate.check_quality(upload.rgb, upload.seen_size, override, upload.resized)
+        changed = {}  # said, not hidden: an integrator sees what was changed
+        if upload.box:
+            width, height = upload.size
+            changed[CROPPED] = round(upload.box[2] * upload.box[3] / (width * height), 4)
+        if upload.filled:
+            changed[FILLED] = round(upload.filled, 4)
+        if changed:
+            gate = dataclasses.replace(gate, scores={**gate.scores, **changed})
         return upload.tensor, (time.perf_counter() - t0) * 1000, gate
 
     def _gated(self, decode: Callable[[], Any]) -> Any:

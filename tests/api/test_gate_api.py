@@ -166,3 +166,31 @@ def test_a_round_field_of_view_is_filled_then_judged(
         assert abs(filled - (1 - inside.mean())) < 0.03
     assert len(refused) <= 2, refused
     assert answered >= len(fixture_images) - 2
+
+
+def test_a_small_round_field_is_cropped_to_and_its_view_reported(
+    client: TestClient[Litestar], fixture_images: list[tuple[Path, str]]
+) -> None:
+    """A dermatoscope on a phone: a disc 0.6 x the picture's height in black. Left whole it
+    was refused as too dark; cropped to the disc, it is judged like the rest."""
+    import cv2
+
+    from conversion.devset import in_a_disc
+
+    path = fixture_images[0][0]
+    rgb = cv2.imread(str(path))  # 600x450
+    height, width = rgb.shape[:2]
+    diameter = 0.6 * height
+    _, data = cv2.imencode(".jpg", in_a_disc(rgb, diameter), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    files = {"image": (path.name, data.tobytes())}
+
+    r = client.post("/api/v1/predict", files=files)
+    assert r.status_code == 200, r.text
+    scores = r.json()["gate"]["scores"]
+    kept = (4 / 3 * diameter * diameter) / (width * height)  # a 4:3 box as tall as the disc
+    assert abs(scores["field_of_view_cropped"] - kept) < 0.03
+    assert scores["field_of_view_filled"] > 0.1  # then its corners filled
+
+    x, y, w, h = client.post("/api/v1/explain", files=files).json()["explanation"]["view"]["crop"]
+    assert abs(h - diameter) <= 0.03 * height and abs(w / h - 4 / 3) < 0.02
+    assert abs(x + w / 2 - width / 2) <= 6 and abs(y + h / 2 - height / 2) <= 6

@@ -149,3 +149,14 @@ def test_card_shows_the_cpu_fine_tune_of_the_tops_and_its_verdict() -> None:
         f"any epoch is {best:.4f}, against {tried['runs'][0]['before']['val_macro_auc']:.4f}"
         in section
     )
+
+
+def test_card_gives_the_round_field_false_rejects_from_the_gate_file() -> None:
+    fr = _json(MODELS / "skin_lesion_gate.json")["figures"]["false_rejects"]
+    section = _render().split("round field of view:**")[1].split("- **Dev set**")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(rows) == len(fr["round_field"])
+    for row, (key, rate) in zip(rows, fr["round_field"].items(), strict=True):
+        left_black = fr["round_field_left_black"][key]
+        ratio = key.removeprefix("round_field_")
+        assert row == f"| {ratio} | {rate * 100:.1f}% | {left_black * 100:.1f}% |"

@@ -129,8 +129,7 @@ def test_the_map_and_its_crop_place_the_evidence_on_the_upload(tiny_model: Path)
 def test_crop_box_is_the_crop_the_model_sees(
     size: tuple[int, int], aspect: float, box: tuple[int, int, int, int]
 ) -> None:
-    from app.inference.explain import crop_box
-    from app.inference.preprocess import center_crop_to_aspect
+    from app.inference.preprocess import center_crop_to_aspect, crop_box
 
     assert crop_box(*size, aspect) == box
     width, height = size

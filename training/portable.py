@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from app.files import atomic_path, atomic_write
+from app.inference.field_of_view import fill_outside
 from app.inference.spec import HAM10000_LABELS
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ def load_part(
     """(uint8 RGB images (N, H, W, 3), int labels) of one part of a pack.
 
     Decoded as the server decodes a 200x150 upload (OpenCV straight to RGB); other sizes are an
-    INTER_AREA resize of that, as the server's resize_rgb does for the same aspect ratio.
+    INTER_AREA resize of that, as the server's resize_rgb does for the same aspect ratio; and a
+    round field of view's black is filled, as the server fills it (app.inference.field_of_view).
     """
     with (data / LABELS_CSV).open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == part][:limit]
@@ -129,7 +131,7 @@ def load_part(
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if rgb.shape[:2] != (height, width):
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        out[i] = rgb
+        out[i] = fill_outside(rgb)[0]
     labels = np.array([HAM10000_LABELS.index(r["dx"]) for r in rows], np.int64)
     return out, labels
 

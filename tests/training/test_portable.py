@@ -156,3 +156,14 @@ def test_a_killed_member_resumes_where_it_stopped_and_members_merge_exactly(
     np.testing.assert_allclose(
         logits_model(merged).predict(x, verbose=0), np.mean(own, axis=0), atol=1e-4
     )
+
+
+def test_every_committed_plan_reads_as_member_settings() -> None:
+    """A misspelt setting in a plan would only show on a GPU lease, minutes into it."""
+    from training.portable import read_plan
+
+    plans = sorted(Path("training/plans").glob("*.json"))
+    assert plans
+    for plan in plans:
+        members = read_plan(plan)
+        assert members and len({m.name for m in members}) == len(members), plan.name

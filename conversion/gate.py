@@ -176,13 +176,20 @@ class Scorer:
         self.view = view_size(self.spec)
         model = onnx.load(str(model_path))
         self.head = find_head(model) if self.has_features else None
-        self.fill_field = True  # as the server does; False only to measure what the fill does
 
-    def _prepare(self, data: bytes) -> tuple[dict[str, float], np.ndarray]:
-        upload = prepare(data, self.spec, fill_field=self.fill_field)
+    def _prepare(self, data: bytes, field_of_view: bool) -> tuple[dict[str, float], np.ndarray]:
+        upload = prepare(data, self.spec, field_of_view=field_of_view)
         return measure(upload.rgb, upload.seen_size, self.view, upload.resized), upload.tensor
 
-    def score(self, uploads: Iterable[bytes], total: int | None = None, desc: str = "") -> Scored:
+    def score(
+        self,
+        uploads: Iterable[bytes],
+        total: int | None = None,
+        desc: str = "",
+        field_of_view: bool = True,
+    ) -> Scored:
+        """``field_of_view=False``: round fields of view left as sent, unlike the server (only
+        to measure what cropping and filling them does)."""
         quality: dict[str, list[float]] = {}
         features: list[np.ndarray] = []
         pending: list[np.ndarray] = []
@@ -194,7 +201,7 @@ class Scorer:
             pending.clear()
 
         for data in tqdm(uploads, total=total, desc=desc or "gate", unit="img", leave=False):
-            scores, tensor = self._prepare(data)
+            scores, tensor = self._prepare(data, field_of_view)
             for name, value in scores.items():
                 quality.setdefault(name, []).append(value)
             pending.append(tensor)
@@ -389,14 +396,12 @@ def fit_gate(
     # Dermoscopy framed by a round lens, which the gate should let through like the rest.
     framed = list(round_field([test[i].path for i in pick]))
     framed_group = np.asarray([i.group for i in framed])
-    for key, fill in (("round_field", True), ("round_field_left_black", False)):
-        scorer.fill_field = fill
-        s_framed = scorer.score((i.data for i in framed), len(framed), key)
+    for key, handled in (("round_field", True), ("round_field_left_black", False)):
+        s_framed = scorer.score((i.data for i in framed), len(framed), key, handled)
         rej_framed = rejected(s_framed, thresholds, dist)
         figures["false_rejects"][key] = {
             g: _rate(rej_framed[framed_group == g]) for g in sorted(set(framed_group))
         }
-    scorer.fill_field = True
     figures["false_rejects"]["round_field_images"] = len(pick)
     if fullres_dir is not None and fullres_dir.is_dir():
         full = sorted(fullres_dir.glob("*.jpg"))

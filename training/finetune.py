@@ -40,7 +40,7 @@ from app.inference.spec import HAM10000_LABELS
 from conversion.metrics import balanced_accuracy
 from training.calibration import class_prior
 from training.head import val_scores
-from training.portable import class_weights, epoch_indices, geometric
+from training.portable import class_weights, epoch_indices, geometric, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -151,19 +151,12 @@ def _schedule_class():  # type: ignore[no-untyped-def]
             self.cfg, self.epoch, self.steps = cfg, 0, 1
 
         def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-            step = self.epoch * self.steps + batch
-            lr = _learning_rate(self.cfg, step, self.steps)
+            cfg, steps = self.cfg, self.steps
+            step = self.epoch * steps + batch
+            lr = warmup_cosine(cfg.lr, step, cfg.warmup_epochs * steps, cfg.epochs * steps)
             self.model.optimizer.learning_rate.assign(lr)
 
     return Schedule
-
-
-def _learning_rate(cfg: FinetuneConfig, step: int, steps_per_epoch: int) -> float:
-    warm = cfg.warmup_epochs * steps_per_epoch
-    total = max(cfg.epochs * steps_per_epoch, warm + 1)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm))))
 
 
 def train_tops(
@@ -206,7 +199,7 @@ def train_tops(
         x = np.empty((len(order), *views[0].shape[1:]), np.float32)
         for v, view in enumerate(views):
             chosen = pick == v
-            x[chosen] = view[np.sort(order[chosen])][np.argsort(np.argsort(order[chosen]))]
+            x[chosen] = view[order[chosen]]
         schedule.epoch, schedule.steps = epoch, math.ceil(len(order) / cfg.batch)
         fit = trainer.fit(
             per_member(x, widths),

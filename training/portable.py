@@ -365,6 +365,16 @@ def _save_array(path: Path, array: np.ndarray) -> None:
         np.save(fh, array)
 
 
+def warmup_cosine(peak: float, step: int, warm_steps: int, total_steps: int) -> float:
+    """The learning rate at ``step``: linear warm-up to ``peak``, then cosine down to 1 % of it
+    at ``total_steps``."""
+    total_steps = max(total_steps, warm_steps + 1)
+    if step < warm_steps:
+        return peak * (step + 1) / warm_steps
+    done = (step - warm_steps) / (total_steps - warm_steps)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * done)))
+
+
 def _callbacks(
     cfg: MemberConfig,
     out: Path,
@@ -399,15 +409,8 @@ def _callbacks(
             self.started = time.perf_counter() - self.state["seconds"]
 
         def on_train_batch_begin(self, batch: int, logs=None) -> None:  # type: ignore[no-untyped-def]
-            step = self.epoch * steps + batch
-            warm = cfg.warmup_epochs * steps
-            total = max(self.state["epochs"] * steps, warm + 1)
-            if step < warm:
-                lr = cfg.lr * (step + 1) / warm
-            else:
-                lr = cfg.lr * (
-                    0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
-                )
+            step, total = self.epoch * steps + batch, self.state["epochs"] * steps
+            lr = warmup_cosine(cfg.lr, step, cfg.warmup_epochs * steps, total)
             self.model.optimizer.learning_rate.assign(lr)
 
         def on_epoch_begin(self, epoch: int, logs=None) -> None:  # type: ignore[no-untyped-def]

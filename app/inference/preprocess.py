@@ -182,21 +182,21 @@ def prepare(
     spec: ModelSpec,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     reduced: bool = True,
-    fill_field: bool = True,
+    field_of_view: bool = True,
 ) -> Prepared:
     """Image bytes -> every stage of the one preprocessing path (serving, the gate, explanations,
-    evaluation), so all of them see exactly the same pixels. ``fill_field=False`` leaves a round
-    field of view's black outside as it is (only to measure what the fill does)."""
+    evaluation), so all of them see exactly the same pixels. ``field_of_view=False`` leaves a
+    round field of view as sent, neither cropped nor filled (only to measure what that does)."""
     rgb, size = decode_sized(data, decode_target(spec), max_pixels, reduced)
     box = None
-    found = disc_box(rgb, spec.input_size[0] / spec.input_size[1])
+    found = disc_box(rgb, spec.input_size[0] / spec.input_size[1]) if field_of_view else None
     if found is not None:  # a dermatoscope on a phone: a small disc in black, cropped to
         x, y, w, h = found
         scale = upright(size, rgb)[0] / rgb.shape[1]  # a reduced decode is smaller than sent
         box = (round(x * scale), round(y * scale), round(w * scale), round(h * scale))
         rgb = rgb[y : y + h, x : x + w]
     resized = resize_rgb(rgb, spec.input_size, spec.resample_via)
-    resized, filled = fill_outside(resized) if fill_field else (resized, 0.0)
+    resized, filled = fill_outside(resized) if field_of_view else (resized, 0.0)
     return Prepared(rgb, size, resized, to_model_input(resized, spec), filled, box)
 
 

@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     ens.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
     ens.add_argument("-o", "--out", type=Path, default=Path("models/skin_lesion.h5"))
 
+    unp = sub.add_parser(
+        "unpack", help="a mean-head ensemble HDF5 -> member folders (to replace one member)"
+    )
+    unp.add_argument("model", type=Path, help="an HDF5 `ensemble` wrote, before `head`")
+    unp.add_argument("-o", "--out", type=Path, required=True)
+    unp.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
+
     adj = sub.add_parser(
         "adjust", help="refit a calibrated HDF5's logit adjustment, temperature and threshold"
     )
@@ -148,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = assemble(args.members, args.out, args.images, args.checkpoint)
         print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "members")}))
+        return 0
+
+    if args.command == "unpack":
+        from training.ensemble import unpack
+
+        for folder in unpack(args.model, args.out, args.images):
+            print(folder)
         return 0
 
     if args.command == "adjust":

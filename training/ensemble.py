@@ -143,6 +143,48 @@ def raw_model(model_path: Path) -> tuple[Any, dict[str, Any], tuple[int, int]]:
     return model, summary, (int(spec["input_width"]), int(spec["input_height"]))
 
 
+def unpack(model_path: Path, out: Path, images: Path, split_csv: Path | None = None) -> list[Path]:
+    """The members of an ensemble HDF5 whose head is still the members' mean (as ``assemble``
+    wrote it, before ``training head``), as member folders ``ensemble`` and ``levers`` read, so
+    a member trained later can replace one of them.
+
+    Each member gets its own backbone and its block of the merged kernel times the number of
+    members. The merged bias is the mean of the members' biases and cannot be split, so each
+    member gets that mean: its logits are its own up to a constant per class, which the
+    calibration, the logit adjustment and the head refit after assembly set afresh.
+    """
+    from training.data import load_split_arrays
+    from training.models import build_model, logits_model
+    from training.split import SPLIT_CSV, read_split
+
+    model, summary, size = raw_model(model_path)
+    if summary.get("head"):
+        raise ValueError(
+            f"{model_path}'s head is not the members' mean ({summary['head']['kind']})"
+        )
+    configs = summary["config"]["members"]
+    kernel, bias = model.get_layer("logits").get_weights()
+    rows_per_member = kernel.shape[0] // len(configs)
+    rows = read_split(split_csv or SPLIT_CSV)
+    x_val, _ = load_split_arrays(images, rows, "val", size, cache=split_csv is None)
+    folders = []
+    for i, (cfg, record) in enumerate(zip(configs, summary["members"], strict=True)):
+        member = build_model(cfg["arch"], tuple(cfg["size"]), None)
+        member.get_layer("backbone").set_weights(model.get_layer(f"backbone_{i}").get_weights())
+        block = kernel[i * rows_per_member : (i + 1) * rows_per_member] * len(configs)
+        member.get_layer("logits").set_weights([block, bias])
+        folder = out / cfg["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        member.save_weights(folder / BEST)
+        logits = logits_model(member).predict(x_val.astype(np.float32), batch_size=128, verbose=0)
+        np.save(folder / "val_logits_best.npy", logits)
+        unpacked = {"config": cfg, "backend": summary["config"].get("backend"), **record}
+        unpacked["unpacked_from"] = str(model_path)
+        (folder / MEMBER_JSON).write_text(json.dumps(unpacked, indent=1))
+        folders.append(folder)
+    return folders
+
+
 # What a refit carries over from the summary it replaces (finalise writes the rest afresh).
 KEPT = ("config", "history", "members", "best_val_bma", "train_minutes", "head")
 

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.training.tiny_split import alternating_split
+from tests.training.tiny_split import SIZE
 from training.finetune import balanced_cross_entropy
-
-SIZE = (64, 48)  # the smallest MobileNetV2 input with a stride-16 grid of more than one cell
 
 
 def test_balanced_cross_entropy_weighs_each_class_once() -> None:
@@ -25,53 +23,14 @@ def test_balanced_cross_entropy_weighs_each_class_once() -> None:
     assert balanced_cross_entropy(logits, labels) > float(np.mean(-np.log([0.9, 0.9, 0.9, 0.5])))
 
 
-@pytest.fixture(scope="module")
-def ensemble(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) -> tuple[Path, Path]:
-    """A calibrated two-member MobileNetV2-0.35 ensemble HDF5 (random weights) and its split."""
-    pytest.importorskip("keras")
-    from training.data import load_split_arrays, part_labels
-    from training.ensemble import build_ensemble
-    from training.models import build_model
-    from training.portable import BEST, MEMBER_JSON
-    from training.split import read_split
-    from training.train import finalise
-
-    tmp = tmp_path_factory.mktemp("finetune")
-    members = []
-    for seed in (1, 2):
-        folder = tmp / f"m{seed}"
-        folder.mkdir()
-        import keras
-
-        keras.utils.set_random_seed(seed)
-        build_model("mobilenetv2_035", SIZE, None).save_weights(folder / BEST)
-        config = {"name": f"m{seed}", "arch": "mobilenetv2_035", "size": list(SIZE)}
-        (folder / MEMBER_JSON).write_text(json.dumps({"config": config}))
-        members.append(folder)
-    split = alternating_split(tmp, fixtures_dir / "images")
-    rows = read_split(split)
-    x_val, y_val = load_split_arrays(fixtures_dir / "images", rows, "val", SIZE, cache=False)
-    out = tmp / "ensemble.h5"
-    finalise(
-        build_ensemble(members),
-        x_val,
-        y_val,
-        out,
-        SIZE,
-        {"config": {"arch": "ensemble of 2", "size": list(SIZE)}},
-        train_labels=part_labels(rows, "train"),
-    )
-    return out, split
-
-
 @pytest.mark.tensorflow
 @pytest.mark.slow
-def test_bottoms_then_tops_are_the_whole_model(ensemble: tuple[Path, Path]) -> None:
+def test_bottoms_then_tops_are_the_whole_model(tiny_ensemble: tuple[Path, Path]) -> None:
     from training.ensemble import raw_model
     from training.finetune import per_member, split_members, top_model
     from training.models import logits_model
 
-    model, _, _ = raw_model(ensemble[0])
+    model, _, _ = raw_model(tiny_ensemble[0])
     bottoms, tops = split_members(model)
     assert len(bottoms) == len(tops) == 2
     x = np.random.default_rng(0).uniform(0, 255, (4, SIZE[1], SIZE[0], 3)).astype(np.float32)
@@ -88,13 +47,13 @@ def test_bottoms_then_tops_are_the_whole_model(ensemble: tuple[Path, Path]) -> N
 @pytest.mark.tensorflow
 @pytest.mark.slow
 def test_finetune_trains_the_tops_keeps_batch_norm_and_resumes(
-    ensemble: tuple[Path, Path], fixtures_dir: Path, tmp_path: Path
+    tiny_ensemble: tuple[Path, Path], fixtures_dir: Path, tmp_path: Path
 ) -> None:
     import keras
 
     from training.__main__ import main
 
-    model_path, split = ensemble
+    model_path, split = tiny_ensemble
     work, out = tmp_path / "work", tmp_path / "tuned.h5"
     args = ["finetune", str(model_path), "--images", str(fixtures_dir / "images")]
     args += ["--split", str(split), "--work", str(work), "-o", str(out), "--views", "2"]

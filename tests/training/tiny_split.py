@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+SIZE = (64, 48)  # the smallest MobileNetV2 input with a stride-16 grid of more than one cell
+
 
 def alternating_split(folder: Path, images: Path) -> Path:
     """A split CSV in ``folder``: the fixtures alternately train and val, so each part holds one

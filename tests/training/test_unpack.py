@@ -1,0 +1,64 @@
+"""Unpacking a mean-head ensemble into member folders: merged again, the members give the same
+logits, so a member trained later can replace one of them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.training.tiny_split import SIZE
+
+
+@pytest.mark.tensorflow
+@pytest.mark.slow
+def test_unpacked_members_merge_back_to_the_same_logits(
+    tiny_ensemble: tuple[Path, Path], fixtures_dir: Path, tmp_path: Path
+) -> None:
+    from training.ensemble import build_ensemble, load_member, raw_model, read_member, unpack
+    from training.models import logits_model
+
+    model_path, split = tiny_ensemble
+    folders = unpack(model_path, tmp_path / "members", fixtures_dir / "images", split)
+    assert [f.name for f in folders] == ["m1", "m2"]
+    assert read_member(folders[0])["config"]["arch"] == "mobilenetv2_035"
+    x = np.random.default_rng(1).uniform(0, 255, (4, SIZE[1], SIZE[0], 3)).astype(np.float32)
+    raw, _, _ = raw_model(model_path)
+    expected = logits_model(raw).predict(x, verbose=0)
+    merged = logits_model(build_ensemble(folders)).predict(x, verbose=0)
+    np.testing.assert_allclose(merged, expected, atol=1e-4)
+    # each member: its own backbone, and its block of the merged kernel times the member count
+    kernel, bias = raw.get_layer("logits").get_weights()
+    rows = kernel.shape[0] // 2
+    for i, folder in enumerate(folders):
+        member = load_member(folder)
+        for got, want in zip(
+            member.get_layer("backbone").get_weights(),
+            raw.get_layer(f"backbone_{i}").get_weights(),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(got, want)
+        own_kernel, own_bias = member.get_layer("logits").get_weights()
+        np.testing.assert_allclose(own_kernel, 2 * kernel[i * rows : (i + 1) * rows], rtol=1e-6)
+        np.testing.assert_allclose(own_bias, bias, rtol=1e-6)
+        assert (folder / "val_logits_best.npy").is_file()
+
+
+@pytest.mark.tensorflow
+@pytest.mark.slow
+def test_a_blended_head_is_not_unpacked(
+    tiny_ensemble: tuple[Path, Path], fixtures_dir: Path, tmp_path: Path
+) -> None:
+    from training.ensemble import unpack
+
+    model_path, split = tiny_ensemble
+    blended = tmp_path / "blended.h5"
+    shutil.copy(model_path, blended)
+    summary = json.loads(model_path.with_suffix(".training.json").read_text())
+    summary["head"] = {"kind": "blend of the members' mean head and a joint logistic regression"}
+    blended.with_suffix(".training.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="not the members' mean"):
+        unpack(blended, tmp_path / "members", fixtures_dir / "images", split)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -94,21 +95,25 @@ def test_card_shows_the_joint_head_chosen_on_val_beside_the_mean_head() -> None:
     head = _json(MODELS / "skin_lesion.training.json")["head"]
     card = _render()
     section = card.split("## The joint head (val split)")[1].split("\n## ")[0]
-    section = section.split("Tried on val:")[0]  # the flips lever's own table follows
+    section = section.split("Tried on val, on the ensemble")[0]  # the flips lever's table follows
     rows = [line for line in section.splitlines() if line.startswith(("| blend", "| the members"))]
     assert len(rows) == len(head["val"])
     (chosen,) = [line for line in rows if "**chosen**" in line]
     assert f"C = {head['c']:g} " in chosen
     assert f"| {max(r['bma'] for r in head['val'][1:]):.3f} |" in chosen  # the best val BMA
     comparison = card.split("## This model beside the one it replaced")[1].split("\n## ")[0]
-    assert "this ensemble with the members' mean head" in comparison
+    assert "the ensemble it replaced, GPU members v1-v3" in comparison
+    replaced = _json(MODELS / "card" / "replaced" / "metrics.json")["point"]
+    (auc_row,) = [line for line in comparison.splitlines() if line.startswith("| macro one-vs")]
+    assert f"| {replaced['auc_macro_ovr']:.3f} (" in auc_row
 
 
 def test_card_shows_the_flipped_train_images_lever_and_whether_it_was_kept() -> None:
-    head = _json(MODELS / "skin_lesion.training.json")["head"]
-    tried = _json(MODELS / "card" / "head_flips.json")
+    # measured on the ensemble this model replaced, against that ensemble's own chosen head
+    head = _json(MODELS / "card" / "replaced" / "training.json")["head"]
+    tried = _json(MODELS / "card" / "replaced" / "head_flips.json")
     section = _render().split("## The joint head (val split)")[1].split("\n## ")[0]
-    text = section.split("Tried on val:")[1]
+    text = section.split("Tried on val, on the ensemble this model replaced")[1]
     rows = [line for line in text.splitlines() if line.startswith(("| blend", "| the members"))]
     assert len(rows) == len(tried["val"])
     (best,) = [line for line in rows if "best BMA" in line]
@@ -134,9 +139,9 @@ def test_card_names_the_dev_set_images_the_gate_let_through() -> None:
 
 
 def test_card_shows_the_cpu_fine_tune_of_the_tops_and_its_verdict() -> None:
-    tried = _json(MODELS / "card" / "finetune.json")
+    tried = _json(MODELS / "card" / "replaced" / "finetune.json")
     training = _json(MODELS / "skin_lesion.training.json")
-    section = _render().split("## Fine-tuning the members' tops")[1].split("\n## ")[0]
+    section = _render().split("## Fine-tuning the replaced ensemble's tops")[1].split("\n## ")[0]
     assert ("kept" if "finetune" in training else "**not kept**") in section.splitlines()[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and " of " in line]
     for run in tried["runs"]:
@@ -160,3 +165,15 @@ def test_card_gives_the_round_field_false_rejects_from_the_gate_file() -> None:
         left_black = fr["round_field_left_black"][key]
         ratio = key.removeprefix("round_field_")
         assert row == f"| {ratio} | {rate * 100:.1f}% | {left_black * 100:.1f}% |"
+
+
+def test_card_shows_the_cpu_member_and_marks_the_shipped_trio() -> None:
+    lev = _json(MODELS / "card" / "levers_cpu.json")
+    shipped = [m["name"] for m in _json(MODELS / "skin_lesion.training.json")["config"]["members"]]
+    section = _render().split("## A whole member trained on this CPU")[1].split("\n## ")[0]
+    member_rows = [line for line in section.splitlines() if re.match(r"\| v\d \|", line)]
+    assert len(member_rows) == len(lev["members"])
+    (v4,) = [line for line in member_rows if line.startswith("| v4 |")]
+    assert f"| {lev['members']['v4']['val_auc']:.3f} |" in v4
+    (marked,) = [line for line in section.splitlines() if "**shipped**" in line]
+    assert f"| {', '.join(sorted(shipped))} |" in marked

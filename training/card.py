@@ -485,10 +485,15 @@ def _cpu_member_section(path: Path, training: dict[str, Any]) -> str:
         return ""
     lev = json.loads(path.read_text())
     shipped = [m["name"] for m in training["config"].get("members", [])]
+
+    def trained(m: dict[str, Any]) -> str:
+        where = "this CPU (TensorFlow)" if m.get("backend") == "tensorflow" else "GPU (PyTorch)"
+        cut = m["epochs"] < m["config"].get("max_epochs", m["epochs"])
+        return where + (", schedule cut by the budget" if cut else ", whole schedule")
+
     rows = "\n".join(
-        f"| {name} | {'this CPU, 60 epochs' if name == 'v4' else 'GPU, budget-cut'} | "
-        f"{m['config']['seed']} | {m['epochs']} | {m['minutes']} | {m['val_bma']:.3f} | "
-        f"{m['val_auc']:.3f} |"
+        f"| {name} | {trained(m)} | {m['config']['seed']} | {m['epochs']} | {m['minutes']} | "
+        f"{m['val_bma']:.3f} | {m['val_auc']:.3f} |"
         for name, m in lev["members"].items()
     )
     ens = "\n".join(

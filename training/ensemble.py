@@ -258,6 +258,7 @@ def levers(run: Path) -> dict[str, Any]:
             raise ValueError(f"{folder} was trained on another split or with --limit")
         members[folder.name] = {
             "config": summary["config"],
+            "backend": summary.get("backend"),
             "epochs": summary["epochs"],
             "minutes": round(summary["history"][-1]["seconds"] / 60, 1),
             **scores(logits[folder.name]),

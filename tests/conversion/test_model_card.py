@@ -175,5 +175,8 @@ def test_card_shows_the_cpu_member_and_marks_the_shipped_trio() -> None:
     assert len(member_rows) == len(lev["members"])
     (v4,) = [line for line in member_rows if line.startswith("| v4 |")]
     assert f"| {lev['members']['v4']['val_auc']:.3f} |" in v4
+    record = lev["members"]["v4"]
+    assert ("whole schedule" in v4) == (record["epochs"] == record["config"]["max_epochs"])
+    assert ("this CPU (TensorFlow)" in v4) == (record["backend"] == "tensorflow")
     (marked,) = [line for line in section.splitlines() if "**shipped**" in line]
     assert f"| {', '.join(sorted(shipped))} |" in marked

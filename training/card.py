@@ -424,7 +424,7 @@ weights). Best epoch by val BMA. Figures from `python -m training levers {lev["r
   and this CPU's hours on a whole member (below).
 - Flip test-time augmentation did not help the earlier model (below) and was not repeated.
 """)
-    out.append(_head_section(training, card / REPLACED / "head_flips.json"))
+    out.append(_head_section(training, card / REPLACED))
     out.append(_cpu_member_section(card / "levers_cpu.json", training))
     out.append(_finetune_section(card / REPLACED / "finetune.json", training))
     out.append(_adjustment_section(training))
@@ -606,7 +606,7 @@ def _chosen_row(head: dict[str, Any]) -> dict[str, Any]:
     return next(r for r in head["val"] if r["c"] == head["c"])
 
 
-def _head_section(training: dict[str, Any], flips_path: Path) -> str:
+def _head_section(training: dict[str, Any], replaced: Path) -> str:
     """The joint head (``python -m training head``): what it is, its val table, and the
     flipped-train-images lever (``--flips``) beside it when its record is in the card."""
     head = training.get("head")
@@ -614,10 +614,11 @@ def _head_section(training: dict[str, Any], flips_path: Path) -> str:
         return ""
     rows = _head_rows(head, "**chosen**")
     flips = ""
+    flips_path = replaced / "head_flips.json"  # measured on the replaced ensemble
     if flips_path.is_file():
         tried = json.loads(flips_path.read_text())
-        replaced = json.loads((flips_path.parent / "training.json").read_text())["head"]
-        best, kept = _chosen_row(tried), _chosen_row(replaced)
+        its_head = json.loads((replaced / "training.json").read_text())["head"]
+        best, kept = _chosen_row(tried), _chosen_row(its_head)
         blends = tried["val"][1:]
 
         def span(key: str) -> str:

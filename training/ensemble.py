@@ -178,8 +178,8 @@ def unpack(model_path: Path, out: Path, images: Path, split_csv: Path | None = N
         member.save_weights(folder / BEST)
         logits = logits_model(member).predict(x_val.astype(np.float32), batch_size=128, verbose=0)
         np.save(folder / "val_logits_best.npy", logits)
-        unpacked = {"config": cfg, "backend": summary["config"].get("backend"), **record}
-        unpacked["unpacked_from"] = str(model_path)
+        backend = summary["config"].get("backend")
+        unpacked = {"config": cfg, "backend": backend, **record, "unpacked_from": str(model_path)}
         (folder / MEMBER_JSON).write_text(json.dumps(unpacked, indent=1))
         folders.append(folder)
     return folders

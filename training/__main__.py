@@ -81,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     unp.add_argument("-o", "--out", type=Path, required=True)
     unp.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
 
+    unb = sub.add_parser(
+        "unblend", help="a blended-head ensemble HDF5 -> member folders, scaled by a reference"
+    )
+    unb.add_argument("model", type=Path, help="an HDF5 whose head `training head` blended")
+    unb.add_argument(
+        "--reference", type=Path, required=True, help="a mean-head ensemble holding some members"
+    )
+    unb.add_argument("-o", "--out", type=Path, required=True)
+    unb.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"))
+
     adj = sub.add_parser(
         "adjust", help="refit a calibrated HDF5's logit adjustment, temperature and threshold"
     )
@@ -161,6 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         from training.ensemble import unpack
 
         for folder in unpack(args.model, args.out, args.images):
+            print(folder)
+        return 0
+
+    if args.command == "unblend":
+        from training.head import unblend
+
+        folders, fit = unblend(args.model, args.reference, args.out, args.images)
+        print(json.dumps(fit))
+        for folder in folders:
             print(folder)
         return 0
 

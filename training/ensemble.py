@@ -153,17 +153,34 @@ def unpack(model_path: Path, out: Path, images: Path, split_csv: Path | None = N
     member gets that mean: its logits are its own up to a constant per class, which the
     calibration, the logit adjustment and the head refit after assembly set afresh.
     """
-    from training.data import load_split_arrays
-    from training.models import build_model, logits_model
-    from training.split import SPLIT_CSV, read_split
-
     model, summary, size = raw_model(model_path)
     if summary.get("head"):
         raise ValueError(
             f"{model_path}'s head is not the members' mean ({summary['head']['kind']})"
         )
-    configs = summary["config"]["members"]
     kernel, bias = model.get_layer("logits").get_weights()
+    return write_members(model, summary, (kernel, bias), size, out, images, split_csv, model_path)
+
+
+def write_members(
+    model: Any,
+    summary: dict[str, Any],
+    head: tuple[np.ndarray, np.ndarray],
+    size: tuple[int, int],
+    out: Path,
+    images: Path,
+    split_csv: Path | None,
+    source: Path,
+) -> list[Path]:
+    """Member folders from an ensemble's backbones and a mean head (``kernel``, ``bias``): each
+    member gets its block of the kernel times the member count and the (mean) bias, and its val
+    logits are saved for ``levers``."""
+    from training.data import load_split_arrays
+    from training.models import build_model, logits_model
+    from training.split import SPLIT_CSV, read_split
+
+    kernel, bias = head
+    configs = summary["config"]["members"]
     rows_per_member = kernel.shape[0] // len(configs)
     rows = read_split(split_csv or SPLIT_CSV)
     x_val, _ = load_split_arrays(images, rows, "val", size, cache=split_csv is None)
@@ -179,7 +196,7 @@ def unpack(model_path: Path, out: Path, images: Path, split_csv: Path | None = N
         logits = logits_model(member).predict(x_val.astype(np.float32), batch_size=128, verbose=0)
         np.save(folder / "val_logits_best.npy", logits)
         backend = summary["config"].get("backend")
-        unpacked = {"config": cfg, "backend": backend, **record, "unpacked_from": str(model_path)}
+        unpacked = {"config": cfg, "backend": backend, **record, "unpacked_from": str(source)}
         (folder / MEMBER_JSON).write_text(json.dumps(unpacked, indent=1))
         folders.append(folder)
     return folders

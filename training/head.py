@@ -177,3 +177,85 @@ def refit_head(
         {**kept, "head": record},
         train_labels=part_labels(rows, "train"),
     )
+
+
+def unblend(
+    model_path: Path,
+    reference: Path,
+    out: Path,
+    images: Path,
+    split_csv: Path | None = None,
+) -> tuple[list[Path], dict[str, float]]:
+    """Member folders again from an ensemble whose head ``refit_head`` blended: the members'
+    mean head is only kept inside the blend, so a member whose own folder is lost (v4, trained
+    in a session whose ``training/runs`` is gone) can still be weighed against a new one.
+
+    The joint half is fitted again exactly as ``refit_head`` fitted it (same features, same C,
+    same val temperature) and taken away, which leaves the members' mean head times an unknown
+    factor (``share / T``: its temperature was fitted on the logits being recovered). The factor
+    comes from ``reference``, a mean-head ensemble HDF5 that holds some of the same members (same
+    name, same backbone weights): their blocks must agree with it up to that one factor, which is
+    the check. Returns the folders and the fit (factor, worst relative residual of a block).
+    """
+    import keras
+
+    from training.data import load_split_arrays
+    from training.ensemble import raw_model, write_members
+    from training.split import SPLIT_CSV, read_split
+
+    model, summary, size = raw_model(model_path)
+    record = summary.get("head")
+    if not record or record.get("train_views") != "the images":
+        raise ValueError(f"{model_path}'s head is not a blend `training head` fitted on the images")
+    ref_model, ref_summary, _ = raw_model(reference)
+    if ref_summary.get("head"):
+        raise ValueError(f"{reference}'s head is not the members' mean")
+
+    rows = read_split(split_csv or SPLIT_CSV)
+    cache = split_csv is None
+    pooled = keras.Model(model.inputs, model.get_layer("gap").output)
+    x_val, y_val = load_split_arrays(images, rows, "val", size, cache=cache)
+    x_train, y_train = load_split_arrays(images, rows, "train", size, cache=cache)
+    f_val, f_train = (
+        np.asarray(pooled.predict(x.astype(np.float32), batch_size=128, verbose=0))
+        for x in (x_val, x_train)
+    )
+    joint = fit_joint_head(f_train, y_train, float(record["c"]))
+    joint = joint.scaled(1 / fit_temperature(joint(f_val), y_val))
+    kernel, bias = model.get_layer("logits").get_weights()
+    share = float(record["members_share"])
+    left = Linear(kernel - (1 - share) * joint.kernel, bias - (1 - share) * joint.bias)
+
+    # Pair members with the reference's: the same name and the same backbone weights.
+    configs = summary["config"]["members"]
+    ref_names = [c["name"] for c in ref_summary["config"]["members"]]
+    ref_kernel = ref_model.get_layer("logits").get_weights()[0]
+    rows_here, rows_ref = kernel.shape[0] // len(configs), ref_kernel.shape[0] // len(ref_names)
+    found, wanted = [], []  # blocks of the mean head: the member's own kernel / member count
+    for i, cfg in enumerate(configs):
+        if cfg["name"] not in ref_names:
+            continue
+        j = ref_names.index(cfg["name"])
+        mine = model.get_layer(f"backbone_{i}").get_weights()
+        theirs = ref_model.get_layer(f"backbone_{j}").get_weights()
+        if not all(np.array_equal(a, b) for a, b in zip(mine, theirs, strict=True)):
+            continue
+        found.append(left.kernel[i * rows_here : (i + 1) * rows_here])
+        own = ref_kernel[j * rows_ref : (j + 1) * rows_ref] * len(ref_names)
+        wanted.append(own / len(configs))
+    if not found:
+        raise ValueError(f"{reference} holds none of {model_path}'s members: no scale to recover")
+    a, b = np.concatenate(found), np.concatenate(wanted)
+    factor = float((a * b).sum() / (b * b).sum())
+    residual = max(
+        float(np.abs(f / factor - w).max() / np.abs(w).max())
+        for f, w in zip(found, wanted, strict=True)
+    )
+    if residual > 0.02:
+        raise RuntimeError(
+            f"the recovered blocks differ from {reference}'s by {residual:.3f} of their largest "
+            "weight: the blend cannot be undone with these features"
+        )
+    mean_head = (left.kernel / factor, left.bias / factor)
+    folders = write_members(model, summary, mean_head, size, out, images, split_csv, model_path)
+    return folders, {"factor": factor, "residual": residual, "paired": float(len(found))}

@@ -62,3 +62,44 @@ def test_a_blended_head_is_not_unpacked(
     blended.with_suffix(".training.json").write_text(json.dumps(summary))
     with pytest.raises(ValueError, match="not the members' mean"):
         unpack(blended, tmp_path / "members", fixtures_dir / "images", split)
+
+
+@pytest.mark.tensorflow
+@pytest.mark.slow
+def test_a_blended_head_is_undone_to_the_members_own_heads(
+    tiny_ensemble: tuple[Path, Path], fixtures_dir: Path, tmp_path: Path
+) -> None:
+    """``training head`` blends the members' mean head with a joint regression; ``unblend``
+    fits the regression again, takes it away and scales what is left by the members the
+    reference ensemble (here the mean-head original) also holds."""
+    from training.ensemble import load_member, raw_model
+    from training.head import refit_head, unblend
+
+    model_path, split = tiny_ensemble
+    images = fixtures_dir / "images"
+    blended = tmp_path / "blended.h5"
+    refit_head(model_path, images, blended, split)
+    raw, _, _ = raw_model(model_path)
+    kernel, bias = raw.get_layer("logits").get_weights()
+    assert not np.allclose(raw_model(blended)[0].get_layer("logits").get_weights()[0], kernel)
+
+    folders, fit = unblend(blended, model_path, tmp_path / "members", images, split)
+    assert [f.name for f in folders] == ["m1", "m2"] and fit["paired"] == 2
+    assert fit["residual"] < 1e-3
+    rows = kernel.shape[0] // 2
+    for i, folder in enumerate(folders):
+        own_kernel, own_bias = load_member(folder).get_layer("logits").get_weights()
+        np.testing.assert_allclose(
+            own_kernel, 2 * kernel[i * rows : (i + 1) * rows], atol=1e-3 * np.abs(kernel).max()
+        )
+        np.testing.assert_allclose(own_bias, bias, atol=1e-3 * max(np.abs(bias).max(), 1.0))
+
+    # a reference that holds none of the members gives no scale, and says so
+    stranger = tmp_path / "stranger.h5"
+    shutil.copy(model_path, stranger)
+    summary = json.loads(model_path.with_suffix(".training.json").read_text())
+    for member in summary["config"]["members"]:
+        member["name"] = "other_" + member["name"]
+    stranger.with_suffix(".training.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="holds none"):
+        unblend(blended, stranger, tmp_path / "none", images, split)

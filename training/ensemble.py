@@ -246,6 +246,10 @@ ENSEMBLES = {  # the combinations weighed on val; members must share a grid to b
     "v4 in place of v2": ("v1", "v3", "v4"),
     "v4 in place of v3": ("v1", "v2", "v4"),
     "4 x MobileNetV2-0.35 (over the 6 ms budget)": ("v1", "v2", "v3", "v4"),
+    # v5: a second CPU member (training/plans/cpu_v5.json), beside v2-v3 unpacked and v4 unblended
+    "v5 in place of v2": ("v3", "v4", "v5"),
+    "v5 in place of v3": ("v2", "v4", "v5"),
+    "v5 in place of v4": ("v2", "v3", "v5"),
 }
 
 

@@ -35,6 +35,9 @@ C_GRID = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3)
 # The members' mean head's share: the even split (0.25 and 0.75 looked no better on val).
 MEMBERS_SHARE = 0.5
 MEL = HAM10000_LABELS.index("mel")
+# unblend's check: a recovered member block may differ from the reference's by this share of
+# its norm (the shipped model's: about 0.01, from a regression fitted on another CPU)
+MAX_UNBLEND_RESIDUAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,8 @@ def unblend(
     factor (``share / T``: its temperature was fitted on the logits being recovered). The factor
     comes from ``reference``, a mean-head ensemble HDF5 that holds some of the same members (same
     name, same backbone weights): their blocks must agree with it up to that one factor, which is
-    the check. Returns the folders and the fit (factor, worst relative residual of a block).
+    the check. Returns the folders and the fit (factor, the worst block's residual relative to
+    its norm, members paired).
     """
     import keras
 
@@ -247,14 +251,16 @@ def unblend(
         raise ValueError(f"{reference} holds none of {model_path}'s members: no scale to recover")
     a, b = np.concatenate(found), np.concatenate(wanted)
     factor = float((a * b).sum() / (b * b).sum())
+    # Relative to the block's norm: the regression fitted again on another CPU's features stops
+    # a little elsewhere (about 1 % for the shipped model), which no single weight should decide.
     residual = max(
-        float(np.abs(f / factor - w).max() / np.abs(w).max())
+        float(np.linalg.norm(f / factor - w) / np.linalg.norm(w))
         for f, w in zip(found, wanted, strict=True)
     )
-    if residual > 0.02:
+    if residual > MAX_UNBLEND_RESIDUAL:
         raise RuntimeError(
-            f"the recovered blocks differ from {reference}'s by {residual:.3f} of their largest "
-            "weight: the blend cannot be undone with these features"
+            f"the recovered blocks differ from {reference}'s by {residual:.3f} of their norm: "
+            "the blend cannot be undone with these features"
         )
     mean_head = (left.kernel / factor, left.bias / factor)
     folders = write_members(model, summary, mean_head, size, out, images, split_csv, model_path)

@@ -23,7 +23,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 # The output names the server reads, and the class index it feeds as the second input.
-from app.inference.explain import CLASS_MAPS, FINE_MAPS, LABEL, LAYER_CAM_OUTPUTS
+from app.inference.explain import (
+    CLASS_MAPS,
+    FINE_MAPS,
+    LABEL,
+    LAYER_CAM_LAST,
+    LAYER_CAM_OUTPUTS,
+)
 from conversion.errors import ConversionError, GateError
 from conversion.files import save_onnx
 
@@ -187,19 +193,27 @@ def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float
     import onnxruntime as ort
 
     # it builds on this module
-    from conversion.gradcam import add_fine_maps, add_layer_maps, check_alphas, check_layer_maps
+    from conversion.gradcam import (
+        add_fine_maps,
+        add_layer_maps,
+        check_alphas,
+        check_layer_maps,
+        last_layers,
+    )
 
     source = onnx.load(str(fp32_path))
     cam, head = add_class_maps(source)
     fine = _finer_layers(source)
     scales = _layer_cam_scales(source) if fine else []
     if scales:
-        # What the server shows: Layer-CAM on two finer grids from one backward pass, its
-        # gradients checked element by element against finite differences first.
+        # What the server shows: Layer-CAM on two finer grids and on the last block from one
+        # backward pass, its gradients checked element by element against finite differences.
+        scales = [*scales, last_layers(source)]
         gradient_error = check_layer_maps(source, scales, batch[:2])
         # Grad-CAM on the stride-16 blocks from the same pass: what the server showed before
         # (with the class maps), kept so `localise` measures both on the same images.
-        cam = add_layer_maps(cam, scales, list(LAYER_CAM_OUTPUTS), gradcam_output=FINE_MAPS)
+        names = [*LAYER_CAM_OUTPUTS, LAYER_CAM_LAST]
+        cam = add_layer_maps(cam, scales, names, gradcam_output=FINE_MAPS)
         log.info(
             "Layer-CAM maps on grids %s, gradients within %.3f of finite differences",
             ", ".join(f"{s[0].height}x{s[0].width}" for s in scales),
@@ -248,8 +262,10 @@ def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float
 
 def _shown(grids: dict[str, list[int]]) -> dict[str, object]:
     """The map the server returns (app/inference/explain.py Explainer.class_map) and its grid."""
-    from app.inference.explain import LAYER_CAM_GEOMETRIC, MULTI_SCALE
+    from app.inference.explain import LAYER_CAM_GEOMETRIC, LAYER_CAM_THREE, MULTI_SCALE
 
+    if all(name in grids for name in (LAYER_CAM_LAST, *LAYER_CAM_OUTPUTS)):
+        return {"map": LAYER_CAM_THREE, "grid": grids[LAYER_CAM_OUTPUTS[-1]]}
     if all(name in grids for name in LAYER_CAM_OUTPUTS):
         return {"map": LAYER_CAM_GEOMETRIC, "grid": grids[LAYER_CAM_OUTPUTS[-1]]}
     if FINE_MAPS in grids:
@@ -277,14 +293,15 @@ def record_in_manifest(manifest_path: Path, cam_path: Path, gate: dict[str, obje
     grids = {
         o.name: list(value.shape[2:])
         for o, value in zip(session.get_outputs(), outputs, strict=True)
-        if o.name in (CLASS_MAPS, FINE_MAPS, *LAYER_CAM_OUTPUTS)
+        if o.name in (CLASS_MAPS, FINE_MAPS, *LAYER_CAM_OUTPUTS, LAYER_CAM_LAST)
     }
     manifest["files"]["cam"] = {
         "path": cam_path.relative_to(manifest_path.parent).as_posix(),
         "sha256": file_sha256(cam_path),
         "size": cam_path.stat().st_size,
         "precision": "fp32",
-        "purpose": "explanations (class_maps, fine_maps, layer_cam, layer_cam_fine outputs); "
+        "purpose": "explanations (class_maps, fine_maps, layer_cam, layer_cam_fine, "
+        "layer_cam_last outputs); "
         "not used to classify",
         "grids": grids,  # [rows, columns] of each map the model outputs
         "shown": _shown(grids),

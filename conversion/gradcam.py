@@ -96,16 +96,10 @@ def fine_layers(
     The search walks back from each branch breadth-first, so a residual block's two paths are
     both seen and the first finer activation met is the nearest.
     """
-    head = find_head(model)
     finer = {layer.tensor: layer for layer in candidate_layers(model, finer_than)}
     weights = {i.name for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    top = producer.get(head.feature_map)
-    branches = (
-        _data_inputs(top, weights)
-        if top is not None and top.op_type == "Concat"
-        else [head.feature_map]
-    )
+    branches = _branches(model)
     found = []
     for branch in branches:
         queue, seen = [branch], {branch}
@@ -122,6 +116,28 @@ def fine_layers(
     if len({(f.height, f.width) for f in found}) > 1:
         raise ConversionError("the members' finer blocks have different grids")
     return found
+
+
+def _branches(model: onnx.ModelProto) -> list[str]:
+    """The last feature map of each member the head reads: the Concat's inputs for an ensemble,
+    the head's feature map for a single backbone."""
+    head = find_head(model)
+    weights = {i.name for i in model.graph.initializer}
+    top = next((n for n in model.graph.node if head.feature_map in n.output), None)
+    if top is not None and top.op_type == "Concat":
+        return _data_inputs(top, weights)
+    return [head.feature_map]
+
+
+def last_layers(model: onnx.ModelProto) -> list[FineLayer]:
+    """Each member's last feature map, the grid the pooled head reads (5x7 for MobileNetV2 at
+    200x150): the coarsest of the three Layer-CAM scales. There the gradient of a logit is the
+    head's weight spread evenly over the grid, so its Layer-CAM weighs each channel by its
+    positive head weight."""
+    if find_head(model).channels_last:
+        raise ConversionError("Layer-CAM maps are built for NCHW models only")
+    shapes = _shapes(model)
+    return [FineLayer(t, *shapes[t][1:4]) for t in _branches(model)]
 
 
 def scale_layers(model: onnx.ModelProto, scales: int = LAYER_CAM_SCALES) -> list[list[FineLayer]]:

@@ -146,7 +146,9 @@ def measure_split(
         FINE_MAPS,
         LABEL,
         LAYER_CAM_GEOMETRIC,
+        LAYER_CAM_LAST,
         LAYER_CAM_OUTPUTS,
+        LAYER_CAM_THREE,
         MULTI_SCALE,
         Explainer,
     )
@@ -157,7 +159,7 @@ def measure_split(
     session = ort.InferenceSession(str(cam_path), providers=["CPUExecutionProvider"])
     spec = ModelSpec.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
     names = [o.name for o in session.get_outputs()]
-    wanted = [n for n in (CLASS_MAPS, FINE_MAPS, *LAYER_CAM_OUTPUTS) if n in names]
+    wanted = [n for n in (CLASS_MAPS, FINE_MAPS, *LAYER_CAM_OUTPUTS, LAYER_CAM_LAST) if n in names]
     samples = read_labels(split_csv, images_dir, part)
     maps: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
     masks: list[np.ndarray] = []
@@ -194,6 +196,11 @@ def measure_split(
         maps[LAYER_CAM_GEOMETRIC] = [
             geometric_mean(c, f) for c, f in zip(coarse, fine, strict=True)
         ]
+        if LAYER_CAM_LAST in maps:
+            maps[LAYER_CAM_THREE] = [
+                geometric_mean(last, c, f)
+                for last, c, f in zip(maps[LAYER_CAM_LAST], coarse, fine, strict=True)
+            ]
     return {
         "split": part,
         "images": len(samples),
@@ -294,6 +301,12 @@ _CANDIDATES: list[tuple[str, str, Any, float]] = [
         "CAM last x Layer-CAM minus mean 16 x 8, geometric mean",
         "8",
         lambda m: geometric_mean(m["L", "gc"], m["16", "lcmean"], m["8", "lcmean"]),
+        0,
+    ),
+    (
+        "Layer-CAM minus mean, last x 16 x 8, geometric mean (`layer_cam_three_scales`)",
+        "8",
+        lambda m: geometric_mean(m["L", "lcmean"], m["16", "lcmean"], m["8", "lcmean"]),
         0,
     ),
     (

@@ -3,7 +3,8 @@
 The maps come from ``<model name>_cam.onnx`` beside the served model, which
 ``python -m conversion cam`` writes: the FP32 model plus outputs of class activation maps
 (for our GAP -> Dense head these are exactly Grad-CAM's maps, see conversion/cam.py) and, where
-the backbone has finer blocks, Layer-CAM maps on two of them (conversion/gradcam.py). It is
+the backbone has finer blocks, Layer-CAM maps on two of them and on the last block
+(conversion/gradcam.py). It is
 loaded on the first explanation, so serving without one costs nothing.
 """
 
@@ -31,7 +32,10 @@ FINE_MAPS = "fine_maps"  # Grad-CAM on a finer block, when the model has one (co
 LABEL = "label"  # the fine maps' second input: the index of the class to explain
 # Layer-CAM on the stride-16 and the stride-8 blocks (conversion/gradcam.py add_layer_maps)
 LAYER_CAM_OUTPUTS = ("layer_cam", "layer_cam_fine")
-LAYER_CAM_GEOMETRIC = "layer_cam_geometric"  # what the server shows with them: geometric_mean
+LAYER_CAM_GEOMETRIC = "layer_cam_geometric"  # what the server showed with them: geometric_mean
+# Layer-CAM on the members' last block too; with the two above, what the server shows now
+LAYER_CAM_LAST = "layer_cam_last"
+LAYER_CAM_THREE = "layer_cam_three_scales"  # geometric_mean of the last, stride-16 and 8 maps
 MULTI_SCALE = "multi_scale_average"  # what it showed before (class maps + fine maps): multi_scale
 DISPLAY_WIDTH = 320  # the overlay's width; its height follows the model's aspect
 HEAT_ALPHA = 0.45
@@ -99,9 +103,16 @@ class Explainer:
         self._input = self.session.get_inputs()[0].name
         # Measured on val lesion references for the 3 x MobileNetV2 model (pointing game, mass
         # inside the lesion; models/card/localisation_candidates.json): the geometric mean of
-        # the two Layer-CAM maps; before it, the multi-scale average of the class map and the
-        # finer Grad-CAM map; with neither, the class map.
-        if all(name in outputs for name in LAYER_CAM_OUTPUTS):
+        # the three Layer-CAM maps; before it, of the two finer ones; before those, the
+        # multi-scale average of the class map and the finer Grad-CAM map; with none, the
+        # class map.
+        if all(name in outputs for name in (LAYER_CAM_LAST, *LAYER_CAM_OUTPUTS)):
+            self.shown, self.wanted = LAYER_CAM_THREE, [LAYER_CAM_LAST, *LAYER_CAM_OUTPUTS]
+            self.method = (
+                "Layer-CAM on three blocks (the last, stride 16 and stride 8, each activation "
+                "relative to its image mean), their geometric mean"
+            )
+        elif all(name in outputs for name in LAYER_CAM_OUTPUTS):
             self.shown, self.wanted = LAYER_CAM_GEOMETRIC, list(LAYER_CAM_OUTPUTS)
             self.method = (
                 "Layer-CAM on two finer blocks (stride 16 and 8, each activation relative to its "
@@ -123,9 +134,10 @@ class Explainer:
         if self.shown == CLASS_MAPS:
             return unit_peak(self.session.run([CLASS_MAPS], feeds)[0][0, index])
         feeds[LABEL] = np.array([index], np.int64)  # the finer maps are of the one class asked
-        first, second = self.session.run(self.wanted, feeds)
-        if self.shown == LAYER_CAM_GEOMETRIC:
-            return geometric_mean(first[0, 0], second[0, 0])
+        maps = self.session.run(self.wanted, feeds)
+        if self.shown in (LAYER_CAM_THREE, LAYER_CAM_GEOMETRIC):
+            return geometric_mean(*(m[0, 0] for m in maps))
+        first, second = maps
         return multi_scale(first[0, index], second[0, 0])
 
     def explain(self, data: bytes, label: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Explanation:

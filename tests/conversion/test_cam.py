@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from app.inference.explain import LAYER_CAM_OUTPUTS
+from app.inference.explain import LAYER_CAM_LAST, LAYER_CAM_OUTPUTS
 from conversion.cam import CLASS_MAPS, build_cam_model, check_class_maps, find_head
 from conversion.convert import read_spec
 from conversion.errors import ConversionError, GateError
@@ -36,7 +36,7 @@ def test_cam_model_keeps_the_probabilities_and_rebuilds_them(
     # the Layer-CAM maps and the finer Grad-CAM maps (tests/conversion/test_gradcam.py)
     names = [o.name for o in cam.get_outputs()]
     assert names[0] == "probabilities"
-    assert names[-4:] == [CLASS_MAPS, *LAYER_CAM_OUTPUTS, "fine_maps"]
+    assert names[-5:] == [CLASS_MAPS, *LAYER_CAM_OUTPUTS, LAYER_CAM_LAST, "fine_maps"]
     label = np.array([0], np.int64)  # the class of the fine maps, which this test does not read
     probabilities, maps = cam.run(["probabilities", CLASS_MAPS], {"input": batch, "label": label})
     assert maps.shape[:2] == (len(batch), 7) and maps.shape[2] >= 3 and maps.shape[3] >= 3
@@ -75,4 +75,5 @@ def test_cam_cli_writes_the_model_and_records_it(tmp_path: Path) -> None:
     assert entry["identity_gate"]["images"] == 14
     # the grid of every map, and the one the server returns: the finest Layer-CAM grid
     assert entry["grids"]["layer_cam_fine"] == [19, 25] and entry["grids"]["layer_cam"] == [10, 13]
-    assert entry["shown"] == {"map": "layer_cam_geometric", "grid": [19, 25]}
+    assert entry["grids"]["layer_cam_last"] == [5, 7]
+    assert entry["shown"] == {"map": "layer_cam_three_scales", "grid": [19, 25]}

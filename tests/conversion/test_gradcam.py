@@ -75,6 +75,20 @@ def test_layer_cam_gradients_match_finite_differences_on_two_grids(
     assert gradcam.check_layer_maps(model, scales, batch[:1]) <= gradcam.GRADIENT_MAX_REL_ERROR
 
 
+def test_layer_cam_on_the_last_block_reads_each_member_s_part_of_the_head(
+    model: onnx.ModelProto, batch: np.ndarray
+) -> None:
+    from conversion.cam import find_head
+
+    head = find_head(model)
+    last = gradcam.last_layers(model)
+    # one per member, on the grid the pooled head reads, together as wide as the head's kernel
+    grid = tuple(gradcam._shapes(model)[head.feature_map][2:])
+    assert len(last) == 3 and {(la.height, la.width) for la in last} == {grid}
+    assert sum(la.channels for la in last) == head.kernel.shape[0]
+    assert gradcam.check_layer_maps(model, [last], batch[:1]) <= gradcam.GRADIENT_MAX_REL_ERROR
+
+
 @pytest.mark.usefixtures("without_relu6_masks")
 def test_layer_cam_check_fails_on_a_wrong_backward_pass(
     model: onnx.ModelProto, batch: np.ndarray

@@ -42,10 +42,12 @@ def test_the_sweep_scores_the_shipped_maps_like_the_cam_model(
     build_cam_model(SHIPPED, cam, preprocess_paths(paths, read_spec(SHIPPED)))
     measured = measure_split(cam, IMAGES, split_csv, "val")
     swept = sweep_candidates(SHIPPED, IMAGES, split_csv, "val")
-    assert measured["shown"] == "layer_cam_geometric"
+    assert measured["shown"] == "layer_cam_three_scales"
     assert swept["dropped"] == measured["dropped"] and measured["images"] == 5
     rows = {row["name"]: row for row in swept["candidates"]}
     pairs = {
+        "layer_cam_three_scales": "Layer-CAM minus mean, last x 16 x 8, geometric mean "
+        "(`layer_cam_three_scales`)",
         "layer_cam_geometric": "Layer-CAM minus mean 16 x 8, geometric mean "
         "(`layer_cam_geometric`)",
         "multi_scale_average": "previous: average of last-block CAM and stride-16 Grad-CAM "

@@ -191,6 +191,7 @@ def _localisation_rows(maps: dict[str, Any], prefix: str = "") -> str:
 
 
 _SHOWN_BEFORE = "multi_scale_average"  # what the service showed before Layer-CAM (issue 19)
+_SHOWN_PREVIOUSLY = {"layer_cam_three_scales": "layer_cam_geometric"}  # the map it replaced
 
 
 def _localisation_section() -> str:
@@ -203,11 +204,12 @@ def _localisation_section() -> str:
     base = doc["baselines"]
     shown = doc.get("shown", _SHOWN_BEFORE)
     figures = doc["maps"][shown]
-    before = doc["maps"].get(_SHOWN_BEFORE)
+    previous = _SHOWN_PREVIOUSLY.get(shown, _SHOWN_BEFORE)
+    before = doc["maps"].get(previous)
     versus = (
-        f" (the explanation shown before, `{_SHOWN_BEFORE}`: {before['pointing'] * 100:.1f}% and "
+        f" (the explanation shown before, `{previous}`: {before['pointing'] * 100:.1f}% and "
         f"{before['mass']:.2f})"
-        if before and shown != _SHOWN_BEFORE
+        if before and shown != previous
         else ""
     )
     points, holds = figures["pointing"] >= 0.9, figures["mass"] >= 0.65
@@ -254,6 +256,22 @@ classical segmentation is not a dermatologist's outline either.
 
 
 _SHOWN_TEXT = {
+    "layer_cam_three_scales": (
+        "It is Layer-CAM (each activation weighted by its own positive gradient of the class's "
+        "logit) on three blocks of each member: the last one, which the pooled head reads "
+        "(`layer_cam_last`, 5x7; there the gradient is the head's weight spread over the grid), "
+        "the block at stride 16 (`layer_cam`, 10x13) and the one at stride 8 (`layer_cam_fine`, "
+        "19x25). The members are summed, and each activation is taken relative to its mean over "
+        "the image (the evidence a place adds beyond the image's average place, which is what "
+        "the pooled head reads). The three maps, each scaled to a peak of 1, are combined by "
+        "their geometric mean on the 19x25 grid, so a place counts only where every scale sees "
+        "evidence: the coarse last block keeps a fine block's hair or ruler mark from winning. "
+        "The gradients are one ONNX backward pass, checked element by element against finite "
+        "differences of the model's logits when it is built. The geometric mean is of degree "
+        "one: it does not sharpen the map, so its mass inside the lesion is not a contrast "
+        "setting (a product of the maps, or a power of one, raises that figure without pointing "
+        "any better, and was not used)."
+    ),
     "layer_cam_geometric": (
         "It is Layer-CAM (each activation weighted by its own positive gradient of the class's "
         "logit) on each member's block at stride 16 (`layer_cam`) and at stride 8 "

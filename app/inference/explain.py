@@ -50,10 +50,10 @@ class ExplanationUnavailableError(AppError):
 
 # What a person must read beside the heat map.
 CAVEAT = (
-    "The heat map shows where the model found evidence for this class (Layer-CAM on two grids of "
-    "the model's features, smoothed for display). It is not an outline of the lesion and does "
+    "The heat map shows where the model found evidence for this class (Layer-CAM on three grids "
+    "of the model's features, smoothed for display). It is not an outline of the lesion and does "
     "not show that the result is right: on test images its hottest point fell on the lesion "
-    "about nine times in ten, no more often than the image centre does, and about a third of "
+    "about nine times in ten, barely more often than the image centre does, and about 30 % of "
     "its weight lay outside the lesion. Strong evidence outside the lesion suggests the result "
     "may be unreliable."
 )

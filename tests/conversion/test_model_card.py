@@ -180,3 +180,20 @@ def test_card_shows_the_cpu_member_and_marks_the_shipped_trio() -> None:
     assert ("this CPU (TensorFlow)" in v4) == (record["backend"] == "tensorflow")
     (marked,) = [line for line in section.splitlines() if "**shipped**" in line]
     assert f"| {', '.join(sorted(shipped))} |" in marked
+
+
+def test_card_applies_the_fifth_member_rule_to_its_record() -> None:
+    # the rule (training/plans/cpu_v5.json): v5 in the trio with the best val AUC, kept only if
+    # that trio beats the shipped one on both val BMA and AUC
+    lev = _json(MODELS / "card" / "levers_v5.json")
+    shipped = lev["ensembles"]["v4 in place of v1"]
+    assert sorted(shipped["members"]) == sorted(
+        m["name"] for m in _json(MODELS / "skin_lesion.training.json")["config"]["members"]
+    )
+    tried = [e for e in lev["ensembles"].values() if "v5" in e["members"]]
+    best = max(tried, key=lambda e: e["val_auc"])
+    wins = best["val_bma"] > shipped["val_bma"] and best["val_auc"] > shipped["val_auc"]
+    section = _render().split("### A fifth member (v5), ")[1].split("\n## ")[0]
+    assert section.startswith("kept" if wins else "not kept")
+    assert f"leaves the best val AUC ({best['val_auc']:.4f})" in section
+    assert ("the shipped model stays" in section) is not wins

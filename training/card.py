@@ -317,8 +317,9 @@ activations; none mixes in a segmentation or a centre prior. Produced by
 `python -m conversion localise models/skin_lesion.onnx --candidates --split val --json
 models/card/localisation_candidates.json`. The cost column is the explanation graph's ONNX run
 against the plain model's; end to end (`python -m benchmarks`, `explain_cost_vs_predict`, decode
-and overlay included) the shown map measured 2.62x and 2.76x a prediction in two runs, the
-previous one 2.08x and 2.16x under the same load. The last row sharpens a map (degree 3): its
+and overlay included) the three-scale map measured 2.71x a prediction (2-core Intel Xeon with
+AVX-512 VNNI, 2026-12-06); the two-scale one before it 2.62x and 2.76x in two runs, and the
+multi-scale Grad-CAM before that 2.08x and 2.16x (2-core AMD EPYC). The last row sharpens a map (degree 3): its
 higher mass comes from contrast alone (a product of the members' maps scores the same), so such
 maps were not candidates.
 

@@ -4,8 +4,8 @@ The maps come from ``<model name>_cam.onnx`` beside the served model, which
 ``python -m conversion cam`` writes: the FP32 model plus outputs of class activation maps
 (for our GAP -> Dense head these are exactly Grad-CAM's maps, see conversion/cam.py) and, where
 the backbone has finer blocks, Layer-CAM maps on two of them and on the last block
-(conversion/gradcam.py). It is
-loaded on the first explanation, so serving without one costs nothing.
+(conversion/gradcam.py). It is loaded on the first explanation, so serving without one costs
+nothing.
 """
 
 from __future__ import annotations

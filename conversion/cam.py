@@ -261,16 +261,12 @@ def build_cam_model(fp32_path: Path, out_path: Path, batch: np.ndarray) -> float
 
 
 def _shown(grids: dict[str, list[int]]) -> dict[str, object]:
-    """The map the server returns (app/inference/explain.py Explainer.class_map) and its grid."""
-    from app.inference.explain import LAYER_CAM_GEOMETRIC, LAYER_CAM_THREE, MULTI_SCALE
+    """The map the server returns (app/inference/explain.py shown_map) and its grid: the finest
+    of the maps it is made of."""
+    from app.inference.explain import shown_map
 
-    if all(name in grids for name in (LAYER_CAM_LAST, *LAYER_CAM_OUTPUTS)):
-        return {"map": LAYER_CAM_THREE, "grid": grids[LAYER_CAM_OUTPUTS[-1]]}
-    if all(name in grids for name in LAYER_CAM_OUTPUTS):
-        return {"map": LAYER_CAM_GEOMETRIC, "grid": grids[LAYER_CAM_OUTPUTS[-1]]}
-    if FINE_MAPS in grids:
-        return {"map": MULTI_SCALE, "grid": grids[FINE_MAPS]}
-    return {"map": CLASS_MAPS, "grid": grids[CLASS_MAPS]}
+    name, made_of = shown_map(grids)
+    return {"map": name, "grid": grids[made_of[-1]]}
 
 
 def record_in_manifest(manifest_path: Path, cam_path: Path, gate: dict[str, object]) -> None:

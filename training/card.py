@@ -319,9 +319,9 @@ models/card/localisation_candidates.json`. The cost column is the explanation gr
 against the plain model's; end to end (`python -m benchmarks`, `explain_cost_vs_predict`, decode
 and overlay included) the three-scale map measured 2.71x a prediction (2-core Intel Xeon with
 AVX-512 VNNI, 2026-12-06); the two-scale one before it 2.62x and 2.76x in two runs, and the
-multi-scale Grad-CAM before that 2.08x and 2.16x (2-core AMD EPYC). The last row sharpens a map (degree 3): its
-higher mass comes from contrast alone (a product of the members' maps scores the same), so such
-maps were not candidates.
+multi-scale Grad-CAM before that 2.08x and 2.16x (2-core AMD EPYC). The last row sharpens a map
+(degree 3): its higher mass comes from contrast alone (a product of the members' maps scores the
+same), so such maps were not candidates.
 
 | candidate ({doc["split"]}) | pointing | share inside | ONNX run vs a prediction's |
 |---|---|---|---|
@@ -553,20 +553,18 @@ SHIPPED_TRIO = "v4 in place of v1"  # training/ensemble.py ENSEMBLES: the trio s
 def _fifth_member_section(path: Path) -> str:
     """A later CPU member weighed against the shipped trio by a rule set before its figures
     (``levers_v5.json``: ``python -m training levers`` over the unpacked, unblended and new
-    members, with the rule and its verdict)."""
+    members, and the rule; the verdict is worked out here from its figures)."""
     if not path.is_file():
         return ""
     lev = json.loads(path.read_text())
     new = lev["members"]["v5"]
-    rows = "\n".join(
-        f"| {'shipped' if name == SHIPPED_TRIO else name} | {', '.join(e['members'])} | "
-        f"{e['val_bma']:.3f} | {e['val_auc']:.4f} |"
-        for name, e in lev["ensembles"].items()
-        if "v5" in e["members"] or name == SHIPPED_TRIO
-    )
-    sources = "\n".join(f"- {who}: {how}" for who, how in lev["members_from"].items())
     shipped = lev["ensembles"][SHIPPED_TRIO]
     tried = {k: e for k, e in lev["ensembles"].items() if "v5" in e["members"]}
+    rows = "\n".join(
+        f"| {name} | {', '.join(e['members'])} | {e['val_bma']:.3f} | {e['val_auc']:.4f} |"
+        for name, e in {"shipped": shipped, **tried}.items()
+    )
+    sources = "\n".join(f"- {who}: {how}" for who, how in lev["members_from"].items())
     best = max(tried, key=lambda k: tried[k]["val_auc"])  # the rule's pick: the best val AUC
     wins = all(tried[best][k] > shipped[k] for k in ("val_bma", "val_auc"))
     verdict = f"{best} leaves the best val AUC ({tried[best]['val_auc']:.4f}) and " + (

@@ -172,7 +172,7 @@ def write_members(
     split_csv: Path | None,
     source: Path,
 ) -> list[Path]:
-    """Member folders from an ensemble's backbones and a mean head (``kernel``, ``bias``): each
+    """Member folders from an ensemble's backbones and a mean ``head`` (kernel, bias): each
     member gets its block of the kernel times the member count and the (mean) bias, and its val
     logits are saved for ``levers``."""
     from training.data import load_split_arrays

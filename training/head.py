@@ -76,6 +76,27 @@ def fit_joint_head(features: np.ndarray, labels: np.ndarray, c: float) -> Linear
     return Linear(kernel.astype(np.float32), bias.astype(np.float32))
 
 
+def calibrated_joint_head(
+    train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], c: float
+) -> Linear:
+    """The joint regression at ``c`` on train features, scaled by its own temperature on val:
+    the half of the blend ``choose_head`` fits (and ``unblend`` fits again to take away)."""
+    joint = fit_joint_head(*train, c)
+    return joint.scaled(1 / fit_temperature(joint(val[0]), val[1]))
+
+
+def pooled_features(model: Any) -> Any:
+    """features(x [N, H, W, 3]) -> the pooled features the head reads, [N, F]."""
+    import keras
+
+    pooled = keras.Model(model.inputs, model.get_layer("gap").output)
+
+    def features(x: np.ndarray) -> np.ndarray:
+        return np.asarray(pooled.predict(x.astype(np.float32), batch_size=128, verbose=0))
+
+    return features
+
+
 def val_scores(logits: np.ndarray, labels: np.ndarray, prior: np.ndarray) -> dict[str, float]:
     """What ``finalise`` would make of these logits on val: BMA, macro AUC and melanoma
     specificity at the chosen logit adjustment."""
@@ -103,15 +124,14 @@ def choose_head(
 ) -> tuple[Linear, dict[str, Any]]:
     """The blended head with the best val BMA over ``grid``, and the table it was chosen from
     (the members' head alone is its first row)."""
-    (f_train, y_train), (f_val, y_val) = train, val
+    (_, y_train), (f_val, y_val) = train, val
     prior = class_prior(y_train, len(HAM10000_LABELS))
     own = members(f_val)
     calibrated = members.scaled(1 / fit_temperature(own, y_val))
     table: list[dict[str, Any]] = [{"c": None, **val_scores(own, y_val, prior)}]
     heads = []
     for c in grid:
-        joint = fit_joint_head(f_train, y_train, c)
-        joint = joint.scaled(1 / fit_temperature(joint(f_val), y_val))
+        joint = calibrated_joint_head(train, val, c)
         head = blend(calibrated, joint, MEMBERS_SHARE)
         table.append({"c": c, **val_scores(head(f_val), y_val, prior)})
         heads.append(head)
@@ -138,8 +158,6 @@ def refit_head(
     ``flips``: fit the regression on the train images and their three flips (``flip_views``),
     a lever measured on val and not kept (the card's table of it).
     """
-    import keras
-
     from training.data import load_split_arrays, part_labels
     from training.ensemble import KEPT, raw_model
     from training.split import SPLIT_CSV, read_split
@@ -150,13 +168,9 @@ def refit_head(
         raise ValueError(f"{model_path} already has a fitted head; start from the members' one")
     rows = read_split(split_csv or SPLIT_CSV)
     cache = split_csv is None  # the cache is keyed by the committed split's sizes
-    pooled = keras.Model(model.inputs, model.get_layer("gap").output)
+    features = pooled_features(model)
     x_val, y_val = load_split_arrays(images, rows, "val", size, cache=cache)
     x_train, y_train = load_split_arrays(images, rows, "train", size, cache=cache)
-
-    def features(x: np.ndarray) -> np.ndarray:
-        return np.asarray(pooled.predict(x.astype(np.float32), batch_size=128, verbose=0))
-
     f_val = features(x_val)
     # one view at a time: four float copies of the train split at once need ~10 GB
     views = flip_views(x_train) if flips else (x_train,)
@@ -201,8 +215,6 @@ def unblend(
     the check. Returns the folders and the fit (factor, the worst block's residual relative to
     its norm, members paired).
     """
-    import keras
-
     from training.data import load_split_arrays
     from training.ensemble import raw_model, write_members
     from training.split import SPLIT_CSV, read_split
@@ -217,15 +229,11 @@ def unblend(
 
     rows = read_split(split_csv or SPLIT_CSV)
     cache = split_csv is None
-    pooled = keras.Model(model.inputs, model.get_layer("gap").output)
+    features = pooled_features(model)
     x_val, y_val = load_split_arrays(images, rows, "val", size, cache=cache)
     x_train, y_train = load_split_arrays(images, rows, "train", size, cache=cache)
-    f_val, f_train = (
-        np.asarray(pooled.predict(x.astype(np.float32), batch_size=128, verbose=0))
-        for x in (x_val, x_train)
-    )
-    joint = fit_joint_head(f_train, y_train, float(record["c"]))
-    joint = joint.scaled(1 / fit_temperature(joint(f_val), y_val))
+    val = (features(x_val), y_val)
+    joint = calibrated_joint_head((features(x_train), y_train), val, float(record["c"]))
     kernel, bias = model.get_layer("logits").get_weights()
     share = float(record["members_share"])
     left = Linear(kernel - (1 - share) * joint.kernel, bias - (1 - share) * joint.bias)

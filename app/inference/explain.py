@@ -10,6 +10,7 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,35 @@ CAVEAT = (
 )
 
 
+# How each map the server may show is made, as an integrator reads it (``method``).
+METHODS = {
+    LAYER_CAM_THREE: "Layer-CAM on three blocks (the last, stride 16 and stride 8, each activation "
+    "relative to its image mean), their geometric mean",
+    LAYER_CAM_GEOMETRIC: "Layer-CAM on two finer blocks (stride 16 and 8, each activation "
+    "relative to its image mean), their geometric mean",
+    MULTI_SCALE: "Grad-CAM, the last block's map averaged with a finer block's (multi-scale)",
+    CLASS_MAPS: "Grad-CAM (class activation map of the last convolutional layer)",
+}
+
+
+def shown_map(outputs: Collection[str]) -> tuple[str, list[str]]:
+    """The map the server shows for a CAM model with these outputs, and the outputs it is made
+    of (the finest grid last).
+
+    Measured on val lesion references for the 3 x MobileNetV2 model (pointing game, mass inside
+    the lesion; models/card/localisation_candidates.json): the geometric mean of the three
+    Layer-CAM maps; before it, of the two finer ones; before those, the multi-scale average of
+    the class map and the finer Grad-CAM map; with none, the class map.
+    """
+    if all(name in outputs for name in (LAYER_CAM_LAST, *LAYER_CAM_OUTPUTS)):
+        return LAYER_CAM_THREE, [LAYER_CAM_LAST, *LAYER_CAM_OUTPUTS]
+    if all(name in outputs for name in LAYER_CAM_OUTPUTS):
+        return LAYER_CAM_GEOMETRIC, list(LAYER_CAM_OUTPUTS)
+    if FINE_MAPS in outputs:
+        return MULTI_SCALE, [CLASS_MAPS, FINE_MAPS]
+    return CLASS_MAPS, [CLASS_MAPS]
+
+
 def cam_model_path(model_path: Path, spec: ModelSpec) -> Path:
     """Where the CAM model of a served model lives: FP32 and INT8 exports share one."""
     return model_path.with_name(f"{spec.name}_cam.onnx")
@@ -101,31 +131,8 @@ class Explainer:
         if not same:
             raise ModelLoadError(f"{path} was built for another model than the one served")
         self._input = self.session.get_inputs()[0].name
-        # Measured on val lesion references for the 3 x MobileNetV2 model (pointing game, mass
-        # inside the lesion; models/card/localisation_candidates.json): the geometric mean of
-        # the three Layer-CAM maps; before it, of the two finer ones; before those, the
-        # multi-scale average of the class map and the finer Grad-CAM map; with none, the
-        # class map.
-        if all(name in outputs for name in (LAYER_CAM_LAST, *LAYER_CAM_OUTPUTS)):
-            self.shown, self.wanted = LAYER_CAM_THREE, [LAYER_CAM_LAST, *LAYER_CAM_OUTPUTS]
-            self.method = (
-                "Layer-CAM on three blocks (the last, stride 16 and stride 8, each activation "
-                "relative to its image mean), their geometric mean"
-            )
-        elif all(name in outputs for name in LAYER_CAM_OUTPUTS):
-            self.shown, self.wanted = LAYER_CAM_GEOMETRIC, list(LAYER_CAM_OUTPUTS)
-            self.method = (
-                "Layer-CAM on two finer blocks (stride 16 and 8, each activation relative to its "
-                "image mean), their geometric mean"
-            )
-        elif FINE_MAPS in outputs:
-            self.shown, self.wanted = MULTI_SCALE, [CLASS_MAPS, FINE_MAPS]
-            self.method = (
-                "Grad-CAM, the last block's map averaged with a finer block's (multi-scale)"
-            )
-        else:
-            self.shown, self.wanted = CLASS_MAPS, [CLASS_MAPS]
-            self.method = "Grad-CAM (class activation map of the last convolutional layer)"
+        self.shown, self.wanted = shown_map(outputs)
+        self.method = METHODS[self.shown]
 
     def class_map(self, tensor: np.ndarray, label: str) -> np.ndarray:
         """The class's evidence, (rows, columns), ReLU'd and scaled to [0, 1] (all 0: none)."""

@@ -158,7 +158,8 @@ def int8_sweep_lines(sweep: dict[str, Any] | None) -> list[str]:
     return [
         f"INT8 recipes for `{sweep['model']}` (`python -m conversion int8-sweep`, gates on the "
         f"{sweep['split']} split, speed on one thread, {cpu['model']}, "
-        f"{'with' if cpu['avx512_vnni'] else 'without'} AVX512-VNNI):",
+        f"{'with' if cpu['avx512_vnni'] else 'without'} AVX512-VNNI"
+        f"{' and AMX-INT8' if cpu.get('amx_int8') else ''}):",
         "",
         *table(["recipe", "top-1 agreement", "gates", "batch 1", "batch 8"], rows),
         f"Verdict: {sweep['verdict']}.",

@@ -5,7 +5,11 @@ recipe below, scores it against FP32 on the **val** split with the same gates as
 (top-1 agreement, BMA drop, per-class recall drops) and times both on one thread, interleaved,
 at batch 1 and 8. INT8 is worth preferring only if it passes the gates and is at least 1.3x
 faster at batch 1 and 1.5x at batch 8 (issue 17). Speed depends on the CPU: the result records
-the model name and whether it has AVX512-VNNI, and a decision on a CPU without VNNI is left open.
+the model name and whether it has AVX512-VNNI (and AMX), and a decision on a CPU without VNNI is
+left open.
+
+Two diagnosis rows, never candidates, say where the error comes from: 16-bit activations with
+8-bit weights, and 16-bit activations with 16-bit weights (both far slower than FP32 here).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from conversion.verify import verify
 log = logging.getLogger(__name__)
 
 SPEEDUP_NEEDED = {"batch1": 1.3, "batch8": 1.5}
+DIAGNOSIS = "(diagnosis)"  # in a recipe's name: it explains the others and is never a candidate
 
 
 def first_convs(model: onnx.ModelProto) -> list[str]:
@@ -62,6 +67,12 @@ def recipes(model: onnx.ModelProto) -> dict[str, QuantConfig]:
         "QOperator percentile, first+last FP32": dataclasses.replace(
             base, format="qoperator", method="percentile", exclude_nodes=first
         ),
+        f"QDQ minmax, 16-bit activations, 8-bit weights {DIAGNOSIS}": dataclasses.replace(
+            base, activation_type="uint16"
+        ),
+        f"QDQ minmax, 16-bit activations, 16-bit weights {DIAGNOSIS}": dataclasses.replace(
+            base, activation_type="uint16", weight_type="int16"
+        ),
     }
 
 
@@ -70,7 +81,21 @@ def cpu() -> dict[str, Any]:
     model = next(
         (ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), "?"
     )
-    return {"model": model, "avx512_vnni": "avx512_vnni" in text, "avx2": " avx2" in text}
+    flags = set(text.split())
+    return {
+        "model": model,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "amx_int8": "amx_int8" in flags,
+        "avx2": "avx2" in flags,
+    }
+
+
+def verdict(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    """INT8 is preferred when a candidate recipe pays; without VNNI the question stays open."""
+    if not machine["avx512_vnni"]:
+        return "open: this CPU has no AVX512-VNNI, so INT8 speed cannot be judged here"
+    paying = [r for r in rows if r["pays"] and DIAGNOSIS not in r["recipe"]]
+    return "INT8 preferred" if paying else "FP32 preferred: no recipe pays"
 
 
 def sweep(
@@ -107,14 +132,11 @@ def sweep(
                     "top1_agreement": round(report.parity["fp32_int8"]["top1_agreement"], 4),
                     "ms_1thread": timing,
                     "speedup": speedup,
-                    "pays": gates_ok and fast,
+                    "pays": gates_ok and fast and DIAGNOSIS not in name,
                 }
             )
             log.info("%s: %s", name, rows[-1])
     machine = cpu()
-    verdict = "INT8 preferred" if any(r["pays"] for r in rows) else "FP32 preferred: no recipe pays"
-    if not machine["avx512_vnni"]:
-        verdict = "open: this CPU has no AVX512-VNNI, so INT8 speed cannot be judged here"
     return {
         "model": fp32.name,
         "split": "val",
@@ -122,5 +144,5 @@ def sweep(
         "cpu": machine,
         "needed": {"gates": "as in build", "speedup": SPEEDUP_NEEDED},
         "recipes": rows,
-        "verdict": verdict,
+        "verdict": verdict(rows, machine),
     }

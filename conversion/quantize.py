@@ -35,6 +35,7 @@ TYPES = {
     "uint8": QuantType.QUInt8,
     "int8": QuantType.QInt8,
     "uint16": QuantType.QUInt16,  # accurate but not fast: for diagnosis
+    "int16": QuantType.QInt16,  # weights, for diagnosis only
 }
 METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -133,7 +134,7 @@ def quantize(
     if config.format not in FORMATS or config.method not in METHODS:
         raise ConversionError(f"unknown format {config.format!r} or method {config.method!r}")
     if config.activation_type not in TYPES or config.weight_type not in TYPES:
-        raise ConversionError("activation and weight types must be uint8 or int8")
+        raise ConversionError(f"activation and weight types must be one of {sorted(TYPES)}")
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp_dir:
         tmp = Path(tmp_dir)
         pre = pre_processed or tmp / "pre.onnx"

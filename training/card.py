@@ -485,8 +485,9 @@ The previous model was MobileNet-0.25 at 160x120 (CPU-trained, `previous_metrics
             for r in sw["recipes"]
         )
         vnni = "with" if sw["cpu"]["avx512_vnni"] else "**without**"
+        amx = " and AMX-INT8" if sw["cpu"].get("amx_int8") else ""
         out.append(f"""## INT8 (`python -m conversion int8-sweep`, val split, one thread)
-CPU: {sw["cpu"]["model"]}, {vnni} AVX512-VNNI. Needed: the build's gates and at least
+CPU: {sw["cpu"]["model"]}, {vnni} AVX512-VNNI{amx}. Needed: the build's gates and at least
 {sw["needed"]["speedup"]["batch1"]}x at batch 1 and {sw["needed"]["speedup"]["batch8"]}x at batch 8.
 
 | recipe | top-1 agreement | gates | speed-up, batch 1 | speed-up, batch 8 |

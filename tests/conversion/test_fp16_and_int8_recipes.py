@@ -15,7 +15,7 @@ from conversion.cam import find_head
 from conversion.convert import read_spec
 from conversion.errors import GateError
 from conversion.fp16 import check, to_fp16
-from conversion.int8_sweep import first_convs, recipes
+from conversion.int8_sweep import DIAGNOSIS, first_convs, recipes, verdict
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "skin_lesion.onnx"
 
@@ -65,4 +65,15 @@ def test_int8_recipes_keep_every_members_first_conv_in_fp32() -> None:
     for name, config in recipes(model).items():
         if "first" in name:
             assert set(first) <= set(config.exclude_nodes)
-        assert config.activation_type == "uint8" and config.weight_type == "int8"
+        if DIAGNOSIS not in name:  # the candidates: the fast U8S8 kind only
+            assert config.activation_type == "uint8" and config.weight_type == "int8"
+
+
+def test_a_diagnosis_row_never_makes_int8_preferred() -> None:
+    vnni = {"model": "x", "avx512_vnni": True, "amx_int8": False, "avx2": True}
+    diagnosis = {"recipe": f"16-bit weights {DIAGNOSIS}", "pays": True}
+    candidate = {"recipe": "QDQ minmax", "pays": False}
+    assert verdict([diagnosis, candidate], vnni).startswith("FP32 preferred")
+    assert verdict([diagnosis, {**candidate, "pays": True}], vnni) == "INT8 preferred"
+    no_vnni = {**vnni, "avx512_vnni": False}
+    assert verdict([{**candidate, "pays": True}], no_vnni).startswith("open")

@@ -250,6 +250,10 @@ ENSEMBLES = {  # the combinations weighed on val; members must share a grid to b
     "v5 in place of v2": ("v3", "v4", "v5"),
     "v5 in place of v3": ("v2", "v4", "v5"),
     "v5 in place of v4": ("v2", "v3", "v5"),
+    # v6: a third CPU member, the whole schedule in BF16 math on AMX (training/plans/cpu_v6.json)
+    "v6 in place of v2": ("v3", "v4", "v6"),
+    "v6 in place of v3": ("v2", "v4", "v6"),
+    "v6 in place of v4": ("v2", "v3", "v6"),
 }
 
 

@@ -14,7 +14,7 @@ import psutil
 from app.config import usable_cpus
 
 REPO = Path(__file__).resolve().parent.parent
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 LIBRARIES = (
     "onnxruntime",
     "numpy",

@@ -445,7 +445,8 @@ weights). Best epoch by val BMA. Figures from `python -m training levers {lev["r
 """)
     out.append(_head_section(training, card / REPLACED))
     out.append(_cpu_member_section(card / "levers_cpu.json", training))
-    out.append(_fifth_member_section(card / "levers_v5.json"))
+    for member in LATER_MEMBERS:
+        out.append(_later_member_section(card / f"levers_{member}.json", member))
     out.append(_finetune_section(card / REPLACED / "finetune.json", training))
     out.append(_adjustment_section(training))
     previous_path = card / "previous_metrics.json"
@@ -551,16 +552,19 @@ after the choice (the comparison below).
 SHIPPED_TRIO = "v4 in place of v1"  # training/ensemble.py ENSEMBLES: the trio shipped since v4
 
 
-def _fifth_member_section(path: Path) -> str:
+LATER_MEMBERS = {"v5": "fifth", "v6": "sixth"}  # CPU members weighed after v4, each by a rule
+
+
+def _later_member_section(path: Path, member: str) -> str:
     """A later CPU member weighed against the shipped trio by a rule set before its figures
-    (``levers_v5.json``: ``python -m training levers`` over the unpacked, unblended and new
-    members, and the rule; the verdict is worked out here from its figures)."""
+    (``levers_vN.json``: ``python -m training levers`` over the unpacked, unblended and new
+    members, with the rule and a remark; the verdict is worked out here from its figures)."""
     if not path.is_file():
         return ""
     lev = json.loads(path.read_text())
-    new = lev["members"]["v5"]
+    new = lev["members"][member]
     shipped = lev["ensembles"][SHIPPED_TRIO]
-    tried = {k: e for k, e in lev["ensembles"].items() if "v5" in e["members"]}
+    tried = {k: e for k, e in lev["ensembles"].items() if member in e["members"]}
     rows = "\n".join(
         f"| {name} | {', '.join(e['members'])} | {e['val_bma']:.3f} | {e['val_auc']:.4f} |"
         for name, e in {"shipped": shipped, **tried}.items()
@@ -569,29 +573,27 @@ def _fifth_member_section(path: Path) -> str:
     best = max(tried, key=lambda k: tried[k]["val_auc"])  # the rule's pick: the best val AUC
     wins = all(tried[best][k] > shipped[k] for k in ("val_bma", "val_auc"))
     verdict = f"{best} leaves the best val AUC ({tried[best]['val_auc']:.4f}) and " + (
-        "beats the shipped trio on val BMA and AUC: v5 goes on to the pipeline"
+        f"beats the shipped trio on val BMA and AUC: {member} goes on to the pipeline"
         if wins
         else f"does not beat the shipped trio on both (val BMA {tried[best]['val_bma']:.4f} "
         f"against {shipped['val_bma']:.4f}, AUC {tried[best]['val_auc']:.4f} against "
         f"{shipped['val_auc']:.4f}): the shipped model stays"
     )
-    return f"""### A fifth member (v5), {"kept" if wins else "not kept"}
+    return f"""### A {LATER_MEMBERS[member]} member ({member}), {"kept" if wins else "not kept"}
 Trained on another CPU ({lev["cpu"]}), seed {new["config"]["seed"]}, {new["epochs"]} epochs in
 {new["minutes"]} minutes: val BMA {new["val_bma"]:.3f}, macro AUC {new["val_auc"]:.3f} (v4:
 {lev["members"]["v4"]["val_bma"]:.3f}, {lev["members"]["v4"]["val_auc"]:.3f}). The members beside it:
 {sources}
 
 The unblended v4 alone scores as it did when it was trained, and the shipped trio as before
-within 0.001 (each member now carries the mean bias). Rule, written before v5's figures:
+within 0.001 (each member now carries the mean bias). Rule, written before {member}'s figures:
 {lev["rule"]}
 
 | trio (mean of logits) | members | val BMA | val AUC |
 |---|---|---|---|
 {rows}
 
-Verdict: **{verdict}.** Cut to 37 epochs by a slower CPU, v5 scored like the GPU
-members cut to 17-18 rather than like v4's whole 60; one seed cannot tell the schedule's length
-from the seed's luck.
+Verdict: **{verdict}.** {lev["remark"]}
 """
 
 

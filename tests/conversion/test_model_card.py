@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from training.card import LATER_MEMBERS, render
+from training.card import LATER_MEMBERS, _int8_diagnosis, render
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
@@ -199,3 +199,16 @@ def test_card_applies_a_later_member_s_rule_to_its_record(member: str) -> None:
     assert section.startswith("kept" if wins else "not kept")
     assert f"leaves the best val AUC ({best['val_auc']:.4f})" in section
     assert ("the shipped model stays" in section) is not wins
+
+
+def test_the_int8_diagnosis_names_the_weights_only_when_16_bit_weights_recover_agreement() -> None:
+    def rows(w8: float, w16: float) -> list[dict[str, Any]]:
+        return [
+            {"recipe": "QDQ minmax, last FP32", "top1_agreement": 0.91},
+            {"recipe": "16-bit activations, 8-bit weights (diagnosis)", "top1_agreement": w8},
+            {"recipe": "16-bit activations, 16-bit weights (diagnosis)", "top1_agreement": w16},
+        ]
+
+    assert "lost in the 8-bit weights" in _int8_diagnosis(rows(0.915, 0.998))
+    assert "does not single out" in _int8_diagnosis(rows(0.915, 0.95))
+    assert _int8_diagnosis(rows(0.915, 0.998)[:1]) == ""

@@ -495,20 +495,24 @@ CPU: {sw["cpu"]["model"]}, {vnni} AVX512-VNNI{amx}. Needed: the build's gates an
 |---|---|---|---|---|
 {rows}
 
-{_int8_diagnosis(sw["recipes"])}
+{int8_diagnosis(sw["recipes"])}
 **Verdict: {sw["verdict"]}.** Sweeps on other CPUs are in `benchmarks/RESULTS.md`. The FP16 file
 for the CUDA provider is described below.
 """)
     return "\n".join(out)
 
 
-def _int8_diagnosis(rows: list[dict[str, Any]]) -> str:
-    """What the sweep's diagnosis rows say: whether 8-bit weights or 8-bit activations cost the
-    agreement (both rows keep 16-bit activations; they differ only in the weights)."""
-    diagnosis = [r for r in rows if "(diagnosis)" in r["recipe"]]
-    if len(diagnosis) != 2:
+def int8_diagnosis(rows: list[dict[str, Any]]) -> str:
+    """What the sweep's diagnosis rows (``conversion.int8_sweep``) say: whether 8-bit weights or
+    8-bit activations cost the agreement (both keep 16-bit activations; only the weights differ)."""
+
+    def agreement(weights: str) -> float | None:
+        found = [r for r in rows if "(diagnosis)" in r["recipe"] and weights in r["recipe"]]
+        return found[0]["top1_agreement"] if found else None
+
+    w8, w16 = agreement("8-bit weights"), agreement("16-bit weights")
+    if w8 is None or w16 is None:
         return ""
-    w8, w16 = (r["top1_agreement"] for r in diagnosis)
     cause = (
         "the agreement is lost in the 8-bit weights, not in the activations. Per-channel 8-bit "
         "post-training quantisation of these members' weights is too coarse; training with "

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from training.card import LATER_MEMBERS, _int8_diagnosis, render
+from training.card import LATER_MEMBERS, int8_diagnosis, render
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
@@ -191,6 +191,9 @@ def test_card_applies_a_later_member_s_rule_to_its_record(member: str) -> None:
         pytest.skip(f"no record for {member}")
     lev = _json(path)
     shipped = lev["ensembles"]["v4 in place of v1"]
+    assert sorted(shipped["members"]) == sorted(
+        m["name"] for m in _json(MODELS / "skin_lesion.training.json")["config"]["members"]
+    )
     tried = [e for e in lev["ensembles"].values() if member in e["members"]]
     best = max(tried, key=lambda e: e["val_auc"])
     wins = best["val_bma"] > shipped["val_bma"] and best["val_auc"] > shipped["val_auc"]
@@ -209,6 +212,7 @@ def test_the_int8_diagnosis_names_the_weights_only_when_16_bit_weights_recover_a
             {"recipe": "16-bit activations, 16-bit weights (diagnosis)", "top1_agreement": w16},
         ]
 
-    assert "lost in the 8-bit weights" in _int8_diagnosis(rows(0.915, 0.998))
-    assert "does not single out" in _int8_diagnosis(rows(0.915, 0.95))
-    assert _int8_diagnosis(rows(0.915, 0.998)[:1]) == ""
+    assert "lost in the 8-bit weights" in int8_diagnosis(rows(0.915, 0.998))
+    assert "lost in the 8-bit weights" in int8_diagnosis(rows(0.915, 0.998)[::-1])
+    assert "does not single out" in int8_diagnosis(rows(0.915, 0.95))
+    assert int8_diagnosis(rows(0.915, 0.998)[:2]) == ""

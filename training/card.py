@@ -878,10 +878,11 @@ def render(
     fr = metrics["fullres"]
     missed = [NAMES[k] for k in TARGETS if _met(k, point[k]).endswith("**MISSED**")]
     gap_close = (
-        "What would close the remaining gap: whole schedules for every member (two of the three "
-        "had 17-18 of 60 epochs in a 5-minute GPU budget; the member trained for all 60 here beat "
-        "each of them on val), then a distilled student, and the 600x450 originals at a higher "
-        "input size."
+        "What would close the remaining gap: the member trained for all 60 epochs (v4) beat each "
+        "GPU member cut to 17-18 on val, but two later CPU members (v5, cut to 37 epochs; v6, all "
+        "60) did not improve the trio, so one seed's luck weighs about as much as the schedule. "
+        "Several whole-schedule seeds to choose from on val (a GPU lease; about an hour each "
+        "here), then a distilled student, and the 600x450 originals at a higher input size."
         if missed
         else "All issue targets are met on the test split; the external set is still unmeasured."
     )

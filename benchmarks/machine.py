@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-from app.config import usable_cpus
+from app.config import cpu_model_and_flags, usable_cpus
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
@@ -34,16 +34,7 @@ LIBRARIES = (
 
 def cpu_info() -> dict[str, Any]:
     """CPU model and the SIMD flags that decide INT8 and FP32 speed."""
-    model, flags = "", set[str]()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    model, flags = cpu_model_and_flags()
     return {
         "model": model or platform.processor() or "unknown",
         "arch": platform.machine(),

@@ -22,6 +22,7 @@ from typing import Any
 
 import onnx
 
+from app.config import cpu_model_and_flags
 from conversion.cam import consumers_of
 from conversion.convert import read_spec
 from conversion.images import read_labels
@@ -77,13 +78,9 @@ def recipes(model: onnx.ModelProto) -> dict[str, QuantConfig]:
 
 
 def cpu() -> dict[str, Any]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), "?"
-    )
-    flags = set(text.split())
+    model, flags = cpu_model_and_flags()
     return {
-        "model": model,
+        "model": model or "?",
         "avx512_vnni": "avx512_vnni" in flags,
         "amx_int8": "amx_int8" in flags,
         "avx2": "avx2" in flags,

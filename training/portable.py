@@ -73,6 +73,12 @@ class MemberConfig:
     loss: str = "ce"  # ce | focal
     label_smoothing: float = 0.05
     strong_aug: bool = True  # illuminant shift, vignetting, hairs on top of the geometric ones
+    # Distillation (Hinton et al. 2015): an ONNX teacher with this project's metadata (the shipped
+    # ensemble) answers every train image once; the target is then this share of its softened
+    # probabilities plus the rest of the (smoothed) label.
+    teacher: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
     limit: int | None = None  # per-part image cap, for smoke tests
 
     @classmethod
@@ -152,10 +158,53 @@ def epoch_indices(labels: np.ndarray, nv_per_epoch: int, rng: np.random.Generato
     return rng.permutation(np.concatenate([np.flatnonzero(labels != NV), keep]))
 
 
+def teacher_probabilities(teacher: Path, images: np.ndarray, temperature: float) -> np.ndarray:
+    """The teacher's probabilities for uint8 RGB ``images`` at its input size, softened.
+
+    The served model's probabilities already carry its calibration temperature (log p is the
+    logits over it, less a constant), so dividing log p by ``temperature`` softens them further
+    without needing the logits. onnxruntime, not Keras: many times faster on this CPU.
+    """
+    import onnxruntime as ort
+
+    from app.inference.preprocess import to_model_input
+    from app.inference.spec import ModelSpec
+    from conversion.runtime import predict_onnx, session
+
+    sess: ort.InferenceSession = session(teacher, threads=os.cpu_count() or 1)
+    spec = ModelSpec.from_metadata(sess.get_modelmeta().custom_metadata_map)
+    if images.shape[1:3] != (spec.input_height, spec.input_width):
+        raise ValueError(f"teacher {teacher} takes {spec.input_size}, images are {images.shape}")
+    probs = np.concatenate(
+        [  # in blocks: the whole train part as float32 would take ~2.5 GB
+            predict_onnx(sess, np.stack([to_model_input(im, spec) for im in images[i : i + 256]]))
+            for i in range(0, len(images), 256)
+        ]
+    )
+    log_p = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    soft = np.exp(log_p - log_p.max(axis=1, keepdims=True))
+    return (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def targets(
+    labels: np.ndarray, cfg: MemberConfig, teacher: np.ndarray | None = None
+) -> np.ndarray:
+    """Each image's training target: its smoothed one-hot label, blended with the teacher's."""
+    classes = len(HAM10000_LABELS)
+    onehot = np.eye(classes, dtype=np.float32)[labels]
+    smoothed = onehot * (1 - cfg.label_smoothing) + cfg.label_smoothing / classes
+    if teacher is None:
+        return smoothed
+    return (1 - cfg.distill_weight) * smoothed + cfg.distill_weight * teacher
+
+
 def mix_batch(
     x: np.ndarray, y: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with its own shuffle."""
+    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with its own shuffle.
+
+    ``y`` may hold several target arrays side by side (the label and the training target): each
+    column is mixed by the same share."""
     perm = rng.permutation(len(x))
     if rng.random() < 0.5:
         lam = float(rng.beta(0.4, 0.4))
@@ -203,12 +252,16 @@ def _py_dataset():  # type: ignore[no-untyped-def]
     class Batches(keras.utils.PyDataset):
         """An epoch of every minority image plus a fresh random subset of nevi, mixed."""
 
-        def __init__(self, x: np.ndarray, y: np.ndarray, cfg: MemberConfig) -> None:
+        def __init__(
+            self, x: np.ndarray, y: np.ndarray, cfg: MemberConfig, target: np.ndarray
+        ) -> None:
             super().__init__(workers=2, use_multiprocessing=False, max_queue_size=8)
             self.x, self.y, self.cfg = x, y, cfg
             self.weights = class_weights(y, cfg.nv_per_epoch)
             self.rng = np.random.default_rng(cfg.seed)
-            self.onehot = np.eye(len(HAM10000_LABELS), dtype=np.float32)[y]
+            # The label (for the sample weight) and the target (for the loss), side by side.
+            onehot = np.eye(len(HAM10000_LABELS), dtype=np.float32)[y]
+            self.columns = np.concatenate([onehot, target], axis=1)
             self.on_epoch_end()
 
         def on_epoch_end(self) -> None:
@@ -221,11 +274,11 @@ def _py_dataset():  # type: ignore[no-untyped-def]
             idx = self.order[i * self.cfg.batch : (i + 1) * self.cfg.batch]
             rng = np.random.default_rng((self.cfg.seed, int(self.order[0]), i))
             x = geometric(self.x[idx], rng).astype(np.float32)
-            y = self.onehot[idx]
+            columns = self.columns[idx]
             if rng.random() < self.cfg.mix_prob:
-                x, y = mix_batch(x, y, rng)
-            smoothed = y * (1 - self.cfg.label_smoothing) + self.cfg.label_smoothing / y.shape[1]
-            return x, smoothed.astype(np.float32), (y @ self.weights).astype(np.float32)
+                x, columns = mix_batch(x, columns, rng)
+            label, target = np.split(columns, 2, axis=1)
+            return x, target.astype(np.float32), (label @ self.weights).astype(np.float32)
 
     return Batches
 
@@ -495,7 +548,12 @@ def train_member(
     trainer.compile(
         optimizer=keras.optimizers.AdamW(cfg.lr, weight_decay=cfg.weight_decay), loss=loss
     )
-    batches = _py_dataset()(x_train, y_train, cfg)
+    teacher = (
+        teacher_probabilities(Path(cfg.teacher), x_train, cfg.distill_temperature)
+        if cfg.teacher
+        else None
+    )
+    batches = _py_dataset()(x_train, y_train, cfg, targets(y_train, cfg, teacher))
     started = time.perf_counter()
     trainer.fit(
         batches,

@@ -445,8 +445,9 @@ weights). Best epoch by val BMA. Figures from `python -m training levers {lev["r
 """)
     out.append(_head_section(training, card / REPLACED))
     out.append(_cpu_member_section(card / "levers_cpu.json", training))
-    for member in LATER_MEMBERS:
-        out.append(_later_member_section(card / f"levers_{member}.json", member))
+    for member in LATER_MEMBERS:  # a member not yet weighed has no record and no section
+        if section := _later_member_section(card / f"levers_{member}.json", member):
+            out.append(section)
     out.append(_finetune_section(card / REPLACED / "finetune.json", training))
     out.append(_adjustment_section(training))
     previous_path = card / "previous_metrics.json"
@@ -579,7 +580,28 @@ after the choice (the comparison below).
 SHIPPED_TRIO = "v4 in place of v1"  # training/ensemble.py ENSEMBLES: the trio shipped since v4
 
 
-LATER_MEMBERS = {"v5": "fifth", "v6": "sixth"}  # CPU members weighed after v4, each by a rule
+LATER_MEMBERS = {"v5": "fifth", "v6": "sixth", "v7": "seventh"}  # CPU members after v4, by rule
+
+
+def _alone_reading(new: dict[str, Any], shipped: dict[str, Any]) -> tuple[str, bool]:
+    """A distilled member's second reading (training/plans/cpu_v7.json): alone, at a third of
+    the trio's cost, it replaces the trio only if it matches it on both val BMA and AUC."""
+    cfg = new["config"]
+    wins = all(new[k] >= shipped[k] for k in ("val_bma", "val_auc"))
+    text = (
+        f"Distilled from `{cfg['teacher']}` (the shipped trio): each target was "
+        f"{cfg['distill_weight']:.0%} the teacher's probabilities at temperature "
+        f"{cfg['distill_temperature']:g} and the rest the smoothed label. Alone, a one-member "
+        f"model at a third of the trio's serving cost, it "
+        + (
+            "matches the shipped trio on both val BMA and AUC: it would replace it."
+            if wins
+            else f"does not match the shipped trio (val BMA {new['val_bma']:.4f} against "
+            f"{shipped['val_bma']:.4f}, AUC {new['val_auc']:.4f} against "
+            f"{shipped['val_auc']:.4f}), so it does not replace it alone."
+        )
+    )
+    return text, wins
 
 
 def _later_member_section(path: Path, member: str) -> str:
@@ -599,17 +621,27 @@ def _later_member_section(path: Path, member: str) -> str:
     sources = "\n".join(f"- {who}: {how}" for who, how in lev["members_from"].items())
     best = max(tried, key=lambda k: tried[k]["val_auc"])  # the rule's pick: the best val AUC
     wins = all(tried[best][k] > shipped[k] for k in ("val_bma", "val_auc"))
+    alone, alone_wins = (
+        _alone_reading(new, shipped) if new["config"].get("teacher") else ("", False)
+    )
+    alone += "\n" if alone else ""
     verdict = f"{best} leaves the best val AUC ({tried[best]['val_auc']:.4f}) and " + (
         f"beats the shipped trio on val BMA and AUC: {member} goes on to the pipeline"
         if wins
         else f"does not beat the shipped trio on both (val BMA {tried[best]['val_bma']:.4f} "
         f"against {shipped['val_bma']:.4f}, AUC {tried[best]['val_auc']:.4f} against "
-        f"{shipped['val_auc']:.4f}): the shipped model stays"
+        f"{shipped['val_auc']:.4f})"
+        + (
+            f"; {member} alone goes on to the pipeline"
+            if alone_wins
+            else ": the shipped model stays"
+        )
     )
-    return f"""### A {LATER_MEMBERS[member]} member ({member}), {"kept" if wins else "not kept"}
+    kept = wins or alone_wins
+    return f"""### A {LATER_MEMBERS[member]} member ({member}), {"kept" if kept else "not kept"}
 Trained on another CPU ({lev["cpu"]}), seed {new["config"]["seed"]}, {new["epochs"]} epochs in
 {new["minutes"]} minutes: val BMA {new["val_bma"]:.3f}, macro AUC {new["val_auc"]:.3f} (v4:
-{lev["members"]["v4"]["val_bma"]:.3f}, {lev["members"]["v4"]["val_auc"]:.3f}). The members beside it:
+{lev["members"]["v4"]["val_bma"]:.3f}, {lev["members"]["v4"]["val_auc"]:.3f}). {alone}The members beside it:
 {sources}
 
 The unblended v4 alone scores as it did when it was trained, and the shipped trio as before

@@ -254,6 +254,10 @@ ENSEMBLES = {  # the combinations weighed on val; members must share a grid to b
     "v6 in place of v2": ("v3", "v4", "v6"),
     "v6 in place of v3": ("v2", "v4", "v6"),
     "v6 in place of v4": ("v2", "v3", "v6"),
+    # v7: distilled from the shipped trio (training/plans/cpu_v7.json)
+    "v7 in place of v2": ("v3", "v4", "v7"),
+    "v7 in place of v3": ("v2", "v4", "v7"),
+    "v7 in place of v4": ("v2", "v3", "v7"),
 }
 
 

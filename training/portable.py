@@ -186,9 +186,7 @@ def teacher_probabilities(teacher: Path, images: np.ndarray, temperature: float)
     return (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def targets(
-    labels: np.ndarray, cfg: MemberConfig, teacher: np.ndarray | None = None
-) -> np.ndarray:
+def targets(labels: np.ndarray, cfg: MemberConfig, teacher: np.ndarray | None = None) -> np.ndarray:
     """Each image's training target: its smoothed one-hot label, blended with the teacher's."""
     classes = len(HAM10000_LABELS)
     onehot = np.eye(classes, dtype=np.float32)[labels]

@@ -23,6 +23,8 @@ from training.portable import (
     load_part,
     mix_batch,
     pack,
+    targets,
+    teacher_probabilities,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +60,51 @@ def test_mixup_and_cutmix_labels_match_what_was_mixed() -> None:
         np.testing.assert_allclose(
             mixed.mean(axis=(1, 2, 3)), soft[:, :4] @ x[:, 0, 0, 0], rtol=1e-4
         )
+
+
+def test_distilled_targets_blend_the_teacher_into_the_smoothed_label() -> None:
+    labels = np.array([0, 4, 6])
+    teacher = np.random.default_rng(0).dirichlet(np.ones(7), size=3).astype(np.float32)
+    plain = targets(labels, MemberConfig(name="x", label_smoothing=0.1))
+    np.testing.assert_allclose(plain[np.arange(3), labels], 0.9 + 0.1 / 7, rtol=1e-6)
+    half = targets(labels, MemberConfig(name="x", label_smoothing=0.1), teacher)
+    np.testing.assert_allclose(half, 0.5 * plain + 0.5 * teacher, rtol=1e-6)
+    np.testing.assert_allclose(half.sum(axis=1), 1.0, rtol=1e-6)
+    only = targets(labels, MemberConfig(name="x", distill_weight=1.0), teacher)
+    np.testing.assert_allclose(only, teacher, rtol=1e-6)
+
+
+def test_label_and_target_columns_are_mixed_by_the_same_share() -> None:
+    """The sample weight comes from the mixed label, the loss from the mixed target: one mix."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (6, 30, 40, 3)).astype(np.float32)
+    label = np.eye(7, dtype=np.float32)[[0, 1, 2, 3, 4, 5]]
+    for _ in range(20):
+        _, mixed = mix_batch(x, np.concatenate([label, label], axis=1), rng)
+        first, second = np.split(mixed, 2, axis=1)
+        np.testing.assert_array_equal(first, second)
+
+
+def test_the_teacher_answers_as_the_served_model_and_softens_by_temperature(
+    packed: Path,
+) -> None:
+    from app.inference.classifier import Classifier
+    from app.inference.preprocess import to_model_input
+
+    model = ROOT / "models" / "skin_lesion.onnx"
+    images, _ = load_part(packed, "val", (200, 150))
+    served = Classifier(model, "cpu")
+    batch = np.stack([to_model_input(image, served.spec) for image in images])
+    expected = served.run(batch)[:, :7]
+    np.testing.assert_allclose(teacher_probabilities(model, images, 1.0), expected, atol=1e-5)
+    soft = teacher_probabilities(model, images, 2.0)
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-5)
+    # Temperature 2 halves every log-odds between two classes.
+    np.testing.assert_allclose(
+        np.log(soft[:, 1:] / soft[:, :1]), np.log(expected[:, 1:] / expected[:, :1]) / 2, atol=1e-3
+    )
+    with pytest.raises(ValueError, match="takes"):
+        teacher_probabilities(model, images[:, :100], 1.0)
 
 
 def test_geometric_warps_with_mirrored_borders() -> None:

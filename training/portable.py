@@ -41,6 +41,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from app.files import atomic_path, atomic_write
 from app.inference.field_of_view import fill_outside
@@ -171,14 +172,19 @@ def teacher_probabilities(teacher: Path, images: np.ndarray, temperature: float)
     from app.inference.spec import ModelSpec
     from conversion.runtime import predict_onnx, session
 
+    if not teacher.is_file():
+        raise FileNotFoundError(f"no teacher model at {teacher}")
     sess: ort.InferenceSession = session(teacher, threads=os.cpu_count() or 1)
     spec = ModelSpec.from_metadata(sess.get_modelmeta().custom_metadata_map)
+    if tuple(spec.labels) != tuple(HAM10000_LABELS):
+        raise ValueError(f"teacher {teacher} has classes {spec.labels}, not HAM10000's")
     if images.shape[1:3] != (spec.input_height, spec.input_width):
         raise ValueError(f"teacher {teacher} takes {spec.input_size}, images are {images.shape}")
+    blocks = range(0, len(images), 256)  # the whole train part as float32 would take ~2.5 GB
     probs = np.concatenate(
-        [  # in blocks: the whole train part as float32 would take ~2.5 GB
+        [
             predict_onnx(sess, np.stack([to_model_input(im, spec) for im in images[i : i + 256]]))
-            for i in range(0, len(images), 256)
+            for i in tqdm(blocks, desc="teacher", unit="block", leave=False)
         ]
     )
     log_p = np.log(np.clip(probs, 1e-12, 1.0)) / temperature

@@ -105,6 +105,8 @@ def test_the_teacher_answers_as_the_served_model_and_softens_by_temperature(
     )
     with pytest.raises(ValueError, match="takes"):
         teacher_probabilities(model, images[:, :100], 1.0)
+    with pytest.raises(FileNotFoundError, match="no teacher"):
+        teacher_probabilities(model.with_name("absent.onnx"), images, 1.0)
 
 
 def test_geometric_warps_with_mirrored_borders() -> None:

@@ -439,8 +439,8 @@ weights). Best epoch by val BMA. Figures from `python -m training levers {lev["r
 - **Backbone**: MobileNetV2-0.35 beat MobileNet-0.25 by 4-5 BMA points at twice the cost.
 - **Ensembles** paid: three MobileNetV2-0.35 members over the best single one. Mixed
   ensembles cannot share one head here (4x6 against 5x7 feature grids at 200x150).
-- **Distillation** was not tried: the GPU lease (15 minutes in all) was spent on the members,
-  and this CPU's hours on a whole member (below).
+- **Distillation** was not tried then: the GPU lease (15 minutes in all) was spent on the
+  members. A later CPU member distilled from the shipped trio (v7, below) did not pay.
 - Flip test-time augmentation did not help the earlier model (below) and was not repeated.
 """)
     out.append(_head_section(training, card / REPLACED))
@@ -912,9 +912,11 @@ def render(
     gap_close = (
         "What would close the remaining gap: the member trained for all 60 epochs (v4) beat each "
         "GPU member cut to 17-18 on val, but two later CPU members (v5, cut to 37 epochs; v6, all "
-        "60) did not improve the trio, so one seed's luck weighs about as much as the schedule. "
-        "Several whole-schedule seeds to choose from on val (a GPU lease; about an hour each "
-        "here), then a distilled student, and the 600x450 originals at a higher input size."
+        "60) did not improve the trio, so one seed's luck weighs about as much as the schedule, "
+        "and a member distilled from the trio (v7) lost AUC. Several whole-schedule seeds to "
+        "choose from on val (a GPU lease; 40-70 minutes each here), a teacher that has not "
+        "seen the images it labels (out-of-fold), and the 600x450 originals at a higher input "
+        "size."
         if missed
         else "All issue targets are met on the test split; the external set is still unmeasured."
     )

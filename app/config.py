@@ -97,6 +97,9 @@ class Settings:
     model_path: Path = field(default_factory=default_model_path)
     providers: Providers = "auto"
     ort_threads: int = field(default_factory=usable_cpus)
+    # A lone request's model run uses ort_threads cores (a second session), as nothing else
+    # needs them; under load each run keeps one thread (InferenceService, MicroBatcher).
+    solo_run: bool = True
     # The decode and inference threads' niceness above the server's: when the cores are short,
     # the event loop (refusals, health probes) runs first. 0 turns it off (lower_worker_priority).
     worker_nice: int = 10
@@ -232,6 +235,7 @@ class Settings:
             model_path=Path(model) if model else base.model_path,
             providers=providers,  # type: ignore[arg-type]
             ort_threads=number("ORT_THREADS", base.ort_threads, int, 1),
+            solo_run=(get("SOLO_RUN") or "1").strip().lower() not in {"0", "false", "no", "off"},
             worker_nice=number("WORKER_NICE", base.worker_nice, int, 0, 19),
             dev=_truthy(get("DEV")),
             batch_max=number("BATCH_MAX", base.batch_max, int, 1),

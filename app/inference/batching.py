@@ -5,7 +5,9 @@ batches of up to ``max_batch`` items and runs them in a small thread pool, off t
 When the queue is full, callers get :class:`~app.errors.OverloadedError` (503 + Retry-After)
 instead of the process growing its memory.
 
-Waiting policy: an idle server dispatches at once, so a lone request never pays ``max_wait_ms``.
+Waiting policy: an idle server dispatches at once, so a lone request never pays ``max_wait_ms``,
+and a batch with the machine to itself (nothing else running, queued or, per ``busy``, being
+decoded) goes to ``run_solo``, which may spread one image over every core.
 The collector waits (at most ``max_wait_ms``) for a fuller batch only while another batch is
 running, when the cores are busy anyway; otherwise it takes whatever is queued (greedy batching:
 items that arrive during a run form the next batch).
@@ -98,6 +100,8 @@ class MicroBatcher:
         max_wait_ms: longest a partial batch waits for company while all slots are busy.
         queue_max: most items waiting; beyond it ``submit`` raises OverloadedError.
         concurrency: ``run`` calls in flight at once (each on its own thread).
+        run_solo: what to call instead of ``run`` for a batch with the machine to itself.
+        busy: whether other work (decoding) is using the cores; decides ``run_solo``.
     """
 
     def __init__(
@@ -111,10 +115,14 @@ class MicroBatcher:
         concurrency: int = 1,
         observer: InferenceObserver | None = None,
         nice: int = 0,
+        run_solo: RunBatch | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         if max_batch < 1 or queue_max < 1 or concurrency < 1:
             raise ValueError("max_batch, queue_max and concurrency must be >= 1")
         self._run = run
+        self._run_solo = run_solo
+        self._busy = busy or (lambda: False)
         self.max_batch = max_batch
         self.backlog_batch = max(backlog_batch or max_batch, max_batch)
         self.max_wait = max(0.0, max_wait_ms) / 1000
@@ -243,8 +251,12 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             tensors = [item.tensor for item in batch]
+            alone = self._in_flight == 1 and not self._pending and not self._busy()
+            run = self._run_solo if alone and self._run_solo is not None else self._run
             loop = asyncio.get_running_loop()
-            probs, seconds = await loop.run_in_executor(self._executor, self._timed_run, tensors)
+            probs, seconds = await loop.run_in_executor(
+                self._executor, self._timed_run, run, tensors
+            )
         except Exception as exc:
             log.exception("inference failed for a batch of %d", len(batch))
             for item in batch:
@@ -267,10 +279,11 @@ class MicroBatcher:
                     )
                 )
 
-    def _timed_run(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    @staticmethod
+    def _timed_run(run: RunBatch, tensors: list[np.ndarray]) -> tuple[np.ndarray, float]:
         # Batched on the worker thread: the copy (and its page faults) stays off the event
         # loop, and a batch of one is a view, not a copy.
         inputs = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)
         t0 = time.perf_counter()
-        probs = self._run(inputs)
+        probs = run(inputs)
         return probs, time.perf_counter() - t0

@@ -82,6 +82,11 @@ def _open_session(model_path: Path, requested: str, threads: int) -> ort.Inferen
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
+    if threads > 1:
+        # Spin while a run hands work between its threads (the speed of several threads), but
+        # not after it: otherwise they spin on between requests, taking the cores from the
+        # decode and the event loop (2x the CPU per request at concurrency 1, measured).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     wanted = choose_providers(requested)
     try:
@@ -114,10 +119,20 @@ def _open_session(model_path: Path, requested: str, threads: int) -> ort.Inferen
 class Classifier:
     """Wraps an onnxruntime session; thread-safe for concurrent ``run`` calls."""
 
-    def __init__(self, model_path: Path, providers: str = "auto", threads: int = 1) -> None:
+    def __init__(
+        self, model_path: Path, providers: str = "auto", threads: int = 1, solo_threads: int = 1
+    ) -> None:
+        """Args:
+        threads: intra-op threads of the session that runs while other work is in flight.
+        solo_threads: threads for a run with the machine to itself (``run(solo=True)``): a
+            second CPU session of the same file, opened only when it has more threads.
+        """
         if not model_path.is_file():
             raise ModelLoadError(f"model file not found: {model_path}")
         self.session = _open_session(model_path, providers, threads)
+        self._solo_session: ort.InferenceSession | None = None
+        if solo_threads > threads and self.session.get_providers()[0] == "CPUExecutionProvider":
+            self._solo_session = _open_session(model_path, "cpu", solo_threads)
         try:
             meta = self.session.get_modelmeta().custom_metadata_map
             self.spec = ModelSpec.from_metadata(dict(meta))
@@ -134,12 +149,13 @@ class Classifier:
         self.distribution: Distribution | None = None
         self._check_shapes()
         log.info(
-            "loaded %s (%s, sha256 %s…) on %s with %d intra-op threads",
+            "loaded %s (%s, sha256 %s…) on %s with %d intra-op threads (%d alone)",
             model_path.name,
             self.spec.name,
             self.sha256[:12],
             self.providers[0],
             threads,
+            solo_threads if self._solo_session is not None else threads,
         )
 
     def _check_shapes(self) -> None:
@@ -170,6 +186,12 @@ class Classifier:
         """Run dummy batches so the first real request does not pay for allocation."""
         for batch in (1, 2)[: max(1, runs)]:
             self.run(np.zeros((batch, *self.input_shape), np.float32))
+        if self._solo_session is not None:
+            self.run(np.zeros((1, *self.input_shape), np.float32), solo=True)
+
+    @property
+    def has_solo_session(self) -> bool:
+        return self._solo_session is not None
 
     def release_memory(self) -> None:
         """Give back what the CPU memory arenas grew to for big batches (call when idle).
@@ -183,19 +205,25 @@ class Classifier:
         """
         feeds = {self.input_name: np.zeros((1, *self.input_shape), np.float32)}
         self.session.run(self.output_names[:1], feeds, _SHRINK_ARENAS)
+        if self._solo_session is not None:
+            self._solo_session.run(self.output_names[:1], feeds, _SHRINK_ARENAS)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, solo: bool = False) -> np.ndarray:
         """float32 batch in the model's layout -> rows of (N, classes [+ 1]).
 
         Each row is the class probabilities, then, when the gate has a distribution check,
         the image's distribution score: one array, so the micro-batcher hands out rows
         without knowing about the gate.
+
+        Args:
+            solo: nothing else needs the cores: use the session with ``solo_threads``, if any.
         """
+        session = self._solo_session if solo and self._solo_session is not None else self.session
         feeds = {self.input_name: batch}
         if self.distribution is None or not self.has_features:
-            probs = self.session.run(self.output_names[:1], feeds)[0]
+            probs = session.run(self.output_names[:1], feeds)[0]
             return np.asarray(probs, dtype=np.float32)
-        probs, features = self.session.run([self.output_names[0], FEATURES], feeds)
+        probs, features = session.run([self.output_names[0], FEATURES], feeds)
         scores = self.distribution.scores(np.asarray(features, np.float32))
         return np.column_stack([probs, scores]).astype(np.float32)
 

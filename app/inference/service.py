@@ -124,6 +124,12 @@ class InferenceService:
             concurrency=workers,
             observer=observer,
             nice=settings.worker_nice,
+            # Alone, one image may use every core (the classifier's solo session, if any):
+            # at concurrency 1 the other core would otherwise idle through the model.
+            run_solo=functools.partial(classifier.run, solo=True)
+            if classifier.has_solo_session
+            else None,
+            busy=lambda: self._decoding > 0,
         )
 
     async def start(self) -> None:
@@ -334,13 +340,15 @@ def load_gate(settings: Settings, classifier: Classifier) -> Gate:
 
 
 def open_classifier(settings: Settings) -> Classifier:
-    """The served model's session; raises ModelLoadError.
+    """The served model's sessions; raises ModelLoadError.
 
-    One intra-op thread per run, ``ort_threads`` runs at once (PITFALLS.md). A second session
-    with every core for a lone request was measured and not kept: its threads spin between
-    runs (2x the CPU per request at concurrency 1) and it was slower on a busy machine.
+    One intra-op thread per run, ``ort_threads`` runs at once (PITFALLS.md), and, with
+    ``solo_run``, a second session with ``ort_threads`` threads for a request that has the
+    machine to itself. Its threads stop spinning when a run ends (an earlier version without
+    that was measured and dropped: they spun between requests, 2x the CPU at concurrency 1).
     """
-    return Classifier(settings.model_path, settings.providers, threads=1)
+    solo = settings.ort_threads if settings.solo_run else 1
+    return Classifier(settings.model_path, settings.providers, threads=1, solo_threads=solo)
 
 
 def load_service(

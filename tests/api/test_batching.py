@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -302,3 +304,68 @@ async def test_a_failed_batch_measurement_leaves_single_runs_and_says_so(
         assert service.batcher.max_batch == 1
     finally:
         await service.stop()
+
+
+async def test_a_batch_alone_runs_on_the_solo_session_and_a_crowd_does_not(
+    model_path: Path, tensors: list[np.ndarray]
+) -> None:
+    """The solo session (every core on one image) only when nothing else needs the cores."""
+    wide = Classifier(model_path, "cpu", threads=1, solo_threads=2)
+    assert wide.has_solo_session and not Classifier(model_path, "cpu", 1, 1).has_solo_session
+    calls: list[str] = []
+    decoding = False
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append("shared")
+        return wide.run(batch)
+
+    def run_solo(batch: np.ndarray) -> np.ndarray:
+        calls.append("solo")
+        return wide.run(batch, solo=True)
+
+    batcher = MicroBatcher(
+        run, max_batch=1, queue_max=64, concurrency=2, run_solo=run_solo, busy=lambda: decoding
+    )
+    await batcher.start()
+    try:
+        alone = await batcher.submit(tensors[0])
+        assert calls == ["solo"]
+        shared = wide.run(tensors[0][None])[0]
+        np.testing.assert_allclose(alone.probabilities, shared, atol=1e-5)
+
+        decoding = True  # another upload is being decoded: leave it its core
+        await batcher.submit(tensors[0])
+        assert calls[-1] == "shared"
+
+        decoding = False
+        calls.clear()
+        await asyncio.gather(*(batcher.submit(t) for t in tensors * 2))
+        assert "shared" in calls  # the crowd queued behind the first run
+    finally:
+        await batcher.stop()
+
+
+def test_the_solo_session_s_threads_stop_spinning_when_a_run_ends(model_path: Path) -> None:
+    """Between requests its threads sleep: spinning on would take the cores from the decode
+    and the event loop (the first solo session spun, 2x the CPU per request at c=1)."""
+    wide = Classifier(model_path, "cpu", threads=1, solo_threads=2)
+    x = np.zeros((1, *wide.input_shape), np.float32)
+    idle_cpu = []
+    for _ in range(5):
+        wide.run(x, solo=True)
+        before = time.process_time()
+        time.sleep(0.05)
+        idle_cpu.append(time.process_time() - before)
+    # Spinning threads would burn most of the 50 ms; sleeping ones nearly none.
+    assert sorted(idle_cpu)[2] < 0.01, idle_cpu
+
+
+def test_the_solo_run_follows_the_settings(model_path: Path) -> None:
+    from app.inference.service import open_classifier
+
+    base = Settings(model_path=model_path, providers="cpu", ort_threads=2)
+    assert open_classifier(base).has_solo_session
+    assert not open_classifier(dataclasses.replace(base, solo_run=False)).has_solo_session
+    assert not open_classifier(dataclasses.replace(base, ort_threads=1)).has_solo_session
+    assert not Settings.from_env({"APP_SOLO_RUN": "0"}).solo_run
+    assert Settings.from_env({}).solo_run

@@ -346,8 +346,9 @@ def open_classifier(settings: Settings) -> Classifier:
     ``solo_run``, a second session with ``ort_threads`` threads for a request that has the
     machine to itself. Its threads stop spinning when a run ends (an earlier version without
     that was measured and dropped: they spun between requests, 2x the CPU at concurrency 1).
+    Not with several worker processes: one cannot tell whether another is using the cores.
     """
-    solo = settings.ort_threads if settings.solo_run else 1
+    solo = settings.ort_threads if settings.solo_run and settings.workers == 1 else 1
     return Classifier(settings.model_path, settings.providers, threads=1, solo_threads=solo)
 
 

@@ -367,5 +367,7 @@ def test_the_solo_run_follows_the_settings(model_path: Path) -> None:
     assert open_classifier(base).has_solo_session
     assert not open_classifier(dataclasses.replace(base, solo_run=False)).has_solo_session
     assert not open_classifier(dataclasses.replace(base, ort_threads=1)).has_solo_session
+    # a worker process cannot see whether another one is using the cores
+    assert not open_classifier(dataclasses.replace(base, workers=2)).has_solo_session
     assert not Settings.from_env({"APP_SOLO_RUN": "0"}).solo_run
     assert Settings.from_env({}).solo_run

@@ -15,7 +15,11 @@ What runs where:
   flips, any rotation, zoom and shift (``geometric``);
 - inside the training graph, on the accelerator (``augmenter``): brightness, contrast,
   saturation, an illuminant shift (the inverse of colour constancy), dermoscope vignetting and
-  synthetic hairs. None of it is part of the saved model.
+  synthetic hairs. None of it is part of the saved model;
+- once, before the first epoch, with ``"teacher"`` in the member's settings: an ONNX teacher
+  answers every train image through onnxruntime (``teacher_probabilities``; this needs
+  onnxruntime where the member trains), and its softened probabilities become part of each
+  target (``targets``): distillation.
 
 Each member checkpoints every epoch (Keras ``BackupAndRestore`` + its own state file) and picks
 up where it stopped with ``--resume``. With ``--budget-s`` the number of epochs is set after the

@@ -36,6 +36,11 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _falsy(value: str | None) -> bool:
+    """Explicitly off: for settings that are on unless turned off."""
+    return (value or "").strip().lower() in {"0", "false", "no", "off"}
+
+
 def usable_cpus() -> int:
     """CPUs this process may really use: affinity mask and cgroup quota, not the host's count."""
     try:
@@ -235,7 +240,7 @@ class Settings:
             model_path=Path(model) if model else base.model_path,
             providers=providers,  # type: ignore[arg-type]
             ort_threads=number("ORT_THREADS", base.ort_threads, int, 1),
-            solo_run=(get("SOLO_RUN") or "1").strip().lower() not in {"0", "false", "no", "off"},
+            solo_run=not _falsy(get("SOLO_RUN")),
             worker_nice=number("WORKER_NICE", base.worker_nice, int, 0, 19),
             dev=_truthy(get("DEV")),
             batch_max=number("BATCH_MAX", base.batch_max, int, 1),
@@ -250,7 +255,7 @@ class Settings:
             queue_max=number("QUEUE_MAX", base.queue_max, int, 1),
             uploads_max=number("UPLOADS_MAX", base.uploads_max, int, 1),
             session_idle_minutes=number("SESSION_IDLE_MINUTES", base.session_idle_minutes, int, 1),
-            api_auth=(get("API_AUTH") or "1").strip().lower() not in {"0", "false", "no", "off"},
+            api_auth=not _falsy(get("API_AUTH")),
             log_level=log_level,
             log_format=log_format,
             registration=registration,

@@ -585,21 +585,22 @@ LATER_MEMBERS = {"v5": "fifth", "v6": "sixth", "v7": "seventh"}  # CPU members a
 
 def _alone_reading(new: dict[str, Any], shipped: dict[str, Any]) -> tuple[str, bool]:
     """A distilled member's second reading (training/plans/cpu_v7.json): alone, at a third of
-    the trio's cost, it replaces the trio only if it matches it on both val BMA and AUC."""
+    the trio's cost, it replaces the trio only if it matches it on both val BMA and AUC.
+    Returns a line for the section and whether it passes."""
     cfg = new["config"]
     wins = all(new[k] >= shipped[k] for k in ("val_bma", "val_auc"))
+    outcome = (
+        "matches the shipped trio on both val BMA and AUC: it would replace it."
+        if wins
+        else f"does not match the shipped trio (val BMA {new['val_bma']:.4f} against "
+        f"{shipped['val_bma']:.4f}, AUC {new['val_auc']:.4f} against "
+        f"{shipped['val_auc']:.4f}), so it does not replace it alone."
+    )
     text = (
         f"Distilled from `{cfg['teacher']}` (the shipped trio): each target was "
         f"{cfg['distill_weight']:.0%} the teacher's probabilities at temperature "
         f"{cfg['distill_temperature']:g} and the rest the smoothed label. Alone, a one-member "
-        f"model at a third of the trio's serving cost, it "
-        + (
-            "matches the shipped trio on both val BMA and AUC: it would replace it."
-            if wins
-            else f"does not match the shipped trio (val BMA {new['val_bma']:.4f} against "
-            f"{shipped['val_bma']:.4f}, AUC {new['val_auc']:.4f} against "
-            f"{shipped['val_auc']:.4f}), so it does not replace it alone."
-        )
+        f"model at a third of the trio's serving cost, it {outcome}\n"
     )
     return text, wins
 
@@ -624,19 +625,19 @@ def _later_member_section(path: Path, member: str) -> str:
     alone, alone_wins = (
         _alone_reading(new, shipped) if new["config"].get("teacher") else ("", False)
     )
-    alone += "\n" if alone else ""
-    verdict = f"{best} leaves the best val AUC ({tried[best]['val_auc']:.4f}) and " + (
-        f"beats the shipped trio on val BMA and AUC: {member} goes on to the pipeline"
-        if wins
-        else f"does not beat the shipped trio on both (val BMA {tried[best]['val_bma']:.4f} "
-        f"against {shipped['val_bma']:.4f}, AUC {tried[best]['val_auc']:.4f} against "
-        f"{shipped['val_auc']:.4f})"
-        + (
+    best_bma, best_auc = tried[best]["val_bma"], tried[best]["val_auc"]
+    if wins:
+        outcome = f"beats the shipped trio on val BMA and AUC: {member} goes on to the pipeline"
+    else:
+        outcome = (
+            f"does not beat the shipped trio on both (val BMA {best_bma:.4f} against "
+            f"{shipped['val_bma']:.4f}, AUC {best_auc:.4f} against {shipped['val_auc']:.4f})"
+        ) + (
             f"; {member} alone goes on to the pipeline"
             if alone_wins
             else ": the shipped model stays"
         )
-    )
+    verdict = f"{best} leaves the best val AUC ({best_auc:.4f}) and {outcome}"
     kept = wins or alone_wins
     return f"""### A {LATER_MEMBERS[member]} member ({member}), {"kept" if kept else "not kept"}
 Trained on another CPU ({lev["cpu"]}), seed {new["config"]["seed"]}, {new["epochs"]} epochs in

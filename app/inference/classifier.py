@@ -204,9 +204,8 @@ class Classifier:
         under load.
         """
         feeds = {self.input_name: np.zeros((1, *self.input_shape), np.float32)}
-        self.session.run(self.output_names[:1], feeds, _SHRINK_ARENAS)
-        if self._solo_session is not None:
-            self._solo_session.run(self.output_names[:1], feeds, _SHRINK_ARENAS)
+        for session in filter(None, (self.session, self._solo_session)):
+            session.run(self.output_names[:1], feeds, _SHRINK_ARENAS)
 
     def run(self, batch: np.ndarray, solo: bool = False) -> np.ndarray:
         """float32 batch in the model's layout -> rows of (N, classes [+ 1]).

@@ -79,7 +79,13 @@ def main() -> int:
                 + (f"; CPU/req A {cpu['A']:.2f} B {cpu['B']:.2f} ms" if len(cpu) == 2 else ""),
                 flush=True,
             )
-    for what, key in (("p50 c=1", "p50"), ("req/s c=8", "rps"), ("CPU ms/req c=8", "server_cpu")):
+    for what, key in (
+        ("p50 c=1", "p50"),
+        ("req/s c=8", "rps"),
+        ("CPU ms/req c=8", "server_cpu"),
+        ("event loop CPU ms/req c=8", "loop_cpu"),
+        ("other threads' waits/req c=8", "worker_waits"),
+    ):
         per_round = getattr(rounds, key)
         if len(per_round.get("A", [])) != len(per_round.get("B", [])) or not per_round.get("A"):
             continue  # CPU time: only where the server's CPU could be read in every round
@@ -123,6 +129,9 @@ def record(label: str, rounds: Rounds, requests: int, env_b: dict[str, str] | No
         # The server's CPU time per request at c=8 (user + system, its threads together): less
         # moved by other work on the machine than the wall-clock figures.
         "server_cpu_ms_c8": rounds.server_cpu,
+        # Of it, the event loop's (the main thread's), and how often the other threads blocked.
+        "loop_cpu_ms_c8": rounds.loop_cpu,
+        "worker_waits_c8": rounds.worker_waits,
     }
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import psutil
@@ -43,6 +45,9 @@ class LoadResult:
     # CPU seconds (user + system) spent during the recorded requests, by each side.
     server_cpu_s: float | None = None
     client_cpu_s: float | None = None
+    # The server process's own threads over the same requests (Linux; None elsewhere): its main
+    # thread (a Python server's event loop) and the rest, and how often the rest blocked.
+    server_threads: ThreadUse | None = None
 
     @property
     def ok(self) -> int:
@@ -62,6 +67,61 @@ class LoadResult:
         seconds = self.server_cpu_s if side == "server" else self.client_cpu_s
         answered = sum(self.statuses.values())
         return seconds * 1e3 / answered if seconds is not None and answered else None
+
+    def per_request(self, what: str) -> float | None:
+        """One of ``ThreadUse``'s fields per answered request (CPU in ms, waits as counts)."""
+        answered = sum(self.statuses.values())
+        if self.server_threads is None or not answered:
+            return None
+        value = float(getattr(self.server_threads, what))
+        return value * (1e3 if what.endswith("_s") else 1) / answered
+
+
+@dataclass(frozen=True)
+class ThreadUse:
+    """A process's own threads, read from /proc: CPU seconds of its main thread and of the
+    others, and the others' voluntary context switches (a thread that blocks: on an empty work
+    queue, or on a lock such as Python's GIL)."""
+
+    main_cpu_s: float
+    other_cpu_s: float
+    other_waits: int
+
+    @classmethod
+    def read(cls, pid: int) -> ThreadUse | None:
+        """Now, or None where /proc has no per-thread figures (not Linux)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        main = other = 0.0
+        waits = 0
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return None
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            except OSError:
+                continue  # the thread ended between the listing and the read
+            fields = stat[stat.rindex(")") + 2 :].split()
+            cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            if tid == str(pid):
+                main += cpu
+                continue
+            other += cpu
+            for line in status.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    waits += int(line.split()[1])
+        return cls(main, other, waits)
+
+    def __sub__(self, earlier: ThreadUse) -> ThreadUse:
+        # Threads that ended in between take their counts with them: a pool that replaces
+        # threads would read low. The servers measured here keep theirs.
+        return ThreadUse(
+            self.main_cpu_s - earlier.main_cpu_s,
+            self.other_cpu_s - earlier.other_cpu_s,
+            self.other_waits - earlier.other_waits,
+        )
 
 
 def _own_cpu_seconds(proc: psutil.Process) -> float:
@@ -135,6 +195,7 @@ async def _drive(
         this_process = psutil.Process()
         # The server first: its reading walks /proc for children, which costs the client CPU.
         server_cpu = _cpu_seconds(server) if server is not None else None
+        threads = ThreadUse.read(server.pid) if server is not None else None
         client_cpu = _own_cpu_seconds(this_process)
         start = time.perf_counter()
         deadline = start + time_cap_s
@@ -143,6 +204,9 @@ async def _drive(
         result.client_cpu_s = _own_cpu_seconds(this_process) - client_cpu
         if server is not None and server_cpu is not None:
             result.server_cpu_s = _cpu_seconds(server) - server_cpu
+            after = ThreadUse.read(server.pid)
+            if after is not None and threads is not None:
+                result.server_threads = after - threads
         result.capped = next_index < requests
     return result
 

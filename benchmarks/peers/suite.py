@@ -107,6 +107,10 @@ class Peer:
     encode: Callable[[Sample], tuple[bytes, dict[str, str]]]
     top_class: Callable[[bytes], str]
     venv: Path | None  # None: the service, from this venv
+    # One process whose main thread runs the event loop (the service, the floors): its
+    # threads' CPU splits into the loop's and the workers'. BentoML and PyTriton serve from
+    # child processes.
+    loop_in_main: bool = True
 
 
 def venv_python(name: str) -> Path:
@@ -250,7 +254,7 @@ def make_peer(name: str, models: ModelSet, data_dir: Path, labels: list[str]) ->
         target = Target(
             name, argv, env, port, "/predict", "image", LABELS[name], PEERS_DIR, "/readyz"
         )
-        return Peer(target, _multipart("image"), _json_label, WORK / name)
+        return Peer(target, _multipart("image"), _json_label, WORK / name, loop_in_main=False)
     argv = (
         python, str(PEERS_DIR / "pytriton_server.py"), "--http-port", str(port),
         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
@@ -259,7 +263,7 @@ def make_peer(name: str, models: ModelSet, data_dir: Path, labels: list[str]) ->
         name, argv, env, port, "/v2/models/skin/infer", "image", LABELS[name], PEERS_DIR,
         "/v2/models/skin/ready",
     )  # fmt: skip
-    return Peer(target, triton_body, triton_label(labels), WORK / name)
+    return Peer(target, triton_body, triton_label(labels), WORK / name, loop_in_main=False)
 
 
 REFUSED = "refused"
@@ -296,6 +300,13 @@ class Rounds:
     rss: dict[str, list[float]] = field(default_factory=dict)
     peak: dict[str, list[float]] = field(default_factory=dict)
     server_cpu: dict[str, list[float]] = field(default_factory=dict)
+    # At c=8, per request: the event loop's CPU ms, the other threads' CPU ms, and how often
+    # the other threads blocked (voluntary context switches); with the cores kept busy, where
+    # a server's throughput goes (see ThreadUse).
+    loop_cpu: dict[str, list[float]] = field(default_factory=dict)
+    worker_cpu: dict[str, list[float]] = field(default_factory=dict)
+    worker_waits: dict[str, list[float]] = field(default_factory=dict)
+    busy_cores: dict[str, list[float]] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     failed_starts: dict[str, int] = field(default_factory=dict)
@@ -381,6 +392,17 @@ def measure(
     ms = eight.cpu_ms_per_request("server")
     if ms is not None:
         rounds.add(name, "server_cpu", ms)
+        if eight.server_cpu_s is not None:
+            rounds.add(name, "busy_cores", eight.server_cpu_s / eight.duration_s)
+    if peer.loop_in_main:
+        for what, field_name in (
+            ("main_cpu_s", "loop_cpu"),
+            ("other_cpu_s", "worker_cpu"),
+            ("other_waits", "worker_waits"),
+        ):
+            value = eight.per_request(what)
+            if value is not None:
+                rounds.add(name, field_name, value)
     rounds.latencies.setdefault(name, []).extend(one.ok_latencies_ms)
 
 
@@ -522,6 +544,14 @@ def _record(
         suite.add(f"{name}/rss_peak", Figure.of(m.peak[name], "MB"))
         if m.server_cpu.get(name):
             suite.add(f"{name}/server_cpu_ms_c8", Figure.of(m.server_cpu[name], "ms CPU"))
+        for key, values, unit in (
+            ("busy_cores_c8", m.busy_cores, "cores"),
+            ("loop_cpu_ms_c8", m.loop_cpu, "ms CPU"),
+            ("worker_cpu_ms_c8", m.worker_cpu, "ms CPU"),
+            ("worker_waits_c8", m.worker_waits, "per request"),
+        ):
+            if values.get(name):
+                suite.add(f"{name}/{key}", Figure.of(values[name], unit))
         if name in sizes:
             suite.add(f"{name}/venv_mb", Figure.value(sizes[name], "MB"))
         suite.distributions[f"{name}/c1/latency"] = [
@@ -588,6 +618,19 @@ def _peers_section(run: dict[str, Any]) -> list[str]:
                 f"{parity.get('median', 0):.0f}/{parity.get('n', 0)}" if parity else "—",
             ]
         )
+    breakdown = [
+        [
+            servers.get(name, name),
+            fmt(median(figs, f"{name}/rps_c8"), 1),
+            fmt(median(figs, f"{name}/busy_cores_c8")),
+            fmt(median(figs, f"{name}/server_cpu_ms_c8")),
+            fmt(median(figs, f"{name}/loop_cpu_ms_c8")),
+            fmt(median(figs, f"{name}/worker_cpu_ms_c8")),
+            fmt(median(figs, f"{name}/worker_waits_c8"), 1),
+        ]
+        for name in NAMES
+        if f"{name}/loop_cpu_ms_c8" in figs
+    ]
     ratios = []
     for subject, name in RATIOS:
         p50 = figs.get(f"ratio/{subject}_vs_{name}/p50_c1")
@@ -635,6 +678,32 @@ def _peers_section(run: dict[str, Any]) -> list[str]:
         "is what the HTTP stack costs, and it over the floor is what the gate costs.",
         "",
         *table(["ratio", "p50 c=1", "req/s c=8", "rounds"], ratios),
+        *(
+            [
+                "Where the throughput at c=8 goes, for the servers that run one process with its "
+                "event loop on the main thread (medians over rounds; per answered request; read "
+                "from /proc around the recorded requests): the cores the server kept busy, its "
+                "CPU split into the event loop's and the other threads' (decode, inference, "
+                "ORT), and how often the other threads blocked (voluntary context switches: on "
+                "an empty work queue, or waiting for the GIL). With the same work per request, "
+                "fewer busy cores and more waits mean the threads spent the difference waiting.",
+                "",
+                *table(
+                    [
+                        "server",
+                        "req/s c=8",
+                        "cores busy",
+                        "server CPU ms/req",
+                        "event loop ms/req",
+                        "other threads ms/req",
+                        "other threads' waits /req",
+                    ],
+                    breakdown,
+                ),
+            ]
+            if breakdown
+            else []
+        ),
         "The changes tried to close the gap to the floor (the issue's candidates: one pool hop, "
         "the multipart path, the response encoder, a second header pass, both cores busy), each "
         "an A/B of two checkouts with `python -m benchmarks.ab`, kept or not: *Floor gap: "

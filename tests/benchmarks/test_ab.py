@@ -22,8 +22,11 @@ def test_ab_rows_give_the_median_ratio_and_cpu_time_where_it_was_recorded() -> N
     assert "CPU/req c=8 B/A" in lines[2]
     [old_row] = [line for line in lines if line.startswith("| older")]
     [new_row] = [line for line in lines if line.startswith("| newer")]
-    assert "| 1.00 (0.90–1.10) | 1.00 (0.90–1.20) | — | not kept |" in old_row
-    assert "| 1.10 (1.00–1.20) | not kept |" in new_row
+    assert "| 1.00 (0.90–1.10) | 1.00 (0.90–1.20) | — | — | not kept |" in old_row
+    assert "| 1.10 (1.00–1.20) | — | not kept |" in new_row
+    newest = {**newer, "label": "newest", "loop_cpu_ms_c8": {"A": [2.0, 2.0], "B": [1.6, 1.8]}}
+    [row] = [line for line in _ab_section([newest]) if line.startswith("| newest")]
+    assert "| 1.10 (1.00–1.20) | 0.85 (0.80–0.90) | not kept |" in row
 
 
 def test_a_setting_for_b_is_name_equals_value_and_recorded(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -195,3 +195,40 @@ def test_quantization_scheme_reads_the_int8_files_integer_types() -> None:
     scheme = quantization_scheme(REPO / "models" / "skin_lesion_int8.onnx")
     assert scheme["activations"] == [manifest["quantization"]["activation_type"]]
     assert scheme["weights"] == [manifest["quantization"]["weight_type"]]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread figures need /proc")
+def test_thread_use_splits_the_main_thread_s_cpu_from_the_other_threads_waits() -> None:
+    import os
+    import threading
+    import time
+    from collections import Counter
+
+    from benchmarks.load import LoadResult, ThreadUse
+
+    slept, stop = threading.Event(), threading.Event()
+
+    def blocks() -> None:
+        for _ in range(40):
+            threading.Event().wait(0.002)  # sleeps: one voluntary context switch each
+        slept.set()
+        stop.wait()  # alive until read: an ended thread takes its counts with it
+
+    worker = threading.Thread(target=blocks)
+    before = ThreadUse.read(os.getpid())
+    worker.start()
+    end = time.thread_time() + 0.2
+    while time.thread_time() < end:  # the main thread's own CPU
+        pass
+    slept.wait()
+    after = ThreadUse.read(os.getpid())
+    stop.set()
+    worker.join()
+    assert before is not None and after is not None
+    used = after - before
+    assert used.main_cpu_s >= 0.1
+    assert used.other_waits >= 40
+    result = LoadResult(8, statuses=Counter({"200": 4}), server_threads=used)
+    assert result.per_request("main_cpu_s") == pytest.approx(used.main_cpu_s * 1e3 / 4)
+    assert result.per_request("other_waits") == used.other_waits / 4
+    assert LoadResult(8, statuses=Counter({"200": 4})).per_request("other_waits") is None

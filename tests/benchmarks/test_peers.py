@@ -182,6 +182,23 @@ def test_peers_section_has_the_issue_columns_and_the_ratios() -> None:
     assert "| service / floor | 1.09 (1.09–1.11) | 0.94 (0.91–0.97) | 3 |" in text
     assert "| floor_gated / floor | 1.05 (1.05–1.06) | 0.94 (0.92–0.95) | 3 |" in text
     assert "43/43" in text
+    assert "Where the throughput at c=8 goes" not in text  # no thread figures: no table
+
+
+def test_peers_section_breaks_the_throughput_down_where_threads_were_read() -> None:
+    run = _peers_run()
+    figures = run["suites"]["peers"]["figures"]
+    for name, busy, loop, waits in (("service", 1.6, 1.4, 9.0), ("floor", 1.8, 0.6, 3.0)):
+        figures[f"{name}/busy_cores_c8"] = Figure.of([busy, busy], "cores").as_dict()
+        figures[f"{name}/server_cpu_ms_c8"] = Figure.of([10.0, 12.0], "ms CPU").as_dict()
+        figures[f"{name}/loop_cpu_ms_c8"] = Figure.of([loop, loop], "ms CPU").as_dict()
+        figures[f"{name}/worker_cpu_ms_c8"] = Figure.of([9.5, 9.5], "ms CPU").as_dict()
+        figures[f"{name}/worker_waits_c8"] = Figure.of([waits, waits], "per request").as_dict()
+    text = "\n".join(suite_named("peers").section(run))
+    assert "other threads' waits /req" in text
+    assert "| service | 305 | 1.60 | 11.00 | 1.40 | 9.50 | 9.0 |" in text
+    assert "| floor | 325 | 1.80 | 11.00 | 0.60 | 9.50 | 3.0 |" in text
+    assert "| bentoml | 180 |" not in text  # BentoML serves from child processes
 
 
 def test_report_keeps_a_suite_run_on_its_own_beside_the_full_run() -> None:

@@ -258,6 +258,10 @@ ENSEMBLES = {  # the combinations weighed on val; members must share a grid to b
     "v7 in place of v2": ("v3", "v4", "v7"),
     "v7 in place of v3": ("v2", "v4", "v7"),
     "v7 in place of v4": ("v2", "v3", "v7"),
+    # v8: one more whole-schedule seed, FP32, v4's recipe (training/plans/cpu_v8.json)
+    "v8 in place of v2": ("v3", "v4", "v8"),
+    "v8 in place of v3": ("v2", "v4", "v8"),
+    "v8 in place of v4": ("v2", "v3", "v8"),
 }
 
 

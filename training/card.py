@@ -581,7 +581,7 @@ SHIPPED_TRIO = "v4 in place of v1"  # training/ensemble.py ENSEMBLES: the trio s
 
 
 # CPU members after v4, each weighed by a rule written before its figures
-LATER_MEMBERS = {"v5": "fifth", "v6": "sixth", "v7": "seventh", "v8": "eighth"}
+LATER_MEMBERS = {"v5": "a fifth", "v6": "a sixth", "v7": "a seventh", "v8": "an eighth"}
 
 
 def _alone_reading(new: dict[str, Any], shipped: dict[str, Any]) -> tuple[str, bool]:
@@ -640,7 +640,7 @@ def _later_member_section(path: Path, member: str) -> str:
         )
     verdict = f"{best} leaves the best val AUC ({best_auc:.4f}) and {outcome}"
     kept = wins or alone_wins
-    return f"""### A {LATER_MEMBERS[member]} member ({member}), {"kept" if kept else "not kept"}
+    return f"""### {LATER_MEMBERS[member].capitalize()} member ({member}), {"kept" if kept else "not kept"}
 Trained on another CPU ({lev["cpu"]}), seed {new["config"]["seed"]}, {new["epochs"]} epochs in
 {new["minutes"]} minutes: val BMA {new["val_bma"]:.3f}, macro AUC {new["val_auc"]:.3f} (v4:
 {lev["members"]["v4"]["val_bma"]:.3f}, {lev["members"]["v4"]["val_auc"]:.3f}). {alone}The members beside it:
@@ -913,9 +913,10 @@ def render(
     missed = [NAMES[k] for k in TARGETS if _met(k, point[k]).endswith("**MISSED**")]
     gap_close = (
         "What would close the remaining gap: the member trained for all 60 epochs (v4) beat each "
-        "GPU member cut to 17-18 on val, but two later CPU members (v5, cut to 37 epochs; v6, all "
-        "60) did not improve the trio, so one seed's luck weighs about as much as the schedule, "
-        "and a member distilled from the trio (v7) lost AUC. Several whole-schedule seeds to "
+        "GPU member cut to 17-18 on val, but three later CPU members (v5, cut to 37 epochs; v6, "
+        "all 60 in BF16 math; v8, all 60 in FP32, v4's recipe) did not improve the trio, so one "
+        "seed's luck weighs about as much as the schedule, and a member distilled from the trio "
+        "(v7) lost AUC. Several whole-schedule seeds to "
         "choose from on val (a GPU lease; 40-70 minutes each here), a teacher that has not "
         "seen the images it labels (out-of-fold), and the 600x450 originals at a higher input "
         "size."

@@ -201,7 +201,7 @@ def test_card_applies_a_later_member_s_rule_to_its_record(member: str) -> None:
     alone = lev["members"][member]
     distilled = bool(alone["config"].get("teacher"))
     alone_wins = distilled and all(alone[k] >= shipped[k] for k in ("val_bma", "val_auc"))
-    title = f"### A {LATER_MEMBERS[member]} member ({member}), "
+    title = f"### {LATER_MEMBERS[member].capitalize()} member ({member}), "
     section = _render().split(title)[1].split("\n## ")[0].split("\n### ")[0]
     assert section.startswith("kept" if wins or alone_wins else "not kept")
     assert f"leaves the best val AUC ({best['val_auc']:.4f})" in section

@@ -129,7 +129,7 @@ class InferenceService:
             run_solo=functools.partial(classifier.run, solo=True)
             if classifier.has_solo_session
             else None,
-            busy=lambda: self._decoding > 0,
+            busy=lambda: self.decoding > 0,
         )
 
     async def start(self) -> None:
